@@ -1,0 +1,235 @@
+//! The `corral` command line: clap -> Options -> Job -> exit status.
+
+mod signals;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// Exit status when corral itself fails (bad usage, setup error), as with `timeout`.
+const EXIT_CORRAL_FAILED: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "Run a command as a job: when it ends, every process it started is gone."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run COMMAND as a job and return when it and every process it started is gone.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Stop the job after DUR (e.g. 500ms, 10s, 1m30s); exit status 124.
+    #[arg(long, value_name = "DUR", value_parser = corral::parse_duration)]
+    timeout: Option<Duration>,
+    /// On timeout, exit with COMMAND's own status instead of 124.
+    #[arg(long)]
+    preserve_status: bool,
+    /// Time between the polite signal and SIGKILL; 0 kills at once.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = corral::parse_duration)]
+    grace: Duration,
+    /// The polite signal (name or number).
+    #[arg(long, value_name = "SIG", default_value = "TERM")]
+    signal: corral::Signal,
+    /// What happens to processes still running when COMMAND exits: kill or wait.
+    #[arg(long, value_name = "POLICY", default_value = "kill")]
+    leftovers: corral::Leftovers,
+    /// Containment mechanism: auto, cgroup or pgroup.
+    #[arg(long, value_name = "MECH", default_value = "auto")]
+    mechanism: corral::MechanismRequest,
+    /// Directory on the cgroup2 mount under which job cgroups are created
+    /// [env: CORRAL_CGROUP_PARENT].
+    #[arg(long, value_name = "PATH")]
+    cgroup_parent: Option<PathBuf>,
+    /// Write the JSON report to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Always print the summary line.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Testing knob: spawn with fork + cgroup.procs instead of clone3.
+    #[arg(long, hide = true)]
+    debug_no_clone3: bool,
+    /// Testing knob: kill with the freezer loop instead of cgroup.kill.
+    #[arg(long, hide = true)]
+    debug_no_cgroup_kill: bool,
+    /// The command and its arguments.
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("corral: error: {e:#}");
+            ExitCode::from(exit_code_for(&e))
+        }
+    }
+}
+
+fn exit_code_for(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<corral::Error>() {
+        Some(corral::Error::NotFound { .. }) => 127,
+        Some(corral::Error::NotExecutable { .. }) => 126,
+        _ => EXIT_CORRAL_FAILED,
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return Ok(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        ExitCode::from(EXIT_CORRAL_FAILED)
+                    } else {
+                        ExitCode::SUCCESS
+                    },
+                );
+            }
+            // One line: clap's first line, without its own "error: " prefix.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid usage")
+                .trim_start_matches("error: ");
+            anyhow::bail!("{first}; see `corral run --help`");
+        }
+    };
+    let Cmd::Run(args) = cli.command;
+    run_job(args)
+}
+
+fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some((program, rest)) = args.command.split_first() else {
+        anyhow::bail!("no COMMAND given; usage: corral run [OPTIONS] -- COMMAND [ARGS...]");
+    };
+    if let Some(path) = &args.report {
+        check_report_path(path)?;
+    }
+    let opts = corral::Options {
+        grace: args.grace,
+        signal: args.signal,
+        leftovers: args.leftovers,
+        mechanism: args.mechanism,
+        cgroup_parent: args.cgroup_parent.clone(),
+        timeout: args.timeout,
+        preserve_status: args.preserve_status,
+        debug: corral::DebugKnobs {
+            no_clone_into_cgroup: args.debug_no_clone3,
+            no_cgroup_kill: args.debug_no_cgroup_kill,
+        },
+    };
+    let mut signals =
+        signals::Signals::install().context("failed to set up signal handling (signalfd)")?;
+    let cmd = corral::JobCommand::new(program).args(rest);
+    let job = corral::Job::spawn_with_sigmask(&cmd, &opts, Some(signals.original_mask()))?;
+    if args.verbose {
+        eprintln!(
+            "corral: job {} pid {} mechanism {}{}",
+            job.id(),
+            job.pid(),
+            job.mechanism().name(),
+            job.cgroup()
+                .map(|p| format!(" cgroup {}", p.display()))
+                .unwrap_or_default()
+        );
+    }
+    let report = job.run(Some(&mut signals))?;
+    if !args.quiet {
+        match report.summary() {
+            Some(line) => eprintln!("{line}"),
+            None if args.verbose => eprintln!(
+                "corral: job {}: {} exited with status {}",
+                report.id,
+                report.command.first().map(String::as_str).unwrap_or(""),
+                report.exit_status
+            ),
+            None => {}
+        }
+    }
+    if let Some(path) = &args.report {
+        write_report(path, &report.to_json())?;
+    }
+    Ok(ExitCode::from(report.exit_status.clamp(0, 255) as u8))
+}
+
+/// Fails early (before anything runs) when the report could not be written.
+fn check_report_path(path: &Path) -> anyhow::Result<()> {
+    if path == Path::new("-") {
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "report directory {} does not exist; create it or pick another --report path",
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        anyhow::bail!(
+            "--report {} is a directory; give a file path",
+            path.display()
+        );
+    }
+    if rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err() {
+        anyhow::bail!(
+            "report directory {} is not writable; pick another --report path",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the report atomically: a temporary file beside it, then rename.
+fn write_report(path: &Path, json: &str) -> anyhow::Result<()> {
+    if path == Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{json}").context("failed to write the report to stdout")?;
+        return Ok(());
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result =
+        std::fs::write(&tmp, format!("{json}\n")).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("failed to write the report to {}", path.display()));
+    }
+    Ok(())
+}

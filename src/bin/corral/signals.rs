@@ -1,0 +1,78 @@
+//! The CLI's signals: INT, TERM, HUP and QUIT are blocked and read from a signalfd, so the
+//! run loop sees them as ordinary readable events (no handler, no self-pipe). The mask found
+//! at start-up is kept so the job's child starts with it, not with ours.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use corral::Signal;
+
+pub struct Signals {
+    fd: OwnedFd,
+    original_mask: libc::sigset_t,
+}
+
+const HANDLED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+impl Signals {
+    /// Blocks the handled signals for this (still single-threaded) process and opens the
+    /// signalfd.
+    pub fn install() -> io::Result<Signals> {
+        // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset before use;
+        // pthread_sigmask and signalfd only read/write the sets we pass.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in HANDLED {
+                libc::sigaddset(&mut set, s);
+            }
+            let mut original: libc::sigset_t = std::mem::zeroed();
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut original);
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Signals {
+                fd: OwnedFd::from_raw_fd(fd),
+                original_mask: original,
+            })
+        }
+    }
+
+    /// The mask the process had before `install`.
+    pub fn original_mask(&self) -> libc::sigset_t {
+        self.original_mask
+    }
+}
+
+impl corral::SignalSource for Signals {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn take(&mut self) -> Vec<Signal> {
+        let mut out = Vec::new();
+        // SAFETY: signalfd_siginfo is plain data; we read whole records into it.
+        unsafe {
+            loop {
+                let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+                let size = std::mem::size_of::<libc::signalfd_siginfo>();
+                let n = libc::read(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                );
+                if n != size as isize {
+                    break;
+                }
+                if let Some(sig) = Signal::from_raw(info.ssi_signo as i32) {
+                    out.push(sig);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,121 @@
+//! The one error type of the library.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong when setting up, running or cleaning up a job.
+///
+/// Messages name the problem and, where there is one, the fix; the underlying cause is kept
+/// in the `#[source]` field so `{:#}`-style printers show each layer once.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The options cannot work as given (a bad value, a combination that makes no sense).
+    #[error("{0}")]
+    InvalidOptions(String),
+
+    /// The cgroup parent given (option or `CORRAL_CGROUP_PARENT`) cannot be used.
+    #[error("cgroup parent {path:?} {problem}; {fix}")]
+    CgroupParent {
+        /// The parent as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// What the user can do about it.
+        fix: String,
+    },
+
+    /// `--mechanism cgroup` was asked for and no writable cgroup v2 directory can be had.
+    #[error("no writable cgroup available: {reason}; {fix}")]
+    NoCgroup {
+        /// Why none could be had.
+        reason: String,
+        /// What would work instead.
+        fix: String,
+    },
+
+    /// The command was not found (exit status 127 in the CLI).
+    #[error("{program}: command not found; check the name or PATH")]
+    NotFound {
+        /// The program as given.
+        program: String,
+    },
+
+    /// The command exists but cannot be executed (exit status 126 in the CLI).
+    #[error("{program}: cannot execute; check its permissions and format")]
+    NotExecutable {
+        /// The program as given.
+        program: String,
+        /// The error `execve` returned.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The child could not be started or set up before `exec` (other than not found / not
+    /// executable).
+    #[error("failed to start {program}: {stage}")]
+    Spawn {
+        /// The program as given.
+        program: String,
+        /// What step failed (for example "chdir to /nope").
+        stage: String,
+        /// The error of that step.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An operation on a cgroup file or directory failed.
+    #[error("failed to {op} {path:?}")]
+    Cgroup {
+        /// What was attempted ("write 1 to", "create", "remove", ...).
+        op: String,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A system call that is not about one file failed.
+    #[error("{op} failed")]
+    Sys {
+        /// The call and what it was for.
+        op: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn cgroup(
+        op: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: io::Error,
+    ) -> Self {
+        Error::Cgroup {
+            op: op.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn sys(op: impl Into<String>, source: impl Into<io::Error>) -> Self {
+        Error::Sys {
+            op: op.into(),
+            source: source.into(),
+        }
+    }
+
+    /// True when the error is the user's input (options, parent, command name) rather than a
+    /// failure of the machine. The CLI exits 125 for both, but tests and embedders may care.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidOptions(_) | Error::CgroupParent { .. } | Error::NoCgroup { .. }
+        )
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

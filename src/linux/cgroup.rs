@@ -1,0 +1,772 @@
+//! cgroup v2: finding the mount, choosing a parent, one leaf per job, and stopping it.
+//!
+//! A job's leaf is held by an open directory fd from the moment it is created, and every
+//! file in it is reached relative to that fd (`openat`), so a rename or a path swapped in
+//! after creation cannot redirect a write. The mount is found in `/proc/self/mountinfo`
+//! (hybrid hosts mount cgroup2 at `/sys/fs/cgroup/unified`, pure v2 hosts at
+//! `/sys/fs/cgroup`, containers elsewhere); no path is assumed.
+//!
+//! Emptiness is observed, never polled on a timer: `cgroup.events` raises `POLLPRI` whenever
+//! its `populated` or `frozen` line changes, and we re-read it after each wake-up.
+//!
+//! Killing uses `cgroup.kill` (Linux 5.14), which SIGKILLs every process of the subtree in
+//! the kernel, race-free against forks. Older kernels get the freezer loop: freeze
+//! (`cgroup.freeze`, 5.2), SIGKILL every member of the subtree through a pidfd, thaw,
+//! repeat until empty.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use crate::error::{Error, Result};
+use crate::linux::pidfd::{self, Pid};
+use crate::options::Signal;
+
+/// `statfs.f_type` of a cgroup2 filesystem.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+const PROCS: &str = "cgroup.procs";
+const EVENTS: &str = "cgroup.events";
+const KILL: &str = "cgroup.kill";
+const FREEZE: &str = "cgroup.freeze";
+
+/// Where the cgroup2 hierarchy is mounted, and which cgroup its root is.
+#[derive(Debug, Clone)]
+pub(crate) struct Mount {
+    /// The mount point, e.g. `/sys/fs/cgroup/unified`.
+    pub(crate) path: PathBuf,
+    /// The cgroup at the mount point, as `/proc/<pid>/cgroup` names it (usually `/`).
+    pub(crate) root: PathBuf,
+}
+
+/// Finds the first cgroup2 mount in `/proc/self/mountinfo`.
+pub(crate) fn find_mount() -> io::Result<Option<Mount>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text))
+}
+
+fn parse_mountinfo(text: &str) -> Option<Mount> {
+    for line in text.lines() {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split(' ').next() != Some("cgroup2") {
+            continue;
+        }
+        let fields: Vec<&str> = left.split(' ').collect();
+        if fields.len() < 5 {
+            continue;
+        }
+        return Some(Mount {
+            root: PathBuf::from(unescape_mountinfo(fields[3])),
+            path: PathBuf::from(unescape_mountinfo(fields[4])),
+        });
+    }
+    None
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::ffi::OsString::from(OsStr::from_bytes(&out))
+}
+
+/// True when `fd` is a directory on a cgroup2 filesystem.
+fn is_cgroup2(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let st = rustix::fs::fstatfs(fd)?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64 == CGROUP2_SUPER_MAGIC)
+}
+
+/// How the parent directory for job cgroups was chosen (reported to the user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParentSource {
+    /// `--cgroup-parent` / `Options::cgroup_parent`.
+    Option,
+    /// `CORRAL_CGROUP_PARENT`.
+    Env,
+    /// `<mount>/corral`, created by us when missing.
+    Default,
+}
+
+/// An open directory under which job leaves are created.
+#[derive(Debug)]
+pub(crate) struct Parent {
+    pub(crate) path: PathBuf,
+    pub(crate) dir: OwnedFd,
+    pub(crate) source: ParentSource,
+    /// The parent's cgroup path as `/proc/<pid>/cgroup` shows it.
+    pub(crate) cgroup_path: PathBuf,
+}
+
+/// Why no cgroup parent could be had; `auto` falls back with this as the reason.
+#[derive(Debug)]
+pub(crate) enum Unavailable {
+    /// The user named a parent and it is unusable: always an error, even under `auto`.
+    Bad(Error),
+    /// Nothing was named and the default cannot be had: a fallback reason.
+    None { reason: String, fix: String },
+}
+
+/// Picks the parent: the explicit one, else `CORRAL_CGROUP_PARENT`, else `<mount>/corral`.
+pub(crate) fn choose_parent(explicit: Option<&Path>) -> std::result::Result<Parent, Unavailable> {
+    if let Some(p) = explicit {
+        return open_named_parent(p, ParentSource::Option).map_err(Unavailable::Bad);
+    }
+    if let Some(p) = std::env::var_os("CORRAL_CGROUP_PARENT").filter(|p| !p.is_empty()) {
+        return open_named_parent(Path::new(&p), ParentSource::Env).map_err(Unavailable::Bad);
+    }
+    default_parent()
+}
+
+fn open_named_parent(path: &Path, source: ParentSource) -> Result<Parent> {
+    let origin = match source {
+        ParentSource::Env => " (from CORRAL_CGROUP_PARENT)",
+        _ => "",
+    };
+    let bad = |problem: String, fix: &str| Error::CgroupParent {
+        path: path.to_owned(),
+        problem: format!("{problem}{origin}"),
+        fix: fix.to_string(),
+    };
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(bad(
+            "contains `..`".into(),
+            "give the directory without `..` components",
+        ));
+    }
+    if !path.is_absolute() {
+        return Err(bad(
+            "is not an absolute path".into(),
+            "give an absolute path on the cgroup2 mount",
+        ));
+    }
+    let dir = match rustix::fs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) if e == rustix::io::Errno::NOENT => {
+            return Err(bad(
+                "does not exist".into(),
+                "create it first (mkdir) or pick an existing cgroup",
+            ))
+        }
+        Err(e) if e == rustix::io::Errno::NOTDIR => {
+            return Err(bad("is not a directory".into(), "give a cgroup directory"))
+        }
+        Err(e) => {
+            return Err(bad(
+                format!("cannot be opened ({e})"),
+                "check its permissions",
+            ))
+        }
+    };
+    match is_cgroup2(dir.as_fd()) {
+        Ok(true) => {}
+        Ok(false) => {
+            let hint = match find_mount() {
+                Ok(Some(m)) => format!(
+                    "give a directory under the cgroup2 mount {}",
+                    m.path.display()
+                ),
+                _ => "give a directory on a cgroup2 filesystem".into(),
+            };
+            return Err(bad("is not on a cgroup2 filesystem".into(), &hint));
+        }
+        Err(e) => return Err(bad(format!("cannot be examined ({e})"), "check the path")),
+    }
+    if rustix::fs::accessat(&dir, PROCS, rustix::fs::Access::WRITE_OK, AtFlags::empty()).is_err()
+        || rustix::fs::accessat(&dir, ".", rustix::fs::Access::WRITE_OK, AtFlags::empty()).is_err()
+    {
+        return Err(bad(
+            "is not writable".into(),
+            "run as root or give a cgroup delegated to your user",
+        ));
+    }
+    let cgroup_path = cgroup_path_of(path).map_err(|e| {
+        bad(
+            format!("cannot be mapped to a cgroup ({e})"),
+            "give a directory under the cgroup2 mount",
+        )
+    })?;
+    Ok(Parent {
+        path: path.to_owned(),
+        dir,
+        source,
+        cgroup_path,
+    })
+}
+
+fn default_parent() -> std::result::Result<Parent, Unavailable> {
+    let none = |reason: String, fix: &str| Unavailable::None {
+        reason,
+        fix: fix.to_string(),
+    };
+    let mount = match find_mount() {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return Err(none(
+                "no cgroup2 filesystem is mounted".into(),
+                "mount cgroup2 or use --mechanism pgroup",
+            ))
+        }
+        Err(e) => {
+            return Err(none(
+                format!("cannot read /proc/self/mountinfo ({e})"),
+                "check that /proc is mounted",
+            ))
+        }
+    };
+    if systemd_manages(&mount) {
+        return Err(none(
+            format!("systemd manages the cgroup tree at {} and no delegated cgroup was given", mount.path.display()),
+            "pass --cgroup-parent with a delegated cgroup (e.g. under `systemd-run --user --scope -p Delegate=yes`)",
+        ));
+    }
+    let path = mount.path.join("corral");
+    let mount_dir = rustix::fs::open(
+        &mount.path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        none(
+            format!("cannot open {} ({e})", mount.path.display()),
+            "check permissions",
+        )
+    })?;
+    match rustix::fs::mkdirat(&mount_dir, "corral", Mode::from_raw_mode(0o755)) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::EXIST => {}
+        Err(e) => {
+            return Err(none(
+                format!("cannot create {} ({e})", path.display()),
+                "run as root, or pass --cgroup-parent with a writable cgroup",
+            ))
+        }
+    }
+    let dir = rustix::fs::openat(
+        &mount_dir,
+        "corral",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        none(
+            format!("cannot open {} ({e})", path.display()),
+            "check permissions",
+        )
+    })?;
+    if rustix::fs::accessat(&dir, PROCS, rustix::fs::Access::WRITE_OK, AtFlags::empty()).is_err() {
+        return Err(none(
+            format!("{} is not writable", path.display()),
+            "run as root or pass --cgroup-parent",
+        ));
+    }
+    let cgroup_path = mount.root.join("corral");
+    Ok(Parent {
+        path,
+        dir,
+        source: ParentSource::Default,
+        cgroup_path,
+    })
+}
+
+/// A host whose cgroup tree systemd owns: writing outside a delegated subtree would fight it.
+fn systemd_manages(mount: &Mount) -> bool {
+    let pid1_is_systemd = std::fs::read_to_string("/proc/1/comm")
+        .map(|c| c.trim() == "systemd")
+        .unwrap_or(false);
+    pid1_is_systemd || mount.path.join("init.scope").exists()
+}
+
+/// Maps a directory under the cgroup2 mount to its cgroup path (`/proc/<pid>/cgroup` form).
+fn cgroup_path_of(path: &Path) -> io::Result<PathBuf> {
+    let mount = find_mount()?.ok_or_else(|| io::Error::other("no cgroup2 mount"))?;
+    let rel = path.strip_prefix(&mount.path).map_err(|_| {
+        io::Error::other(format!(
+            "not under the cgroup2 mount {}",
+            mount.path.display()
+        ))
+    })?;
+    Ok(mount.root.join(rel))
+}
+
+/// Reads `populated` from a `cgroup.events` file.
+fn read_populated(events: &File) -> io::Result<bool> {
+    let mut buf = [0u8; 256];
+    let n = events.read_at(&mut buf, 0)?;
+    let text = std::str::from_utf8(&buf[..n]).unwrap_or("");
+    Ok(text.lines().any(|l| l == "populated 1"))
+}
+
+fn read_frozen(events: &File) -> io::Result<bool> {
+    let mut buf = [0u8; 256];
+    let n = events.read_at(&mut buf, 0)?;
+    let text = std::str::from_utf8(&buf[..n]).unwrap_or("");
+    Ok(text.lines().any(|l| l == "frozen 1"))
+}
+
+/// One job's cgroup.
+#[derive(Debug)]
+pub(crate) struct Leaf {
+    /// Absolute path (for reports and messages; all access goes through `dir`).
+    pub(crate) path: PathBuf,
+    name: String,
+    parent_dir: OwnedFd,
+    parent_source: ParentSource,
+    dir: OwnedFd,
+    events: File,
+    /// `cgroup.procs` opened for writing: the fork fallback moves the child through it.
+    procs: OwnedFd,
+    /// The leaf's cgroup path as `/proc/<pid>/cgroup` shows it.
+    cgroup_path: PathBuf,
+    removed: bool,
+}
+
+impl Leaf {
+    /// Creates a uniquely named leaf under `parent`.
+    pub(crate) fn create(parent: Parent, name: &str) -> Result<Leaf> {
+        let path = parent.path.join(name);
+        loop {
+            match rustix::fs::mkdirat(&parent.dir, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) => break,
+                // The default parent may be removed by another corral whose last job just
+                // ended; make it again.
+                Err(e)
+                    if e == rustix::io::Errno::NOENT && parent.source == ParentSource::Default =>
+                {
+                    let again = default_parent().map_err(|u| match u {
+                        Unavailable::Bad(e) => e,
+                        Unavailable::None { reason, fix } => Error::NoCgroup { reason, fix },
+                    })?;
+                    return Leaf::create(again, name);
+                }
+                Err(e) => return Err(Error::cgroup("create", &path, e.into())),
+            }
+        }
+        let open = |dir: &OwnedFd, file: &str, flags: OFlags| {
+            rustix::fs::openat(dir, file, flags | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| Error::cgroup("open", path.join(file), e.into()))
+        };
+        let made = (|| {
+            let dir = open(&parent.dir, name, OFlags::DIRECTORY | OFlags::RDONLY)?;
+            let events = File::from(open(&dir, EVENTS, OFlags::RDONLY)?);
+            let procs = open(&dir, PROCS, OFlags::WRONLY)?;
+            Ok::<_, Error>((dir, events, procs))
+        })();
+        let (dir, events, procs) = match made {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&parent.dir, name, AtFlags::REMOVEDIR);
+                return Err(e);
+            }
+        };
+        Ok(Leaf {
+            cgroup_path: parent.cgroup_path.join(name),
+            path,
+            name: name.to_string(),
+            parent_dir: parent.dir,
+            parent_source: parent.source,
+            dir,
+            events,
+            procs,
+            removed: false,
+        })
+    }
+
+    /// The leaf directory (for `clone3`'s `CLONE_INTO_CGROUP`).
+    pub(crate) fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// `cgroup.procs`, open for writing (for the fork fallback).
+    pub(crate) fn procs_fd(&self) -> BorrowedFd<'_> {
+        self.procs.as_fd()
+    }
+
+    /// `cgroup.events` (poll it for `POLLPRI`).
+    pub(crate) fn events_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+
+    /// Whether any process lives in the leaf or below it.
+    pub(crate) fn populated(&self) -> Result<bool> {
+        read_populated(&self.events).map_err(|e| Error::cgroup("read", self.path.join(EVENTS), e))
+    }
+
+    /// Every process in the leaf and its descendant cgroups.
+    pub(crate) fn members(&self) -> Result<Vec<Pid>> {
+        let mut out = Vec::new();
+        let dup =
+            rustix::io::fcntl_dupfd_cloexec(&self.dir, 0).map_err(|e| Error::sys("dup", e))?;
+        collect_members(dup, &self.path, &mut out)?;
+        Ok(out)
+    }
+
+    /// Opens a pidfd for `pid` and checks it is still in this subtree, so a PID reused by a
+    /// process outside the job is never signalled.
+    pub(crate) fn open_member(&self, pid: Pid) -> Option<OwnedFd> {
+        let fd = pidfd::open(pid).ok()?;
+        // The pidfd now pins the process that had `pid` at open time. If that process is
+        // (still) in our subtree, it is ours; a reuse shows another cgroup here.
+        let text = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.get())).ok()?;
+        let cg = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let cg = Path::new(cg);
+        (cg == self.cgroup_path || cg.starts_with(&self.cgroup_path)).then_some(fd)
+    }
+
+    /// Sends a polite signal, then SIGCONT, to every member. Returns how many got it.
+    pub(crate) fn signal_then_continue(
+        &self,
+        sig: Signal,
+        filter: &dyn Fn(Pid) -> bool,
+    ) -> Result<(usize, usize)> {
+        let mut fds = Vec::new();
+        let mut polite = 0;
+        for pid in self.members()? {
+            if let Some(fd) = self.open_member(pid) {
+                if filter(pid) && pidfd::send_signal(fd.as_fd(), sig).is_ok() {
+                    polite += 1;
+                }
+                fds.push(fd);
+            }
+        }
+        let mut cont = 0;
+        if sig != Signal::CONT {
+            for fd in &fds {
+                if pidfd::send_signal(fd.as_fd(), Signal::CONT).is_ok() {
+                    cont += 1;
+                }
+            }
+        }
+        Ok((polite, cont))
+    }
+
+    /// Waits until the subtree is empty or `deadline` passes; also returns early when
+    /// `interrupt` becomes readable. Returns whether the subtree is empty.
+    pub(crate) fn wait_empty(
+        &self,
+        deadline: Option<Instant>,
+        interrupt: Option<BorrowedFd<'_>>,
+    ) -> Result<WaitEmpty> {
+        loop {
+            if !self.populated()? {
+                return Ok(WaitEmpty::Empty);
+            }
+            let timeout = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(WaitEmpty::TimedOut);
+                    }
+                    Some(d - now)
+                }
+                None => None,
+            };
+            let mut fds = vec![PollFd::from_borrowed_fd(self.events_fd(), PollFlags::PRI)];
+            if let Some(i) = interrupt {
+                fds.push(PollFd::from_borrowed_fd(i, PollFlags::IN));
+            }
+            crate::linux::poll(&mut fds, timeout)?;
+            if fds.len() > 1 && !fds[1].revents().is_empty() {
+                if !self.populated()? {
+                    return Ok(WaitEmpty::Empty);
+                }
+                return Ok(WaitEmpty::Interrupted);
+            }
+        }
+    }
+
+    /// Kills every process in the subtree: `cgroup.kill`, or the freezer loop where the
+    /// kernel lacks it (or `force_fallback`). Returns the method used.
+    pub(crate) fn kill_all(&self, force_fallback: bool) -> Result<KillMethod> {
+        if !force_fallback {
+            match rustix::fs::openat(
+                &self.dir,
+                KILL,
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => {
+                    rustix::io::write(&fd, b"1")
+                        .map_err(|e| Error::cgroup("write 1 to", self.path.join(KILL), e.into()))?;
+                    return Ok(KillMethod::CgroupKill);
+                }
+                // Linux < 5.14: no cgroup.kill.
+                Err(e) if e == rustix::io::Errno::NOENT => {}
+                Err(e) => return Err(Error::cgroup("open", self.path.join(KILL), e.into())),
+            }
+        }
+        self.kill_by_freezing()?;
+        Ok(KillMethod::FreezeAndSignal)
+    }
+
+    /// The pre-5.14 kill: freeze so nothing forks, SIGKILL each member, thaw, until empty.
+    fn kill_by_freezing(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.populated()? {
+            self.set_frozen(true)?;
+            self.wait_frozen(Instant::now() + Duration::from_secs(1))?;
+            for pid in self.members()? {
+                if let Some(fd) = self.open_member(pid) {
+                    let _ = pidfd::send_signal(fd.as_fd(), Signal::KILL);
+                }
+            }
+            self.set_frozen(false)?;
+            // Let SIGKILLed tasks leave; new members that slipped in get the next round.
+            if let WaitEmpty::Empty =
+                self.wait_empty(Some(Instant::now() + Duration::from_millis(200)), None)?
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<()> {
+        let fd = rustix::fs::openat(
+            &self.dir,
+            FREEZE,
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::cgroup("open", self.path.join(FREEZE), e.into()))?;
+        let v: &[u8] = if frozen { b"1" } else { b"0" };
+        rustix::io::write(&fd, v).map_err(|e| {
+            Error::cgroup(
+                format!("write {} to", v[0] as char),
+                self.path.join(FREEZE),
+                e.into(),
+            )
+        })?;
+        Ok(())
+    }
+
+    fn wait_frozen(&self, deadline: Instant) -> Result<()> {
+        loop {
+            let frozen = read_frozen(&self.events)
+                .map_err(|e| Error::cgroup("read", self.path.join(EVENTS), e))?;
+            if frozen || !self.populated()? {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let mut fds = [PollFd::from_borrowed_fd(self.events_fd(), PollFlags::PRI)];
+            crate::linux::poll(&mut fds, Some(deadline - now))?;
+        }
+    }
+
+    /// Removes the leaf and any cgroups the job created below it, depth first, retrying
+    /// EBUSY briefly (the kernel may still be tearing down exited tasks). The default parent
+    /// is removed too when this was its last job.
+    pub(crate) fn remove(mut self) -> Result<()> {
+        self.removed = true;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let dup =
+            rustix::io::fcntl_dupfd_cloexec(&self.dir, 0).map_err(|e| Error::sys("dup", e))?;
+        remove_children(dup, &self.path, deadline)?;
+        rmdir_retry(self.parent_dir.as_fd(), &self.name, &self.path, deadline)?;
+        if self.parent_source == ParentSource::Default {
+            // Best effort: fails with EBUSY/ENOTEMPTY while other jobs use it.
+            if let Ok(Some(m)) = find_mount() {
+                if let Ok(mdir) = rustix::fs::open(
+                    &m.path,
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    let _ = rustix::fs::unlinkat(&mdir, "corral", AtFlags::REMOVEDIR);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Leaf {
+    fn drop(&mut self) {
+        if !self.removed {
+            // A leaf dropped without `remove` (an error path): kill what is in it and remove
+            // it, so nothing is left behind.
+            let _ = self.kill_all(false);
+            let _ = self.wait_empty(Some(Instant::now() + Duration::from_secs(5)), None);
+            if let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(&self.dir, 0) {
+                let _ = remove_children(dup, &self.path, Instant::now() + Duration::from_secs(2));
+            }
+            let _ = rmdir_retry(
+                self.parent_dir.as_fd(),
+                &self.name,
+                &self.path,
+                Instant::now() + Duration::from_secs(2),
+            );
+        }
+    }
+}
+
+/// How the final kill was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KillMethod {
+    CgroupKill,
+    FreezeAndSignal,
+}
+
+/// The outcome of waiting for a cgroup to empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitEmpty {
+    Empty,
+    TimedOut,
+    Interrupted,
+}
+
+fn child_dirs(dir: &OwnedFd) -> io::Result<Vec<std::ffi::CString>> {
+    let mut names = Vec::new();
+    let dup = rustix::io::fcntl_dupfd_cloexec(dir, 0)?;
+    let mut rd = rustix::fs::Dir::new(dup)?;
+    while let Some(entry) = rd.read() {
+        let entry = entry?;
+        if entry.file_type() == rustix::fs::FileType::Directory {
+            let name = entry.file_name();
+            if name.to_bytes() != b"." && name.to_bytes() != b".." {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn collect_members(dir: OwnedFd, path: &Path, out: &mut Vec<Pid>) -> Result<()> {
+    let fd = match rustix::fs::openat(&dir, PROCS, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+    {
+        Ok(fd) => fd,
+        // A child cgroup removed while we walk.
+        Err(e) if e == rustix::io::Errno::NOENT => return Ok(()),
+        Err(e) => return Err(Error::cgroup("open", path.join(PROCS), e.into())),
+    };
+    // SAFETY: `fd` is a freshly opened, owned descriptor.
+    let mut f = unsafe { File::from_raw_fd(fd.into_raw_fd()) };
+    let mut text = String::new();
+    io::Read::read_to_string(&mut f, &mut text)
+        .map_err(|e| Error::cgroup("read", path.join(PROCS), e))?;
+    out.extend(
+        text.lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter_map(Pid::from_raw),
+    );
+    for name in child_dirs(&dir).map_err(|e| Error::cgroup("list", path, e))? {
+        let sub = match rustix::fs::openat(
+            &dir,
+            name.as_c_str(),
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e == rustix::io::Errno::NOENT => continue,
+            Err(e) => {
+                return Err(Error::cgroup(
+                    "open",
+                    path.join(OsStr::from_bytes(name.to_bytes())),
+                    e.into(),
+                ))
+            }
+        };
+        collect_members(sub, &path.join(OsStr::from_bytes(name.to_bytes())), out)?;
+    }
+    Ok(())
+}
+
+fn remove_children(dir: OwnedFd, path: &Path, deadline: Instant) -> Result<()> {
+    for name in child_dirs(&dir).map_err(|e| Error::cgroup("list", path, e))? {
+        let sub_path = path.join(OsStr::from_bytes(name.to_bytes()));
+        if let Ok(sub) = rustix::fs::openat(
+            &dir,
+            name.as_c_str(),
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            remove_children(sub, &sub_path, deadline)?;
+        }
+        rmdir_retry(
+            dir.as_fd(),
+            OsStr::from_bytes(name.to_bytes()),
+            &sub_path,
+            deadline,
+        )?;
+    }
+    Ok(())
+}
+
+fn rmdir_retry<P: rustix::path::Arg + Copy>(
+    parent: BorrowedFd<'_>,
+    name: P,
+    path: &Path,
+    deadline: Instant,
+) -> Result<()> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == rustix::io::Errno::NOENT => return Ok(()),
+            // EBUSY: tasks are still leaving. This is the one place we back off on a timer:
+            // the kernel gives no event for "rmdir would now succeed".
+            Err(e) if e == rustix::io::Errno::BUSY && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(Error::cgroup("remove", path, e.into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_hybrid() {
+        let text = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        let m = parse_mountinfo(text).unwrap();
+        assert_eq!(m.path, Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(m.root, Path::new("/"));
+    }
+
+    #[test]
+    fn mountinfo_escapes_and_optional_fields() {
+        let text = "41 31 0:38 /sub /mnt/my\\040cg rw shared:9 master:2 - cgroup2 none rw\n";
+        let m = parse_mountinfo(text).unwrap();
+        assert_eq!(m.path, Path::new("/mnt/my cg"));
+        assert_eq!(m.root, Path::new("/sub"));
+        assert!(parse_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n").is_none());
+    }
+}

@@ -1,0 +1,93 @@
+//! The Linux engine: which mechanism a job gets, and the shared helpers.
+//!
+//! Two mechanisms, chosen once per job at spawn and reported:
+//! - [`cgroup`]: a fresh cgroup v2 leaf per job, the child born inside it
+//!   ([`spawn`]: `clone3(CLONE_INTO_CGROUP)`), stopped with signals to every member and
+//!   `cgroup.kill`. Nothing can escape: cgroup membership is inherited by every fork and
+//!   cannot be left without write access to another cgroup.
+//! - [`pgroup`]: where no cgroup is writable. Process group + child subreaper + a `/proc`
+//!   walk. Weaker (see that module), and reported as degraded when `auto` had to pick it.
+//!
+//! Single processes are only ever signalled through pidfds ([`pidfd`]).
+
+pub(crate) mod cgroup;
+pub(crate) mod pgroup;
+pub(crate) mod pidfd;
+pub(crate) mod procs;
+pub(crate) mod spawn;
+
+use std::io;
+use std::time::Duration;
+
+use rustix::event::PollFd;
+
+use crate::error::{Error, Result};
+use crate::options::{MechanismRequest, Options};
+
+/// `poll(2)` with a `Duration` timeout (`None` = forever), retrying EINTR.
+pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> Result<usize> {
+    let ts = timeout.map(|d| rustix::event::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos() as _,
+    });
+    loop {
+        match rustix::event::poll(fds, ts.as_ref()) {
+            Ok(n) => return Ok(n),
+            Err(e) if e == rustix::io::Errno::INTR => continue,
+            Err(e) => return Err(Error::sys("poll", io::Error::from(e))),
+        }
+    }
+}
+
+/// The mechanism picked for a job, with what it needs.
+pub(crate) enum Choice {
+    Cgroup {
+        parent: cgroup::Parent,
+        reason: String,
+    },
+    Pgroup {
+        reason: String,
+        degraded: bool,
+    },
+}
+
+/// Picks the mechanism for `opts`. A forced mechanism that cannot be had is an error; `auto`
+/// falls back to pgroup and says why.
+pub(crate) fn choose(opts: &Options) -> Result<Choice> {
+    match opts.mechanism {
+        MechanismRequest::Pgroup => Ok(Choice::Pgroup {
+            reason: "requested (--mechanism pgroup)".into(),
+            degraded: false,
+        }),
+        MechanismRequest::Cgroup | MechanismRequest::Auto => {
+            match cgroup::choose_parent(opts.cgroup_parent.as_deref()) {
+                Ok(parent) => {
+                    let reason = match parent.source {
+                        cgroup::ParentSource::Option => {
+                            format!("cgroup parent {} (given)", parent.path.display())
+                        }
+                        cgroup::ParentSource::Env => format!(
+                            "cgroup parent {} (CORRAL_CGROUP_PARENT)",
+                            parent.path.display()
+                        ),
+                        cgroup::ParentSource::Default => {
+                            format!("cgroup parent {} (default)", parent.path.display())
+                        }
+                    };
+                    Ok(Choice::Cgroup { parent, reason })
+                }
+                Err(cgroup::Unavailable::Bad(e)) => Err(e),
+                Err(cgroup::Unavailable::None { reason, fix }) => {
+                    if opts.mechanism == MechanismRequest::Cgroup {
+                        Err(Error::NoCgroup { reason, fix })
+                    } else {
+                        Ok(Choice::Pgroup {
+                            reason: format!("fallback: no writable cgroup ({reason})"),
+                            degraded: true,
+                        })
+                    }
+                }
+            }
+        }
+    }
+}

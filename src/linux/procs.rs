@@ -1,0 +1,90 @@
+//! Reading `/proc`: process facts for reports, and the descendant walk of the pgroup
+//! mechanism.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+
+use crate::linux::pidfd::{self, Pid};
+
+/// What `/proc/<pid>/stat` says about one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub(crate) pid: Pid,
+    pub(crate) ppid: i32,
+    pub(crate) pgid: i32,
+    pub(crate) sid: i32,
+    pub(crate) starttime: u64,
+    pub(crate) state: char,
+}
+
+pub(crate) fn stat(pid: Pid) -> Option<Stat> {
+    let p = procfs::process::Process::new(pid.get()).ok()?;
+    let s = p.stat().ok()?;
+    Some(Stat {
+        pid,
+        ppid: s.ppid,
+        pgid: s.pgrp,
+        sid: s.session,
+        starttime: s.starttime,
+        state: s.state,
+    })
+}
+
+/// The command line, NUL-separated arguments joined with spaces (`[comm]` for kernel-ish
+/// processes with an empty one).
+pub(crate) fn cmdline(pid: Pid) -> String {
+    let p = match procfs::process::Process::new(pid.get()) {
+        Ok(p) => p,
+        Err(_) => return String::new(),
+    };
+    match p.cmdline() {
+        Ok(args) if !args.is_empty() => args.join(" "),
+        _ => p
+            .stat()
+            .map(|s| format!("[{}]", s.comm))
+            .unwrap_or_default(),
+    }
+}
+
+/// Every process on the system whose chain of parents reaches `root` (not `root` itself).
+pub(crate) fn descendants(root: Pid) -> Vec<Stat> {
+    let mut by_parent: HashMap<i32, Vec<Stat>> = HashMap::new();
+    if let Ok(all) = procfs::process::all_processes() {
+        for p in all.flatten() {
+            if let Ok(s) = p.stat() {
+                if let Some(pid) = Pid::from_raw(s.pid) {
+                    by_parent.entry(s.ppid).or_default().push(Stat {
+                        pid,
+                        ppid: s.ppid,
+                        pgid: s.pgrp,
+                        sid: s.session,
+                        starttime: s.starttime,
+                        state: s.state,
+                    });
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut queue = vec![root.get()];
+    while let Some(parent) = queue.pop() {
+        if let Some(kids) = by_parent.get(&parent) {
+            for k in kids {
+                if seen.insert(k.pid) {
+                    out.push(*k);
+                    queue.push(k.pid.get());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Opens a pidfd for the process `seen` describes, and checks it is still that process (same
+/// start time, after the pidfd pinned whatever now has the PID). `None` if it is gone.
+pub(crate) fn open_verified(seen: &Stat) -> Option<OwnedFd> {
+    let fd = pidfd::open(seen.pid).ok()?;
+    let now = stat(seen.pid)?;
+    (now.starttime == seen.starttime).then_some(fd)
+}

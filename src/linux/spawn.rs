@@ -1,0 +1,484 @@
+//! Starting the job's first process, born where it belongs.
+//!
+//! In cgroup mode the child must never run outside the job's cgroup. The fast path is
+//! `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD)` (Linux 5.7): the kernel creates the child
+//! directly in the leaf and hands back a pidfd in the same call, so there is neither a
+//! moment outside the cgroup nor a window in which the PID could be reused. Where `clone3`
+//! or `CLONE_INTO_CGROUP` is missing (older kernels, seccomp filters that answer ENOSYS or
+//! EPERM), the fallback is `fork`: the child writes `0` to the leaf's `cgroup.procs` (an fd
+//! it inherited) before anything else, then `exec`s; the parent opens a pidfd for its
+//! unreaped child, which cannot be reused until we reap it. Which path works is probed once,
+//! by trying, and remembered in an atomic; transient errors (EAGAIN, ENOMEM) are not
+//! remembered.
+//!
+//! # Between fork and exec
+//! The child of `fork`/`clone3` in a multi-threaded program is a copy of the whole address
+//! space with only the calling thread. Any lock another thread held at that instant (the
+//! allocator's, stdio's, the environment's) stays locked forever in the child. So the child
+//! may only make raw system calls on data prepared beforehand: every C string, the argv and
+//! envp arrays and the candidate paths for the program are built in the parent, and the
+//! child reports failure as two integers over a close-on-exec pipe, then `_exit`s.
+//! Nothing in `child_after_fork` may allocate, lock or unwind.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::error::Error;
+use crate::linux::pidfd::{self, Pid};
+
+/// Where the child goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Placement<'a> {
+    /// Born in this cgroup: `dir` is the leaf directory, `procs` its `cgroup.procs`.
+    Cgroup {
+        dir: BorrowedFd<'a>,
+        procs: BorrowedFd<'a>,
+        forbid_clone3: bool,
+    },
+    /// A new process group led by the child (`setpgid(0, 0)` in the child).
+    NewProcessGroup,
+}
+
+/// Everything the child needs, prepared by the parent.
+pub(crate) struct SpawnSpec<'a> {
+    pub(crate) program: &'a OsStr,
+    pub(crate) args: &'a [OsString],
+    /// `None`: the parent's environment.
+    pub(crate) env: Option<&'a [(OsString, OsString)]>,
+    pub(crate) cwd: Option<&'a Path>,
+    /// `None` keeps the parent's descriptor 0, 1 or 2.
+    pub(crate) stdio: [Option<BorrowedFd<'a>>; 3],
+    /// The signal mask the child starts with (`None`: the spawning thread's).
+    pub(crate) sigmask: Option<libc::sigset_t>,
+    pub(crate) placement: Placement<'a>,
+}
+
+/// How the child was created (reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpawnMethod {
+    /// `clone3` with `CLONE_INTO_CGROUP | CLONE_PIDFD`.
+    Clone3IntoCgroup,
+    /// `clone3` with `CLONE_PIDFD` (no cgroup placement needed).
+    Clone3,
+    /// `fork`, the child moved itself through `cgroup.procs` before `exec`.
+    ForkThenMove,
+    /// `fork` + `pidfd_open` (no cgroup).
+    Fork,
+}
+
+impl SpawnMethod {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SpawnMethod::Clone3IntoCgroup => "clone3(CLONE_INTO_CGROUP|CLONE_PIDFD)",
+            SpawnMethod::Clone3 => "clone3(CLONE_PIDFD)",
+            SpawnMethod::ForkThenMove => "fork + write to cgroup.procs before exec",
+            SpawnMethod::Fork => "fork + pidfd_open",
+        }
+    }
+}
+
+pub(crate) struct Spawned {
+    pub(crate) pid: Pid,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) method: SpawnMethod,
+}
+
+const CLONE3_UNKNOWN: u8 = 0;
+const CLONE3_WORKS: u8 = 1;
+const CLONE3_MISSING: u8 = 2;
+/// Whether `clone3` with `CLONE_INTO_CGROUP | CLONE_PIDFD` works on this kernel.
+static CLONE3_STATE: AtomicU8 = AtomicU8::new(CLONE3_UNKNOWN);
+
+// Linux uapi values; `clone_args` is laid out per include/uapi/linux/sched.h (version 2,
+// 88 bytes, with `cgroup`).
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Failure stages the child reports (with errno) over the pipe.
+const STAGE_CGROUP: u32 = 1;
+const STAGE_SETPGID: u32 = 2;
+const STAGE_STDIO: u32 = 3;
+const STAGE_SIGNALS: u32 = 4;
+const STAGE_CHDIR: u32 = 5;
+const STAGE_EXEC: u32 = 6;
+
+/// Data the child reads; pointers into buffers owned by `Prepared`.
+struct ChildCtx {
+    candidates: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    cwd: Option<CString>,
+    stdio: [RawFd; 3],
+    sigmask: Option<libc::sigset_t>,
+    move_via_procs: RawFd,
+    new_pgroup: bool,
+    err_pipe: RawFd,
+}
+
+/// Spawns the job's main process.
+pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
+    let program_str = spec.program.to_string_lossy().into_owned();
+    let fail = |stage: &str, e: io::Error| Error::Spawn {
+        program: program_str.clone(),
+        stage: stage.to_string(),
+        source: e,
+    };
+
+    // Everything the child touches is built here, before the fork.
+    let cstr = |s: &OsStr| {
+        CString::new(s.as_bytes())
+            .map_err(|_| Error::InvalidOptions(format!("{:?} contains a NUL byte; remove it", s)))
+    };
+    let mut argv_store = vec![cstr(spec.program)?];
+    for a in spec.args {
+        argv_store.push(cstr(a)?);
+    }
+    let env_pairs: Vec<(OsString, OsString)> = match spec.env {
+        Some(e) => e.to_vec(),
+        None => std::env::vars_os().collect(),
+    };
+    let mut env_store = Vec::with_capacity(env_pairs.len());
+    for (k, v) in &env_pairs {
+        let mut b = k.as_bytes().to_vec();
+        b.push(b'=');
+        b.extend_from_slice(v.as_bytes());
+        env_store.push(CString::new(b).map_err(|_| {
+            Error::InvalidOptions(format!(
+                "environment variable {k:?} contains a NUL byte; remove it"
+            ))
+        })?);
+    }
+    if spec.program.is_empty() {
+        return Err(Error::NotFound {
+            program: program_str,
+        });
+    }
+    let candidates = candidates(spec.program, &env_pairs)?;
+    let cwd = spec.cwd.map(|p| cstr(p.as_os_str())).transpose()?;
+
+    let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| fail("create the exec status pipe", e.into()))?;
+
+    let mut ctx = ChildCtx {
+        candidates,
+        argv: argv_store
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect(),
+        envp: env_store
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect(),
+        cwd,
+        stdio: [-1; 3],
+        sigmask: spec.sigmask,
+        move_via_procs: -1,
+        new_pgroup: false,
+        err_pipe: err_write.as_raw_fd(),
+    };
+    for (i, fd) in spec.stdio.iter().enumerate() {
+        ctx.stdio[i] = fd.map(|f| f.as_raw_fd()).unwrap_or(-1);
+    }
+
+    let (pid, pidfd, method) = match spec.placement {
+        Placement::Cgroup {
+            dir,
+            procs,
+            forbid_clone3,
+        } => {
+            let mut result = None;
+            if !forbid_clone3 && CLONE3_STATE.load(Ordering::Relaxed) != CLONE3_MISSING {
+                match clone3(CLONE_INTO_CGROUP, Some(dir), &ctx) {
+                    Ok(v) => {
+                        CLONE3_STATE.store(CLONE3_WORKS, Ordering::Relaxed);
+                        result = Some((v.0, v.1, SpawnMethod::Clone3IntoCgroup));
+                    }
+                    // ENOSYS: no clone3 (< 5.3). E2BIG: clone3 without the `cgroup` field
+                    // (< 5.7). EPERM/ENOSYS also come from seccomp filters that block clone3.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOSYS | libc::E2BIG | libc::EPERM)
+                        ) =>
+                    {
+                        CLONE3_STATE.store(CLONE3_MISSING, Ordering::Relaxed);
+                    }
+                    // EINVAL/EOPNOTSUPP/EBUSY here are about this cgroup, not the kernel:
+                    // try the fallback for this spawn only, which reports its own error.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM)) => {
+                        return Err(fail("clone3", e));
+                    }
+                    Err(_) => {}
+                }
+            }
+            match result {
+                Some(r) => r,
+                None => {
+                    ctx.move_via_procs = procs.as_raw_fd();
+                    let (pid, fd) = fork_with_pidfd(&ctx).map_err(|e| fail("fork", e))?;
+                    (pid, fd, SpawnMethod::ForkThenMove)
+                }
+            }
+        }
+        Placement::NewProcessGroup => {
+            ctx.new_pgroup = true;
+            let mut result = None;
+            if CLONE3_STATE.load(Ordering::Relaxed) != CLONE3_MISSING {
+                match clone3(0, None, &ctx) {
+                    Ok(v) => result = Some((v.0, v.1, SpawnMethod::Clone3)),
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {}
+                    Err(e) => return Err(fail("clone3", e)),
+                }
+            }
+            match result {
+                Some(r) => r,
+                None => {
+                    let (pid, fd) = fork_with_pidfd(&ctx).map_err(|e| fail("fork", e))?;
+                    (pid, fd, SpawnMethod::Fork)
+                }
+            }
+        }
+    };
+    if ctx.new_pgroup {
+        // Also from the parent, so the group exists before we return whichever runs first
+        // (the usual shell idiom). EACCES after the child exec'd is fine: it did it itself.
+        let _ = rustix::process::setpgid(Some(pid.rustix()), Some(pid.rustix()));
+    }
+    drop(err_write);
+    // Wait for exec: EOF means it succeeded (the pipe is close-on-exec); 8 bytes mean a
+    // step failed.
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(&err_read, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e == rustix::io::Errno::INTR => continue,
+            Err(e) => return Err(fail("read the exec status pipe", e.into())),
+        }
+    }
+    drop(argv_store);
+    drop(env_store);
+    if got == 0 {
+        return Ok(Spawned { pid, pidfd, method });
+    }
+    // The child failed before exec and has _exit'ed: reap it so nothing is left behind.
+    let _ = pidfd::reap(pidfd.as_fd(), true);
+    let stage = u32::from_ne_bytes(buf[..4].try_into().unwrap());
+    let errno = i32::from_ne_bytes(buf[4..].try_into().unwrap());
+    let err = io::Error::from_raw_os_error(errno);
+    Err(match stage {
+        STAGE_EXEC => match errno {
+            libc::ENOENT | libc::ENOTDIR => Error::NotFound {
+                program: program_str,
+            },
+            _ => Error::NotExecutable {
+                program: program_str,
+                source: err,
+            },
+        },
+        STAGE_CGROUP => fail("move into the job cgroup through cgroup.procs", err),
+        STAGE_SETPGID => fail("create a process group (setpgid)", err),
+        STAGE_STDIO => fail("set up stdin/stdout/stderr", err),
+        STAGE_SIGNALS => fail("restore the signal mask", err),
+        STAGE_CHDIR => fail(
+            &format!(
+                "change directory to {:?}",
+                spec.cwd.unwrap_or(Path::new(""))
+            ),
+            err,
+        ),
+        _ => fail("prepare the child", err),
+    })
+}
+
+/// The paths `execve` will try, in order, as `execvp` would: the program itself if it
+/// contains a slash, else each `PATH` entry (the child's `PATH`).
+fn candidates(program: &OsStr, env: &[(OsString, OsString)]) -> Result<Vec<CString>, Error> {
+    let nul = || Error::InvalidOptions(format!("{program:?} contains a NUL byte; remove it"));
+    if program.as_bytes().contains(&b'/') {
+        return Ok(vec![CString::new(program.as_bytes()).map_err(|_| nul())?]);
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let mut out = Vec::new();
+    for dir in path.as_bytes().split(|b| *b == b':') {
+        let mut p = if dir.is_empty() {
+            b".".to_vec()
+        } else {
+            dir.to_vec()
+        };
+        p.push(b'/');
+        p.extend_from_slice(program.as_bytes());
+        out.push(CString::new(p).map_err(|_| nul())?);
+    }
+    Ok(out)
+}
+
+fn clone3(
+    extra_flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    ctx: &ChildCtx,
+) -> io::Result<(Pid, OwnedFd)> {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | extra_flags,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup {
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // SAFETY: `args` is a valid clone_args of the size we pass; no CLONE_VM, so the child
+    // gets a copy of our address space (fork semantics) and runs only `child_after_fork`,
+    // which makes raw system calls on data prepared in `ctx` and never returns.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ret == 0 {
+        child_after_fork(ctx);
+    }
+    let pid = Pid::from_raw(ret as i32).expect("clone3 returned a positive pid");
+    // SAFETY: the kernel stored a new, owned, close-on-exec pidfd there (CLONE_PIDFD).
+    let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((pid, fd))
+}
+
+fn fork_with_pidfd(ctx: &ChildCtx) -> io::Result<(Pid, OwnedFd)> {
+    // SAFETY: as for clone3: the child runs only `child_after_fork`.
+    let ret = unsafe { libc::fork() };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ret == 0 {
+        child_after_fork(ctx);
+    }
+    let pid = Pid::from_raw(ret).expect("fork returned a positive pid");
+    // Race-free: the child is ours and unreaped, so its PID cannot be reused yet.
+    match pidfd::open(pid) {
+        Ok(fd) => Ok((pid, fd)),
+        Err(e) => {
+            // Without a pidfd we cannot supervise it; do not leave it running.
+            // SAFETY: plain syscalls on our own unreaped child's PID, which cannot be reused
+            // before the waitpid below.
+            unsafe {
+                libc::kill(ret, libc::SIGKILL);
+                libc::waitpid(ret, std::ptr::null_mut(), 0);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The child between fork and exec. Only raw syscalls; see the module docs.
+fn child_after_fork(ctx: &ChildCtx) -> ! {
+    // SAFETY (whole function): every call is an async-signal-safe system call on
+    // descriptors and buffers that were prepared by the parent and stay valid in this copy
+    // of its address space; nothing allocates, locks or unwinds.
+    unsafe {
+        let report = |stage: u32, errno: i32| -> ! {
+            let mut buf = [0u8; 8];
+            buf[..4].copy_from_slice(&stage.to_ne_bytes());
+            buf[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(ctx.err_pipe, buf.as_ptr().cast(), buf.len());
+            libc::_exit(127)
+        };
+        let errno = || *libc::__errno_location();
+
+        if ctx.move_via_procs >= 0 {
+            // "0" moves the writing process itself.
+            if libc::write(ctx.move_via_procs, b"0".as_ptr().cast(), 1) != 1 {
+                report(STAGE_CGROUP, errno());
+            }
+        }
+        if ctx.new_pgroup && libc::setpgid(0, 0) != 0 {
+            report(STAGE_SETPGID, errno());
+        }
+        // Move the caller's descriptors above 2 first, so one dup2 cannot clobber the source
+        // of the next.
+        let mut moved = [-1; 3];
+        for i in 0..3 {
+            if ctx.stdio[i] >= 0 {
+                let fd = libc::fcntl(ctx.stdio[i], libc::F_DUPFD_CLOEXEC, 3);
+                if fd < 0 {
+                    report(STAGE_STDIO, errno());
+                }
+                moved[i] = fd;
+            }
+        }
+        for (i, fd) in moved.iter().enumerate() {
+            if *fd >= 0 && libc::dup2(*fd, i as i32) < 0 {
+                report(STAGE_STDIO, errno());
+            }
+        }
+        // Signals: the mask corral found (not the one it uses for itself), and SIGPIPE back
+        // to its default (the Rust runtime ignores it in corral; COMMAND should not inherit
+        // that).
+        if let Some(mask) = &ctx.sigmask {
+            if libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) != 0 {
+                report(STAGE_SIGNALS, errno());
+            }
+        }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
+        if let Some(cwd) = &ctx.cwd {
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                report(STAGE_CHDIR, errno());
+            }
+        }
+        // execvp's rules: ENOENT/ENOTDIR move on to the next PATH entry; EACCES is
+        // remembered (a later entry may still work) and reported if nothing does.
+        let mut last = libc::ENOENT;
+        let mut saw_eacces = false;
+        for c in &ctx.candidates {
+            libc::execve(c.as_ptr(), ctx.argv.as_ptr(), ctx.envp.as_ptr());
+            let e = errno();
+            match e {
+                libc::ENOENT
+                | libc::ENOTDIR
+                | libc::ELOOP
+                | libc::ENAMETOOLONG
+                | libc::ESTALE
+                | libc::ENODEV
+                | libc::ETIMEDOUT => last = e,
+                libc::EACCES => saw_eacces = true,
+                _ => report(STAGE_EXEC, e),
+            }
+        }
+        report(STAGE_EXEC, if saw_eacces { libc::EACCES } else { last })
+    }
+}

@@ -1,0 +1,328 @@
+//! What a job asks for: the polite signal, the grace, the leftovers policy, the mechanism,
+//! where its cgroup goes and how long it may run.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Options for one job. `Options::default()` is what `corral run` does without flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Time between the polite signal and SIGKILL. Zero kills at once.
+    pub grace: Duration,
+    /// The polite signal sent first when the job is stopped.
+    pub signal: Signal,
+    /// What happens to descendants still running when the main process exits.
+    pub leftovers: Leftovers,
+    /// Which containment mechanism to use.
+    pub mechanism: MechanismRequest,
+    /// Where job cgroups are created (a directory on the cgroup2 mount).
+    /// `None`: `CORRAL_CGROUP_PARENT`, else `<cgroup2 mount>/corral` where that can be created.
+    pub cgroup_parent: Option<PathBuf>,
+    /// Stop the job after this long.
+    pub timeout: Option<Duration>,
+    /// On timeout, report the main process's own status instead of 124.
+    pub preserve_status: bool,
+    /// Testing and benchmarking knobs; not part of the stable API.
+    #[doc(hidden)]
+    pub debug: DebugKnobs,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            grace: Duration::from_secs(10),
+            signal: Signal::TERM,
+            leftovers: Leftovers::Kill,
+            mechanism: MechanismRequest::Auto,
+            cgroup_parent: None,
+            timeout: None,
+            preserve_status: false,
+            debug: DebugKnobs::default(),
+        }
+    }
+}
+
+/// Knobs that force fallback paths so tests and benchmarks can exercise them on a kernel
+/// that has the fast path. Not part of the stable API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DebugKnobs {
+    /// Spawn with fork + a write to `cgroup.procs` instead of `clone3(CLONE_INTO_CGROUP)`.
+    pub no_clone_into_cgroup: bool,
+    /// Kill with freeze / SIGKILL every member / thaw instead of `cgroup.kill`.
+    pub no_cgroup_kill: bool,
+}
+
+/// What to do with processes of the job that are still running when the main process exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Stop them with the same sequence as a timeout (the default).
+    Kill,
+    /// The job lasts until they exit on their own (a timeout still applies).
+    Wait,
+}
+
+impl FromStr for Leftovers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kill" => Ok(Leftovers::Kill),
+            "wait" => Ok(Leftovers::Wait),
+            _ => Err(format!(
+                "unknown leftovers policy `{s}`; use `kill` or `wait`"
+            )),
+        }
+    }
+}
+
+/// The mechanism a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MechanismRequest {
+    /// The strongest one available, falling back (and reporting it) when it cannot be had.
+    Auto,
+    /// A cgroup v2 leaf per job; an error when no writable cgroup can be had.
+    Cgroup,
+    /// Process group + child subreaper + /proc walk.
+    Pgroup,
+}
+
+impl FromStr for MechanismRequest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(MechanismRequest::Auto),
+            "cgroup" => Ok(MechanismRequest::Cgroup),
+            "pgroup" => Ok(MechanismRequest::Pgroup),
+            _ => Err(format!(
+                "unknown mechanism `{s}`; use `auto`, `cgroup` or `pgroup`"
+            )),
+        }
+    }
+}
+
+/// A signal number (1..=64), named where it has a standard name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signal(i32);
+
+const NAMES: &[(&str, i32)] = &[
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ILL", 4),
+    ("TRAP", 5),
+    ("ABRT", 6),
+    ("IOT", 6),
+    ("BUS", 7),
+    ("FPE", 8),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("SEGV", 11),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("STKFLT", 16),
+    ("CHLD", 17),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+    ("TTIN", 21),
+    ("TTOU", 22),
+    ("URG", 23),
+    ("XCPU", 24),
+    ("XFSZ", 25),
+    ("VTALRM", 26),
+    ("PROF", 27),
+    ("WINCH", 28),
+    ("IO", 29),
+    ("POLL", 29),
+    ("PWR", 30),
+    ("SYS", 31),
+];
+
+impl Signal {
+    /// SIGHUP.
+    pub const HUP: Signal = Signal(1);
+    /// SIGINT.
+    pub const INT: Signal = Signal(2);
+    /// SIGQUIT.
+    pub const QUIT: Signal = Signal(3);
+    /// SIGKILL.
+    pub const KILL: Signal = Signal(9);
+    /// SIGTERM.
+    pub const TERM: Signal = Signal(15);
+    /// SIGCONT.
+    pub const CONT: Signal = Signal(18);
+    /// SIGSTOP.
+    pub const STOP: Signal = Signal(19);
+
+    /// The signal with this number, if it is a valid signal (1..=64).
+    pub fn from_raw(n: i32) -> Option<Signal> {
+        (1..=64).contains(&n).then_some(Signal(n))
+    }
+
+    /// The signal number.
+    pub fn as_raw(self) -> i32 {
+        self.0
+    }
+
+    /// The name without `SIG` (`TERM`), or `RTMIN+n` / the number for the others.
+    pub fn name(self) -> String {
+        if let Some((n, _)) = NAMES.iter().find(|(_, v)| *v == self.0) {
+            return (*n).to_string();
+        }
+        if (34..=64).contains(&self.0) {
+            return format!("RTMIN+{}", self.0 - 34);
+        }
+        self.0.to_string()
+    }
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIG{}", self.name())
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIG{}", self.name())
+    }
+}
+
+impl FromStr for Signal {
+    type Err = String;
+    /// Accepts `TERM`, `SIGTERM`, `sigterm`, `15`, `RTMIN+3`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("unknown signal `{s}`; use a name like TERM or INT, or a number 1-64");
+        if let Ok(n) = s.parse::<i32>() {
+            return Signal::from_raw(n).ok_or_else(err);
+        }
+        let upper = s.to_ascii_uppercase();
+        let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+        if let Some((_, n)) = NAMES.iter().find(|(name, _)| *name == bare) {
+            return Ok(Signal(*n));
+        }
+        if let Some(off) = bare.strip_prefix("RTMIN+") {
+            if let Ok(k) = off.parse::<i32>() {
+                return Signal::from_raw(34 + k).filter(|_| k >= 0).ok_or_else(err);
+            }
+        }
+        Err(err())
+    }
+}
+
+/// Parses a duration such as `500ms`, `10s`, `1m30s`, `2h`, `1.5s` or `0`.
+/// A bare number means seconds (as with coreutils `timeout`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad =
+        |why: &str| format!("invalid duration `{s}`: {why}; use e.g. `500ms`, `10s` or `1m30s`");
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad("empty"));
+    }
+    if t.starts_with('-') {
+        return Err(bad("negative"));
+    }
+    let mut total: u128 = 0; // nanoseconds
+    let mut rest = t;
+    let mut any = false;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(bad("expected a number"));
+        }
+        let (num, after) = rest.split_at(num_len);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" | "" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            _ => return Err(bad(&format!("unknown unit `{unit}`"))),
+        };
+        if unit.is_empty() && (any || !next.is_empty()) {
+            return Err(bad("missing unit"));
+        }
+        let (int_part, frac_part) = match num.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (num, ""),
+        };
+        if frac_part.contains('.') || (int_part.is_empty() && frac_part.is_empty()) {
+            return Err(bad("malformed number"));
+        }
+        let int: u128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().map_err(|_| bad("number too large"))?
+        };
+        let mut value = int.checked_mul(scale).ok_or_else(|| bad("too large"))?;
+        let mut denom = 1u128;
+        for d in frac_part.bytes().take(18) {
+            denom *= 10;
+            value = value
+                .checked_add(u128::from(d - b'0') * scale / denom)
+                .ok_or_else(|| bad("too large"))?;
+        }
+        total = total.checked_add(value).ok_or_else(|| bad("too large"))?;
+        any = true;
+        rest = next;
+    }
+    // Durations beyond ~292 years are certainly mistakes, and they overflow deadline
+    // arithmetic on `Instant`.
+    const MAX_NANOS: u128 = 100 * 365 * 86_400_000_000_000;
+    if total > MAX_NANOS {
+        return Err(bad("too large (over 100 years)"));
+    }
+    Ok(Duration::from_nanos(total as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        for bad in [
+            "5x",
+            "-1s",
+            "",
+            "s",
+            "1.2.3s",
+            "99999999999999999999h",
+            "1m30",
+            "1e3",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!("TERM".parse::<Signal>().unwrap(), Signal::TERM);
+        assert_eq!("sigint".parse::<Signal>().unwrap(), Signal::INT);
+        assert_eq!("9".parse::<Signal>().unwrap(), Signal::KILL);
+        assert_eq!("RTMIN+2".parse::<Signal>().unwrap().as_raw(), 36);
+        assert_eq!(Signal::from_raw(36).unwrap().name(), "RTMIN+2");
+        for bad in ["NOPE", "0", "65", "-1", "SIG"] {
+            assert!(bad.parse::<Signal>().is_err(), "{bad} should be rejected");
+        }
+    }
+}
