@@ -118,6 +118,8 @@ pub struct Job {
     leftovers: Vec<ProcessInfo>,
     stop: Option<StopReport>,
     survivors: Vec<ProcessInfo>,
+    /// Orphans re-parented to us and reaped (pgroup).
+    reaped: usize,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -229,6 +231,7 @@ impl Job {
             leftovers: Vec::new(),
             stop: None,
             survivors: Vec::new(),
+            reaped: 0,
         })
     }
 
@@ -427,7 +430,7 @@ impl Job {
                         Wake::Nothing
                     });
                 }
-                pgroup::reap_orphans(supervisor, self.main_pid);
+                self.reaped += pgroup::reap_orphans(supervisor, self.main_pid);
                 if pgroup::members(supervisor).is_empty() {
                     return Ok(Wake::Empty);
                 }
@@ -445,11 +448,11 @@ impl Job {
         }
     }
 
-    fn job_empty(&self) -> Result<bool> {
+    fn job_empty(&mut self) -> Result<bool> {
         match self.backend.as_ref().expect("backend") {
             Backend::Cgroup(leaf) => Ok(!leaf.populated()?),
             Backend::Pgroup { supervisor } => {
-                pgroup::reap_orphans(*supervisor, self.main_pid);
+                self.reaped += pgroup::reap_orphans(*supervisor, self.main_pid);
                 Ok(pgroup::members(*supervisor).is_empty())
             }
         }
@@ -516,6 +519,7 @@ impl Job {
         let main_pid = self.main_pid;
         let backend = self.backend.as_ref().expect("backend");
         let mut held = None;
+        let mut reaped = 0;
         if let Backend::Pgroup { supervisor } = backend {
             if !grace.is_zero() {
                 let h = pgroup::freeze(*supervisor);
@@ -546,7 +550,7 @@ impl Job {
                 let state = match backend {
                     Backend::Cgroup(leaf) => leaf.wait_empty(Some(grace_end), sig_fd)?,
                     Backend::Pgroup { supervisor } => {
-                        pgroup::reap_orphans(*supervisor, main_pid);
+                        reaped += pgroup::reap_orphans(*supervisor, main_pid);
                         if pgroup::members(*supervisor).is_empty() {
                             WaitEmpty::Empty
                         } else if Instant::now() >= grace_end {
@@ -598,6 +602,7 @@ impl Job {
         if !emptied {
             match backend {
                 Backend::Cgroup(leaf) => {
+                    let present = leaf.members()?.len();
                     let method = leaf.kill_all(self.opts.debug.no_cgroup_kill)?;
                     let detail = match method {
                         KillMethod::CgroupKill => "cgroup.kill",
@@ -608,7 +613,7 @@ impl Job {
                     steps.push(step(
                         "kill",
                         Some(Signal::KILL),
-                        None,
+                        Some(present),
                         Some(detail.into()),
                         t0,
                     ));
@@ -622,15 +627,16 @@ impl Job {
                     if let Some(h) = &held {
                         pgroup::signal_all(h, Signal::KILL, &|_| true);
                     }
-                    let left = pgroup::kill_all(
+                    let (killed, n, left) = pgroup::kill_all(
                         *supervisor,
                         main_pid,
                         Instant::now() + Duration::from_secs(10),
                     );
+                    reaped += n;
                     steps.push(step(
                         "kill",
                         Some(Signal::KILL),
-                        None,
+                        Some(killed),
                         Some("SIGKILL to every descendant until none is found".into()),
                         t0,
                     ));
@@ -646,6 +652,7 @@ impl Job {
             steps.push(step("empty", None, None, None, t0));
         }
         drop(held);
+        self.reaped += reaped;
         self.stop = Some(StopReport {
             reason,
             steps,
@@ -675,17 +682,8 @@ impl Job {
                 }
             }
             Backend::Pgroup { supervisor } => {
-                let mut reaped = 0;
-                for s in procs::descendants(supervisor) {
-                    if s.ppid == supervisor.get() && s.state == 'Z' {
-                        if let Some(fd) = procs::open_verified(&s) {
-                            if matches!(pidfd::reap(fd.as_fd(), false), Ok(Some(_))) {
-                                reaped += 1;
-                            }
-                        }
-                    }
-                }
-                cleanup.reaped = Some(reaped);
+                self.reaped += pgroup::reap_orphans(supervisor, self.main_pid);
+                cleanup.reaped = Some(self.reaped);
             }
         }
         let exit = self.main_exit.map(|e| match e {
@@ -746,13 +744,7 @@ impl Drop for Job {
                     let _ = leaf.remove();
                 }
                 Some(Backend::Pgroup { supervisor }) => {
-                    for s in procs::descendants(supervisor) {
-                        if s.ppid == supervisor.get() && s.state == 'Z' {
-                            if let Some(fd) = procs::open_verified(&s) {
-                                let _ = pidfd::reap(fd.as_fd(), false);
-                            }
-                        }
-                    }
+                    pgroup::reap_orphans(supervisor, self.main_pid);
                 }
                 None => {}
             }

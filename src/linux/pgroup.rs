@@ -44,24 +44,20 @@ pub(crate) fn members(supervisor: Pid) -> Vec<Stat> {
 }
 
 /// Reaps every direct child of ours that has exited, except `main` (its status is taken by
-/// the job itself). Returns whether any child remains.
-pub(crate) fn reap_orphans(supervisor: Pid, main: Pid) -> bool {
-    let mut any = false;
+/// the job itself). Returns how many were reaped.
+pub(crate) fn reap_orphans(supervisor: Pid, main: Pid) -> usize {
+    let mut reaped = 0;
     for s in procs::descendants(supervisor) {
-        if s.ppid != supervisor.get() || s.pid == main {
-            if s.ppid == supervisor.get() {
-                any = true;
-            }
+        if s.ppid != supervisor.get() || s.pid == main || s.state != 'Z' {
             continue;
         }
-        any = true;
-        if s.state == 'Z' {
-            if let Some(fd) = procs::open_verified(&s) {
-                let _ = pidfd::reap(fd.as_fd(), false);
+        if let Some(fd) = procs::open_verified(&s) {
+            if matches!(pidfd::reap(fd.as_fd(), false), Ok(Some(_))) {
+                reaped += 1;
             }
         }
     }
-    any
+    reaped
 }
 
 /// SIGSTOPs every descendant until a walk finds no new one. Returns the pidfds, keyed by
@@ -101,24 +97,29 @@ pub(crate) fn signal_all(
 }
 
 /// SIGKILLs every descendant until none is found; reaps direct children as they die.
-/// Returns the survivors if a deadline passes (processes stuck in the kernel).
-pub(crate) fn kill_all(supervisor: Pid, main: Pid, deadline: Instant) -> Vec<Stat> {
+/// Returns how many were signalled, how many orphans were reaped, and the survivors if
+/// `deadline` passes (processes stuck in the kernel).
+pub(crate) fn kill_all(supervisor: Pid, main: Pid, deadline: Instant) -> (usize, usize, Vec<Stat>) {
+    let mut killed = HashSet::new();
+    let mut reaped = 0;
     loop {
         let live = members(supervisor);
         for s in &live {
             if let Some(fd) = procs::open_verified(s) {
-                let _ = pidfd::send_signal(fd.as_fd(), Signal::KILL);
+                if pidfd::send_signal(fd.as_fd(), Signal::KILL).is_ok() {
+                    killed.insert(s.pid);
+                }
             }
         }
-        reap_orphans(supervisor, main);
+        reaped += reap_orphans(supervisor, main);
         if live.is_empty() {
-            return Vec::new();
+            return (killed.len(), reaped, Vec::new());
         }
         if Instant::now() >= deadline {
-            return members(supervisor);
+            return (killed.len(), reaped, members(supervisor));
         }
-        // Wait for one of the killed direct children to exit (event), briefly bounded
-        // because deeper ones are not our children and give no event.
+        // Wait for one of the killed direct children to exit (an event), bounded because
+        // deeper ones are not our children and give no event.
         let _ = wait_any_child_exit(
             supervisor,
             Some(Instant::now() + Duration::from_millis(20)),
