@@ -44,6 +44,7 @@ pub(crate) struct Mount {
     /// The mount point, e.g. `/sys/fs/cgroup/unified`.
     pub(crate) path: PathBuf,
     /// The cgroup at the mount point, as `/proc/<pid>/cgroup` names it (usually `/`).
+    #[allow(dead_code)] // kept for the delegation work, which maps /proc/self/cgroup to paths
     pub(crate) root: PathBuf,
 }
 
@@ -119,8 +120,6 @@ pub(crate) struct Parent {
     pub(crate) path: PathBuf,
     pub(crate) dir: OwnedFd,
     pub(crate) source: ParentSource,
-    /// The parent's cgroup path as `/proc/<pid>/cgroup` shows it.
-    pub(crate) cgroup_path: PathBuf,
 }
 
 /// Why no cgroup parent could be had; `auto` falls back with this as the reason.
@@ -209,17 +208,10 @@ fn open_named_parent(path: &Path, source: ParentSource) -> Result<Parent> {
             "run as root or give a cgroup delegated to your user",
         ));
     }
-    let cgroup_path = cgroup_path_of(path).map_err(|e| {
-        bad(
-            format!("cannot be mapped to a cgroup ({e})"),
-            "give a directory under the cgroup2 mount",
-        )
-    })?;
     Ok(Parent {
         path: path.to_owned(),
         dir,
         source,
-        cgroup_path,
     })
 }
 
@@ -289,12 +281,10 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
             "run as root or pass --cgroup-parent",
         ));
     }
-    let cgroup_path = mount.root.join("corral");
     Ok(Parent {
         path,
         dir,
         source: ParentSource::Default,
-        cgroup_path,
     })
 }
 
@@ -304,18 +294,6 @@ fn systemd_manages(mount: &Mount) -> bool {
         .map(|c| c.trim() == "systemd")
         .unwrap_or(false);
     pid1_is_systemd || mount.path.join("init.scope").exists()
-}
-
-/// Maps a directory under the cgroup2 mount to its cgroup path (`/proc/<pid>/cgroup` form).
-fn cgroup_path_of(path: &Path) -> io::Result<PathBuf> {
-    let mount = find_mount()?.ok_or_else(|| io::Error::other("no cgroup2 mount"))?;
-    let rel = path.strip_prefix(&mount.path).map_err(|_| {
-        io::Error::other(format!(
-            "not under the cgroup2 mount {}",
-            mount.path.display()
-        ))
-    })?;
-    Ok(mount.root.join(rel))
 }
 
 /// Reads `populated` from a `cgroup.events` file.
@@ -345,8 +323,6 @@ pub(crate) struct Leaf {
     events: File,
     /// `cgroup.procs` opened for writing: the fork fallback moves the child through it.
     procs: OwnedFd,
-    /// The leaf's cgroup path as `/proc/<pid>/cgroup` shows it.
-    cgroup_path: PathBuf,
     removed: bool,
 }
 
@@ -389,7 +365,6 @@ impl Leaf {
             }
         };
         Ok(Leaf {
-            cgroup_path: parent.cgroup_path.join(name),
             path,
             name: name.to_string(),
             parent_dir: parent.dir,
@@ -430,42 +405,49 @@ impl Leaf {
         Ok(out)
     }
 
-    /// Opens a pidfd for `pid` and checks it is still in this subtree, so a PID reused by a
-    /// process outside the job is never signalled.
-    pub(crate) fn open_member(&self, pid: Pid) -> Option<OwnedFd> {
-        let fd = pidfd::open(pid).ok()?;
-        // The pidfd now pins the process that had `pid` at open time. If that process is
-        // (still) in our subtree, it is ours; a reuse shows another cgroup here.
-        let text = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.get())).ok()?;
-        let cg = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-        let cg = Path::new(cg);
-        (cg == self.cgroup_path || cg.starts_with(&self.cgroup_path)).then_some(fd)
+    /// Calls `each` with a pidfd for every member, in batches, keeping only members still
+    /// listed in the subtree after their pidfd was opened, so a PID reused by a process
+    /// outside the job is never signalled. Batches keep the number of open descriptors
+    /// small whatever the job's size (the default soft limit is 1024).
+    ///
+    /// Why one re-read per batch suffices: the pidfd pins the process X that had PID P when
+    /// it was opened. If P is listed in our subtree afterwards and X is alive, X is the one
+    /// listed (a PID names one live process), so X is ours. If X had died, the pidfd
+    /// signals nothing (ESRCH), whoever holds P now. If P is no longer listed, we skip it.
+    pub(crate) fn for_each_member(&self, each: &mut dyn FnMut(Pid, BorrowedFd<'_>)) -> Result<()> {
+        const BATCH: usize = 256;
+        let pids = self.members()?;
+        for chunk in pids.chunks(BATCH) {
+            let opened: Vec<(Pid, OwnedFd)> = chunk
+                .iter()
+                .filter_map(|p| pidfd::open(*p).ok().map(|fd| (*p, fd)))
+                .collect();
+            let still: std::collections::HashSet<Pid> = self.members()?.into_iter().collect();
+            for (pid, fd) in &opened {
+                if still.contains(pid) {
+                    each(*pid, fd.as_fd());
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Sends a polite signal, then SIGCONT, to every member. Returns how many got it.
+    /// Sends a polite signal, then SIGCONT, to every member (SIGCONT to all of them, the
+    /// polite signal to those `filter` accepts). Returns how many got each.
     pub(crate) fn signal_then_continue(
         &self,
         sig: Signal,
         filter: &dyn Fn(Pid) -> bool,
     ) -> Result<(usize, usize)> {
-        let mut fds = Vec::new();
-        let mut polite = 0;
-        for pid in self.members()? {
-            if let Some(fd) = self.open_member(pid) {
-                if filter(pid) && pidfd::send_signal(fd.as_fd(), sig).is_ok() {
-                    polite += 1;
-                }
-                fds.push(fd);
+        let (mut polite, mut cont) = (0, 0);
+        self.for_each_member(&mut |pid, fd| {
+            if filter(pid) && pidfd::send_signal(fd, sig).is_ok() {
+                polite += 1;
             }
-        }
-        let mut cont = 0;
-        if sig != Signal::CONT {
-            for fd in &fds {
-                if pidfd::send_signal(fd.as_fd(), Signal::CONT).is_ok() {
-                    cont += 1;
-                }
+            if sig != Signal::CONT && pidfd::send_signal(fd, Signal::CONT).is_ok() {
+                cont += 1;
             }
-        }
+        })?;
         Ok((polite, cont))
     }
 
@@ -534,11 +516,9 @@ impl Leaf {
         while self.populated()? {
             self.set_frozen(true)?;
             self.wait_frozen(Instant::now() + Duration::from_secs(1))?;
-            for pid in self.members()? {
-                if let Some(fd) = self.open_member(pid) {
-                    let _ = pidfd::send_signal(fd.as_fd(), Signal::KILL);
-                }
-            }
+            self.for_each_member(&mut |_, fd| {
+                let _ = pidfd::send_signal(fd, Signal::KILL);
+            })?;
             self.set_frozen(false)?;
             // Let SIGKILLed tasks leave; new members that slipped in get the next round.
             if let WaitEmpty::Empty =
