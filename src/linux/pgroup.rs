@@ -60,20 +60,21 @@ pub(crate) fn reap_orphans(supervisor: Pid, main: Pid) -> usize {
     reaped
 }
 
-/// SIGSTOPs every descendant until a walk finds no new one. Returns the pidfds, keyed by
-/// PID, of what was stopped.
-pub(crate) fn freeze(supervisor: Pid) -> HashMap<Pid, OwnedFd> {
-    let mut held: HashMap<Pid, OwnedFd> = HashMap::new();
+/// SIGSTOPs every descendant until a walk finds no new one. Returns what was stopped,
+/// keyed by PID (with the start time that identifies each). No descriptors are held, so the
+/// size of the tree is not limited by `RLIMIT_NOFILE`.
+pub(crate) fn freeze(supervisor: Pid) -> HashMap<Pid, Stat> {
+    let mut held: HashMap<Pid, Stat> = HashMap::new();
     // Bounded: a fork storm converges because every stopped process stops forking.
     for _ in 0..1000 {
         let mut new = 0;
         for s in members(supervisor) {
-            if held.contains_key(&s.pid) {
+            if held.get(&s.pid).is_some_and(|h| h.starttime == s.starttime) {
                 continue;
             }
             if let Some(fd) = procs::open_verified(&s) {
                 let _ = pidfd::send_signal(fd.as_fd(), Signal::STOP);
-                held.insert(s.pid, fd);
+                held.insert(s.pid, s);
                 new += 1;
             }
         }
@@ -84,15 +85,12 @@ pub(crate) fn freeze(supervisor: Pid) -> HashMap<Pid, OwnedFd> {
     held
 }
 
-/// Sends `sig` to every held process for which `filter` holds.
-pub(crate) fn signal_all(
-    held: &HashMap<Pid, OwnedFd>,
-    sig: Signal,
-    filter: &dyn Fn(Pid) -> bool,
-) -> usize {
-    held.iter()
-        .filter(|(pid, _)| filter(**pid))
-        .filter(|(_, fd)| pidfd::send_signal(fd.as_fd(), sig).is_ok())
+/// Sends `sig` to every held process (still the same process) for which `filter` holds.
+pub(crate) fn signal_all(held: &HashMap<Pid, Stat>, sig: Signal, filter: &dyn Fn(Pid) -> bool) -> usize {
+    held.values()
+        .filter(|s| filter(s.pid))
+        .filter_map(procs::open_verified)
+        .filter(|fd| pidfd::send_signal(fd.as_fd(), sig).is_ok())
         .count()
 }
 
