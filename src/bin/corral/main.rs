@@ -71,11 +71,7 @@ struct RunArgs {
     #[arg(long, hide = true)]
     debug_no_cgroup_kill: bool,
     /// The command and its arguments.
-    #[arg(
-        value_name = "COMMAND",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     command: Vec<OsString>,
 }
 
@@ -104,17 +100,14 @@ fn run() -> anyhow::Result<ExitCode> {
             use clap::error::ErrorKind;
             if matches!(
                 e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
             ) {
                 let _ = e.print();
-                return Ok(
-                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                        ExitCode::from(EXIT_CORRAL_FAILED)
-                    } else {
-                        ExitCode::SUCCESS
-                    },
+                return Ok(ExitCode::SUCCESS);
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                anyhow::bail!(
+                    "no subcommand given; usage: corral run [OPTIONS] -- COMMAND [ARGS...] (see `corral --help`)"
                 );
             }
             // One line: clap's first line, without its own "error: " prefix.
