@@ -37,6 +37,8 @@ const PROCS: &str = "cgroup.procs";
 const EVENTS: &str = "cgroup.events";
 const KILL: &str = "cgroup.kill";
 const FREEZE: &str = "cgroup.freeze";
+/// The default parent's name under the cgroup2 mount.
+const DEFAULT_PARENT: &str = "corral";
 
 /// Where the cgroup2 hierarchy is mounted, and which cgroup its root is.
 #[derive(Debug, Clone)]
@@ -241,7 +243,7 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
             "pass --cgroup-parent with a delegated cgroup (e.g. under `systemd-run --user --scope -p Delegate=yes`)",
         ));
     }
-    let path = mount.path.join("corral");
+    let path = mount.path.join(DEFAULT_PARENT);
     let mount_dir = rustix::fs::open(
         &mount.path,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -253,28 +255,37 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
             "check permissions",
         )
     })?;
-    match rustix::fs::mkdirat(&mount_dir, "corral", Mode::from_raw_mode(0o755)) {
-        Ok(()) => {}
-        Err(e) if e == rustix::io::Errno::EXIST => {}
-        Err(e) => {
-            return Err(none(
-                format!("cannot create {} ({e})", path.display()),
-                "run as root, or pass --cgroup-parent with a writable cgroup",
-            ))
+    // Another corral may remove the shared default parent between our mkdir and open when
+    // its last job ends; make it again then.
+    let mut attempts = 0;
+    let dir = loop {
+        attempts += 1;
+        match rustix::fs::mkdirat(&mount_dir, DEFAULT_PARENT, Mode::from_raw_mode(0o755)) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::EXIST => {}
+            Err(e) => {
+                return Err(none(
+                    format!("cannot create {} ({e})", path.display()),
+                    "run as root, or pass --cgroup-parent with a writable cgroup",
+                ))
+            }
         }
-    }
-    let dir = rustix::fs::openat(
-        &mount_dir,
-        "corral",
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| {
-        none(
-            format!("cannot open {} ({e})", path.display()),
-            "check permissions",
-        )
-    })?;
+        match rustix::fs::openat(
+            &mount_dir,
+            DEFAULT_PARENT,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => break fd,
+            Err(e) if e == rustix::io::Errno::NOENT && attempts < 100 => continue,
+            Err(e) => {
+                return Err(none(
+                    format!("cannot open {} ({e})", path.display()),
+                    "check permissions",
+                ))
+            }
+        }
+    };
     if rustix::fs::accessat(&dir, PROCS, rustix::fs::Access::WRITE_OK, AtFlags::empty()).is_err() {
         return Err(none(
             format!("{} is not writable", path.display()),
@@ -578,19 +589,27 @@ impl Leaf {
             rustix::io::fcntl_dupfd_cloexec(&self.dir, 0).map_err(|e| Error::sys("dup", e))?;
         remove_children(dup, &self.path, deadline)?;
         rmdir_retry(self.parent_dir.as_fd(), &self.name, &self.path, deadline)?;
-        if self.parent_source == ParentSource::Default {
-            // Best effort: fails with EBUSY/ENOTEMPTY while other jobs use it.
-            if let Ok(Some(m)) = find_mount() {
-                if let Ok(mdir) = rustix::fs::open(
-                    &m.path,
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ) {
-                    let _ = rustix::fs::unlinkat(&mdir, "corral", AtFlags::REMOVEDIR);
-                }
+        self.remove_default_parent_if_unused();
+        Ok(())
+    }
+}
+
+impl Leaf {
+    /// The default parent is corral's own; it goes when its last job does. Best effort: it
+    /// fails with EBUSY while other jobs use it.
+    fn remove_default_parent_if_unused(&self) {
+        if self.parent_source != ParentSource::Default {
+            return;
+        }
+        if let Ok(Some(m)) = find_mount() {
+            if let Ok(mdir) = rustix::fs::open(
+                &m.path,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                let _ = rustix::fs::unlinkat(&mdir, DEFAULT_PARENT, AtFlags::REMOVEDIR);
             }
         }
-        Ok(())
     }
 }
 
@@ -610,6 +629,7 @@ impl Drop for Leaf {
                 &self.path,
                 Instant::now() + Duration::from_secs(2),
             );
+            self.remove_default_parent_if_unused();
         }
     }
 }
