@@ -534,8 +534,8 @@ impl Job {
                 Backend::Pgroup { .. } => {
                     let h = held.as_ref().expect("frozen set");
                     (
-                        pgroup::signal_all(h, polite, &filter),
-                        pgroup::signal_all(h, Signal::CONT, &|_| true),
+                        pgroup::signal_all(h, polite, &filter).len(),
+                        pgroup::signal_all(h, Signal::CONT, &|_| true).len(),
                     )
                 }
             };
@@ -624,13 +624,15 @@ impl Job {
                     }
                 }
                 Backend::Pgroup { supervisor } => {
-                    if let Some(h) = &held {
-                        pgroup::signal_all(h, Signal::KILL, &|_| true);
-                    }
+                    let already = held
+                        .as_ref()
+                        .map(|h| pgroup::signal_all(h, Signal::KILL, &|_| true))
+                        .unwrap_or_default();
                     let (killed, n, left) = pgroup::kill_all(
                         *supervisor,
                         main_pid,
                         Instant::now() + Duration::from_secs(10),
+                        already,
                     );
                     reaped += n;
                     steps.push(step(

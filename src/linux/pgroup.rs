@@ -86,19 +86,30 @@ pub(crate) fn freeze(supervisor: Pid) -> HashMap<Pid, Stat> {
 }
 
 /// Sends `sig` to every held process (still the same process) for which `filter` holds.
-pub(crate) fn signal_all(held: &HashMap<Pid, Stat>, sig: Signal, filter: &dyn Fn(Pid) -> bool) -> usize {
+/// Returns the PIDs reached.
+pub(crate) fn signal_all(
+    held: &HashMap<Pid, Stat>,
+    sig: Signal,
+    filter: &dyn Fn(Pid) -> bool,
+) -> HashSet<Pid> {
     held.values()
         .filter(|s| filter(s.pid))
-        .filter_map(procs::open_verified)
-        .filter(|fd| pidfd::send_signal(fd.as_fd(), sig).is_ok())
-        .count()
+        .filter_map(|s| procs::open_verified(s).map(|fd| (s.pid, fd)))
+        .filter(|(_, fd)| pidfd::send_signal(fd.as_fd(), sig).is_ok())
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// SIGKILLs every descendant until none is found; reaps direct children as they die.
-/// Returns how many were signalled, how many orphans were reaped, and the survivors if
+/// `killed` holds the processes already SIGKILLed by the caller. Returns how many were
+/// signalled in all, how many orphans were reaped, and the survivors if
 /// `deadline` passes (processes stuck in the kernel).
-pub(crate) fn kill_all(supervisor: Pid, main: Pid, deadline: Instant) -> (usize, usize, Vec<Stat>) {
-    let mut killed = HashSet::new();
+pub(crate) fn kill_all(
+    supervisor: Pid,
+    main: Pid,
+    deadline: Instant,
+    mut killed: HashSet<Pid>,
+) -> (usize, usize, Vec<Stat>) {
     let mut reaped = 0;
     loop {
         let live = members(supervisor);
@@ -136,7 +147,7 @@ pub(crate) fn wait_any_child_exit(
     const MAX_POLLED: usize = 256;
     let kids: Vec<Stat> = procs::descendants(supervisor)
         .into_iter()
-        .filter(|s| s.ppid == supervisor.get())
+        .filter(|s| s.ppid == supervisor.get() && s.state != 'Z')
         .collect();
     let mut fds: Vec<OwnedFd> = kids
         .iter()
