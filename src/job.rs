@@ -154,7 +154,7 @@ impl Job {
             .unwrap_or(0);
         let started = Instant::now();
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let id = format!("corral-{}-{}", std::process::id(), seq);
+        let mut id = format!("corral-{}-{}", std::process::id(), seq);
         let env = cmd.env.as_deref();
         let mut spec = SpawnSpec {
             program: &cmd.program,
@@ -173,6 +173,7 @@ impl Job {
                     linux::cgroup::ParentSource::Default => "default",
                 };
                 let leaf = Leaf::create(parent, &id)?;
+                id = leaf.name().to_string();
                 spec.placement = Placement::Cgroup {
                     dir: leaf.dir_fd(),
                     procs: leaf.procs_fd(),

@@ -338,12 +338,19 @@ pub(crate) struct Leaf {
 }
 
 impl Leaf {
-    /// Creates a uniquely named leaf under `parent`.
-    pub(crate) fn create(parent: Parent, name: &str) -> Result<Leaf> {
-        let path = parent.path.join(name);
-        loop {
-            match rustix::fs::mkdirat(&parent.dir, name, Mode::from_raw_mode(0o755)) {
-                Ok(()) => break,
+    /// Creates a leaf named `base` under `parent` (or `base-2`, `base-3`, ... if a stale one
+    /// of that name exists, e.g. from a crashed corral whose PID we now have).
+    pub(crate) fn create(parent: Parent, base: &str) -> Result<Leaf> {
+        let mut n = 1;
+        let name = loop {
+            let name = if n == 1 {
+                base.to_string()
+            } else {
+                format!("{base}-{n}")
+            };
+            match rustix::fs::mkdirat(&parent.dir, name.as_str(), Mode::from_raw_mode(0o755)) {
+                Ok(()) => break name,
+                Err(e) if e == rustix::io::Errno::EXIST && n < 100 => n += 1,
                 // The default parent may be removed by another corral whose last job just
                 // ended; make it again.
                 Err(e)
@@ -353,11 +360,13 @@ impl Leaf {
                         Unavailable::Bad(e) => e,
                         Unavailable::None { reason, fix } => Error::NoCgroup { reason, fix },
                     })?;
-                    return Leaf::create(again, name);
+                    return Leaf::create(again, base);
                 }
-                Err(e) => return Err(Error::cgroup("create", &path, e.into())),
+                Err(e) => return Err(Error::cgroup("create", parent.path.join(&name), e.into())),
             }
-        }
+        };
+        let name = name.as_str();
+        let path = parent.path.join(name);
         let open = |dir: &OwnedFd, file: &str, flags: OFlags| {
             rustix::fs::openat(dir, file, flags | OFlags::CLOEXEC, Mode::empty())
                 .map_err(|e| Error::cgroup("open", path.join(file), e.into()))
@@ -385,6 +394,11 @@ impl Leaf {
             procs,
             removed: false,
         })
+    }
+
+    /// The leaf's name (the job id).
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// The leaf directory (for `clone3`'s `CLONE_INTO_CGROUP`).

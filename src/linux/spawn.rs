@@ -430,13 +430,13 @@ fn child_after_fork(ctx: &ChildCtx) -> ! {
         // Move the caller's descriptors above 2 first, so one dup2 cannot clobber the source
         // of the next.
         let mut moved = [-1; 3];
-        for i in 0..3 {
-            if ctx.stdio[i] >= 0 {
-                let fd = libc::fcntl(ctx.stdio[i], libc::F_DUPFD_CLOEXEC, 3);
+        for (slot, src) in moved.iter_mut().zip(ctx.stdio) {
+            if src >= 0 {
+                let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 3);
                 if fd < 0 {
                     report(STAGE_STDIO, errno());
                 }
-                moved[i] = fd;
+                *slot = fd;
             }
         }
         for (i, fd) in moved.iter().enumerate() {
