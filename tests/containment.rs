@@ -1,0 +1,51 @@
+//! corral's integration tests: one test binary, one module per behaviour. Each behaviour
+//! runs in both mechanisms (`--mechanism cgroup` and `--mechanism pgroup`) where it
+//! applies, as `<module>::<behaviour>::{cgroup,pgroup}`.
+//!
+//! Process trees come from the `corral-testtree` helper (`src/bin/corral-testtree.rs`),
+//! which lists every process it creates once the process is ready; the tests hold each one
+//! by a pidfd and check it is gone after corral returns. Each test owns a cgroup subtree
+//! (see `util::CgroupTree`) in which corral runs, so anything that escaped every check is
+//! still found (and killed) there.
+//!
+//! Tests that cannot run (no writable cgroup2) print `SKIPPED: <reason>`, or fail when
+//! `CORRAL_REQUIRE_ALL=1`.
+#![cfg(target_os = "linux")]
+
+// The crate root is not a mod.rs, so each module file's path is given.
+
+#[path = "containment/util.rs"]
+mod util;
+
+#[path = "containment/bad_input.rs"]
+mod bad_input;
+#[path = "containment/bystander.rs"]
+mod bystander;
+#[path = "containment/ctrl_c.rs"]
+mod ctrl_c;
+#[path = "containment/daemon.rs"]
+mod daemon;
+#[path = "containment/direct_child.rs"]
+mod direct_child;
+#[path = "containment/escalation.rs"]
+mod escalation;
+#[path = "containment/exit_status.rs"]
+mod exit_status;
+#[path = "containment/fork_storm.rs"]
+mod fork_storm;
+#[path = "containment/graceful.rs"]
+mod graceful;
+#[path = "containment/grandchild.rs"]
+mod grandchild;
+#[path = "containment/parallel.rs"]
+mod parallel;
+#[path = "containment/pipe.rs"]
+mod pipe;
+#[path = "containment/setpgid.rs"]
+mod setpgid;
+#[path = "containment/setsid.rs"]
+mod setsid;
+#[path = "containment/sigterm.rs"]
+mod sigterm;
+#[path = "containment/stopped.rs"]
+mod stopped;

@@ -1,0 +1,84 @@
+//! A grandchild that ignores SIGTERM: after the grace, corral must escalate to SIGKILL, and
+//! the report must show the kill step.
+
+use std::time::Duration;
+
+use crate::util::{both_mechanisms, Mechanism, Sandbox};
+
+both_mechanisms!(
+    ignored_sigterm_escalates_to_kill_after_the_grace,
+    zero_grace_kills_at_once
+);
+
+fn ignored_sigterm_escalates_to_kill_after_the_grace(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("escalation", mechanism) else {
+        return;
+    };
+    let job = sandbox
+        .corral(mechanism)
+        .grace("300ms", Duration::from_millis(300))
+        .tree(&["--exit", "0", "ignore-term"])
+        .spawn();
+    let procs = job.wait_ready(&["top", "ignore-term"]);
+    job.go();
+    let done = job.finish();
+    procs.assert_all_gone("escalation");
+    sandbox.assert_clean();
+    done.assert_code(0);
+    done.assert_report_basics(mechanism);
+    done.leftover(procs.pid("ignore-term"));
+
+    let report = done.report();
+    let steps = report["stop"]["steps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let at = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .and_then(|s| s["at_ms"].as_u64())
+            .unwrap_or_else(|| panic!("no `{name}` step:\n{}", done.report_text()))
+    };
+    let (signal_at, kill_at) = (at("signal"), at("kill"));
+    assert!(
+        kill_at >= signal_at + 250,
+        "SIGKILL came {}ms after the polite signal; the grace is 300ms:\n{}",
+        kill_at.saturating_sub(signal_at),
+        done.report_text()
+    );
+    assert_eq!(
+        done.stop_outcome().as_deref(),
+        Some("killed"),
+        "{}",
+        done.report_text()
+    );
+}
+
+fn zero_grace_kills_at_once(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("zero-grace", mechanism) else {
+        return;
+    };
+    let job = sandbox
+        .corral(mechanism)
+        .args(["--grace", "0"])
+        .tree(&["--exit", "0", "ignore-term"])
+        .spawn();
+    let procs = job.wait_ready(&["top", "ignore-term"]);
+    job.go();
+    let done = job.finish();
+    procs.assert_all_gone("zero grace");
+    sandbox.assert_clean();
+    done.assert_code(0);
+    done.assert_report_basics(mechanism);
+    assert!(
+        done.stop_steps().iter().any(|s| s == "kill"),
+        "no kill step:\n{}",
+        done.report_text()
+    );
+    assert!(
+        done.returned_after < Duration::from_secs(5),
+        "--grace 0 took {:?}",
+        done.returned_after
+    );
+}

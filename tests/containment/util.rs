@@ -1,0 +1,1343 @@
+//! Shared helpers: a per-test [`Sandbox`] (temp dir + cgroup subtree), a [`Run`] builder for
+//! `corral run`, the running [`Job`], the processes a tree reported ([`Procs`], held as
+//! pidfds) and the [`Finished`] result with its JSON report.
+//!
+//! Rules these helpers keep, so the tests can run in parallel and never harm the host:
+//! - A process is only ever signalled through a pidfd opened while it was known to be alive
+//!   (or, for corral itself, while it is our unreaped child). No numeric PID is killed.
+//! - A process group is only signalled when this test created it (`process_group(0)`) and
+//!   its leader is our unreaped child, so the group id cannot have been reused.
+//! - Every wait is an event wait or a poll against a deadline; no fixed sleep proves death.
+//! - Each test gets its own cgroup subtree, killed and removed in `Drop` even on panic.
+
+#![allow(dead_code)] // each behaviour module uses a different subset
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+pub const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
+pub const TESTTREE: &str = env!("CARGO_BIN_EXE_corral-testtree");
+
+/// How long a tree may take to report itself ready.
+pub const READY_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a process may take to be seen gone once corral has returned.
+pub const GONE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long corral may take to return, on top of the grace a test asks for.
+pub const CORRAL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The containment mechanism a test forces with `--mechanism`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    Cgroup,
+    Pgroup,
+}
+
+impl Mechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Cgroup => "cgroup",
+            Mechanism::Pgroup => "pgroup",
+        }
+    }
+}
+
+/// For each `fn name(mechanism: Mechanism)` given, generates `mod name { fn cgroup(); fn
+/// pgroup(); }` test functions, so each behaviour runs (and is reported) once per mechanism.
+macro_rules! both_mechanisms {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn cgroup() {
+                    super::$name($crate::util::Mechanism::Cgroup)
+                }
+                #[test]
+                fn pgroup() {
+                    super::$name($crate::util::Mechanism::Pgroup)
+                }
+            }
+        )+
+    };
+}
+pub(crate) use both_mechanisms;
+
+/// Reports that a test cannot run here: prints `SKIPPED: <reason>` to stderr, or panics
+/// when `CORRAL_REQUIRE_ALL=1` (CI, where every test must run).
+pub fn skip(reason: impl std::fmt::Display) {
+    if std::env::var_os("CORRAL_REQUIRE_ALL").is_some_and(|v| v == "1") {
+        panic!("test cannot run and CORRAL_REQUIRE_ALL=1: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+// ---- cgroups ---------------------------------------------------------------------------
+
+/// The cgroup2 mount point, from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        // <id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ...
+        let (before, after) = line.split_once(" - ")?;
+        if after.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        before
+            .split(' ')
+            .nth(4)
+            .map(|p| PathBuf::from(unescape_mountinfo(p)))
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(field: &str) -> OsString {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap();
+            if let Ok(b) = u8::from_str_radix(octal, 8) {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    OsString::from_vec(out)
+}
+
+/// A cgroup subtree owned by one test:
+///
+/// ```text
+/// <cgroup2 mount>/corral-test-<pid>-<name>-<n>/
+///     corral/   corral runs here (and, in pgroup mode, its whole job)
+///     jobs/     passed as --cgroup-parent; corral's job cgroups appear here
+///     other/    bystanders
+/// ```
+///
+/// `Drop` writes `1` to `cgroup.kill` of every cgroup in the subtree, waits until it is
+/// unpopulated and removes the directories depth-first, even when the test panicked.
+pub struct CgroupTree {
+    root: PathBuf,
+}
+
+impl CgroupTree {
+    pub fn create(name: &str) -> Result<CgroupTree, String> {
+        let mount = cgroup2_mount().ok_or("no cgroup2 mount in /proc/self/mountinfo")?;
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let root = mount.join(format!(
+            "corral-test-{}-{name}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::create_dir(&root)
+            .map_err(|e| format!("cannot create a cgroup at {}: {e}", root.display()))?;
+        let tree = CgroupTree { root };
+        for leaf in ["corral", "jobs", "other"] {
+            let path = tree.root.join(leaf);
+            fs::create_dir(&path)
+                .map_err(|e| format!("cannot create a cgroup at {}: {e}", path.display()))?;
+        }
+        Ok(tree)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// Where corral (and, in pgroup mode, its job) runs.
+    pub fn corral_leaf(&self) -> PathBuf {
+        self.root.join("corral")
+    }
+    /// The `--cgroup-parent` for corral.
+    pub fn jobs(&self) -> PathBuf {
+        self.root.join("jobs")
+    }
+    /// Where bystanders run.
+    pub fn other_leaf(&self) -> PathBuf {
+        self.root.join("other")
+    }
+
+    /// The cgroups directly under `path`.
+    pub fn children(path: &Path) -> Vec<PathBuf> {
+        let mut children: Vec<PathBuf> = fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        children.sort();
+        children
+    }
+
+    /// `populated` from `cgroup.events` (covers the whole subtree below `path`).
+    pub fn populated(path: &Path) -> bool {
+        let events = path.join("cgroup.events");
+        let text = fs::read_to_string(&events)
+            .unwrap_or_else(|e| panic!("read {}: {e}", events.display()));
+        text.lines().any(|l| l == "populated 1")
+    }
+
+    /// The PIDs in `cgroup.procs` of `path` and every cgroup below it.
+    pub fn procs_recursive(path: &Path) -> Vec<i32> {
+        let mut pids: Vec<i32> = fs::read_to_string(path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        for child in Self::children(path) {
+            pids.extend(Self::procs_recursive(&child));
+        }
+        pids
+    }
+
+    /// All cgroups of the subtree, children before their parent.
+    fn post_order(path: &Path, out: &mut Vec<PathBuf>) {
+        for child in Self::children(path) {
+            Self::post_order(&child, out);
+        }
+        out.push(path.to_path_buf());
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut all = Vec::new();
+        Self::post_order(&self.root, &mut all);
+        for cgroup in &all {
+            let kill = cgroup.join("cgroup.kill");
+            if let Err(e) = fs::write(&kill, "1") {
+                eprintln!("cleanup: failed to write 1 to {}: {e}", kill.display());
+            }
+        }
+        while Self::populated_quiet(&self.root) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A subtree can grow while being killed (a fork racing cgroup.kill); list it again.
+        loop {
+            let mut all = Vec::new();
+            Self::post_order(&self.root, &mut all);
+            let mut failed = None;
+            for cgroup in &all {
+                if let Err(e) = fs::remove_dir(cgroup) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        failed = Some((cgroup.clone(), e));
+                    }
+                }
+            }
+            match failed {
+                None => return,
+                Some((cgroup, e)) if Instant::now() >= deadline => {
+                    eprintln!("cleanup: failed to remove cgroup {}: {e}", cgroup.display());
+                    return;
+                }
+                Some(_) => {
+                    let _ = fs::write(self.root.join("cgroup.kill"), "1");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
+
+impl CgroupTree {
+    fn populated_quiet(path: &Path) -> bool {
+        fs::read_to_string(path.join("cgroup.events"))
+            .map(|t| t.lines().any(|l| l == "populated 1"))
+            .unwrap_or(false)
+    }
+}
+
+/// Makes the command's child write itself into `leaf` before it execs, so corral and
+/// everything it starts is born in the test's cgroup subtree.
+fn place_in_cgroup(command: &mut Command, leaf: &Path) {
+    let procs = CString::new(leaf.join("cgroup.procs").into_os_string().into_vec())
+        .expect("cgroup path has no NUL byte");
+    // SAFETY: the closure runs in the forked child before exec. It only calls
+    // async-signal-safe functions (open, write, close) on memory allocated before the fork,
+    // and `io::Error::last_os_error` only reads errno.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let error = io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(error);
+            }
+            Ok(())
+        });
+    }
+}
+
+// ---- sandbox ---------------------------------------------------------------------------
+
+/// Everything one test owns: a temp directory and (when available) a cgroup subtree.
+pub struct Sandbox {
+    pub name: String,
+    pub dir: PathBuf,
+    pub cgroup: Option<CgroupTree>,
+    runs: AtomicUsize,
+}
+
+impl Sandbox {
+    /// A sandbox for a test of `mechanism`: the cgroup mechanism needs a writable cgroup2
+    /// (`None` after [`skip`] when there is none); the pgroup one uses it when it can, to
+    /// catch survivors that never reported themselves, and otherwise relies on pidfds.
+    pub fn for_mechanism(name: &str, mechanism: Mechanism) -> Option<Sandbox> {
+        let name = format!("{name}-{}", mechanism.name());
+        match mechanism {
+            Mechanism::Cgroup => Sandbox::with_cgroup(&name),
+            Mechanism::Pgroup => Some(Sandbox::new(&name)),
+        }
+    }
+
+    /// A sandbox that must have a cgroup subtree; `None` after [`skip`] otherwise.
+    pub fn with_cgroup(name: &str) -> Option<Sandbox> {
+        let sandbox = Sandbox::new(name);
+        if sandbox.cgroup.is_none() {
+            skip(format!(
+                "{name}: no writable cgroup2 ({})",
+                CgroupTree::create("probe").err().unwrap_or_default()
+            ));
+            return None;
+        }
+        Some(sandbox)
+    }
+
+    /// A sandbox with a cgroup subtree if one can be made.
+    pub fn new(name: &str) -> Sandbox {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "containment-{}-{name}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let cgroup = CgroupTree::create(name).ok();
+        Sandbox {
+            name: name.to_string(),
+            dir,
+            cgroup,
+            runs: AtomicUsize::new(0),
+        }
+    }
+
+    /// The cgroup subtree; panics if there is none (use in cgroup-only tests).
+    pub fn cgroup(&self) -> &CgroupTree {
+        self.cgroup
+            .as_ref()
+            .expect("this test needs a cgroup sandbox")
+    }
+
+    /// `corral run --mechanism <m> [--cgroup-parent <jobs>] --report <file>`; add options,
+    /// then a command with [`Run::tree`] or [`Run::command`].
+    pub fn corral(&self, mechanism: Mechanism) -> Run {
+        let mut run = self.corral_bare();
+        run.args(["run", "--mechanism", mechanism.name()]);
+        if mechanism == Mechanism::Cgroup {
+            run.arg("--cgroup-parent").arg(self.cgroup().jobs());
+        }
+        let report = run.dir.join("report.json");
+        run.arg("--report").arg(&report);
+        run.report = Some(report);
+        run
+    }
+
+    /// `corral` with no arguments at all (for usage errors).
+    pub fn corral_bare(&self) -> Run {
+        let dir = self
+            .dir
+            .join(format!("run{}", self.runs.fetch_add(1, Ordering::SeqCst)));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        Run {
+            dir,
+            args: Vec::new(),
+            env: Vec::new(),
+            leaf: self.cgroup.as_ref().map(CgroupTree::corral_leaf),
+            process_group: None,
+            stdout_piped: false,
+            uid: None,
+            report: None,
+            grace: Duration::ZERO,
+        }
+    }
+
+    /// Starts `corral-testtree ARGS` directly (not under corral), e.g. a bystander, in the
+    /// `other` leaf when there is a cgroup subtree.
+    pub fn spawn_direct(&self, args: &[&str], process_group: Option<i32>) -> Direct {
+        let dir = self.dir.join(format!(
+            "direct{}",
+            self.runs.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let mut command = Command::new(TESTTREE);
+        command.arg("--pids").arg(dir.join("pids")).args(args);
+        command.stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some(pgid) = process_group {
+            command.process_group(pgid);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            place_in_cgroup(&mut command, &cgroup.other_leaf());
+        }
+        let child = command.spawn().expect("spawn corral-testtree");
+        let pidfd = pidfd_of_child(&child);
+        Direct {
+            dir,
+            child,
+            pidfd,
+            leads_group: process_group == Some(0),
+        }
+    }
+
+    /// After corral returned: its leaf is empty (no process of the job, nor corral, is
+    /// left) and no job cgroup is left under the `--cgroup-parent`.
+    pub fn assert_clean(&self) {
+        let Some(cgroup) = &self.cgroup else { return };
+        let leaf = cgroup.corral_leaf();
+        let deadline = Instant::now() + GONE_DEADLINE;
+        while CgroupTree::populated(&leaf) {
+            if Instant::now() >= deadline {
+                let pids = CgroupTree::procs_recursive(&leaf);
+                panic!(
+                    "processes left in corral's cgroup {} after corral returned: {}",
+                    leaf.display(),
+                    describe_pids(&pids)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let jobs = cgroup.jobs();
+        let left = CgroupTree::children(&jobs);
+        assert!(
+            left.is_empty(),
+            "corral left job cgroups under {}: {left:?} (processes: {})",
+            jobs.display(),
+            describe_pids(&CgroupTree::procs_recursive(&jobs))
+        );
+        assert!(
+            !CgroupTree::populated(&jobs),
+            "processes left under {}",
+            jobs.display()
+        );
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // The cgroup subtree is killed and removed by CgroupTree's Drop (a field).
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// ---- running corral --------------------------------------------------------------------
+
+/// A `corral` command line being built.
+pub struct Run {
+    /// This run's own directory: pids, marker, go, report, stdout, stderr.
+    pub dir: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    leaf: Option<PathBuf>,
+    process_group: Option<i32>,
+    stdout_piped: bool,
+    uid: Option<u32>,
+    report: Option<PathBuf>,
+    grace: Duration,
+}
+
+impl Run {
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Run {
+        self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    pub fn args<I, S>(&mut self, args: I) -> &mut Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        for arg in args {
+            self.arg(arg);
+        }
+        self
+    }
+
+    /// `--grace DUR`; also extends the deadline for corral to return.
+    pub fn grace(&mut self, text: &str, duration: Duration) -> &mut Run {
+        self.args(["--grace", text]);
+        self.grace = duration;
+        self
+    }
+
+    /// `-- corral-testtree --pids F --marker F --go F ARGS...`.
+    pub fn tree(&mut self, args: &[&str]) -> &mut Run {
+        let (pids, marker, go) = (self.pids_file(), self.marker_file(), self.go_file());
+        self.arg("--").arg(TESTTREE);
+        self.arg("--pids")
+            .arg(pids)
+            .arg("--marker")
+            .arg(marker)
+            .arg("--go")
+            .arg(go);
+        self.args(args)
+    }
+
+    /// The corral-testtree arguments that [`Run::tree`] would pass before the mode.
+    pub fn tree_prefix(&self) -> Vec<OsString> {
+        vec![
+            TESTTREE.into(),
+            "--pids".into(),
+            self.pids_file().into(),
+            "--marker".into(),
+            self.marker_file().into(),
+            "--go".into(),
+            self.go_file().into(),
+        ]
+    }
+
+    pub fn env(&mut self, key: &str, value: impl AsRef<OsStr>) -> &mut Run {
+        self.env.push((key.into(), value.as_ref().to_os_string()));
+        self
+    }
+
+    /// Spawn corral into this process group (`0`: a new one led by corral).
+    pub fn process_group(&mut self, pgid: i32) -> &mut Run {
+        self.process_group = Some(pgid);
+        self
+    }
+
+    /// Give corral a pipe as stdout (take it with [`Job::take_stdout`]).
+    pub fn stdout_piped(&mut self) -> &mut Run {
+        self.stdout_piped = true;
+        self
+    }
+
+    /// Run corral as this user, outside the test's cgroup subtree (it could not move
+    /// itself there after dropping root).
+    pub fn uid(&mut self, uid: u32) -> &mut Run {
+        self.uid = Some(uid);
+        self.leaf = None;
+        self
+    }
+
+    pub fn pids_file(&self) -> PathBuf {
+        self.dir.join("pids")
+    }
+    pub fn marker_file(&self) -> PathBuf {
+        self.dir.join("marker")
+    }
+    pub fn go_file(&self) -> PathBuf {
+        self.dir.join("go")
+    }
+
+    pub fn spawn(&self) -> Job {
+        let mut command = Command::new(CORRAL);
+        command.args(&self.args);
+        command.env_remove("CORRAL_CGROUP_PARENT");
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command.stdin(Stdio::null());
+        let stderr_path = self.dir.join("stderr");
+        let stderr = fs::File::create(&stderr_path).expect("create stderr file");
+        command.stderr(stderr);
+        if self.stdout_piped {
+            command.stdout(Stdio::piped());
+        } else {
+            command.stdout(fs::File::create(self.dir.join("stdout")).expect("create stdout"));
+        }
+        if let Some(pgid) = self.process_group {
+            command.process_group(pgid);
+        }
+        if let Some(uid) = self.uid {
+            command.uid(uid).gid(uid);
+        }
+        if let Some(leaf) = &self.leaf {
+            place_in_cgroup(&mut command, leaf);
+        }
+        let started = Instant::now();
+        let mut child = command.spawn().expect("spawn corral");
+        let pidfd = pidfd_of_child(&child);
+        let stdout = child.stdout.take();
+        Job {
+            dir: self.dir.clone(),
+            args: self.args.clone(),
+            child: Some(child),
+            pidfd,
+            started,
+            stdout,
+            report: self.report.clone(),
+            leads_group: self.process_group == Some(0),
+            deadline: CORRAL_DEADLINE + self.grace,
+        }
+    }
+
+    /// Spawns corral and waits for it to return (for runs where it should not start
+    /// anything).
+    pub fn run(&self) -> Finished {
+        self.spawn().finish()
+    }
+}
+
+/// A pidfd for our own child, which cannot have been reaped yet, so its PID is its own.
+fn pidfd_of_child(child: &Child) -> OwnedFd {
+    rustix::process::pidfd_open(Pid::from_child(child), PidfdFlags::empty())
+        .expect("pidfd_open on our own unreaped child")
+}
+
+/// A running `corral`.
+pub struct Job {
+    pub dir: PathBuf,
+    args: Vec<OsString>,
+    child: Option<Child>,
+    pidfd: OwnedFd,
+    started: Instant,
+    stdout: Option<ChildStdout>,
+    report: Option<PathBuf>,
+    leads_group: bool,
+    deadline: Duration,
+}
+
+impl Job {
+    /// Waits until the tree's pids file lists every role in `roles` (a role may be listed
+    /// more than once, meaning that many processes of the role), and returns pidfds for all
+    /// processes listed so far. Panics if corral exits first or the deadline passes.
+    pub fn wait_ready(&self, roles: &[&str]) -> Procs {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            let listed = read_pids(&self.dir.join("pids"));
+            let missing: Vec<&str> = missing_roles(&listed, roles);
+            if missing.is_empty() {
+                // Every listed process was alive when listed; the job is not being stopped
+                // yet (nothing asked for it), so each pidfd refers to the listed process.
+                let mut procs = Procs::default();
+                procs.open(&listed);
+                return procs;
+            }
+            if exited(self.pidfd.as_fd()) {
+                panic!(
+                    "corral exited before the tree was ready (missing {missing:?}); {}",
+                    self.diagnostics()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "tree not ready after {READY_DEADLINE:?} (missing {missing:?}, listed \
+                     {listed:?}); {}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Like [`Job::wait_ready`], for jobs that may already be stopping (a short
+    /// `--timeout`): stops waiting when corral exits, and a listed process that is already
+    /// gone is recorded as gone.
+    pub fn wait_listed(&self, roles: &[&str]) -> Procs {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            let listed = read_pids(&self.dir.join("pids"));
+            let missing = missing_roles(&listed, roles);
+            if missing.is_empty() || exited(self.pidfd.as_fd()) {
+                let mut procs = Procs::default();
+                procs.open_late(&listed);
+                return procs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tree never listed {missing:?}; {}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Everything the pids file lists now.
+    pub fn listed(&self) -> Vec<(String, i32)> {
+        read_pids(&self.dir.join("pids"))
+    }
+
+    /// Lets the tree's top process proceed past `--go` (usually: exit, leaving leftovers).
+    pub fn go(&self) {
+        fs::write(self.dir.join("go"), "go\n").expect("create go file");
+    }
+
+    /// Sends `signal` to corral alone, through its pidfd.
+    pub fn signal(&self, signal: Signal) {
+        rustix::process::pidfd_send_signal(&self.pidfd, signal)
+            .unwrap_or_else(|e| panic!("pidfd_send_signal({signal:?}) to corral: {e}"));
+    }
+
+    /// Sends `signal` to the process group corral leads, as a terminal's Ctrl+C does.
+    /// Only for jobs spawned with `process_group(0)`: this test created that group, and
+    /// corral, its leader, is our unreaped child, so the group id is still this group's.
+    pub fn signal_group(&self, signal: Signal) {
+        assert!(
+            self.leads_group,
+            "corral was not spawned as a process group leader"
+        );
+        let leader = Pid::from_child(self.child.as_ref().expect("corral not yet waited for"));
+        rustix::process::kill_process_group(leader, signal)
+            .unwrap_or_else(|e| panic!("kill_process_group({signal:?}): {e}"));
+    }
+
+    pub fn take_stdout(&mut self) -> ChildStdout {
+        self.stdout
+            .take()
+            .expect("stdout was piped and not taken yet")
+    }
+
+    pub fn pid(&self) -> i32 {
+        Pid::from_child(self.child.as_ref().expect("not waited for"))
+            .as_raw_nonzero()
+            .get()
+    }
+
+    /// Whether corral has exited (without reaping it).
+    pub fn has_exited(&self) -> bool {
+        exited(self.pidfd.as_fd())
+    }
+
+    /// Waits for corral to return (panics, after killing it, past the deadline) and
+    /// collects its status, stderr and report.
+    pub fn finish(mut self) -> Finished {
+        let waited_from = Instant::now();
+        if !wait_exited(self.pidfd.as_fd(), waited_from + self.deadline) {
+            let diagnostics = self.diagnostics();
+            panic!(
+                "corral did not return within {:?}; {diagnostics}",
+                self.deadline
+            );
+        }
+        let returned_after = waited_from.elapsed();
+        let status = self.child.take().unwrap().wait().expect("wait for corral");
+        let elapsed = self.started.elapsed();
+        let stderr = fs::read_to_string(self.dir.join("stderr")).unwrap_or_default();
+        let report =
+            self.report.as_ref().and_then(|path| {
+                let text = fs::read_to_string(path).ok()?;
+                Some(serde_json::from_str(&text).unwrap_or_else(|e| {
+                    panic!("report {} is not JSON ({e}):\n{text}", path.display())
+                }))
+            });
+        Finished {
+            status,
+            stderr,
+            report,
+            elapsed,
+            returned_after,
+            args: self.args.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "corral {:?}\nstderr:\n{}\npids file:\n{}",
+            self.args,
+            fs::read_to_string(self.dir.join("stderr")).unwrap_or_default(),
+            fs::read_to_string(self.dir.join("pids")).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // Only when the test failed before `finish`: kill corral and reap it. Its job is
+        // killed with the sandbox's cgroup subtree, or through the tree's pidfds.
+        if let Some(mut child) = self.child.take() {
+            let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A process started directly by the test (a bystander).
+pub struct Direct {
+    pub dir: PathBuf,
+    child: Child,
+    pidfd: OwnedFd,
+    leads_group: bool,
+}
+
+impl Direct {
+    pub fn pid(&self) -> i32 {
+        Pid::from_child(&self.child).as_raw_nonzero().get()
+    }
+
+    /// Waits until it lists `role` in its pids file.
+    pub fn wait_ready(&self, role: &str) {
+        let deadline = Instant::now() + READY_DEADLINE;
+        while missing_roles(&read_pids(&self.dir.join("pids")), &[role]).len() == 1 {
+            assert!(
+                !exited(self.pidfd.as_fd()),
+                "{role} exited before it was ready"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{role} not ready after {READY_DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Asserts it stays alive for `window`: fails as soon as it exits.
+    pub fn assert_alive_for(&self, window: Duration, context: &str) {
+        if wait_exited(self.pidfd.as_fd(), Instant::now() + window) {
+            panic!("{context}: the bystander (pid {}) was killed", self.pid());
+        }
+    }
+
+    /// Sends `signal` to the process group it leads (see [`Job::signal_group`]).
+    pub fn signal_group(&self, signal: Signal) {
+        assert!(self.leads_group, "not spawned as a process group leader");
+        rustix::process::kill_process_group(Pid::from_child(&self.child), signal)
+            .unwrap_or_else(|e| panic!("kill_process_group({signal:?}): {e}"));
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+        let _ = self.child.wait();
+    }
+}
+
+// ---- results ---------------------------------------------------------------------------
+
+/// What corral did.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stderr: String,
+    pub report: Option<serde_json::Value>,
+    /// From spawn to return.
+    pub elapsed: Duration,
+    /// From the call to `finish` to return.
+    pub returned_after: Duration,
+    args: Vec<OsString>,
+    dir: PathBuf,
+}
+
+impl Finished {
+    /// Asserts corral exited with `code`.
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "corral {:?}: expected exit status {code}, got {}\nstderr:\n{}report:\n{}",
+            self.args,
+            describe_status(self.status),
+            self.stderr,
+            self.report_text()
+        );
+    }
+
+    /// The JSON report (panics if corral wrote none).
+    pub fn report(&self) -> &serde_json::Value {
+        self.report.as_ref().unwrap_or_else(|| {
+            panic!(
+                "corral {:?} wrote no report; stderr:\n{}",
+                self.args, self.stderr
+            )
+        })
+    }
+
+    pub fn report_text(&self) -> String {
+        self.report
+            .as_ref()
+            .map(|r| serde_json::to_string_pretty(r).unwrap())
+            .unwrap_or_else(|| "(none)\n".into())
+    }
+
+    /// Report sanity shared by every successful run: version, mechanism, exit status, no
+    /// survivors, cgroup removed.
+    pub fn assert_report_basics(&self, mechanism: Mechanism) {
+        let report = self.report();
+        let context = || format!("report:\n{}\nstderr:\n{}", self.report_text(), self.stderr);
+        assert_eq!(report["version"], 1, "{}", context());
+        assert_eq!(report["mechanism"], mechanism.name(), "{}", context());
+        assert_eq!(
+            report["exit_status"].as_i64(),
+            self.status.code().map(i64::from),
+            "report's exit_status differs from corral's; {}",
+            context()
+        );
+        assert_eq!(
+            report["survivors"].as_array().map(Vec::len),
+            Some(0),
+            "survivors; {}",
+            context()
+        );
+        match mechanism {
+            Mechanism::Cgroup => {
+                let cgroup = report["cgroup"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no cgroup in the report; {}", context()));
+                assert!(
+                    !Path::new(cgroup).exists(),
+                    "job cgroup {cgroup} still exists; {}",
+                    context()
+                );
+            }
+            Mechanism::Pgroup => {
+                assert!(
+                    report["cgroup"].is_null(),
+                    "pgroup job has a cgroup; {}",
+                    context()
+                )
+            }
+        }
+    }
+
+    /// The `step` names of `stop.steps` (empty when no stop sequence ran).
+    pub fn stop_steps(&self) -> Vec<String> {
+        self.report()["stop"]["steps"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .filter_map(|s| s["step"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `stop.outcome`, if a stop sequence ran.
+    pub fn stop_outcome(&self) -> Option<String> {
+        self.report()["stop"]["outcome"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// The `leftovers` entry for `pid`.
+    pub fn leftover(&self, pid: i32) -> &serde_json::Value {
+        self.report()["leftovers"]
+            .as_array()
+            .and_then(|all| all.iter().find(|l| l["pid"].as_i64() == Some(pid.into())))
+            .unwrap_or_else(|| {
+                panic!(
+                    "pid {pid} not among the report's leftovers:\n{}",
+                    self.report_text()
+                )
+            })
+    }
+
+    /// Every PID listed in `leftovers`.
+    pub fn leftover_pids(&self) -> Vec<i32> {
+        self.report()["leftovers"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|l| l["pid"].as_i64())
+                    .map(|p| p as i32)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asserts stderr is exactly one line starting with `corral: error: `.
+    pub fn assert_one_line_error(&self) {
+        let body = self.stderr.strip_suffix('\n').unwrap_or(&self.stderr);
+        assert!(
+            self.stderr.ends_with('\n')
+                && !body.contains('\n')
+                && body.starts_with("corral: error: "),
+            "corral {:?}: expected one line `corral: error: ...` on stderr, got {:?}",
+            self.args,
+            self.stderr
+        );
+    }
+
+    /// Lines of the marker file the tree's handlers wrote: `(role, pid, signo)`.
+    pub fn marker_lines(&self) -> Vec<(String, i32, i32)> {
+        read_marker(&self.dir.join("marker"))
+    }
+
+    /// Everything the tree's pids file lists.
+    pub fn listed(&self) -> Vec<(String, i32)> {
+        read_pids(&self.dir.join("pids"))
+    }
+
+    /// Whether the tree's pids file lists anything (i.e. COMMAND ran).
+    pub fn tree_started(&self) -> bool {
+        !read_pids(&self.dir.join("pids")).is_empty()
+    }
+}
+
+pub fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => format!("{status:?}"),
+    }
+}
+
+// ---- the processes of a tree -----------------------------------------------------------
+
+/// A process a tree reported, held by a pidfd opened while it was alive.
+pub struct Proc {
+    pub role: String,
+    pub pid: i32,
+    /// `None` when the process was already gone when we tried to open it (only for
+    /// processes listed after the job began stopping; see [`Procs::open_late`]).
+    fd: Option<OwnedFd>,
+}
+
+/// The processes of a tree. `Drop` SIGKILLs, through their pidfds, any still running, so a
+/// failing pgroup-mode test leaves nothing behind.
+#[derive(Default)]
+pub struct Procs {
+    pub procs: Vec<Proc>,
+}
+
+impl Procs {
+    fn open(&mut self, listed: &[(String, i32)]) {
+        for (role, pid) in listed {
+            if self.procs.iter().any(|p| p.pid == *pid) {
+                continue;
+            }
+            let raw = Pid::from_raw(*pid).filter(|p| p.as_raw_nonzero().get() > 1);
+            let raw = raw.unwrap_or_else(|| panic!("tree listed a bogus pid {pid}"));
+            let fd = rustix::process::pidfd_open(raw, PidfdFlags::empty())
+                .unwrap_or_else(|e| panic!("pidfd_open({pid}) for {role}, listed as alive: {e}"));
+            self.procs.push(Proc {
+                role: role.clone(),
+                pid: *pid,
+                fd: Some(fd),
+            });
+        }
+    }
+
+    /// Adds processes listed after the job began stopping (a fork storm keeps listing
+    /// while being killed). Such a process may already be gone and its PID reused: if
+    /// `pidfd_open` fails it is gone (`fd: None`); if it succeeds on a process that is not
+    /// a corral-testtree, it was gone and the PID reused, so it is skipped.
+    pub fn open_late(&mut self, listed: &[(String, i32)]) {
+        for (role, pid) in listed {
+            if self.procs.iter().any(|p| p.pid == *pid) {
+                continue;
+            }
+            let Some(raw) = Pid::from_raw(*pid).filter(|p| p.as_raw_nonzero().get() > 1) else {
+                continue;
+            };
+            match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {
+                Ok(fd) => {
+                    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    if comm.trim_end() == "corral-testtree" || exited(fd.as_fd()) {
+                        self.procs.push(Proc {
+                            role: role.clone(),
+                            pid: *pid,
+                            fd: Some(fd),
+                        });
+                    }
+                }
+                Err(_) => self.procs.push(Proc {
+                    role: role.clone(),
+                    pid: *pid,
+                    fd: None,
+                }),
+            }
+        }
+    }
+
+    /// The PID of the (first) process of `role`.
+    pub fn pid(&self, role: &str) -> i32 {
+        self.procs
+            .iter()
+            .find(|p| p.role == role)
+            .unwrap_or_else(|| panic!("no process with role {role}"))
+            .pid
+    }
+
+    pub fn count(&self, role: &str) -> usize {
+        self.procs.iter().filter(|p| p.role == role).count()
+    }
+
+    /// Asserts every process has exited (its pidfd readable), waiting up to
+    /// [`GONE_DEADLINE`].
+    pub fn assert_all_gone(&self, context: &str) {
+        let deadline = Instant::now() + GONE_DEADLINE;
+        loop {
+            let alive: Vec<&Proc> = self
+                .procs
+                .iter()
+                .filter(|p| p.fd.as_ref().is_some_and(|fd| !exited(fd.as_fd())))
+                .collect();
+            if alive.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let described: Vec<String> = alive
+                    .iter()
+                    .map(|p| format!("{} {}", p.role, describe_pid(p.pid)))
+                    .collect();
+                panic!(
+                    "{context}: {} process(es) still running {GONE_DEADLINE:?} after corral \
+                     returned:\n  {}",
+                    alive.len(),
+                    described.join("\n  ")
+                );
+            }
+            let mut fds: Vec<PollFd> = alive
+                .iter()
+                .map(|p| PollFd::new(p.fd.as_ref().unwrap(), PollFlags::IN))
+                .collect();
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            let _ = rustix::event::poll(&mut fds, Some(&timespec(wait)));
+        }
+    }
+
+    /// Asserts the process of `role` is still running.
+    pub fn assert_alive(&self, role: &str) {
+        let proc = self
+            .procs
+            .iter()
+            .find(|p| p.role == role)
+            .expect("role listed");
+        assert!(
+            proc.fd.as_ref().is_some_and(|fd| !exited(fd.as_fd())),
+            "{role} (pid {}) is not running",
+            proc.pid
+        );
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for proc in &self.procs {
+            if let Some(fd) = &proc.fd {
+                if !exited(fd.as_fd()) {
+                    let _ = rustix::process::pidfd_send_signal(fd, Signal::KILL);
+                }
+            }
+        }
+    }
+}
+
+/// `(role, pid)` for each complete line of a pids file (none if it does not exist).
+pub fn read_pids(path: &Path) -> Vec<(String, i32)> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    complete_lines(&text)
+        .filter_map(|line| {
+            let (role, pid) = line.split_once(' ')?;
+            Some((role.to_string(), pid.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `(role, pid, signo)` for each complete line of a marker file.
+pub fn read_marker(path: &Path) -> Vec<(String, i32, i32)> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    complete_lines(&text)
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let role = fields.next()?.to_string();
+            let pid = fields.next()?.parse().ok()?;
+            let signo = fields.next()?.parse().ok()?;
+            Some((role, pid, signo))
+        })
+        .collect()
+}
+
+/// Lines terminated by `\n` (a line being appended right now is ignored).
+fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    complete.lines().filter(|l| !l.is_empty())
+}
+
+fn missing_roles<'a>(listed: &[(String, i32)], roles: &[&'a str]) -> Vec<&'a str> {
+    let mut missing = Vec::new();
+    for (i, role) in roles.iter().enumerate() {
+        let wanted = roles[..=i].iter().filter(|r| *r == role).count();
+        let have = listed.iter().filter(|(r, _)| r == role).count();
+        if have < wanted {
+            missing.push(*role);
+        }
+    }
+    missing
+}
+
+// ---- pidfds and /proc ------------------------------------------------------------------
+
+/// Whether the process behind `pidfd` has exited (the pidfd is readable).
+pub fn exited(pidfd: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::from_borrowed_fd(pidfd, PollFlags::IN)];
+    match rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))) {
+        Ok(_) => fds[0].revents().contains(PollFlags::IN),
+        Err(e) => panic!("poll on a pidfd: {e}"),
+    }
+}
+
+/// Waits until the process behind `pidfd` exits; false if `deadline` passes first.
+pub fn wait_exited(pidfd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> bool {
+    loop {
+        if exited(pidfd) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let mut fds = [PollFd::from_borrowed_fd(pidfd, PollFlags::IN)];
+        let _ = rustix::event::poll(
+            &mut fds,
+            Some(&timespec((deadline - now).min(Duration::from_secs(1)))),
+        );
+    }
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: d.as_secs() as i64,
+        tv_nsec: d.subsec_nanos().into(),
+    }
+}
+
+/// `pid <n> (<state>, pgid, sid, cmdline)` from /proc, for failure messages.
+pub fn describe_pid(pid: i32) -> String {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: state ppid pgrp session ...
+    let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split(' ').collect();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| OsStr::from_bytes(a).to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cgroup2 = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("?");
+    format!(
+        "pid {pid} (state {}, ppid {}, pgid {}, sid {}, cgroup {cgroup2}): {cmdline}",
+        fields.first().unwrap_or(&"?"),
+        fields.get(1).unwrap_or(&"?"),
+        fields.get(2).unwrap_or(&"?"),
+        fields.get(3).unwrap_or(&"?"),
+    )
+}
+
+fn describe_pids(pids: &[i32]) -> String {
+    if pids.is_empty() {
+        return "(none listed in cgroup.procs)".into();
+    }
+    pids.iter()
+        .map(|p| describe_pid(*p))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Reads `reader` to EOF on a thread; the receiver gets the bytes (or the error).
+pub fn read_to_end_in_thread(
+    mut reader: impl Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<io::Result<Vec<u8>>> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let result = reader.read_to_end(&mut bytes).map(|_| bytes);
+        let _ = sender.send(result);
+    });
+    receiver
+}
+
+// ---- scenarios shared by several behaviours ---------------------------------------------
+
+/// COMMAND (`corral-testtree --exit 0 MODE`) exits 0 once the test says go, leaving the
+/// process of `role` running: corral must stop it, return 0, and list it in `leftovers`
+/// with the given `left_process_group` / `left_session`.
+pub fn leftover_is_stopped(
+    mechanism: Mechanism,
+    name: &str,
+    mode: &str,
+    role: &str,
+    left_process_group: bool,
+    left_session: bool,
+) {
+    let Some(sandbox) = Sandbox::for_mechanism(name, mechanism) else {
+        return;
+    };
+    let job = sandbox
+        .corral(mechanism)
+        .tree(&["--exit", "0", mode])
+        .spawn();
+    let procs = job.wait_ready(&["top", role]);
+    job.go();
+    let done = job.finish();
+    procs.assert_all_gone(name);
+    sandbox.assert_clean();
+    done.assert_code(0);
+    done.assert_report_basics(mechanism);
+    let leftover = done.leftover(procs.pid(role));
+    assert_eq!(
+        (
+            leftover["left_process_group"].as_bool(),
+            leftover["left_session"].as_bool()
+        ),
+        (Some(left_process_group), Some(left_session)),
+        "{role}: left_process_group / left_session in the report:\n{}",
+        done.report_text()
+    );
+    assert!(
+        done.stop_steps().iter().any(|s| s == "signal"),
+        "no stop sequence ran for the leftovers:\n{}",
+        done.report_text()
+    );
+}
+
+/// SIGTERM to corral alone while COMMAND (`corral-testtree MODE`) and its tree run: every
+/// listed process must be gone, and corral returns 143 (COMMAND died of the polite TERM).
+pub fn sigterm_stops_tree(mechanism: Mechanism, name: &str, mode: &str, roles: &[&str]) {
+    let Some(sandbox) = Sandbox::for_mechanism(name, mechanism) else {
+        return;
+    };
+    let job = sandbox.corral(mechanism).tree(&[mode]).spawn();
+    let procs = job.wait_ready(roles);
+    job.signal(Signal::TERM);
+    let done = job.finish();
+    procs.assert_all_gone(name);
+    sandbox.assert_clean();
+    done.assert_code(128 + libc::SIGTERM);
+    done.assert_report_basics(mechanism);
+    assert_eq!(
+        done.stop_steps().first().map(String::as_str),
+        Some("signal"),
+        "the stop sequence must begin with the polite signal:\n{}",
+        done.report_text()
+    );
+}
