@@ -222,7 +222,9 @@ fn main() {
         }
         Mode::Exit { code } => std::process::exit(code),
         Mode::Kill { signal } => {
-            set_disposition(signal, libc::SIG_DFL);
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                set_disposition(signal, libc::SIG_DFL);
+            }
             unblock(signal);
             // SAFETY: raise only sends `signal` to this very thread.
             unsafe { libc::raise(signal) };
