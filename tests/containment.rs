@@ -49,3 +49,5 @@ mod setsid;
 mod sigterm;
 #[path = "containment/stopped.rs"]
 mod stopped;
+#[path = "containment/zombie_leader.rs"]
+mod zombie_leader;

@@ -76,6 +76,10 @@ enum Mode {
     /// Like `daemon`, but the daemon keeps stdout and stderr open and writes
     /// `daemon ready` to stdout. Roles: `top`, `daemon`.
     PipeDaemon,
+    /// A child whose main thread exits (`SYS_exit`, not `exit_group`) while a second
+    /// thread sleeps on: the process lives on with a zombie thread-group leader (`Z` in
+    /// `/proc/<pid>/stat`). Roles: `top`, `zombie-leader`.
+    ZombieLeader,
     /// A child that ignores SIGTERM. Roles: `top`, `ignore-term`.
     IgnoreTerm,
     /// A child whose SIGTERM handler sleeps DELAY, then appends to the marker and exits 0.
@@ -94,12 +98,28 @@ enum Mode {
     Stubborn,
     /// A bounded fork storm: every process ignores SIGTERM and forks a new one every
     /// INTERVAL until MAX processes (the top included) have been created in total; then
-    /// each sleeps. Roles: `top`, `storm` (many).
+    /// each sleeps. With `--escape` each new process first calls `setsid()`. Roles: `top`,
+    /// `storm` (many).
     Storm {
         #[arg(long, default_value_t = 2000)]
         max: u32,
         #[arg(long, default_value = "50ms", value_parser = parse_duration)]
         interval: Duration,
+        #[arg(long)]
+        escape: bool,
+    },
+    /// A fork-and-exit chain: the top starts a link and waits; each link ignores SIGTERM,
+    /// sleeps INTERVAL, forks the next link and exits at once, so the live process keeps
+    /// changing PID (and parent: each orphan is re-parented). The MAX-th link sleeps
+    /// forever. With `--escape` each link first calls `setsid()`. Roles: `top`, `link`
+    /// (many, mostly gone by the time they are read).
+    Chain {
+        #[arg(long, default_value_t = 2000)]
+        max: u32,
+        #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+        interval: Duration,
+        #[arg(long)]
+        escape: bool,
     },
     /// Ctrl+C target. The top, a child in the same process group (`int-child`), a child
     /// that called `setpgid(0, 0)` (`int-setpgid`) and one that called `setsid()`
@@ -178,6 +198,17 @@ fn main() {
         }
         Mode::Daemon => daemon(&files, &cli, false),
         Mode::PipeDaemon => daemon(&files, &cli, true),
+        Mode::ZombieLeader => {
+            fork_child(|| {
+                set_identity("zombie-leader");
+                std::thread::spawn(|| sleep_forever());
+                files.record("zombie-leader");
+                // SAFETY: SYS_exit ends only the calling thread; nothing of it is used after.
+                unsafe { libc::syscall(libc::SYS_exit, 0) };
+            });
+            files.record("top");
+            finish(&cli, None)
+        }
         Mode::IgnoreTerm => {
             fork_child(|| {
                 set_identity("ignore-term");
@@ -212,7 +243,16 @@ fn main() {
             files.record("top");
             finish(&cli, None)
         }
-        Mode::Storm { max, interval } => storm(&files, &cli, max, interval),
+        Mode::Storm {
+            max,
+            interval,
+            escape,
+        } => storm(&files, &cli, max, interval, escape),
+        Mode::Chain {
+            max,
+            interval,
+            escape,
+        } => chain(&files, &cli, max, interval, escape),
         Mode::Sigint { linger } => sigint(&files, linger),
         Mode::Bystander => {
             set_identity("bystander");
@@ -301,7 +341,7 @@ fn stopped(files: &Files, cli: &Cli) -> ! {
     finish(cli, None)
 }
 
-fn storm(files: &Files, cli: &Cli, max: u32, interval: Duration) -> ! {
+fn storm(files: &Files, cli: &Cli, max: u32, interval: Duration, escape: bool) -> ! {
     let created = shared_counter();
     created.store(1, Ordering::SeqCst); // the top
     set_disposition(libc::SIGTERM, libc::SIG_IGN);
@@ -316,6 +356,9 @@ fn storm(files: &Files, cli: &Cli, max: u32, interval: Duration) -> ! {
         match unsafe { libc::fork() } {
             -1 => break, // out of processes: the storm is over
             0 => {
+                if escape {
+                    rustix::process::setsid().unwrap_or_else(|e| die("setsid", e));
+                }
                 set_identity("storm");
                 files.record("storm");
             }
@@ -326,6 +369,35 @@ fn storm(files: &Files, cli: &Cli, max: u32, interval: Duration) -> ! {
         finish(cli, None)
     }
     sleep_forever()
+}
+
+fn chain(files: &Files, cli: &Cli, max: u32, interval: Duration, escape: bool) -> ! {
+    let created = shared_counter();
+    created.store(1, Ordering::SeqCst); // the top
+    fork_child(|| {
+        set_disposition(libc::SIGTERM, libc::SIG_IGN);
+        loop {
+            if escape {
+                // Fails only for a process group leader, which a fresh child never is.
+                rustix::process::setsid().unwrap_or_else(|e| die("setsid", e));
+            }
+            set_identity("link");
+            files.record("link");
+            std::thread::sleep(interval);
+            if created.fetch_add(1, Ordering::SeqCst) >= max {
+                sleep_forever()
+            }
+            // SAFETY: single-threaded process; see the module comment.
+            match unsafe { libc::fork() } {
+                -1 => sleep_forever(), // out of processes: the chain ends here
+                0 => {}                // the next link
+                // SAFETY: _exit ends this forked link without running exit hooks.
+                _ => unsafe { libc::_exit(0) },
+            }
+        }
+    });
+    files.record("top");
+    finish(cli, None)
 }
 
 /// A counter shared by every process forked after it was created.
