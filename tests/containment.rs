@@ -37,6 +37,8 @@ mod fork_storm;
 mod graceful;
 #[path = "containment/grandchild.rs"]
 mod grandchild;
+#[path = "containment/leftovers_policy.rs"]
+mod leftovers_policy;
 #[path = "containment/parallel.rs"]
 mod parallel;
 #[path = "containment/pipe.rs"]
@@ -45,6 +47,8 @@ mod pipe;
 mod setpgid;
 #[path = "containment/setsid.rs"]
 mod setsid;
+#[path = "containment/signal_option.rs"]
+mod signal_option;
 #[path = "containment/sigterm.rs"]
 mod sigterm;
 #[path = "containment/stopped.rs"]

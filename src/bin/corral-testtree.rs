@@ -80,6 +80,12 @@ enum Mode {
     /// thread sleeps on: the process lives on with a zombie thread-group leader (`Z` in
     /// `/proc/<pid>/stat`). Roles: `top`, `zombie-leader`.
     ZombieLeader,
+    /// A child that exits 0 by itself after DELAY, appending `late-exit <pid> 0` to the
+    /// marker just before. Roles: `top`, `late-exit`.
+    LateExit {
+        #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+        delay: Duration,
+    },
     /// A child that ignores SIGTERM. Roles: `top`, `ignore-term`.
     IgnoreTerm,
     /// A child whose SIGTERM handler sleeps DELAY, then appends to the marker and exits 0.
@@ -205,6 +211,18 @@ fn main() {
                 files.record("zombie-leader");
                 // SAFETY: SYS_exit ends only the calling thread; nothing of it is used after.
                 unsafe { libc::syscall(libc::SYS_exit, 0) };
+            });
+            files.record("top");
+            finish(&cli, None)
+        }
+        Mode::LateExit { delay } => {
+            fork_child(|| {
+                set_identity("late-exit");
+                files.record("late-exit");
+                std::thread::sleep(delay);
+                append_marker(0);
+                // SAFETY: _exit ends this forked process without running exit hooks.
+                unsafe { libc::_exit(0) }
             });
             files.record("top");
             finish(&cli, None)

@@ -49,11 +49,23 @@ fn expect(
     code: i32,
     roles: &[&str],
     configure: impl FnOnce(&mut Run),
-) {
-    if let Some(done) = status(mechanism, name, roles, configure) {
-        done.assert_code(code);
-        done.assert_report_basics(mechanism);
-    }
+) -> Option<Finished> {
+    let done = status(mechanism, name, roles, configure)?;
+    done.assert_code(code);
+    done.assert_report_basics(mechanism);
+    Some(done)
+}
+
+/// The report's `exit`: how COMMAND itself ended.
+fn assert_exit(done: Option<Finished>, code: Option<i32>, signal: Option<i32>) {
+    let Some(done) = done else { return };
+    let exit = &done.report()["exit"];
+    assert_eq!(
+        (exit["code"].as_i64(), exit["signal"].as_i64()),
+        (code.map(i64::from), signal.map(i64::from)),
+        "report's exit (code, signal):\n{}",
+        done.report_text()
+    );
 }
 
 fn exit_0(mechanism: Mechanism) {
@@ -63,9 +75,10 @@ fn exit_0(mechanism: Mechanism) {
 }
 
 fn exit_3(mechanism: Mechanism) {
-    expect(mechanism, "exit-3", 3, &[], |run| {
+    let done = expect(mechanism, "exit-3", 3, &[], |run| {
         run.tree(&["exit", "3"]);
     });
+    assert_exit(done, Some(3), None);
 }
 
 fn exit_255(mechanism: Mechanism) {
@@ -75,9 +88,10 @@ fn exit_255(mechanism: Mechanism) {
 }
 
 fn killed_by_sigkill_is_137(mechanism: Mechanism) {
-    expect(mechanism, "sigkill", 137, &[], |run| {
+    let done = expect(mechanism, "sigkill", 137, &[], |run| {
         run.tree(&["kill", "9"]);
     });
+    assert_exit(done, None, Some(9));
 }
 
 fn killed_by_sigterm_is_143(mechanism: Mechanism) {
@@ -104,10 +118,11 @@ fn timeout_with_preserve_status_gives_the_signal_status(mechanism: Mechanism) {
 }
 
 fn timeout_with_preserve_status_gives_the_exit_code(mechanism: Mechanism) {
-    expect(mechanism, "timeout-preserve-code", 42, &["top"], |run| {
+    let done = expect(mechanism, "timeout-preserve-code", 42, &["top"], |run| {
         run.args(["--timeout", "300ms", "--preserve-status"])
             .tree(&["term-exit", "42"]);
     });
+    assert_exit(done, Some(42), None);
 }
 
 fn timeout_without_preserve_status_hides_the_exit_code(mechanism: Mechanism) {

@@ -918,8 +918,26 @@ impl Finished {
             "survivors; {}",
             context()
         );
+        assert!(
+            report["mechanism_reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "no mechanism_reason; {}",
+            context()
+        );
+        assert!(
+            report["cleanup"]["error"].is_null(),
+            "cleanup error; {}",
+            context()
+        );
         match mechanism {
             Mechanism::Cgroup => {
+                assert_eq!(
+                    report["cleanup"]["cgroup_removed"],
+                    true,
+                    "cleanup.cgroup_removed; {}",
+                    context()
+                );
                 let cgroup = report["cgroup"]
                     .as_str()
                     .unwrap_or_else(|| panic!("no cgroup in the report; {}", context()));
