@@ -21,6 +21,8 @@ mod util;
 mod bad_input;
 #[path = "containment/bystander.rs"]
 mod bystander;
+#[path = "containment/cgroup_parent.rs"]
+mod cgroup_parent;
 #[path = "containment/ctrl_c.rs"]
 mod ctrl_c;
 #[path = "containment/daemon.rs"]

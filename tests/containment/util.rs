@@ -578,6 +578,12 @@ impl Run {
         self.dir.join("go")
     }
 
+    /// Like [`Run::spawn`], for a bare run whose `--report FILE` the caller added.
+    pub fn spawn_with_report(&mut self, report: PathBuf) -> Job {
+        self.report = Some(report);
+        self.spawn()
+    }
+
     pub fn spawn(&self) -> Job {
         let mut command = Command::new(CORRAL);
         command.args(&self.args);
