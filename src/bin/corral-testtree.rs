@@ -78,7 +78,8 @@ enum Mode {
     PipeDaemon,
     /// A child whose main thread exits (`SYS_exit`, not `exit_group`) while a second
     /// thread sleeps on: the process lives on with a zombie thread-group leader (`Z` in
-    /// `/proc/<pid>/stat`). Roles: `top`, `zombie-leader`.
+    /// `/proc/<pid>/stat`). (The only multi-threaded process here; it forks nothing.)
+    /// Roles: `top`, `zombie-leader`.
     ZombieLeader,
     /// A child that exits 0 by itself after DELAY, appending `late-exit <pid> 0` to the
     /// marker just before. Roles: `top`, `late-exit`.

@@ -5,11 +5,16 @@
 //! COMMAND and its group get it from the "terminal", the escapees from corral), and all
 //! must be gone.
 
+use std::time::{Duration, Instant};
+
 use rustix::process::Signal;
 
-use crate::util::{both_mechanisms, Mechanism, Sandbox};
+use crate::util::{both_mechanisms, read_marker, Mechanism, Sandbox, READY_DEADLINE};
 
-both_mechanisms!(ctrl_c_reaches_every_process_exactly_once);
+both_mechanisms!(
+    ctrl_c_reaches_every_process_exactly_once,
+    second_ctrl_c_skips_the_rest_of_the_grace
+);
 
 pub const SIGINT_ROLES: [&str; 4] = ["top", "int-child", "int-setpgid", "int-setsid"];
 
@@ -47,4 +52,50 @@ pub fn assert_sigint_once_each(procs: &crate::util::Procs, marks: &[(String, i32
             "{role} (pid {pid}) must receive SIGINT exactly once; it got signals {got:?}"
         );
     }
+}
+
+/// A grandchild that survives Ctrl+C (it records SIGINT and carries on): a second Ctrl+C
+/// must end the 60 s grace at once.
+fn second_ctrl_c_skips_the_rest_of_the_grace(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("second-ctrl-c", mechanism) else {
+        return;
+    };
+    let job = sandbox
+        .corral(mechanism)
+        .process_group(0)
+        .grace("60s", Duration::from_secs(60))
+        .tree(&["stubborn"])
+        .spawn();
+    let procs = job.wait_ready(&["top", "stubborn"]);
+    job.signal_group(Signal::INT);
+    let stubborn = procs.pid("stubborn");
+    let marker = job.dir.join("marker");
+    let deadline = Instant::now() + READY_DEADLINE;
+    while !read_marker(&marker)
+        .iter()
+        .any(|(_, p, s)| *p == stubborn && *s == libc::SIGINT)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stubborn process never got SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = Instant::now();
+    job.signal_group(Signal::INT);
+    let done = job.finish();
+    let after_second = second.elapsed();
+    procs.assert_all_gone("second ctrl-c");
+    sandbox.assert_clean();
+    assert!(
+        after_second < Duration::from_secs(10),
+        "corral took {after_second:?} after the second Ctrl+C; it must skip the 60s grace"
+    );
+    done.assert_code(128 + libc::SIGINT);
+    done.assert_report_basics(mechanism);
+    assert!(
+        done.stop_steps().iter().any(|s| s == "kill"),
+        "{}",
+        done.report_text()
+    );
 }
