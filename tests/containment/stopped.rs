@@ -10,7 +10,8 @@ use crate::util::{both_mechanisms, Mechanism, Sandbox};
 
 both_mechanisms!(
     stopped_leftover_runs_its_sigterm_handler,
-    stopped_grandchild_runs_its_sigterm_handler
+    stopped_grandchild_runs_its_sigterm_handler,
+    stopped_command_is_stopped_on_timeout,
 );
 
 /// COMMAND exits 0 leaving the stopped process behind.
@@ -61,4 +62,22 @@ fn stopped(mechanism: Mechanism, name: &str, left_over: bool) {
         "{}",
         done.report_text()
     );
+}
+
+/// COMMAND stops itself (SIGSTOP) and is never continued: the timeout's stop sequence must
+/// still end it.
+fn stopped_command_is_stopped_on_timeout(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("stopped-command", mechanism) else {
+        return;
+    };
+    let done = sandbox
+        .corral(mechanism)
+        .args(["--timeout", "300ms"])
+        .grace("5s", Duration::from_secs(5))
+        .tree(&["kill", &libc::SIGSTOP.to_string()])
+        .run();
+    sandbox.assert_clean();
+    done.assert_code(124);
+    done.assert_report_basics(mechanism);
+    assert_eq!(done.report()["timed_out"], true, "{}", done.report_text());
 }
