@@ -79,8 +79,11 @@ enum Mode {
     /// A child whose main thread exits (`SYS_exit`, not `exit_group`) while a second
     /// thread sleeps on: the process lives on with a zombie thread-group leader (`Z` in
     /// `/proc/<pid>/stat`). (The only multi-threaded process here; it forks nothing.)
-    /// Roles: `top`, `zombie-leader`.
-    ZombieLeader,
+    /// With `--ignore-term` it ignores SIGTERM. Roles: `top`, `zombie-leader`.
+    ZombieLeader {
+        #[arg(long)]
+        ignore_term: bool,
+    },
     /// A child that exits 0 by itself after DELAY, appending `late-exit <pid> 0` to the
     /// marker just before. Roles: `top`, `late-exit`.
     LateExit {
@@ -205,9 +208,12 @@ fn main() {
         }
         Mode::Daemon => daemon(&files, &cli, false),
         Mode::PipeDaemon => daemon(&files, &cli, true),
-        Mode::ZombieLeader => {
+        Mode::ZombieLeader { ignore_term } => {
             fork_child(|| {
                 set_identity("zombie-leader");
+                if ignore_term {
+                    set_disposition(libc::SIGTERM, libc::SIG_IGN);
+                }
                 std::thread::spawn(|| sleep_forever());
                 files.record("zombie-leader");
                 // SAFETY: SYS_exit ends only the calling thread; nothing of it is used after.

@@ -134,6 +134,7 @@ fn unescape_mountinfo(field: &str) -> OsString {
 /// `Drop` writes `1` to `cgroup.kill` of every cgroup in the subtree, waits until it is
 /// unpopulated and removes the directories depth-first, even when the test panicked.
 pub struct CgroupTree {
+    mount: PathBuf,
     root: PathBuf,
 }
 
@@ -153,7 +154,7 @@ impl CgroupTree {
         ));
         fs::create_dir(&root)
             .map_err(|e| format!("cannot create a cgroup at {}: {e}", root.display()))?;
-        let tree = CgroupTree { root };
+        let tree = CgroupTree { mount, root };
         for leaf in ["corral", "jobs", "other"] {
             let path = tree.root.join(leaf);
             fs::create_dir(&path)
@@ -226,21 +227,22 @@ impl CgroupTree {
 impl Drop for CgroupTree {
     fn drop(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut all = Vec::new();
-        Self::post_order(&self.root, &mut all);
-        for cgroup in &all {
-            let kill = cgroup.join("cgroup.kill");
-            if let Err(e) = fs::write(&kill, "1") {
-                eprintln!("cleanup: failed to write 1 to {}: {e}", kill.display());
-            }
-        }
-        while Self::populated_quiet(&self.root) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // A subtree can grow while being killed (a fork racing cgroup.kill); list it again.
         loop {
+            // A subtree can grow while being killed (a fork racing cgroup.kill): list it
+            // again each round.
             let mut all = Vec::new();
             Self::post_order(&self.root, &mut all);
+            for cgroup in &all {
+                let kill = cgroup.join("cgroup.kill");
+                if let Err(e) = fs::write(&kill, "1") {
+                    eprintln!("cleanup: failed to write 1 to {}: {e}", kill.display());
+                }
+            }
+            self.kill_listed();
+            let round = Instant::now() + Duration::from_millis(200);
+            while Self::populated_quiet(&self.root) && Instant::now() < round {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let mut failed = None;
             for cgroup in &all {
                 if let Err(e) = fs::remove_dir(cgroup) {
@@ -250,21 +252,45 @@ impl Drop for CgroupTree {
                 }
             }
             match failed {
-                None => return,
+                None if !self.root.exists() => return,
                 Some((cgroup, e)) if Instant::now() >= deadline => {
                     eprintln!("cleanup: failed to remove cgroup {}: {e}", cgroup.display());
                     return;
                 }
-                Some(_) => {
-                    let _ = fs::write(self.root.join("cgroup.kill"), "1");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                _ => {}
             }
         }
     }
 }
 
 impl CgroupTree {
+    /// SIGKILLs, through a pidfd, every process that `cgroup.procs` lists in the subtree.
+    /// `cgroup.kill` alone misses a process whose thread-group leader has exited (the
+    /// kernel sends its SIGKILL to the exited leader thread only). A PID is signalled only
+    /// if its `/proc/<pid>/cgroup` was read, in this subtree, while its pidfd showed it
+    /// alive, so a reused PID is never hit.
+    fn kill_listed(&self) {
+        for pid in Self::procs_recursive(&self.root) {
+            let Some(raw) = Pid::from_raw(pid).filter(|p| p.as_raw_nonzero().get() > 1) else {
+                continue;
+            };
+            let Ok(fd) = rustix::process::pidfd_open(raw, PidfdFlags::empty()) else {
+                continue;
+            };
+            let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+                continue;
+            };
+            let inside = self
+                .mount
+                .join(path.trim_start_matches('/'))
+                .starts_with(&self.root);
+            if inside && !exited(fd.as_fd()) {
+                let _ = rustix::process::pidfd_send_signal(&fd, Signal::KILL);
+            }
+        }
+    }
+
     fn populated_quiet(path: &Path) -> bool {
         fs::read_to_string(path.join("cgroup.events"))
             .map(|t| t.lines().any(|l| l == "populated 1"))

@@ -1,10 +1,18 @@
 //! A process whose main thread has exited while another thread runs on: its thread-group
 //! leader is a zombie (`Z` in `/proc/<pid>/stat`), yet the process is alive and must be
-//! stopped like any other.
+//! stopped like any other. Note that `cgroup.kill` alone does not kill such a process
+//! (the kernel sends the SIGKILL to the exited leader thread only, which never acts on it),
+//! so the escalation case checks that SIGKILL reaches it anyway.
 
-use crate::util::{both_mechanisms, leftover_is_stopped, sigterm_stops_tree, Mechanism};
+use std::time::Duration;
 
-both_mechanisms!(zombie_leader_is_stopped, zombie_leader_left_over_is_stopped);
+use crate::util::{both_mechanisms, leftover_is_stopped, sigterm_stops_tree, Mechanism, Sandbox};
+
+both_mechanisms!(
+    zombie_leader_is_stopped,
+    zombie_leader_left_over_is_stopped,
+    zombie_leader_ignoring_sigterm_is_killed,
+);
 
 fn zombie_leader_is_stopped(mechanism: Mechanism) {
     sigterm_stops_tree(
@@ -23,5 +31,30 @@ fn zombie_leader_left_over_is_stopped(mechanism: Mechanism) {
         "zombie-leader",
         false,
         false,
+    );
+}
+
+/// Ignores SIGTERM too: only SIGKILL ends it, after a 300 ms grace.
+fn zombie_leader_ignoring_sigterm_is_killed(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("zombie-leader-kill", mechanism) else {
+        return;
+    };
+    let job = sandbox
+        .corral(mechanism)
+        .grace("300ms", Duration::from_millis(300))
+        .tree(&["--exit", "0", "zombie-leader", "--ignore-term"])
+        .spawn();
+    let procs = job.wait_ready(&["top", "zombie-leader"]);
+    job.go();
+    let done = job.finish();
+    procs.assert_all_gone("zombie leader ignoring SIGTERM");
+    sandbox.assert_clean();
+    done.assert_code(0);
+    done.assert_report_basics(mechanism);
+    assert_eq!(
+        done.stop_outcome().as_deref(),
+        Some("killed"),
+        "{}",
+        done.report_text()
     );
 }
