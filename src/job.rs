@@ -431,8 +431,10 @@ impl Job {
                         Wake::Nothing
                     });
                 }
-                self.reaped += pgroup::reap_orphans(supervisor, self.main_pid);
-                if pgroup::members(supervisor).is_empty() {
+                let settled =
+                    pgroup::settle(self.main_pid, self.main_fd.as_fd(), &mut self.main_exit)?;
+                self.reaped += settled.reaped;
+                if settled.empty {
                     return Ok(Wake::Empty);
                 }
                 let ready = pgroup::wait_any_child_exit(supervisor, self.deadline, sig_fd)?;
@@ -452,9 +454,11 @@ impl Job {
     fn job_empty(&mut self) -> Result<bool> {
         match self.backend.as_ref().expect("backend") {
             Backend::Cgroup(leaf) => Ok(!leaf.populated()?),
-            Backend::Pgroup { supervisor } => {
-                self.reaped += pgroup::reap_orphans(*supervisor, self.main_pid);
-                Ok(pgroup::members(*supervisor).is_empty())
+            Backend::Pgroup { .. } => {
+                let settled =
+                    pgroup::settle(self.main_pid, self.main_fd.as_fd(), &mut self.main_exit)?;
+                self.reaped += settled.reaped;
+                Ok(settled.empty)
             }
         }
     }
@@ -472,7 +476,7 @@ impl Job {
         };
         stats
             .into_iter()
-            .filter(|s| s.state != 'Z')
+            .filter(procs::Stat::alive)
             .map(|s| ProcessInfo {
                 pid: s.pid.get() as u32,
                 cmdline: procs::cmdline(s.pid),
@@ -551,8 +555,10 @@ impl Job {
                 let state = match backend {
                     Backend::Cgroup(leaf) => leaf.wait_empty(Some(grace_end), sig_fd)?,
                     Backend::Pgroup { supervisor } => {
-                        reaped += pgroup::reap_orphans(*supervisor, main_pid);
-                        if pgroup::members(*supervisor).is_empty() {
+                        let settled =
+                            pgroup::settle(main_pid, self.main_fd.as_fd(), &mut self.main_exit)?;
+                        reaped += settled.reaped;
+                        if settled.empty {
                             WaitEmpty::Empty
                         } else if Instant::now() >= grace_end {
                             WaitEmpty::TimedOut
@@ -604,22 +610,30 @@ impl Job {
             match backend {
                 Backend::Cgroup(leaf) => {
                     let present = leaf.members()?.len();
-                    let method = leaf.kill_all(self.opts.debug.no_cgroup_kill)?;
+                    let kill_at = at(t0);
+                    let method = leaf.kill_all(
+                        self.opts.debug.no_cgroup_kill,
+                        Instant::now() + Duration::from_secs(10),
+                    )?;
                     let detail = match method {
                         KillMethod::CgroupKill => "cgroup.kill",
+                        KillMethod::CgroupKillThenSignal => {
+                            "cgroup.kill, then SIGKILL through pidfds to members it missed"
+                        }
                         KillMethod::FreezeAndSignal => {
                             "freeze, SIGKILL each member, thaw (no cgroup.kill)"
                         }
                     };
-                    steps.push(step(
+                    let mut kill_step = step(
                         "kill",
                         Some(Signal::KILL),
                         Some(present),
                         Some(detail.into()),
                         t0,
-                    ));
-                    let state =
-                        leaf.wait_empty(Some(Instant::now() + Duration::from_secs(10)), None)?;
+                    );
+                    kill_step.at_ms = kill_at;
+                    steps.push(kill_step);
+                    let state = leaf.wait_empty(Some(Instant::now()), None)?;
                     if state != WaitEmpty::Empty {
                         outcome = StopOutcome::Survivors;
                     }
@@ -629,13 +643,19 @@ impl Job {
                         .as_ref()
                         .map(|h| pgroup::signal_all(h, Signal::KILL, &|_| true))
                         .unwrap_or_default();
-                    let (killed, n, left) = pgroup::kill_all(
+                    let main_fd = self.main_fd.as_fd();
+                    let main_exit = &mut self.main_exit;
+                    let mut settle = || -> Result<bool> {
+                        let settled = pgroup::settle(main_pid, main_fd, main_exit)?;
+                        reaped += settled.reaped;
+                        Ok(settled.empty)
+                    };
+                    let (killed, left) = pgroup::kill_all(
                         *supervisor,
-                        main_pid,
                         Instant::now() + Duration::from_secs(10),
                         already,
-                    );
-                    reaped += n;
+                        &mut settle,
+                    )?;
                     steps.push(step(
                         "kill",
                         Some(Signal::KILL),
@@ -684,8 +704,11 @@ impl Job {
                     }
                 }
             }
-            Backend::Pgroup { supervisor } => {
-                self.reaped += pgroup::reap_orphans(supervisor, self.main_pid);
+            Backend::Pgroup { .. } => {
+                match pgroup::settle(self.main_pid, self.main_fd.as_fd(), &mut self.main_exit) {
+                    Ok(settled) => self.reaped += settled.reaped,
+                    Err(e) => cleanup.error = Some(error_chain(&e)),
+                }
                 cleanup.reaped = Some(self.reaped);
             }
         }
@@ -746,8 +769,9 @@ impl Drop for Job {
                 Some(Backend::Cgroup(leaf)) => {
                     let _ = leaf.remove();
                 }
-                Some(Backend::Pgroup { supervisor }) => {
-                    pgroup::reap_orphans(supervisor, self.main_pid);
+                Some(Backend::Pgroup { .. }) => {
+                    let mut exit = self.main_exit;
+                    let _ = pgroup::settle(self.main_pid, self.main_fd.as_fd(), &mut exit);
                 }
                 None => {}
             }

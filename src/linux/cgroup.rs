@@ -512,8 +512,16 @@ impl Leaf {
     }
 
     /// Kills every process in the subtree: `cgroup.kill`, or the freezer loop where the
-    /// kernel lacks it (or `force_fallback`). Returns the method used.
-    pub(crate) fn kill_all(&self, force_fallback: bool) -> Result<KillMethod> {
+    /// kernel lacks it (or `force_fallback`). Returns the method used, once the subtree is
+    /// empty or `deadline` has passed.
+    ///
+    /// `cgroup.kill` alone is not enough: on Linux 6.x it misses a process whose main thread
+    /// has exited while other threads run (it signals the exited leader, which no longer
+    /// takes signals). So if the subtree is not empty shortly after, every member also gets
+    /// SIGKILL through a pidfd (a process-directed signal reaches its live threads), until
+    /// it is.
+    pub(crate) fn kill_all(&self, force_fallback: bool, deadline: Instant) -> Result<KillMethod> {
+        let mut method = KillMethod::FreezeAndSignal;
         if !force_fallback {
             match rustix::fs::openat(
                 &self.dir,
@@ -524,20 +532,32 @@ impl Leaf {
                 Ok(fd) => {
                     rustix::io::write(&fd, b"1")
                         .map_err(|e| Error::cgroup("write 1 to", self.path.join(KILL), e.into()))?;
-                    return Ok(KillMethod::CgroupKill);
+                    method = KillMethod::CgroupKill;
                 }
                 // Linux < 5.14: no cgroup.kill.
                 Err(e) if e == rustix::io::Errno::NOENT => {}
                 Err(e) => return Err(Error::cgroup("open", self.path.join(KILL), e.into())),
             }
         }
-        self.kill_by_freezing()?;
-        Ok(KillMethod::FreezeAndSignal)
+        if method == KillMethod::FreezeAndSignal {
+            self.kill_by_freezing(deadline)?;
+            return Ok(method);
+        }
+        loop {
+            let soon = (Instant::now() + Duration::from_millis(100)).min(deadline);
+            if self.wait_empty(Some(soon), None)? == WaitEmpty::Empty || Instant::now() >= deadline
+            {
+                return Ok(method);
+            }
+            method = KillMethod::CgroupKillThenSignal;
+            self.for_each_member(&mut |_, fd| {
+                let _ = pidfd::send_signal(fd, Signal::KILL);
+            })?;
+        }
     }
 
     /// The pre-5.14 kill: freeze so nothing forks, SIGKILL each member, thaw, until empty.
-    fn kill_by_freezing(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    fn kill_by_freezing(&self, deadline: Instant) -> Result<()> {
         while self.populated()? {
             self.set_frozen(true)?;
             self.wait_frozen(Instant::now() + Duration::from_secs(1))?;
@@ -632,8 +652,7 @@ impl Drop for Leaf {
         if !self.removed {
             // A leaf dropped without `remove` (an error path): kill what is in it and remove
             // it, so nothing is left behind.
-            let _ = self.kill_all(false);
-            let _ = self.wait_empty(Some(Instant::now() + Duration::from_secs(5)), None);
+            let _ = self.kill_all(false, Instant::now() + Duration::from_secs(5));
             if let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(&self.dir, 0) {
                 let _ = remove_children(dup, &self.path, Instant::now() + Duration::from_secs(2));
             }
@@ -652,6 +671,8 @@ impl Drop for Leaf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KillMethod {
     CgroupKill,
+    /// `cgroup.kill` left something (an exited leader's live threads); pidfds finished it.
+    CgroupKillThenSignal,
     FreezeAndSignal,
 }
 

@@ -4,28 +4,37 @@
 //! The child leads a new process group. The supervising process makes itself a child
 //! subreaper (`PR_SET_CHILD_SUBREAPER`, Linux 3.4), so every descendant that is orphaned,
 //! including ones that left the group with `setpgid`/`setsid` or double-forked, is
-//! re-parented to it instead of to PID 1, and stays findable as one of its descendants.
-//! The job is therefore "every descendant of the supervisor", found by walking `/proc`.
+//! re-parented to it instead of to PID 1, and stays one of its descendants.
 //!
-//! Stopping freezes first: every descendant gets SIGSTOP through a pidfd, the walk repeats
-//! until it finds nothing new (so nothing can fork behind our back), then the same ladder as
-//! cgroups runs: polite signal, SIGCONT, grace, SIGKILL to everything still found, until
-//! nothing is found. Direct children are reaped through their pidfds (`waitid(P_PIDFD)`);
-//! there is no `waitpid(-1)`.
+//! Finding the job's processes is a `/proc` walk (every descendant of the supervisor) plus
+//! a read of the supervisor's own `task/*/children` files, which is fast enough to catch a
+//! short-lived link of a fork-and-exit chain that a whole walk misses. A walk can always
+//! miss a process that moves while it reads; so *emptiness* is never decided by a walk.
+//! It is decided by the kernel: because of the subreaper, every live descendant has an
+//! ancestor chain that ends at the supervisor, so the job is empty exactly when the
+//! supervisor has no children left at all (`waitid(P_ALL, WNOHANG | WNOWAIT)` answers
+//! ECHILD). Exited children found that way are reaped one by one: the main process through
+//! its pidfd (keeping its status), orphans by their PID, which cannot be reused while they
+//! are our unreaped zombies.
+//!
+//! Stopping freezes first: SIGSTOP through a pidfd to everything found, repeated until a
+//! pass finds nothing new, then the ladder: polite signal, SIGCONT, grace (until empty),
+//! SIGKILL to everything found, repeated until empty.
 //!
 //! Weaker than cgroups, and reported as such: a process that stops being a descendant
-//! without being re-parented to us (a descendant that is itself a subreaper, or one moved by
-//! ptrace games) is lost; and the subreaper attribute is process-wide, so the supervisor
-//! must not have unrelated children (the CLI has none).
+//! without being re-parented to us (a descendant that is itself a subreaper) is lost; and
+//! the subreaper attribute and the emptiness test are process-wide, so the supervisor must
+//! not have unrelated children (the CLI has none).
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
 use crate::error::{Error, Result};
-use crate::linux::pidfd::{self, Pid};
+use crate::linux::pidfd::{self, ExitKind, Pid};
 use crate::linux::procs::{self, Stat};
 use crate::options::Signal;
 
@@ -35,32 +44,116 @@ pub(crate) fn become_subreaper() -> Result<()> {
         .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))
 }
 
-/// The job's processes: every descendant of the supervisor.
+/// The job's live processes as far as `/proc` shows them now: every descendant of the
+/// supervisor, plus its direct children read from `task/*/children`.
 pub(crate) fn members(supervisor: Pid) -> Vec<Stat> {
-    procs::descendants(supervisor)
-        .into_iter()
-        .filter(|s| s.state != 'Z' && s.state != 'X')
-        .collect()
+    let mut out: Vec<Stat> = procs::descendants(supervisor);
+    let known: HashSet<Pid> = out.iter().map(|s| s.pid).collect();
+    out.extend(
+        procs::children(supervisor)
+            .into_iter()
+            .filter(|p| !known.contains(p))
+            .filter_map(procs::stat),
+    );
+    out.retain(Stat::alive);
+    out
 }
 
-/// Reaps every direct child of ours that has exited, except `main` (its status is taken by
-/// the job itself). Returns how many were reaped.
-pub(crate) fn reap_orphans(supervisor: Pid, main: Pid) -> usize {
-    let mut reaped = 0;
-    for s in procs::descendants(supervisor) {
-        if s.ppid != supervisor.get() || s.pid == main || s.state != 'Z' {
-            continue;
+/// The state of the supervisor's children.
+enum Children {
+    /// None at all: the job is empty.
+    None,
+    /// Some, none of them exited and unreaped.
+    Running,
+    /// This one has exited and waits to be reaped.
+    Exited(Pid),
+}
+
+/// Looks at the supervisor's children without reaping any.
+fn peek_children() -> io::Result<Children> {
+    // SAFETY: `info` is plain data the kernel fills in; waitid with WNOWAIT reaps nothing.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL;
+        loop {
+            if libc::waitid(libc::P_ALL, 0, &mut info, flags) == 0 {
+                return Ok(match Pid::from_raw(info.si_pid()) {
+                    Some(pid) => Children::Exited(pid),
+                    None => Children::Running,
+                });
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(Children::None),
+                _ => return Err(err),
+            }
         }
-        if let Some(fd) = procs::open_verified(&s) {
-            if matches!(pidfd::reap(fd.as_fd(), false), Ok(Some(_))) {
+    }
+}
+
+/// Reaps our exited child `pid`. Safe with a numeric PID: an unreaped child's PID cannot be
+/// reused, and only we can reap it.
+fn reap_child(pid: Pid) {
+    // SAFETY: plain data out-parameter; P_PID of our own zombie child.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let flags = libc::WEXITED | libc::WNOHANG | libc::__WALL;
+        while libc::waitid(libc::P_PID, pid.get() as libc::id_t, &mut info, flags) != 0 {
+            if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+    }
+}
+
+/// What [`settle`] found.
+pub(crate) struct Settled {
+    /// No child is left: the job is empty.
+    pub(crate) empty: bool,
+    /// Orphans reaped by this call.
+    pub(crate) reaped: usize,
+}
+
+/// Reaps every exited child (the main process through its pidfd, keeping its status in
+/// `main_exit`) and says whether any child is left. This is the pgroup mechanism's only
+/// test of emptiness.
+pub(crate) fn settle(
+    main: Pid,
+    main_fd: BorrowedFd<'_>,
+    main_exit: &mut Option<ExitKind>,
+) -> Result<Settled> {
+    let mut reaped = 0;
+    loop {
+        match peek_children().map_err(|e| Error::sys("waitid(P_ALL, WNOWAIT)", e))? {
+            Children::None => {
+                return Ok(Settled {
+                    empty: true,
+                    reaped,
+                })
+            }
+            Children::Running => {
+                return Ok(Settled {
+                    empty: false,
+                    reaped,
+                })
+            }
+            Children::Exited(pid) if pid == main => {
+                let status =
+                    pidfd::reap(main_fd, false).map_err(|e| Error::sys("waitid(P_PIDFD)", e))?;
+                if status.is_some() {
+                    *main_exit = status;
+                }
+            }
+            Children::Exited(pid) => {
+                reap_child(pid);
                 reaped += 1;
             }
         }
     }
-    reaped
 }
 
-/// SIGSTOPs every descendant until a walk finds no new one. Returns what was stopped,
+/// SIGSTOPs every process found until a pass finds nothing new. Returns what was stopped,
 /// keyed by PID (with the start time that identifies each). No descriptors are held, so the
 /// size of the tree is not limited by `RLIMIT_NOFILE`.
 pub(crate) fn freeze(supervisor: Pid) -> HashMap<Pid, Stat> {
@@ -100,67 +193,71 @@ pub(crate) fn signal_all(
         .collect()
 }
 
-/// SIGKILLs every descendant until none is found; reaps direct children as they die.
-/// `killed` holds the processes already SIGKILLed by the caller. Returns how many were
-/// signalled in all, how many orphans were reaped, and the survivors if
-/// `deadline` passes (processes stuck in the kernel).
+/// SIGKILLs every process found, again and again, until `settle` reports the job empty or
+/// `deadline` passes. `killed` holds the processes the caller already SIGKILLed. Returns how
+/// many were signalled in all, and the processes left if the deadline passed (stuck in the
+/// kernel, or lost).
 pub(crate) fn kill_all(
     supervisor: Pid,
-    main: Pid,
     deadline: Instant,
     mut killed: HashSet<Pid>,
-) -> (usize, usize, Vec<Stat>) {
-    let mut reaped = 0;
+    settle: &mut dyn FnMut() -> Result<bool>,
+) -> Result<(usize, Vec<Stat>)> {
     loop {
-        let live = members(supervisor);
-        for s in &live {
-            if let Some(fd) = procs::open_verified(s) {
+        // Direct children first: one small read, then a pidfd each. They are our unreaped
+        // children, so their PIDs cannot have been reused.
+        for pid in procs::children(supervisor) {
+            if let Ok(fd) = pidfd::open(pid) {
+                if pidfd::send_signal(fd.as_fd(), Signal::KILL).is_ok() {
+                    killed.insert(pid);
+                }
+            }
+        }
+        for s in members(supervisor) {
+            if let Some(fd) = procs::open_verified(&s) {
                 if pidfd::send_signal(fd.as_fd(), Signal::KILL).is_ok() {
                     killed.insert(s.pid);
                 }
             }
         }
-        reaped += reap_orphans(supervisor, main);
-        if live.is_empty() {
-            return (killed.len(), reaped, Vec::new());
+        if settle()? {
+            return Ok((killed.len(), Vec::new()));
         }
         if Instant::now() >= deadline {
-            return (killed.len(), reaped, members(supervisor));
+            return Ok((killed.len(), members(supervisor)));
         }
-        // Wait for one of the killed direct children to exit (an event), bounded because
-        // deeper ones are not our children and give no event.
-        let _ = wait_any_child_exit(
+        // Wait for a killed child to exit (an event), briefly bounded: deeper descendants
+        // are not our children and give no event.
+        wait_any_child_exit(
             supervisor,
             Some(Instant::now() + Duration::from_millis(20)),
             None,
-        );
+        )?;
     }
 }
 
-/// Waits until one of the supervisor's direct children exits, `deadline` passes, or
-/// `interrupt` is readable.
+/// Waits until one of the supervisor's live direct children exits, `deadline` passes, or
+/// `interrupt` is readable. Returns whether a descriptor became ready.
 pub(crate) fn wait_any_child_exit(
     supervisor: Pid,
     deadline: Option<Instant>,
-    interrupt: Option<std::os::fd::BorrowedFd<'_>>,
+    interrupt: Option<BorrowedFd<'_>>,
 ) -> Result<bool> {
     const MAX_POLLED: usize = 256;
-    let kids: Vec<Stat> = procs::descendants(supervisor)
+    let kids: Vec<Pid> = procs::children(supervisor)
         .into_iter()
-        .filter(|s| s.ppid == supervisor.get() && s.state != 'Z')
+        .filter(|p| procs::stat(*p).is_some_and(|s| s.alive()))
         .collect();
-    let mut fds: Vec<OwnedFd> = kids
+    // Our unreaped children: their PIDs cannot have been reused.
+    let fds: Vec<OwnedFd> = kids
         .iter()
         .take(MAX_POLLED)
-        .filter_map(procs::open_verified)
+        .filter_map(|p| pidfd::open(*p).ok())
         .collect();
-    let mut seen: HashSet<i32> = HashSet::new();
-    fds.retain(|_| true);
-    seen.extend(kids.iter().map(|k| k.pid.get()));
     let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    if kids.len() > MAX_POLLED || (fds.is_empty() && !members(supervisor).is_empty()) {
-        // More children than we poll, or descendants whose parent is still alive but not
-        // ours: re-walk soon instead of sleeping forever.
+    if kids.len() > MAX_POLLED || fds.is_empty() {
+        // More children than we poll, or descendants with no live child of ours above them
+        // at this instant (a chain in motion): look again soon.
         let cap = Duration::from_millis(50);
         timeout = Some(timeout.map_or(cap, |t| t.min(cap)));
     }

@@ -15,19 +15,35 @@ pub(crate) struct Stat {
     pub(crate) sid: i32,
     pub(crate) starttime: u64,
     pub(crate) state: char,
+    /// Live threads, plus one for an unreaped leader.
+    pub(crate) threads: i64,
 }
 
-pub(crate) fn stat(pid: Pid) -> Option<Stat> {
-    let p = procfs::process::Process::new(pid.get()).ok()?;
-    let s = p.stat().ok()?;
-    Some(Stat {
+impl Stat {
+    /// False for a process that has fully exited (a zombie with no thread left). A zombie
+    /// *leader* whose other threads still run is alive: it shows `Z`, but it runs, holds
+    /// descriptors and can be signalled.
+    pub(crate) fn alive(&self) -> bool {
+        !(matches!(self.state, 'Z' | 'X') && self.threads <= 1)
+    }
+}
+
+fn from_procfs(pid: Pid, s: &procfs::process::Stat) -> Stat {
+    Stat {
         pid,
         ppid: s.ppid,
         pgid: s.pgrp,
         sid: s.session,
         starttime: s.starttime,
         state: s.state,
-    })
+        threads: s.num_threads,
+    }
+}
+
+pub(crate) fn stat(pid: Pid) -> Option<Stat> {
+    let p = procfs::process::Process::new(pid.get()).ok()?;
+    let s = p.stat().ok()?;
+    Some(from_procfs(pid, &s))
 }
 
 /// The command line, NUL-separated arguments joined with spaces (`[comm]` for kernel-ish
@@ -53,14 +69,10 @@ pub(crate) fn descendants(root: Pid) -> Vec<Stat> {
         for p in all.flatten() {
             if let Ok(s) = p.stat() {
                 if let Some(pid) = Pid::from_raw(s.pid) {
-                    by_parent.entry(s.ppid).or_default().push(Stat {
-                        pid,
-                        ppid: s.ppid,
-                        pgid: s.pgrp,
-                        sid: s.session,
-                        starttime: s.starttime,
-                        state: s.state,
-                    });
+                    by_parent
+                        .entry(s.ppid)
+                        .or_default()
+                        .push(from_procfs(pid, &s));
                 }
             }
         }
@@ -87,4 +99,23 @@ pub(crate) fn open_verified(seen: &Stat) -> Option<OwnedFd> {
     let fd = pidfd::open(seen.pid).ok()?;
     let now = stat(seen.pid)?;
     (now.starttime == seen.starttime).then_some(fd)
+}
+
+/// The children of `parent`, from `/proc/<parent>/task/<tid>/children` (one small read per
+/// thread: much faster than a walk, so it catches short-lived processes a walk misses).
+pub(crate) fn children(parent: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", parent.get())) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .filter_map(Pid::from_raw),
+            );
+        }
+    }
+    out
 }
