@@ -33,6 +33,8 @@ mod direct_child;
 mod escalation;
 #[path = "containment/exit_status.rs"]
 mod exit_status;
+#[path = "containment/fallbacks.rs"]
+mod fallbacks;
 #[path = "containment/fork_storm.rs"]
 mod fork_storm;
 #[path = "containment/graceful.rs"]
