@@ -43,6 +43,8 @@ mod graceful;
 mod grandchild;
 #[path = "containment/leftovers_policy.rs"]
 mod leftovers_policy;
+#[path = "containment/library.rs"]
+mod library;
 #[path = "containment/parallel.rs"]
 mod parallel;
 #[path = "containment/pipe.rs"]
