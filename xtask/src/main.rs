@@ -1,1 +1,46 @@
-fn main() {}
+//! `cargo xtask`: project tasks that are programs rather than shell one-liners.
+//! Run `cargo xtask help` for the list.
+
+mod bench;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask: corral's project tasks
+
+USAGE:
+    cargo xtask <TASK> [OPTIONS]
+
+TASKS:
+    bench [--quick]   Measure corral against same-run baselines (spawn + wait of /bin/true,
+                      stopping trees of 10/100/1000 processes, `corral run` idle cost vs
+                      `timeout`). Needs root and a cgroup2 mount. Writes
+                      target/bench/benchmarks.md and copies it to docs/benchmarks.md.
+                      --quick: few rounds, a smoke test; writes only target/bench/.
+    help              Print this list.
+";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bench") => bench::run(&args[1..]).map(|()| ExitCode::SUCCESS),
+        None | Some("help" | "--help" | "-h") => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => {
+            eprint!("{HELP}");
+            anyhow::bail!("unknown task `{other}`; see the list above")
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! `cargo xtask bench`: corral's costs, each as a ratio to a baseline measured in the same
+//! run with interleaved rounds (A B C A B C ...), so drift and noise hit both sides alike.
+//!
+//! 1. [`spawn_wait`]: spawn + wait + cleanup of `/bin/true` as a job vs a bare
+//!    `Command::status()`.
+//! 2. [`stop_tree`]: stopping trees of 10 / 100 / 1000 sleeping processes vs a raw
+//!    `cgroup.kill`.
+//! 3. [`idle`]: `corral run -- sleep 5` vs `timeout 10 sleep 5`: peak RSS, CPU, wake-ups.
+//!
+//! Safety: everything runs under one cgroup of the bench's own ([`cgroup::BenchRoot`]),
+//! removed at the end and on any error; processes are signalled only through pidfds; rounds
+//! run one at a time because a pgroup job claims every descendant of this process. Between
+//! rounds [`Bench::check_clean`] verifies nothing was left behind.
+
+mod cgroup;
+mod idle;
+mod machine;
+mod procs;
+mod report;
+mod spawn_wait;
+mod stats;
+mod stop_tree;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+
+use cgroup::{BenchRoot, Mount};
+
+/// How many rounds of what.
+pub struct Plan {
+    pub spawn_warmup: usize,
+    pub spawn_rounds: usize,
+    /// (N, rounds) per tree size.
+    pub trees: Vec<(usize, usize)>,
+    pub idle_rounds: usize,
+    pub quick: bool,
+}
+
+impl Plan {
+    fn full() -> Plan {
+        Plan {
+            spawn_warmup: 10,
+            spawn_rounds: 200,
+            trees: vec![(10, 15), (100, 15), (1000, 7)],
+            idle_rounds: 3,
+            quick: false,
+        }
+    }
+
+    fn quick() -> Plan {
+        Plan {
+            spawn_warmup: 2,
+            spawn_rounds: 20,
+            trees: vec![(10, 3), (100, 3), (1000, 2)],
+            idle_rounds: 1,
+            quick: true,
+        }
+    }
+}
+
+/// The state shared by the figures: the bench's cgroup and what the checks found.
+pub struct Bench {
+    root: BenchRoot,
+    /// Things that went wrong without stopping the bench (a report that says a job left
+    /// survivors, a leaf not removed, ...): each is a possible corral bug.
+    anomalies: Vec<String>,
+    /// Exited orphans of ours that nobody else reaped (see [`procs::reap_strays`]).
+    strays_reaped: usize,
+}
+
+impl Bench {
+    /// Options for a job under the bench's `jobs/` cgroup.
+    fn job_options(&self, mechanism: corral::MechanismRequest) -> corral::Options {
+        corral::Options {
+            mechanism,
+            cgroup_parent: Some(self.root.jobs()),
+            ..corral::Options::default()
+        }
+    }
+
+    /// Records an anomaly unless `ok`.
+    fn expect(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            let what = what.into();
+            eprintln!("\nbench: ANOMALY: {what}");
+            self.anomalies.push(what);
+        }
+    }
+
+    /// The checks every job report must pass.
+    fn check_report(&mut self, r: &corral::Report, mechanism: corral::Mechanism, what: &str) {
+        self.expect(
+            r.mechanism == mechanism,
+            format!(
+                "{what}: ran under {:?}, asked for {mechanism:?}",
+                r.mechanism
+            ),
+        );
+        self.expect(
+            r.survivors.is_empty(),
+            format!("{what}: survivors {:?}", r.survivors),
+        );
+        self.expect(
+            r.cleanup.error.is_none(),
+            format!("{what}: cleanup error {:?}", r.cleanup.error),
+        );
+        if mechanism == corral::Mechanism::Cgroup {
+            self.expect(
+                r.cleanup.cgroup_removed == Some(true),
+                format!("{what}: cgroup_removed {:?}", r.cleanup.cgroup_removed),
+            );
+            if let Some(p) = &r.cgroup {
+                self.expect(
+                    !p.exists(),
+                    format!("{what}: {} still exists after the job", p.display()),
+                );
+            }
+        }
+    }
+
+    /// After a pgroup job: drop the subreaper role the library took (so the other variants
+    /// run as in a process that never used pgroup) and reap anything re-parented meanwhile.
+    fn after_pgroup_job(&mut self) -> Result<()> {
+        rustix::process::set_child_subreaper(None)
+            .context("prctl(PR_SET_CHILD_SUBREAPER, 0) failed")?;
+        self.strays_reaped += procs::reap_strays();
+        Ok(())
+    }
+
+    /// Between rounds: reaps exited orphans, kills (and records) any process left in the
+    /// bench's own cgroup, and records job leaves left under `jobs/`.
+    fn check_clean(&mut self, after: &str) -> Result<()> {
+        self.strays_reaped += procs::reap_strays();
+        let left = procs::kill_strays(
+            self.root.self_dir(),
+            self.root.self_cgroup(),
+            Instant::now() + Duration::from_secs(10),
+        )?;
+        self.expect(
+            left.is_empty(),
+            format!("after {after}: processes left behind (killed now): {left:?}"),
+        );
+        let jobs = self.root.jobs();
+        let leaves: Vec<String> = std::fs::read_dir(&jobs)
+            .with_context(|| format!("failed to list {}", jobs.display()))?
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        self.expect(
+            leaves.is_empty(),
+            format!(
+                "after {after}: job cgroups left under {}: {leaves:?}",
+                jobs.display()
+            ),
+        );
+        Ok(())
+    }
+}
+
+/// The repository root (xtask's parent directory).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let plan = match args {
+        [] => Plan::full(),
+        [q] if q == "--quick" => Plan::quick(),
+        _ => bail!("usage: cargo xtask bench [--quick]"),
+    };
+    let started = Instant::now();
+    let date = SystemTime::now();
+    install_interrupt_flag()?;
+    build_cli()?;
+    let mount = Mount::find()?;
+    let machine = machine::Machine::describe(&mount);
+    for (k, v) in &machine.facts {
+        eprintln!("{k:>22}: {v}");
+    }
+    let root = BenchRoot::create(&mount)?;
+    let root_path = root.path.clone();
+    eprintln!("bench: working under {}", root_path.display());
+    let mut bench = Bench {
+        root,
+        anomalies: Vec::new(),
+        strays_reaped: 0,
+    };
+
+    let spawn = spawn_wait::run(&mut bench, &plan)?;
+    let trees = stop_tree::run(&mut bench, &plan)?;
+    let idle = idle::run(&mut bench, &plan)?;
+
+    let Bench {
+        root,
+        mut anomalies,
+        strays_reaped,
+    } = bench;
+    root.close()?;
+    if root_path.exists() {
+        anomalies.push(format!(
+            "{} still exists after cleanup",
+            root_path.display()
+        ));
+    }
+    let load_end = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let results = report::Results {
+        plan: &plan,
+        machine: &machine,
+        spawn: &spawn,
+        trees: &trees,
+        idle: &idle,
+        anomalies: &anomalies,
+        strays_reaped,
+        load_end,
+        wall: started.elapsed(),
+        date,
+    };
+    let body = report::render(&results);
+    let out_dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("failed to create {}", out_dir.display()))?;
+    let out = out_dir.join("benchmarks.md");
+    std::fs::write(&out, &body).with_context(|| format!("failed to write {}", out.display()))?;
+    println!("{}", report::summary(&results));
+    eprintln!("bench: wrote {}", out.display());
+    if !plan.quick {
+        let doc = workspace_root().join("docs/benchmarks.md");
+        std::fs::create_dir_all(doc.parent().expect("docs/"))?;
+        std::fs::write(&doc, report::with_doc_header(&results, &body))
+            .with_context(|| format!("failed to write {}", doc.display()))?;
+        eprintln!("bench: wrote {}", doc.display());
+    }
+    if !anomalies.is_empty() {
+        bail!(
+            "{} anomalies (listed in the report); the figures may not mean what they say",
+            anomalies.len()
+        );
+    }
+    Ok(())
+}
+
+/// Builds `target/release/corral`, which figure 3 runs (a no-op when it is up to date).
+fn build_cli() -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("bench: cargo build --release --bin corral");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--bin", "corral"])
+        .current_dir(workspace_root())
+        .status()
+        .context("failed to run cargo")?;
+    if !status.success() {
+        bail!("cargo build --release --bin corral failed: {status}");
+    }
+    Ok(())
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// SIGINT, SIGTERM and SIGHUP set a flag that the rounds check, so an interrupted bench
+/// still removes its cgroups and processes (the guard's drop) instead of dying mid-round.
+fn install_interrupt_flag() -> Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: `sa` is fully initialised (zeroed, then the handler and an empty mask);
+        // the handler only stores to an atomic, which is async-signal-safe. No SA_RESTART:
+        // a blocking call returns EINTR and every wait here retries or re-checks.
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("sigaction({sig}) failed"));
+        }
+    }
+    Ok(())
+}
+
+/// Fails once SIGINT/SIGTERM/SIGHUP arrived.
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
