@@ -82,7 +82,11 @@ pub trait SignalSource {
 
 enum Backend {
     Cgroup(Leaf),
-    Pgroup { supervisor: Pid },
+    Pgroup {
+        supervisor: Pid,
+        /// Keeps the process a subreaper while the job lasts.
+        _subreaper: pgroup::Subreaper,
+    },
 }
 
 /// A running job. Obtain one with [`Job::spawn`]; end it with [`Job::wait`], [`Job::run`],
@@ -191,11 +195,12 @@ impl Job {
                 )
             }
             linux::Choice::Pgroup { reason, degraded } => {
-                pgroup::become_subreaper()?;
+                let subreaper = pgroup::Subreaper::acquire()?;
                 let spawned = spawn::spawn(&spec)?;
                 (
                     Backend::Pgroup {
                         supervisor: Pid::current(),
+                        _subreaper: subreaper,
                     },
                     spawned,
                     Mechanism::Pgroup,
@@ -267,7 +272,7 @@ impl Job {
                 .into_iter()
                 .map(|p| p.get() as u32)
                 .collect(),
-            Backend::Pgroup { supervisor } => pgroup::members(*supervisor)
+            Backend::Pgroup { supervisor, .. } => pgroup::members(*supervisor)
                 .into_iter()
                 .map(|s| s.pid.get() as u32)
                 .collect(),
@@ -405,7 +410,7 @@ impl Job {
                 }
                 Ok(Wake::Nothing)
             }
-            Backend::Pgroup { supervisor } => {
+            Backend::Pgroup { supervisor, .. } => {
                 let supervisor = *supervisor;
                 if main_running {
                     let mut fds = vec![PollFd::from_borrowed_fd(
@@ -472,7 +477,7 @@ impl Job {
                 .into_iter()
                 .filter_map(procs::stat)
                 .collect(),
-            Backend::Pgroup { supervisor } => pgroup::members(*supervisor),
+            Backend::Pgroup { supervisor, .. } => pgroup::members(*supervisor),
         };
         stats
             .into_iter()
@@ -525,7 +530,7 @@ impl Job {
         let backend = self.backend.as_ref().expect("backend");
         let mut held = None;
         let mut reaped = 0;
-        if let Backend::Pgroup { supervisor } = backend {
+        if let Backend::Pgroup { supervisor, .. } = backend {
             if !grace.is_zero() {
                 let h = pgroup::freeze(*supervisor);
                 steps.push(step("freeze", Some(Signal::STOP), Some(h.len()), None, t0));
@@ -554,7 +559,7 @@ impl Job {
                 let sig_fd = signals.as_ref().map(|s| s.fd());
                 let state = match backend {
                     Backend::Cgroup(leaf) => leaf.wait_empty(Some(grace_end), sig_fd)?,
-                    Backend::Pgroup { supervisor } => {
+                    Backend::Pgroup { supervisor, .. } => {
                         let settled =
                             pgroup::settle(main_pid, self.main_fd.as_fd(), &mut self.main_exit)?;
                         reaped += settled.reaped;
@@ -638,7 +643,7 @@ impl Job {
                         outcome = StopOutcome::Survivors;
                     }
                 }
-                Backend::Pgroup { supervisor } => {
+                Backend::Pgroup { supervisor, .. } => {
                     let already = held
                         .as_ref()
                         .map(|h| pgroup::signal_all(h, Signal::KILL, &|_| true))

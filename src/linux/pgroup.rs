@@ -29,6 +29,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -38,10 +39,42 @@ use crate::linux::pidfd::{self, ExitKind, Pid};
 use crate::linux::procs::{self, Stat};
 use crate::options::Signal;
 
-/// Makes this process a child subreaper (process-wide; idempotent).
-pub(crate) fn become_subreaper() -> Result<()> {
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))
+/// Holds the process's child-subreaper attribute for one pgroup job. The first guard sets
+/// it (unless the process already was a subreaper); the last one to drop clears it again,
+/// so a later cgroup job's orphans go to init as usual and are not left as our zombies.
+#[derive(Debug)]
+pub(crate) struct Subreaper(());
+
+/// (live guards, whether we set the attribute)
+static SUBREAPER: Mutex<(usize, bool)> = Mutex::new((0, false));
+
+impl Subreaper {
+    pub(crate) fn acquire() -> Result<Subreaper> {
+        let mut state = SUBREAPER.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 == 0 {
+            let already = rustix::process::child_subreaper()
+                .map_err(|e| Error::sys("prctl(PR_GET_CHILD_SUBREAPER)", e))?
+                .is_some();
+            if !already {
+                rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+                    .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
+            }
+            state.1 = !already;
+        }
+        state.0 += 1;
+        Ok(Subreaper(()))
+    }
+}
+
+impl Drop for Subreaper {
+    fn drop(&mut self) {
+        let mut state = SUBREAPER.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 -= 1;
+        if state.0 == 0 && state.1 {
+            let _ = rustix::process::set_child_subreaper(None);
+            state.1 = false;
+        }
+    }
 }
 
 /// The job's live processes as far as `/proc` shows them now: every descendant of the
@@ -267,4 +300,28 @@ pub(crate) fn wait_any_child_exit(
     }
     crate::linux::poll(&mut pfds, timeout)?;
     Ok(pfds.iter().any(|p| !p.revents().is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subreaper_attribute_lasts_as_long_as_the_guards() {
+        let was = rustix::process::child_subreaper().unwrap();
+        assert!(was.is_none(), "the unit test binary starts as no subreaper");
+        let a = Subreaper::acquire().unwrap();
+        let b = Subreaper::acquire().unwrap();
+        assert!(rustix::process::child_subreaper().unwrap().is_some());
+        drop(a);
+        assert!(
+            rustix::process::child_subreaper().unwrap().is_some(),
+            "b still holds it"
+        );
+        drop(b);
+        assert!(
+            rustix::process::child_subreaper().unwrap().is_none(),
+            "released with the last guard"
+        );
+    }
 }

@@ -103,18 +103,28 @@ pub(crate) fn open_verified(seen: &Stat) -> Option<OwnedFd> {
 
 /// The children of `parent`, from `/proc/<parent>/task/<tid>/children` (one small read per
 /// thread: much faster than a walk, so it catches short-lived processes a walk misses).
+/// Kernels built without `CONFIG_PROC_CHILDREN` lack those files; then a walk answers.
 pub(crate) fn children(parent: Pid) -> Vec<Pid> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", parent.get())) else {
         return out;
     };
     for t in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(
+        match std::fs::read_to_string(t.path().join("children")) {
+            Ok(text) => out.extend(
                 text.split_whitespace()
                     .filter_map(|w| w.parse().ok())
                     .filter_map(Pid::from_raw),
-            );
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && t.path().exists() => {
+                return descendants(parent)
+                    .into_iter()
+                    .filter(|s| s.ppid == parent.get())
+                    .map(|s| s.pid)
+                    .collect();
+            }
+            // The thread exited meanwhile.
+            Err(_) => {}
         }
     }
     out
