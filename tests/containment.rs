@@ -23,6 +23,8 @@ mod bad_input;
 mod bystander;
 #[path = "containment/cgroup_parent.rs"]
 mod cgroup_parent;
+#[path = "containment/clean_start.rs"]
+mod clean_start;
 #[path = "containment/ctrl_c.rs"]
 mod ctrl_c;
 #[path = "containment/daemon.rs"]

@@ -129,7 +129,8 @@ struct ChildCtx {
     envp: Vec<*const libc::c_char>,
     cwd: Option<CString>,
     stdio: [RawFd; 3],
-    sigmask: Option<libc::sigset_t>,
+    /// The mask the child execs with.
+    sigmask: libc::sigset_t,
     move_via_procs: RawFd,
     new_pgroup: bool,
     err_pipe: RawFd,
@@ -193,7 +194,9 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
             .collect(),
         cwd,
         stdio: [-1; 3],
-        sigmask: spec.sigmask,
+        // Filled in below, once every signal is blocked around the clone.
+        // SAFETY: sigset_t is plain data; an all-zero set is the empty set.
+        sigmask: unsafe { std::mem::zeroed() },
         move_via_procs: -1,
         new_pgroup: false,
         err_pipe: err_write.as_raw_fd(),
@@ -202,6 +205,11 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         ctx.stdio[i] = fd.map(|f| f.as_raw_fd()).unwrap_or(-1);
     }
 
+    // No signal handler of the host may run in the child before exec (with CLONE_VM it
+    // would run on our memory): block everything around the clone; the child resets the
+    // handlers, then sets the mask it should exec with.
+    let blocked = BlockedSignals::all().map_err(|e| fail("block signals", e))?;
+    ctx.sigmask = spec.sigmask.unwrap_or(blocked.previous);
     let (pid, pidfd, method) = match spec.placement {
         Placement::Cgroup {
             dir,
@@ -266,6 +274,7 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         // (the usual shell idiom). EACCES after the child exec'd is fine: it did it itself.
         let _ = rustix::process::setpgid(Some(pid.rustix()), Some(pid.rustix()));
     }
+    drop(blocked);
     drop(err_write);
     // Wait for exec: EOF means it succeeded (the pipe is close-on-exec); 8 bytes mean a
     // step failed.
@@ -355,13 +364,84 @@ fn clone3(
     if let Some(fd) = cgroup {
         args.cgroup = fd.as_raw_fd() as u64;
     }
+    let ret = clone3_raw(&mut args, ctx)?;
+    let pid = Pid::from_raw(ret as i32).expect("clone3 returned a positive pid");
+    // SAFETY: the kernel stored a new, owned, close-on-exec pidfd there (CLONE_PIDFD).
+    let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((pid, fd))
+}
+
+/// `clone3` the way `posix_spawn` uses `vfork`: `CLONE_VM | CLONE_VFORK`, the child on a
+/// stack of its own, the parent suspended until the child has exec'd or exited. Nothing of
+/// our address space is copied, so the cost does not grow with the embedding program's
+/// memory (a full fork copies its page tables). Returns the child's PID in the parent.
+#[cfg(target_arch = "x86_64")]
+fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
+    const STACK: usize = 256 * 1024;
+    const CLONE_VM: u64 = 0x100;
+    const CLONE_VFORK: u64 = 0x4000;
+    // SAFETY: a fresh private anonymous mapping, unmapped below once the child no longer
+    // uses it (it has exec'd into a new address space, or exited, when clone3 returns).
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    args.flags |= CLONE_VM | CLONE_VFORK;
+    args.stack = stack as u64;
+    args.stack_size = STACK as u64;
+    let ret: i64;
+    // SAFETY: `args` is a valid clone_args of the size passed. In the child the kernel
+    // returns 0 with the stack pointer at the top of `stack` (16-byte aligned) and every
+    // other register as in the parent, so r12/r13 still hold `ctx` and `child_entry`; it
+    // calls `child_entry(ctx)`, which never returns. `ctx` lives in the caller's frame,
+    // which stays valid because the parent is suspended until the child execs or exits.
+    // In the parent, the asm touches no stack and clobbers only rax, rcx and r11.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") ctx as *const ChildCtx,
+            in("r13") child_entry as extern "C" fn(*const ChildCtx) -> !,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+        libc::munmap(stack, STACK);
+    }
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret as i32));
+    }
+    Ok(ret)
+}
+
+/// Elsewhere: `clone3` with fork semantics (the child gets a copy of our address space).
+#[cfg(not(target_arch = "x86_64"))]
+fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
     // SAFETY: `args` is a valid clone_args of the size we pass; no CLONE_VM, so the child
-    // gets a copy of our address space (fork semantics) and runs only `child_after_fork`,
-    // which makes raw system calls on data prepared in `ctx` and never returns.
+    // gets a copy of our address space and runs only `child_after_fork`, which never
+    // returns.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
+            args as *mut CloneArgs,
             std::mem::size_of::<CloneArgs>(),
         )
     };
@@ -371,10 +451,44 @@ fn clone3(
     if ret == 0 {
         child_after_fork(ctx);
     }
-    let pid = Pid::from_raw(ret as i32).expect("clone3 returned a positive pid");
-    // SAFETY: the kernel stored a new, owned, close-on-exec pidfd there (CLONE_PIDFD).
-    let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok((pid, fd))
+    Ok(ret as i64)
+}
+
+/// The child's first Rust frame on its own stack (vfork-style clone3).
+#[cfg(target_arch = "x86_64")]
+extern "C" fn child_entry(ctx: *const ChildCtx) -> ! {
+    // SAFETY: `ctx` points into the suspended parent's frame (see `clone3_raw`).
+    child_after_fork(unsafe { &*ctx })
+}
+
+/// Every signal blocked on this thread until dropped, which restores the previous mask.
+struct BlockedSignals {
+    previous: libc::sigset_t,
+}
+
+impl BlockedSignals {
+    fn all() -> io::Result<BlockedSignals> {
+        // SAFETY: plain data in and out of pthread_sigmask.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let mut previous: libc::sigset_t = std::mem::zeroed();
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(BlockedSignals { previous })
+        }
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `all`.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.previous, std::ptr::null_mut());
+        }
+    }
 }
 
 fn fork_with_pidfd(ctx: &ChildCtx) -> io::Result<(Pid, OwnedFd)> {
@@ -447,18 +561,31 @@ fn child_after_fork(ctx: &ChildCtx) -> ! {
         // Signals: the mask corral found (not the one it uses for itself), and SIGPIPE back
         // to its default (the Rust runtime ignores it in corral; COMMAND should not inherit
         // that).
-        if let Some(mask) = &ctx.sigmask {
-            if libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) != 0 {
-                report(STAGE_SIGNALS, errno());
-            }
-        }
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
         if let Some(cwd) = &ctx.cwd {
             if libc::chdir(cwd.as_ptr()) != 0 {
                 report(STAGE_CHDIR, errno());
             }
+        }
+        // Handlers the host installed go back to their default while every signal is still
+        // blocked (exec would reset them anyway; this closes the window before it), ignored
+        // signals stay ignored, and SIGPIPE goes back to its default: the Rust runtime
+        // ignores it in corral, and COMMAND should not inherit that.
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut cur: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut cur) == 0
+                && (sig == libc::SIGPIPE
+                    || (cur.sa_sigaction != libc::SIG_DFL && cur.sa_sigaction != libc::SIG_IGN))
+            {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        if libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.sigmask, std::ptr::null_mut()) != 0 {
+            report(STAGE_SIGNALS, errno());
         }
         // execvp's rules: ENOENT/ENOTDIR move on to the next PATH entry; EACCES is
         // remembered (a later entry may still work) and reported if nothing does.
