@@ -47,6 +47,8 @@ mod grandchild;
 mod leftovers_policy;
 #[path = "containment/library.rs"]
 mod library;
+#[path = "containment/nested_cgroups.rs"]
+mod nested_cgroups;
 #[path = "containment/parallel.rs"]
 mod parallel;
 #[path = "containment/pipe.rs"]

@@ -424,8 +424,7 @@ impl Leaf {
     /// Every process in the leaf and its descendant cgroups.
     pub(crate) fn members(&self) -> Result<Vec<Pid>> {
         let mut out = Vec::new();
-        let dup =
-            rustix::io::fcntl_dupfd_cloexec(&self.dir, 0).map_err(|e| Error::sys("dup", e))?;
+        let dup = reopen(&self.dir).map_err(|e| Error::cgroup("open", &self.path, e.into()))?;
         collect_members(dup, &self.path, &mut out)?;
         Ok(out)
     }
@@ -619,10 +618,13 @@ impl Leaf {
     pub(crate) fn remove(mut self) -> Result<()> {
         self.removed = true;
         let deadline = Instant::now() + Duration::from_secs(2);
-        let dup =
-            rustix::io::fcntl_dupfd_cloexec(&self.dir, 0).map_err(|e| Error::sys("dup", e))?;
-        remove_children(dup, &self.path, deadline)?;
-        rmdir_retry(self.parent_dir.as_fd(), &self.name, &self.path, deadline)?;
+        // Usually the job made no cgroups of its own: one rmdir does it. Otherwise
+        // (ENOTEMPTY/EBUSY) remove its cgroups depth first, then retry.
+        if rustix::fs::unlinkat(&self.parent_dir, self.name.as_str(), AtFlags::REMOVEDIR).is_err() {
+            let dup = reopen(&self.dir).map_err(|e| Error::cgroup("open", &self.path, e.into()))?;
+            remove_children(dup, &self.path, deadline)?;
+            rmdir_retry(self.parent_dir.as_fd(), &self.name, &self.path, deadline)?;
+        }
         self.remove_default_parent_if_unused();
         Ok(())
     }
@@ -653,7 +655,7 @@ impl Drop for Leaf {
             // A leaf dropped without `remove` (an error path): kill what is in it and remove
             // it, so nothing is left behind.
             let _ = self.kill_all(false, Instant::now() + Duration::from_secs(5));
-            if let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(&self.dir, 0) {
+            if let Ok(dup) = reopen(&self.dir) {
                 let _ = remove_children(dup, &self.path, Instant::now() + Duration::from_secs(2));
             }
             let _ = rmdir_retry(
@@ -684,9 +686,20 @@ pub(crate) enum WaitEmpty {
     Interrupted,
 }
 
+/// A new descriptor for the directory `dir`, with its own read position. (A `dup` would share
+/// the position, so a second listing through it would start at the end and see nothing.)
+fn reopen(dir: &OwnedFd) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 fn child_dirs(dir: &OwnedFd) -> io::Result<Vec<std::ffi::CString>> {
     let mut names = Vec::new();
-    let dup = rustix::io::fcntl_dupfd_cloexec(dir, 0)?;
+    let dup = reopen(dir)?;
     let mut rd = rustix::fs::Dir::new(dup)?;
     while let Some(entry) = rd.read() {
         let entry = entry?;

@@ -120,31 +120,28 @@ fn why_spawn(s: &SpawnFigures, samples: &Samples, mech: corral::Mechanism) -> St
     let extra = samples.median() - bare;
     match mech {
         corral::Mechanism::Cgroup => {
-            let fork = s.fork.median() - bare;
-            let leaf = s.by_hand.median() - s.fork.median();
-            let own = samples.median() - s.by_hand.median();
-            let own = if own > 0.0 {
-                format!("leaving {} to corral itself", fmt_secs(own))
-            } else {
-                "so corral itself adds nothing measurable on top".to_string()
-            };
+            // The pgroup job spawns the same way (vfork-style clone3) without a cgroup, so
+            // the difference between the two is what the fresh cgroup costs.
+            let cgroup_cost = samples.median() - s.pgroup.median();
+            let dirs = s.mkdir_rmdir.median();
             format!(
-                "The job takes {} more than the bare spawn. Of that, about {} is the fork: \
-                 corral starts the child with `clone3` without `CLONE_VM | CLONE_VFORK`, a \
-                 full fork, where std's `posix_spawn` uses `vfork` (same command with a \
-                 forced fork: {}), and about {} is the fresh cgroup: `mkdir`, the child \
-                 entering it, `rmdir` (the same job done by hand takes {}, {}), {own}. So \
-                 a cgroup job made by hand misses the target too: with a fork and a fresh \
-                 leaf per job it is out of reach on this machine. What would close it: \
-                 spawn with `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)` on a \
-                 separate stack, as `posix_spawn` does (saves the fork, whose page-table \
-                 copy also grows with the embedding program's memory), and keep leaf \
-                 creation off the spawn path (e.g. have the next leaf made ahead of time, \
-                 or reuse an emptied one).",
+                "The job takes {} more than the bare spawn. corral spawns like \
+                 `posix_spawn` (`clone3` with `CLONE_VM | CLONE_VFORK` on a stack of its own, \
+                 plus `CLONE_INTO_CGROUP`), so the spawn itself costs what std's does: the \
+                 same job without a cgroup (pgroup) takes {} ({}). The rest, about {}, is the \
+                 fresh cgroup: `mkdir` and `rmdir` of an empty leaf alone take {}, and the \
+                 kernel's work for the first task of a new cgroup (a new css_set, the \
+                 `populated` notifications) the remainder. A job made by hand with a fork \
+                 into a fresh leaf takes {} ({}), so corral is faster than the obvious \
+                 implementation. What would close it: keeping leaf creation off the spawn \
+                 path (a leaf made ahead of time, or an emptied one reused), which gives up \
+                 the fresh, empty cgroup per job that the design promises; we keep the \
+                 promise and report the miss.",
                 fmt_secs(extra),
-                fmt_secs(fork),
-                fmt_ratio(s.fork.median() / bare),
-                fmt_secs(leaf),
+                fmt_secs(s.pgroup.median()),
+                fmt_ratio(s.pgroup.median() / bare),
+                fmt_secs(cgroup_cost),
+                fmt_secs(dirs),
                 fmt_secs(s.by_hand.median()),
                 fmt_ratio(s.by_hand.median() / bare),
             )
@@ -207,18 +204,19 @@ fn why_stop(t: &TreeFigures, v: Variant) -> Why {
             group: Some(PGROUP_TREES),
             text: "The pgroup mechanism has no kernel-side kill. It finds the job's \
                    processes by walking all of `/proc` (one walk, timed alone in figure 1, \
-                   costs about as much as a whole bare spawn), opens a pidfd and re-reads \
-                   `stat` for every process it signals, and walks again after each \
-                   wake-up until no process is found. `stop()` first freezes the tree \
-                   (SIGSTOP to each process, walking until no new one appears), then sends \
-                   SIGTERM and SIGCONT to each. While the processes still alive are not \
-                   its own children (the `sleep`s are children of `sh` until `sh` dies) it \
-                   has no event to wait on and re-checks on a timer: up to 20 ms a pass \
-                   in `kill()`, 50 ms during `stop()`'s grace. The baseline is a cgroup \
-                   feature this mechanism exists to do without, so the target is out of \
-                   reach by design. What would shrink the gap: keep the pidfds of the \
-                   processes already found and poll them instead of re-walking, and walk \
-                   `/proc` only to look for newcomers once the set is frozen."
+                   costs about as much as a whole bare spawn) and opens a pidfd and re-reads \
+                   `stat` for every process it signals. `stop()` first freezes the tree \
+                   (SIGSTOP to each process, walking until a pass finds nothing new), then \
+                   sends SIGTERM and SIGCONT to each; the kill pass walks, signals and \
+                   repeats until `waitid` says no child is left. Between passes it waits on \
+                   the pidfds of its own children, but a `sleep` whose parent `sh` still \
+                   lives is nobody's child of ours and gives no event, so a pass may wait \
+                   out a short timer (20 ms in `kill()`, 50 ms in `stop()`'s grace). The \
+                   baseline is a cgroup feature this mechanism exists to do without, so the \
+                   target is out of reach by design. What would shrink the gap: keep the \
+                   pidfds of the processes already found and poll them instead of \
+                   re-walking, and walk `/proc` only to look for newcomers once the set is \
+                   frozen."
                 .to_string(),
         },
     }
