@@ -76,7 +76,8 @@ impl JobCommand {
 pub trait SignalSource {
     /// A descriptor that becomes readable when a signal is pending.
     fn fd(&self) -> BorrowedFd<'_>;
-    /// Takes the pending signals.
+    /// Takes the pending signals. Must not block: with nothing pending it returns an
+    /// empty list (a non-blocking signalfd does exactly that).
     fn take(&mut self) -> Vec<Signal>;
 }
 
@@ -372,88 +373,47 @@ impl Job {
             }
         }
         let timeout = self.deadline.map(|d| d - now);
-        let main_running = self.main_exit.is_none();
         let sig_fd = signals.as_ref().map(|s| s.fd());
-        match self.backend.as_ref().expect("backend") {
+        // While the main process runs, both mechanisms wait on its pidfd (and the signals);
+        // afterwards (leftovers `wait`) each waits on its own emptiness event.
+        let (wait_fd, flags) = match self.backend.as_ref().expect("backend") {
+            _ if self.main_exit.is_none() => (self.main_fd.as_fd(), PollFlags::IN),
             Backend::Cgroup(leaf) => {
-                let mut fds = Vec::with_capacity(3);
-                if main_running {
-                    fds.push(PollFd::from_borrowed_fd(
-                        self.main_fd.as_fd(),
-                        PollFlags::IN,
-                    ));
-                } else {
-                    if !leaf.populated()? {
-                        return Ok(Wake::Empty);
-                    }
-                    fds.push(PollFd::from_borrowed_fd(leaf.events_fd(), PollFlags::PRI));
+                if !leaf.populated()? {
+                    return Ok(Wake::Empty);
                 }
-                if let Some(fd) = sig_fd {
-                    fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
-                }
-                linux::poll(&mut fds, timeout)?;
-                let first_ready = !fds[0].revents().is_empty();
-                let sig_ready = fds.len() > 1 && !fds[1].revents().is_empty();
-                drop(fds);
-                if sig_ready {
-                    let sigs = signals.as_mut().map(|s| s.take()).unwrap_or_default();
-                    if !sigs.is_empty() {
-                        return Ok(Wake::Signal(sigs));
-                    }
-                }
-                if first_ready {
-                    return Ok(if main_running {
-                        Wake::MainExited
-                    } else {
-                        Wake::Nothing
-                    });
-                }
-                Ok(Wake::Nothing)
+                (leaf.events_fd(), PollFlags::PRI)
             }
             Backend::Pgroup { supervisor, .. } => {
                 let supervisor = *supervisor;
-                if main_running {
-                    let mut fds = vec![PollFd::from_borrowed_fd(
-                        self.main_fd.as_fd(),
-                        PollFlags::IN,
-                    )];
-                    if let Some(fd) = sig_fd {
-                        fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
-                    }
-                    linux::poll(&mut fds, timeout)?;
-                    let main_ready = !fds[0].revents().is_empty();
-                    let sig_ready = fds.len() > 1 && !fds[1].revents().is_empty();
-                    drop(fds);
-                    if sig_ready {
-                        let sigs = signals.as_mut().map(|s| s.take()).unwrap_or_default();
-                        if !sigs.is_empty() {
-                            return Ok(Wake::Signal(sigs));
-                        }
-                    }
-                    return Ok(if main_ready {
-                        Wake::MainExited
-                    } else {
-                        Wake::Nothing
-                    });
-                }
                 let settled =
                     pgroup::settle(self.main_pid, self.main_fd.as_fd(), &mut self.main_exit)?;
                 self.reaped += settled.reaped;
                 if settled.empty {
                     return Ok(Wake::Empty);
                 }
-                let ready = pgroup::wait_any_child_exit(supervisor, self.deadline, sig_fd)?;
-                if ready {
-                    if let Some(s) = signals.as_mut() {
-                        let sigs = s.take();
-                        if !sigs.is_empty() {
-                            return Ok(Wake::Signal(sigs));
-                        }
-                    }
-                }
-                Ok(Wake::Nothing)
+                pgroup::wait_any_child_exit(supervisor, self.deadline, sig_fd)?;
+                return Ok(take_signals(signals).map_or(Wake::Nothing, Wake::Signal));
+            }
+        };
+        let mut fds = vec![PollFd::from_borrowed_fd(wait_fd, flags)];
+        if let Some(fd) = sig_fd {
+            fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+        }
+        linux::poll(&mut fds, timeout)?;
+        let first_ready = !fds[0].revents().is_empty();
+        let sig_ready = fds.len() > 1 && !fds[1].revents().is_empty();
+        drop(fds);
+        if sig_ready {
+            if let Some(sigs) = take_signals(signals) {
+                return Ok(Wake::Signal(sigs));
             }
         }
+        Ok(if first_ready && self.main_exit.is_none() {
+            Wake::MainExited
+        } else {
+            Wake::Nothing
+        })
     }
 
     fn job_empty(&mut self) -> Result<bool> {
@@ -782,6 +742,12 @@ impl Drop for Job {
             }
         }
     }
+}
+
+/// The pending signals, if any (reading a signalfd that is not ready returns nothing).
+fn take_signals(signals: &mut Option<&mut dyn SignalSource>) -> Option<Vec<Signal>> {
+    let sigs = signals.as_mut()?.take();
+    (!sigs.is_empty()).then_some(sigs)
 }
 
 /// `a: b: c` for an error and its sources.
