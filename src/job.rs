@@ -14,7 +14,7 @@ use crate::linux::cgroup::{KillMethod, Leaf, WaitEmpty};
 use crate::linux::pidfd::{self, ExitKind, Pid};
 use crate::linux::spawn::{self, Placement, SpawnSpec};
 use crate::linux::{self, pgroup, procs};
-use crate::options::{Leftovers, Options, Signal};
+use crate::options::{Leftovers, Options, Signal, SignalSet};
 use crate::report::{
     Cleanup, ExitInfo, ProcessInfo, Report, StopOutcome, StopReason, StopReport, StopStep,
 };
@@ -27,6 +27,7 @@ pub struct JobCommand {
     args: Vec<OsString>,
     env: Option<Vec<(OsString, OsString)>>,
     cwd: Option<PathBuf>,
+    signal_mask: Option<SignalSet>,
 }
 
 impl JobCommand {
@@ -60,6 +61,15 @@ impl JobCommand {
     /// Runs in `dir` (default: corral's working directory).
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// The signals blocked when the main process starts (default: those blocked in the
+    /// thread that spawns it). A program that blocks signals for itself (to read them from
+    /// a signalfd, say) passes the mask it started with, so the job does not inherit its
+    /// own: a blocked SIGTERM would turn every polite stop into SIGKILL.
+    pub fn signal_mask(mut self, mask: SignalSet) -> Self {
+        self.signal_mask = Some(mask);
         self
     }
 
@@ -141,17 +151,6 @@ enum Wake {
 impl Job {
     /// Starts `cmd` as a job under `opts`.
     pub fn spawn(cmd: &JobCommand, opts: &Options) -> Result<Job> {
-        Self::spawn_with_sigmask(cmd, opts, None)
-    }
-
-    /// As [`Job::spawn`], with the signal mask the child starts with (the CLI passes the
-    /// mask it found at start-up, before blocking signals for its signalfd).
-    #[doc(hidden)]
-    pub fn spawn_with_sigmask(
-        cmd: &JobCommand,
-        opts: &Options,
-        sigmask: Option<libc::sigset_t>,
-    ) -> Result<Job> {
         let choice = linux::choose(opts)?;
         let own_pgid = rustix::process::getpgrp().as_raw_nonzero().get();
         let own_sid = rustix::process::getsid(None)
@@ -167,7 +166,7 @@ impl Job {
             env,
             cwd: cmd.cwd.as_deref(),
             stdio: [None, None, None],
-            sigmask,
+            sigmask: cmd.signal_mask,
             placement: Placement::NewProcessGroup,
         };
         let (backend, spawned, mechanism, reason, degraded, parent_source) = match choice {

@@ -26,7 +26,9 @@ mod linux;
 
 pub use error::{Error, Result};
 pub use job::{Job, JobCommand, SignalSource};
-pub use options::{parse_duration, DebugKnobs, Leftovers, MechanismRequest, Options, Signal};
+pub use options::{
+    parse_duration, DebugKnobs, Leftovers, MechanismRequest, Options, Signal, SignalSet,
+};
 pub use report::{
     Cleanup, ExitInfo, ProcessInfo, Report, StopOutcome, StopReason, StopReport, StopStep,
     REPORT_VERSION,

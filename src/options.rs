@@ -214,6 +214,50 @@ impl FromStr for Signal {
     }
 }
 
+/// A set of signals, e.g. the mask a job's main process starts with.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SignalSet(u64);
+
+impl SignalSet {
+    /// The empty set.
+    pub fn empty() -> Self {
+        SignalSet(0)
+    }
+
+    /// Adds `sig`.
+    pub fn insert(&mut self, sig: Signal) {
+        self.0 |= 1 << (sig.as_raw() - 1);
+    }
+
+    /// Whether `sig` is in the set.
+    pub fn contains(&self, sig: Signal) -> bool {
+        self.0 & (1 << (sig.as_raw() - 1)) != 0
+    }
+
+    /// The signals in the set, in numeric order.
+    pub fn iter(&self) -> impl Iterator<Item = Signal> + '_ {
+        (1..=64)
+            .filter_map(Signal::from_raw)
+            .filter(|s| self.contains(*s))
+    }
+}
+
+impl fmt::Debug for SignalSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<Signal> for SignalSet {
+    fn from_iter<I: IntoIterator<Item = Signal>>(iter: I) -> Self {
+        let mut set = SignalSet::empty();
+        for s in iter {
+            set.insert(s);
+        }
+        set
+    }
+}
+
 /// Parses a duration such as `500ms`, `10s`, `1m30s`, `2h`, `1.5s` or `0`.
 /// A bare number means seconds (as with coreutils `timeout`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -312,6 +356,15 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn signal_sets() {
+        let set: SignalSet = [Signal::TERM, Signal::from_raw(64).unwrap()].into_iter().collect();
+        assert!(set.contains(Signal::TERM) && set.contains(Signal::from_raw(64).unwrap()));
+        assert!(!set.contains(Signal::INT));
+        assert_eq!(set.iter().count(), 2);
+        assert_eq!(format!("{set:?}"), "{SIGTERM, SIGRTMIN+30}");
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub(crate) struct SpawnSpec<'a> {
     /// `None` keeps the parent's descriptor 0, 1 or 2.
     pub(crate) stdio: [Option<BorrowedFd<'a>>; 3],
     /// The signal mask the child starts with (`None`: the spawning thread's).
-    pub(crate) sigmask: Option<libc::sigset_t>,
+    pub(crate) sigmask: Option<crate::options::SignalSet>,
     pub(crate) placement: Placement<'a>,
 }
 
@@ -209,7 +209,10 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
     // would run on our memory): block everything around the clone; the child resets the
     // handlers, then sets the mask it should exec with.
     let blocked = BlockedSignals::all().map_err(|e| fail("block signals", e))?;
-    ctx.sigmask = spec.sigmask.unwrap_or(blocked.previous);
+    ctx.sigmask = match spec.sigmask {
+        Some(set) => to_sigset(set),
+        None => blocked.previous,
+    };
     let (pid, pidfd, method) = match spec.placement {
         Placement::Cgroup {
             dir,
@@ -459,6 +462,18 @@ fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
 extern "C" fn child_entry(ctx: *const ChildCtx) -> ! {
     // SAFETY: `ctx` points into the suspended parent's frame (see `clone3_raw`).
     child_after_fork(unsafe { &*ctx })
+}
+
+fn to_sigset(set: crate::options::SignalSet) -> libc::sigset_t {
+    // SAFETY: plain data, initialised by sigemptyset before use.
+    unsafe {
+        let mut out: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut out);
+        for sig in set.iter() {
+            libc::sigaddset(&mut out, sig.as_raw());
+        }
+        out
+    }
 }
 
 /// Every signal blocked on this thread until dropped, which restores the previous mask.

@@ -143,8 +143,10 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut signals =
         signals::Signals::install().context("failed to set up signal handling (signalfd)")?;
-    let cmd = corral::JobCommand::new(program).args(rest);
-    let job = corral::Job::spawn_with_sigmask(&cmd, &opts, Some(signals.original_mask()))?;
+    let cmd = corral::JobCommand::new(program)
+        .args(rest)
+        .signal_mask(signals.original_mask());
+    let job = corral::Job::spawn(&cmd, &opts)?;
     if args.verbose {
         eprintln!(
             "corral: job {} pid {} mechanism {}{}",

@@ -43,8 +43,12 @@ impl Signals {
     }
 
     /// The mask the process had before `install`.
-    pub fn original_mask(&self) -> libc::sigset_t {
-        self.original_mask
+    pub fn original_mask(&self) -> corral::SignalSet {
+        (1..=64)
+            .filter_map(Signal::from_raw)
+            // SAFETY: reads a set initialised by pthread_sigmask.
+            .filter(|s| unsafe { libc::sigismember(&self.original_mask, s.as_raw()) } == 1)
+            .collect()
     }
 }
 
