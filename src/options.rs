@@ -360,7 +360,9 @@ mod tests {
 
     #[test]
     fn signal_sets() {
-        let set: SignalSet = [Signal::TERM, Signal::from_raw(64).unwrap()].into_iter().collect();
+        let set: SignalSet = [Signal::TERM, Signal::from_raw(64).unwrap()]
+            .into_iter()
+            .collect();
         assert!(set.contains(Signal::TERM) && set.contains(Signal::from_raw(64).unwrap()));
         assert!(!set.contains(Signal::INT));
         assert_eq!(set.iter().count(), 2);
