@@ -760,3 +760,16 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    /// Handles move between threads and can be shared (checked at compile time).
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn is<T: Send + Sync>() {}
+        is::<super::Job>();
+        is::<crate::Report>();
+        is::<crate::Error>();
+        is::<super::JobCommand>();
+    }
+}
