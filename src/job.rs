@@ -530,7 +530,7 @@ impl Job {
                             let ready =
                                 pgroup::wait_any_child_exit(*supervisor, Some(grace_end), sig_fd)?;
                             let sig_ready =
-                                sig_fd.is_some_and(|fd| pidfd::has_exited(fd).unwrap_or(false));
+                                sig_fd.is_some_and(|fd| linux::readable(fd).unwrap_or(false));
                             if ready && sig_ready {
                                 WaitEmpty::Interrupted
                             } else {

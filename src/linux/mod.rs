@@ -39,6 +39,14 @@ pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> Result<
     }
 }
 
+/// Whether `fd` is readable right now (a pidfd: the process exited; a signalfd: a signal is
+/// pending).
+pub(crate) fn readable(fd: std::os::fd::BorrowedFd<'_>) -> Result<bool> {
+    let mut fds = [PollFd::from_borrowed_fd(fd, rustix::event::PollFlags::IN)];
+    poll(&mut fds, Some(Duration::ZERO))?;
+    Ok(!fds[0].revents().is_empty())
+}
+
 /// The mechanism picked for a job, with what it needs.
 pub(crate) enum Choice {
     Cgroup {

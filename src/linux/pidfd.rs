@@ -102,14 +102,3 @@ pub(crate) fn reap(fd: BorrowedFd<'_>, block: bool) -> io::Result<Option<ExitKin
         }
     }
 }
-
-/// True if the process behind `fd` has exited (the pidfd is readable).
-pub(crate) fn has_exited(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut fds = [rustix::event::PollFd::from_borrowed_fd(
-        fd,
-        rustix::event::PollFlags::IN,
-    )];
-    crate::linux::poll(&mut fds, Some(std::time::Duration::ZERO))
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(!fds[0].revents().is_empty())
-}
