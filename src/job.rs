@@ -279,6 +279,27 @@ impl Job {
         })
     }
 
+    /// Sends `sig` to every process of the job now (through pidfds; a PID reused by a
+    /// process outside the job is never signalled). Returns how many it reached.
+    pub fn signal(&self, sig: Signal) -> Result<usize> {
+        Ok(match self.backend.as_ref().expect("backend") {
+            Backend::Cgroup(leaf) => {
+                let mut n = 0;
+                leaf.for_each_member(&mut |_, fd| {
+                    if pidfd::send_signal(fd, sig).is_ok() {
+                        n += 1;
+                    }
+                })?;
+                n
+            }
+            Backend::Pgroup { supervisor, .. } => pgroup::members(*supervisor)
+                .iter()
+                .filter_map(procs::open_verified)
+                .filter(|fd| pidfd::send_signal(fd.as_fd(), sig).is_ok())
+                .count(),
+        })
+    }
+
     /// Waits until the job is over (applying the timeout and leftovers policy), then cleans
     /// up and reports.
     pub fn wait(self) -> Result<Report> {

@@ -194,3 +194,29 @@ fn bad_parent_is_an_error_and_leaves_nothing() {
     assert!(matches!(err, corral::Error::NotFound { .. }), "{err}");
     sandbox.assert_clean();
 }
+
+#[test]
+fn signal_reaches_every_member() {
+    let Some(sandbox) = Sandbox::with_cgroup("lib-signal") else {
+        return;
+    };
+    // Three processes that each exit 0 on SIGUSR1 and would otherwise sleep.
+    let script = "for i in 1 2; do sh -c 'trap \"exit 0\" USR1; sleep 1000 & wait' & done; \
+                  trap 'exit 0' USR1; sleep 1000 & wait";
+    // The timeout turns a signal that reached nobody into a failure instead of a hang.
+    let opts = corral::Options {
+        timeout: Some(Duration::from_secs(10)),
+        ..options(&sandbox)
+    };
+    let job = corral::Job::spawn(&corral::JobCommand::new("sh").arg("-c").arg(script), &opts)
+        .expect("spawn");
+    wait_members(&job, 6);
+    let reached = job
+        .signal(corral::Signal::from_raw(libc::SIGUSR1).unwrap())
+        .expect("signal");
+    assert!(reached >= 6, "reached {reached}");
+    let report = job.wait().expect("wait");
+    assert_eq!(report.exit_status, 0, "{report:#?}");
+    assert!(report.survivors.is_empty(), "{report:#?}");
+    sandbox.assert_clean();
+}
