@@ -104,8 +104,13 @@ enum Mode {
     /// SIGHUP cannot pre-empt the handler. Roles: `top`, `stopped`.
     Stopped,
     /// A child that handles SIGTERM, SIGINT, SIGHUP and SIGQUIT by appending to the marker
-    /// and carrying on; only SIGKILL ends it. Roles: `top`, `stubborn`.
-    Stubborn,
+    /// and carrying on; only SIGKILL ends it. With `--cont` it records SIGCONT too (corral
+    /// sends it to every member when its stop sequence starts, so a test can tell that
+    /// corral has taken a signal in). Roles: `top`, `stubborn`.
+    Stubborn {
+        #[arg(long)]
+        cont: bool,
+    },
     /// A bounded fork storm: every process ignores SIGTERM and forks a new one every
     /// INTERVAL until MAX processes (the top included) have been created in total; then
     /// each sleeps. With `--escape` each new process first calls `setsid()`. Roles: `top`,
@@ -256,11 +261,14 @@ fn main() {
             finish(&cli, None)
         }
         Mode::Stopped => stopped(&files, &cli),
-        Mode::Stubborn => {
+        Mode::Stubborn { cont } => {
             fork_child(|| {
                 set_identity("stubborn");
                 for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
                     install_handler(signal, on_signal_mark);
+                }
+                if cont {
+                    install_handler(libc::SIGCONT, on_signal_mark);
                 }
                 files.record("stubborn");
                 sleep_forever()
