@@ -533,7 +533,8 @@ impl Job {
                 .then(|| "members in corral's process group got it from the terminal".to_string());
             steps.push(step("signal", Some(polite), Some(n_polite), detail, t0));
             steps.push(step("continue", Some(Signal::CONT), Some(n_cont), None, t0));
-            let grace_end = t0 + grace;
+            // The grace runs from the polite signal (a freeze before it may take a while).
+            let grace_end = Instant::now() + grace;
             let mut cut_short = false;
             loop {
                 let sig_fd = signals.as_ref().map(|s| s.fd());

@@ -39,7 +39,12 @@ fn polite_signal(mechanism: Mechanism, name: &str, arg: &str, signo: i32) {
         .filter(|(_, p, _)| *p == stubborn)
         .map(|m| m.2)
         .collect();
-    assert_eq!(got, vec![signo], "--signal {arg}: signals the job got");
+    assert_eq!(
+        got,
+        vec![signo],
+        "--signal {arg}: signals the job got\n{}",
+        done.report_text()
+    );
     procs.assert_all_gone(name);
     sandbox.assert_clean();
     done.assert_code(0);
