@@ -93,8 +93,23 @@ fn second_ctrl_c_skips_the_rest_of_the_grace(mechanism: Mechanism) {
     procs.assert_all_gone("second ctrl-c");
     sandbox.assert_clean();
     assert!(
-        after_second < Duration::from_secs(10),
+        after_second < Duration::from_secs(30),
         "corral took {after_second:?} after the second Ctrl+C; it must skip the 60s grace"
+    );
+    let steps = done.report()["stop"]["steps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let grace = steps
+        .iter()
+        .find(|s| s["step"] == "grace")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        grace["detail"],
+        "cut short by a second signal",
+        "{}",
+        done.report_text()
     );
     done.assert_code(128 + libc::SIGINT);
     done.assert_report_basics(mechanism);

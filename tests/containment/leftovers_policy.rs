@@ -2,8 +2,6 @@
 //! exits. With `wait` the job lasts until it does (its exit marker exists, nothing is
 //! stopped); with `kill` (the default) it is stopped before it gets there.
 
-use std::time::Duration;
-
 use crate::util::{both_mechanisms, Mechanism, Sandbox};
 
 both_mechanisms!(leftovers_wait_lets_them_finish, leftovers_kill_stops_them);
@@ -50,14 +48,18 @@ fn leftovers_kill_stops_them(mechanism: Mechanism) {
     let procs = job.wait_ready(&["top", "late-exit"]);
     job.go();
     let done = job.finish();
-    assert!(
-        done.returned_after < Duration::from_secs(4),
-        "corral waited {:?} for a leftover it should have stopped",
-        done.returned_after
-    );
+    // Not a timing check (flaky under load): the leftover records its own exit in the marker,
+    // and the report says why the stop sequence ran.
     assert!(
         done.marker_lines().is_empty(),
-        "the leftover exited by itself instead of being stopped"
+        "the leftover exited by itself instead of being stopped (after {:?})",
+        done.returned_after
+    );
+    assert_eq!(
+        done.report()["stop"]["reason"],
+        "leftovers",
+        "{}",
+        done.report_text()
     );
     procs.assert_all_gone("leftovers kill");
     sandbox.assert_clean();
