@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::util::{cgroup2_mount, Mechanism, Sandbox};
 
 /// Makes `inner/deeper` below the job's own cgroup, moves a subshell into each, and leaves
-/// them running when COMMAND exits. The deeper one ignores SIGTERM when `stubborn`.
+/// them running when COMMAND exits. The deeper one ignores SIGTERM when `stubborn` (set
+/// before it moves, so it is in place once the move is seen).
 fn script(stubborn: bool) -> String {
     let mount = cgroup2_mount()
         .expect("cgroup2 mount")
@@ -18,7 +19,7 @@ fn script(stubborn: bool) -> String {
         "cg={mount}$(grep '^0::' /proc/self/cgroup | cut -d: -f3); \
          mkdir -p $cg/inner/deeper || exit 90; \
          sh -c 'echo $$ > '$cg/inner/cgroup.procs' && exec sleep 1000' & \
-         sh -c 'echo $$ > '$cg/inner/deeper/cgroup.procs' && {trap}sleep 1000; sleep 1000' & \
+         sh -c '{trap}echo $$ > '$cg/inner/deeper/cgroup.procs' && sleep 1000; sleep 1000' & \
          while [ $(cat $cg/inner/cgroup.procs $cg/inner/deeper/cgroup.procs | wc -l) -lt 2 ]; do sleep 0.01; done; \
          exit 0"
     )

@@ -901,6 +901,18 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// Asserts corral exited with one of `codes` (where a race decides between them).
+    pub fn assert_code_in(&self, codes: &[i32]) {
+        assert!(
+            self.status.code().is_some_and(|c| codes.contains(&c)),
+            "corral {:?}: expected an exit status in {codes:?}, got {}\nstderr:\n{}report:\n{}",
+            self.args,
+            describe_status(self.status),
+            self.stderr,
+            self.report_text()
+        );
+    }
+
     /// Asserts corral exited with `code`.
     pub fn assert_code(&self, code: i32) {
         assert_eq!(
