@@ -524,8 +524,8 @@ impl Job {
                 Backend::Pgroup { .. } => {
                     let h = held.as_ref().expect("frozen set");
                     (
-                        pgroup::signal_all(h, polite, &filter).len(),
-                        pgroup::signal_all(h, Signal::CONT, &|_| true).len(),
+                        h.signal_all(polite, &filter).len(),
+                        h.signal_all(Signal::CONT, &|_| true).len(),
                     )
                 }
             };
@@ -627,7 +627,7 @@ impl Job {
                 Backend::Pgroup { supervisor, .. } => {
                     let already = held
                         .as_ref()
-                        .map(|h| pgroup::signal_all(h, Signal::KILL, &|_| true))
+                        .map(|h| h.signal_all(Signal::KILL, &|_| true))
                         .unwrap_or_default();
                     let main_fd = self.main_fd.as_fd();
                     let main_exit = &mut self.main_exit;

@@ -186,21 +186,65 @@ pub(crate) fn settle(
     }
 }
 
-/// SIGSTOPs every process found until a pass finds nothing new. Returns what was stopped,
-/// keyed by PID (with the start time that identifies each). No descriptors are held, so the
-/// size of the tree is not limited by `RLIMIT_NOFILE`.
-pub(crate) fn freeze(supervisor: Pid) -> HashMap<Pid, Stat> {
-    let mut held: HashMap<Pid, Stat> = HashMap::new();
+/// A process stopped by [`freeze`]: what identifies it, and (for the first
+/// [`Frozen::MAX_FDS`] of them) the pidfd that reaches it without another look at `/proc`.
+pub(crate) struct Held {
+    stat: Stat,
+    fd: Option<OwnedFd>,
+}
+
+/// What [`freeze`] stopped, keyed by PID.
+pub(crate) struct Frozen(HashMap<Pid, Held>);
+
+impl Frozen {
+    /// Pidfds kept open at most; beyond that, processes are re-opened and re-checked by
+    /// their start time, so the size of a tree is not limited by `RLIMIT_NOFILE`.
+    const MAX_FDS: usize = 512;
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Sends `sig` to every held process (still the same process) for which `filter` holds.
+    /// Returns the PIDs reached.
+    pub(crate) fn signal_all(&self, sig: Signal, filter: &dyn Fn(Pid) -> bool) -> HashSet<Pid> {
+        let mut reached = HashSet::new();
+        for (pid, held) in &self.0 {
+            if !filter(*pid) {
+                continue;
+            }
+            let sent = match &held.fd {
+                // The pidfd pins the very process we stopped.
+                Some(fd) => pidfd::send_signal(fd.as_fd(), sig).is_ok(),
+                None => procs::open_verified(&held.stat)
+                    .is_some_and(|fd| pidfd::send_signal(fd.as_fd(), sig).is_ok()),
+            };
+            if sent {
+                reached.insert(*pid);
+            }
+        }
+        reached
+    }
+}
+
+/// SIGSTOPs every process found until a pass finds nothing new, so nothing forks behind
+/// our back while the ladder runs.
+pub(crate) fn freeze(supervisor: Pid) -> Frozen {
+    let mut held: HashMap<Pid, Held> = HashMap::new();
     // Bounded: a fork storm converges because every stopped process stops forking.
     for _ in 0..1000 {
         let mut new = 0;
         for s in members(supervisor) {
-            if held.get(&s.pid).is_some_and(|h| h.starttime == s.starttime) {
+            if held
+                .get(&s.pid)
+                .is_some_and(|h| h.stat.starttime == s.starttime)
+            {
                 continue;
             }
             if let Some(fd) = procs::open_verified(&s) {
                 let _ = pidfd::send_signal(fd.as_fd(), Signal::STOP);
-                held.insert(s.pid, s);
+                let fd = (held.len() < Frozen::MAX_FDS).then_some(fd);
+                held.insert(s.pid, Held { stat: s, fd });
                 new += 1;
             }
         }
@@ -208,22 +252,7 @@ pub(crate) fn freeze(supervisor: Pid) -> HashMap<Pid, Stat> {
             break;
         }
     }
-    held
-}
-
-/// Sends `sig` to every held process (still the same process) for which `filter` holds.
-/// Returns the PIDs reached.
-pub(crate) fn signal_all(
-    held: &HashMap<Pid, Stat>,
-    sig: Signal,
-    filter: &dyn Fn(Pid) -> bool,
-) -> HashSet<Pid> {
-    held.values()
-        .filter(|s| filter(s.pid))
-        .filter_map(|s| procs::open_verified(s).map(|fd| (s.pid, fd)))
-        .filter(|(_, fd)| pidfd::send_signal(fd.as_fd(), sig).is_ok())
-        .map(|(pid, _)| pid)
-        .collect()
+    Frozen(held)
 }
 
 /// SIGKILLs every process found, again and again, until `settle` reports the job empty or
