@@ -306,10 +306,17 @@ pub(crate) fn wait_any_child_exit(
     interrupt: Option<BorrowedFd<'_>>,
 ) -> Result<bool> {
     const MAX_POLLED: usize = 256;
-    let kids: Vec<Pid> = procs::children(supervisor)
-        .into_iter()
-        .filter(|p| procs::stat(*p).is_some_and(|s| s.alive()))
-        .collect();
+    let mut kids: Vec<Pid> = Vec::new();
+    let mut exited = false;
+    for pid in procs::children(supervisor) {
+        match procs::stat(pid) {
+            Some(s) if s.alive() => kids.push(pid),
+            // An exited child waiting to be reaped is itself the event (the caller's settle
+            // reaps it): do not wait long.
+            Some(_) => exited = true,
+            None => {}
+        }
+    }
     // Our unreaped children: their PIDs cannot have been reused.
     let fds: Vec<OwnedFd> = kids
         .iter()
@@ -317,7 +324,11 @@ pub(crate) fn wait_any_child_exit(
         .filter_map(|p| pidfd::open(*p).ok())
         .collect();
     let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    if kids.len() > MAX_POLLED || fds.is_empty() {
+    if exited {
+        // 1 ms, not 0: should a zombie not be reapable by us (a tracer holds it), the caller
+        // loops at a bounded rate until its deadline rather than spinning.
+        timeout = Some(Duration::from_millis(1));
+    } else if kids.len() > MAX_POLLED || fds.is_empty() {
         // More children than we poll, or descendants with no live child of ours above them
         // at this instant (a chain in motion): look again soon.
         let cap = Duration::from_millis(50);
