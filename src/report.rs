@@ -195,3 +195,98 @@ impl Report {
         Some(format!("corral: job {}: {}", self.id, parts.join("; ")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            version: REPORT_VERSION,
+            id: "corral-1-0".into(),
+            command: vec!["true".into()],
+            pid: 2,
+            mechanism: crate::Mechanism::Cgroup,
+            mechanism_reason: "cgroup parent /x (given)".into(),
+            degraded: false,
+            spawn: "clone3".into(),
+            cgroup: None,
+            cgroup_parent_source: None,
+            exit: Some(ExitInfo {
+                code: Some(0),
+                signal: None,
+            }),
+            exit_status: 0,
+            timed_out: false,
+            signals_received: vec![],
+            stop: None,
+            leftovers: vec![],
+            survivors: vec![],
+            cleanup: Cleanup::default(),
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn nothing_notable_prints_nothing() {
+        assert_eq!(report().summary(), None);
+    }
+
+    #[test]
+    fn summary_names_what_happened() {
+        let mut r = report();
+        r.degraded = true;
+        r.mechanism = crate::Mechanism::Pgroup;
+        r.mechanism_reason = "fallback: no writable cgroup".into();
+        r.timed_out = true;
+        r.leftovers = vec![ProcessInfo {
+            pid: 3,
+            cmdline: "sleep 1000".into(),
+            left_process_group: false,
+            left_session: true,
+        }];
+        r.stop = Some(StopReport {
+            reason: StopReason::Leftovers,
+            steps: vec![],
+            outcome: StopOutcome::Killed,
+        });
+        let line = r.summary().expect("a summary");
+        assert_eq!(
+            line,
+            "corral: job corral-1-0: mechanism pgroup (fallback: no writable cgroup); timed out; \
+             stopped 1 leftover process; escalated to SIGKILL"
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn json_has_the_documented_fields() {
+        let v: serde_json::Value = serde_json::from_str(&report().to_json()).unwrap();
+        for field in [
+            "version",
+            "id",
+            "command",
+            "pid",
+            "mechanism",
+            "mechanism_reason",
+            "degraded",
+            "spawn",
+            "cgroup",
+            "cgroup_parent_source",
+            "exit",
+            "exit_status",
+            "timed_out",
+            "signals_received",
+            "stop",
+            "leftovers",
+            "survivors",
+            "cleanup",
+            "duration_ms",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(v["mechanism"], "cgroup");
+        assert_eq!(v["version"], REPORT_VERSION);
+    }
+}
