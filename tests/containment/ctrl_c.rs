@@ -96,15 +96,7 @@ fn second_ctrl_c_skips_the_rest_of_the_grace(mechanism: Mechanism) {
         after_second < Duration::from_secs(30),
         "corral took {after_second:?} after the second Ctrl+C; it must skip the 60s grace"
     );
-    let steps = done.report()["stop"]["steps"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let grace = steps
-        .iter()
-        .find(|s| s["step"] == "grace")
-        .cloned()
-        .unwrap_or_default();
+    let grace = done.step("grace");
     assert_eq!(
         grace["detail"],
         "cut short by a second signal",

@@ -28,16 +28,9 @@ fn ignored_sigterm_escalates_to_kill_after_the_grace(mechanism: Mechanism) {
     done.assert_report_basics(mechanism);
     done.leftover(procs.pid("ignore-term"));
 
-    let report = done.report();
-    let steps = report["stop"]["steps"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let at = |name: &str| {
-        steps
-            .iter()
-            .find(|s| s["step"] == name)
-            .and_then(|s| s["at_ms"].as_u64())
+        done.step(name)["at_ms"]
+            .as_u64()
             .unwrap_or_else(|| panic!("no `{name}` step:\n{}", done.report_text()))
     };
     let (signal_at, kill_at) = (at("signal"), at("kill"));

@@ -104,15 +104,7 @@ fn freezer_kill_fallback_escalates_and_empties() {
     sandbox.assert_clean();
     done.assert_code(0);
     done.assert_report_basics(Mechanism::Cgroup);
-    let steps = done.report()["stop"]["steps"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let kill = steps
-        .iter()
-        .find(|s| s["step"] == "kill")
-        .cloned()
-        .unwrap_or_default();
+    let kill = done.step("kill");
     assert!(
         kill["detail"]
             .as_str()

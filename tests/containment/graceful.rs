@@ -53,15 +53,7 @@ fn slow_sigterm_handler_finishes_within_the_grace(mechanism: Mechanism) {
     );
     // It must return once the job is empty, not wait out the grace: the grace step says so
     // (not a timing check, which would be flaky under load).
-    let steps = done.report()["stop"]["steps"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let grace = steps
-        .iter()
-        .find(|s| s["step"] == "grace")
-        .cloned()
-        .unwrap_or_default();
+    let grace = done.step("grace");
     assert_eq!(
         grace["detail"],
         "all exited",

@@ -48,15 +48,7 @@ fn run(name: &str, stubborn: bool) {
         "both processes in the job's own cgroups are leftovers:\n{}",
         done.report_text()
     );
-    let steps = report["stop"]["steps"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let signalled = steps
-        .iter()
-        .find(|s| s["step"] == "signal")
-        .and_then(|s| s["processes"].as_u64())
-        .unwrap_or(0);
+    let signalled = done.step("signal")["processes"].as_u64().unwrap_or(0);
     assert!(
         signalled >= 2,
         "the polite signal must reach the nested cgroups:\n{}",

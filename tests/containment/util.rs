@@ -1002,6 +1002,16 @@ impl Finished {
     }
 
     /// The `step` names of `stop.steps` (empty when no stop sequence ran).
+    /// The stop step named `name` (`Value::Null` if there is none, so field lookups on it
+    /// fail the assertion that uses them).
+    pub fn step(&self, name: &str) -> serde_json::Value {
+        self.report()["stop"]["steps"]
+            .as_array()
+            .and_then(|steps| steps.iter().find(|s| s["step"] == name))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn stop_steps(&self) -> Vec<String> {
         self.report()["stop"]["steps"]
             .as_array()
