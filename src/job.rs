@@ -152,10 +152,7 @@ impl Job {
     /// Starts `cmd` as a job under `opts`.
     pub fn spawn(cmd: &JobCommand, opts: &Options) -> Result<Job> {
         let choice = linux::choose(opts)?;
-        let own_pgid = rustix::process::getpgrp().as_raw_nonzero().get();
-        let own_sid = rustix::process::getsid(None)
-            .map(|p| p.as_raw_nonzero().get())
-            .unwrap_or(0);
+        let (own_pgid, own_sid) = linux::own_group_and_session();
         let started = Instant::now();
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let mut id = format!("corral-{}-{}", std::process::id(), seq);

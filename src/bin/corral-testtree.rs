@@ -175,6 +175,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() {
     let cli = Cli::parse();
+    // A tree models an ordinary program: whoever started the tests may have left these
+    // ignored (`nohup`, a shell's background job), and an ignored disposition survives exec.
+    for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+        set_disposition(signal, libc::SIG_DFL);
+    }
     let files = Files::new(&cli);
     set_identity("top");
     match cli.mode {

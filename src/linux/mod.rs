@@ -99,3 +99,14 @@ pub(crate) fn choose(opts: &Options) -> Result<Choice> {
         }
     }
 }
+
+/// Our process group and session IDs.
+///
+/// Either may be 0: a process descended from PID 1 or a kernel thread without anyone
+/// calling `setsid`/`setpgid` on the way lives in session 0 and group 0 (CI runners started
+/// by a minimal init do). rustix's `getsid`/`getpgrp` return a `Pid`, which cannot be 0 and
+/// panics, so this asks libc, which returns the number as it is.
+pub(crate) fn own_group_and_session() -> (i32, i32) {
+    // SAFETY: getpgrp() and getsid(0) take no pointers and cannot fail for the caller.
+    unsafe { (libc::getpgrp(), libc::getsid(0)) }
+}
