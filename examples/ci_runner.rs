@@ -28,7 +28,7 @@ fn main() -> Result<(), corral::Error> {
             grace: Duration::from_millis(500),
             ..Default::default()
         };
-        let report = corral::Job::spawn(&cmd, &opts)?.wait()?;
+        let report = corral::Job::spawn_command(&cmd, &opts)?.wait()?;
         println!(
             "{name:>10}: exit {:>3}  mechanism {}  timed out {}  leftovers stopped {}  survivors {}",
             report.exit_status,

@@ -16,7 +16,7 @@ struct Fixture {
 impl Fixture {
     fn start(script: &str) -> Result<Fixture, corral::Error> {
         let cmd = corral::JobCommand::new("sh").arg("-c").arg(script);
-        let job = corral::Job::spawn(&cmd, &corral::Options::default())?;
+        let job = corral::Job::spawn_command(&cmd, &corral::Options::default())?;
         Ok(Fixture { job: Some(job) })
     }
 

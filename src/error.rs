@@ -76,7 +76,19 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A system call that is not about one file failed.
+    /// An operation on one process failed.
+    #[error("{op} for process {pid} failed")]
+    Process {
+        /// The call and what it was for.
+        op: String,
+        /// The process.
+        pid: u32,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A system call that is not about one file or process failed.
     #[error("{op} failed")]
     Sys {
         /// The call and what it was for.
@@ -97,6 +109,19 @@ impl Error {
             op: op.into(),
             path: path.into(),
             source,
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    pub(crate) fn process(
+        op: impl Into<String>,
+        pid: crate::linux::pidfd::Pid,
+        source: impl Into<io::Error>,
+    ) -> Self {
+        Error::Process {
+            op: op.into(),
+            pid: pid.get() as u32,
+            source: source.into(),
         }
     }
 

@@ -2,18 +2,25 @@
 //! gone, and nothing else is touched.
 //!
 //! ```no_run
+//! use std::process::Command;
 //! use std::time::Duration;
-//! let cmd = corral::JobCommand::new("sh").arg("-c").arg("sleep 1000 & setsid sleep 1000 & exit 0");
+//!
 //! let opts = corral::Options { grace: Duration::from_secs(2), ..Default::default() };
-//! let job = corral::Job::spawn(&cmd, &opts)?;
-//! let report = job.wait()?;          // the sh exits; both sleeps are stopped as leftovers
+//! let mut job = corral::Job::spawn(
+//!     Command::new("sh").arg("-c").arg("sleep 1000 & setsid sleep 1000 & exit 0"),
+//!     &opts,
+//! )?;
+//! let report = job.wait()?; // sh exits; both sleeps are stopped as leftovers
+//! assert_eq!(report.leftovers.len(), 2);
 //! assert!(report.survivors.is_empty());
 //! # Ok::<(), corral::Error>(())
 //! ```
 //!
-//! On Linux a job lives in its own cgroup v2 leaf when one can be written (the child is born
-//! in it, so nothing escapes), else in a process group with corral as child subreaper. See
-//! `docs/design.md` for the map of the code.
+//! On Linux a job lives in its own cgroup v2 leaf when one can be written (its processes
+//! cannot leave it), else in a process group under a small supervisor process that is the
+//! job's child subreaper. The library changes nothing about the calling process: no signal
+//! handlers, no subreaper flag, no reaping of children it did not start, no threads. See
+//! `docs/design.md` for how a job flows through the code.
 #![warn(missing_docs)]
 
 mod error;
@@ -25,9 +32,9 @@ mod report;
 mod linux;
 
 pub use error::{Error, Result};
-pub use job::{Job, JobCommand, SignalSource};
+pub use job::{Detached, Job, JobCommand, Output, SignalSource};
 pub use options::{
-    parse_duration, DebugKnobs, Leftovers, MechanismRequest, Options, Signal, SignalSet,
+    parse_duration, DebugKnobs, Leftovers, MechanismRequest, Options, Signal, SignalSet, Supervisor,
 };
 pub use report::{
     Cleanup, ExitInfo, ProcessInfo, Report, StopOutcome, StopReason, StopReport, StopStep,

@@ -24,6 +24,8 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// On timeout, report the main process's own status instead of 124.
     pub preserve_status: bool,
+    /// Who is the child subreaper of a pgroup job.
+    pub supervisor: Supervisor,
     /// Testing and benchmarking knobs; not part of the stable API.
     #[doc(hidden)]
     pub debug: DebugKnobs,
@@ -39,6 +41,7 @@ impl Default for Options {
             cgroup_parent: None,
             timeout: None,
             preserve_status: false,
+            supervisor: Supervisor::Auto,
             debug: DebugKnobs::default(),
         }
     }
@@ -53,6 +56,24 @@ pub struct DebugKnobs {
     pub no_clone_into_cgroup: bool,
     /// Kill with freeze / SIGKILL every member / thaw instead of `cgroup.kill`.
     pub no_cgroup_kill: bool,
+}
+
+/// Who is the child subreaper of a pgroup job (the mechanism used where no cgroup can be
+/// written). Orphans of the job are re-parented to it, which is how the job keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Supervisor {
+    /// A small supervisor process per job: the `corral` binary run as
+    /// `corral __supervise`. It is found through `CORRAL_SUPERVISOR`, next to the current
+    /// executable (or one directory up, where cargo puts test binaries), then on `PATH`.
+    /// Nothing about the calling process changes.
+    #[default]
+    Auto,
+    /// The same, with this `corral` binary.
+    Binary(PathBuf),
+    /// The calling process itself becomes a child subreaper (a process-wide attribute) and
+    /// counts every child of its own as part of the job. Only for a program whose only
+    /// children are its jobs, such as the `corral` CLI.
+    InProcess,
 }
 
 /// What to do with processes of the job that are still running when the main process exits.

@@ -520,6 +520,27 @@ impl Leaf {
     /// SIGKILL through a pidfd (a process-directed signal reaches its live threads), until
     /// it is.
     pub(crate) fn kill_all(&self, force_fallback: bool, deadline: Instant) -> Result<KillMethod> {
+        let mut method = self.kill_start(force_fallback, deadline)?;
+        if method == KillMethod::FreezeAndSignal {
+            return Ok(method);
+        }
+        loop {
+            let soon = (Instant::now() + Duration::from_millis(100)).min(deadline);
+            if self.wait_empty(Some(soon), None)? == WaitEmpty::Empty || Instant::now() >= deadline
+            {
+                return Ok(method);
+            }
+            method = KillMethod::CgroupKillThenSignal;
+            self.for_each_member(&mut |_, fd| {
+                let _ = pidfd::send_signal(fd, Signal::KILL);
+            })?;
+        }
+    }
+
+    /// Starts the kill without waiting for it: writes `cgroup.kill`. Where the kernel lacks
+    /// it (Linux < 5.14, or `force_fallback`), runs the whole freezer loop instead, which does
+    /// wait (until empty or `deadline`).
+    pub(crate) fn kill_start(&self, force_fallback: bool, deadline: Instant) -> Result<KillMethod> {
         let mut method = KillMethod::FreezeAndSignal;
         if !force_fallback {
             match rustix::fs::openat(
@@ -540,19 +561,8 @@ impl Leaf {
         }
         if method == KillMethod::FreezeAndSignal {
             self.kill_by_freezing(deadline)?;
-            return Ok(method);
         }
-        loop {
-            let soon = (Instant::now() + Duration::from_millis(100)).min(deadline);
-            if self.wait_empty(Some(soon), None)? == WaitEmpty::Empty || Instant::now() >= deadline
-            {
-                return Ok(method);
-            }
-            method = KillMethod::CgroupKillThenSignal;
-            self.for_each_member(&mut |_, fd| {
-                let _ = pidfd::send_signal(fd, Signal::KILL);
-            })?;
-        }
+        Ok(method)
     }
 
     /// The pre-5.14 kill: freeze so nothing forks, SIGKILL each member, thaw, until empty.
@@ -610,6 +620,13 @@ impl Leaf {
             let mut fds = [PollFd::from_borrowed_fd(self.events_fd(), PollFlags::PRI)];
             crate::linux::poll(&mut fds, Some(deadline - now))?;
         }
+    }
+
+    /// Gives the leaf up without removing it (a detached job keeps its cgroup). Returns its
+    /// path.
+    pub(crate) fn forget(mut self) -> PathBuf {
+        self.removed = true;
+        std::mem::take(&mut self.path)
     }
 
     /// Removes the leaf and any cgroups the job created below it, depth first, retrying

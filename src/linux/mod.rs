@@ -15,6 +15,8 @@ pub(crate) mod pgroup;
 pub(crate) mod pidfd;
 pub(crate) mod procs;
 pub(crate) mod spawn;
+#[path = "supervise_stub.rs"]
+pub(crate) mod supervise;
 
 use std::io;
 use std::time::Duration;
@@ -37,14 +39,6 @@ pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> Result<
             Err(e) => return Err(Error::sys("poll", io::Error::from(e))),
         }
     }
-}
-
-/// Whether `fd` is readable right now (a pidfd: the process exited; a signalfd: a signal is
-/// pending).
-pub(crate) fn readable(fd: std::os::fd::BorrowedFd<'_>) -> Result<bool> {
-    let mut fds = [PollFd::from_borrowed_fd(fd, rustix::event::PollFlags::IN)];
-    poll(&mut fds, Some(Duration::ZERO))?;
-    Ok(!fds[0].revents().is_empty())
 }
 
 /// The mechanism picked for a job, with what it needs.

@@ -40,7 +40,7 @@ fn wait_stops_leftovers_and_reports_them() {
     let cmd = corral::JobCommand::new("sh")
         .arg("-c")
         .arg("sleep 1000 & setsid sleep 1000 & exit 7");
-    let job = corral::Job::spawn(&cmd, &options(&sandbox)).expect("spawn");
+    let mut job = corral::Job::spawn_command(&cmd, &options(&sandbox)).expect("spawn");
     assert_eq!(job.mechanism(), corral::Mechanism::Cgroup);
     let cgroup = job
         .cgroup()
@@ -76,7 +76,7 @@ fn stop_runs_the_ladder_and_kill_skips_it() {
         let cmd = corral::JobCommand::new("sh")
             .arg("-c")
             .arg("sleep 1000 & sleep 1000 & wait");
-        let job = corral::Job::spawn(&cmd, &options(&sandbox)).expect("spawn");
+        let mut job = corral::Job::spawn_command(&cmd, &options(&sandbox)).expect("spawn");
         wait_members(&job, 3);
         let report = if kill { job.kill() } else { job.stop() }.expect("stop");
         let stop = report.stop.as_ref().expect("a stop report");
@@ -97,7 +97,7 @@ fn drop_kills_and_removes_the_job() {
         return;
     };
     let cmd = corral::JobCommand::new(TESTTREE).arg("setsid");
-    let job = corral::Job::spawn(&cmd, &options(&sandbox)).expect("spawn");
+    let job = corral::Job::spawn_command(&cmd, &options(&sandbox)).expect("spawn");
     let cgroup = job.cgroup().expect("cgroup").to_path_buf();
     let members = wait_members(&job, 2);
     let pidfds: Vec<_> = members
@@ -134,10 +134,11 @@ fn timeout_gives_124_and_preserve_status_the_childs() {
             preserve_status: preserve,
             ..options(&sandbox)
         };
-        let report = corral::Job::spawn(&corral::JobCommand::new("sleep").arg("1000"), &opts)
-            .expect("spawn")
-            .wait()
-            .expect("wait");
+        let report =
+            corral::Job::spawn_command(&corral::JobCommand::new("sleep").arg("1000"), &opts)
+                .expect("spawn")
+                .wait()
+                .expect("wait");
         assert!(report.timed_out);
         assert_eq!(report.exit_status, status, "{report:#?}");
         assert_eq!(
@@ -161,7 +162,7 @@ fn jobs_from_many_threads_do_not_interfere() {
                 let cmd = corral::JobCommand::new("sh")
                     .arg("-c")
                     .arg(format!("sleep 1000 & exit {i}"));
-                let report = corral::Job::spawn(&cmd, &opts)
+                let report = corral::Job::spawn_command(&cmd, &opts)
                     .expect("spawn")
                     .wait()
                     .expect("wait");
@@ -183,14 +184,15 @@ fn bad_parent_is_an_error_and_leaves_nothing() {
         cgroup_parent: Some("/tmp".into()),
         ..options(&sandbox)
     };
-    let err = corral::Job::spawn(&corral::JobCommand::new("true"), &opts)
+    let err = corral::Job::spawn_command(&corral::JobCommand::new("true"), &opts)
         .err()
         .expect("an error");
     assert!(err.is_usage(), "{err}");
     assert!(err.to_string().contains("cgroup2"), "{err}");
-    let err = corral::Job::spawn(&corral::JobCommand::new("/nonexistent"), &options(&sandbox))
-        .err()
-        .expect("an error");
+    let err =
+        corral::Job::spawn_command(&corral::JobCommand::new("/nonexistent"), &options(&sandbox))
+            .err()
+            .expect("an error");
     assert!(matches!(err, corral::Error::NotFound { .. }), "{err}");
     sandbox.assert_clean();
 }
@@ -208,8 +210,9 @@ fn signal_reaches_every_member() {
         timeout: Some(Duration::from_secs(10)),
         ..options(&sandbox)
     };
-    let job = corral::Job::spawn(&corral::JobCommand::new("sh").arg("-c").arg(script), &opts)
-        .expect("spawn");
+    let mut job =
+        corral::Job::spawn_command(&corral::JobCommand::new("sh").arg("-c").arg(script), &opts)
+            .expect("spawn");
     wait_members(&job, 6);
     let reached = job
         .signal(corral::Signal::from_raw(libc::SIGUSR1).unwrap())

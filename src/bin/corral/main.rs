@@ -136,6 +136,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         cgroup_parent: args.cgroup_parent.clone(),
         timeout: args.timeout,
         preserve_status: args.preserve_status,
+        // The CLI is the job's supervisor: its only children are the job's.
+        supervisor: corral::Supervisor::InProcess,
         debug: corral::DebugKnobs {
             no_clone_into_cgroup: args.debug_no_clone3,
             no_cgroup_kill: args.debug_no_cgroup_kill,
@@ -146,7 +148,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cmd = corral::JobCommand::new(program)
         .args(rest)
         .signal_mask(signals.original_mask());
-    let job = corral::Job::spawn(&cmd, &opts)?;
+    let mut job = corral::Job::spawn_command(&cmd, &opts)?;
     if args.verbose {
         eprintln!(
             "corral: job {} pid {} mechanism {}{}",

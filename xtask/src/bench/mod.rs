@@ -77,6 +77,9 @@ impl Bench {
         corral::Options {
             mechanism,
             cgroup_parent: Some(self.root.jobs()),
+            // The bench measures the engine as the CLI runs it (the CLI is its own
+            // supervisor); the library's supervisor process is measured on its own.
+            supervisor: corral::Supervisor::InProcess,
             ..corral::Options::default()
         }
     }

@@ -69,7 +69,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<SpawnFigures> {
         }
 
         let t = Instant::now();
-        let report = corral::Job::spawn(&cmd, &cgroup_opts)?.wait()?;
+        let report = corral::Job::spawn_command(&cmd, &cgroup_opts)?.wait()?;
         let d = t.elapsed();
         check_true(bench, &report, corral::Mechanism::Cgroup);
         if keep {
@@ -77,7 +77,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<SpawnFigures> {
         }
 
         let t = Instant::now();
-        let report = corral::Job::spawn(&cmd, &pgroup_opts)?.wait()?;
+        let report = corral::Job::spawn_command(&cmd, &pgroup_opts)?.wait()?;
         let d = t.elapsed();
         check_true(bench, &report, corral::Mechanism::Pgroup);
         if keep {

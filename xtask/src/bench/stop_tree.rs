@@ -183,7 +183,7 @@ fn corral_round(bench: &mut Bench, n: usize, v: Variant) -> Result<Duration> {
     };
     let opts = bench.job_options(mech);
     let cmd = corral::JobCommand::new("sh").arg("-c").arg(tree_script(n));
-    let job = corral::Job::spawn(&cmd, &opts)?;
+    let mut job = corral::Job::spawn_command(&cmd, &opts)?;
     wait_for_count(&format!("{} tree of {n}", v.label()), n + 1, || {
         Ok(job.members().context("job.members() failed")?.len())
     })?;

@@ -1,0 +1,701 @@
+//! The job as a state machine: running -> (draining leftovers) -> stopping -> over.
+//!
+//! [`Job::advance`] does all the work that can be done now without blocking and says what
+//! to wait for next ([`Wants`]: descriptors, a deadline). The blocking driver
+//! (`Job::drive`) polls those; the tokio driver registers them with the reactor. So the stop
+//! ladder exists once, and neither driver needs a thread per job.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::PollFlags;
+
+use super::{Backend, Job};
+use crate::error::{Error, Result};
+use crate::linux::cgroup::KillMethod;
+use crate::linux::pidfd::{self, ExitKind, Pid};
+use crate::linux::supervise::SupervisorEvent;
+use crate::linux::{pgroup, procs};
+use crate::options::{Leftovers, Signal};
+use crate::report::{
+    Cleanup, ExitInfo, ProcessInfo, Report, StopOutcome, StopReason, StopReport, StopStep,
+};
+use crate::Mechanism;
+
+/// How long the kill stage waits for the job to empty before reporting survivors.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// cgroup: how soon after `cgroup.kill` the members it missed get SIGKILL through pidfds.
+const CGROUP_RESIGNAL: Duration = Duration::from_millis(100);
+/// pgroup: how often the kill stage walks `/proc` again (descendants that are not our
+/// children give no event when they exit).
+const PGROUP_REWALK: Duration = Duration::from_millis(20);
+
+/// Where a job is.
+pub(super) enum Phase {
+    /// The main process runs.
+    Running,
+    /// The main process exited; leftovers policy `wait`: the job lasts until it is empty.
+    Draining,
+    /// The stop ladder runs.
+    Stopping(Box<Stopping>),
+    /// Cleaned up; the report is ready.
+    Over,
+}
+
+/// A stop ladder in progress.
+pub(super) struct Stopping {
+    reason: StopReason,
+    t0: Instant,
+    steps: Vec<StopStep>,
+    /// pgroup: the processes stopped with SIGSTOP before the polite signal.
+    held: Option<pgroup::Frozen>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// The polite signal went out; waiting for the job to empty until `end`.
+    Grace { end: Instant, grace: Duration },
+    /// SIGKILL went out; waiting for the job to empty until `until`, signalling again at
+    /// `next`.
+    Kill {
+        until: Instant,
+        next: Instant,
+        step: usize,
+        method: Option<KillMethod>,
+        killed: HashSet<Pid>,
+    },
+}
+
+/// What a pending job waits for. The descriptors belong to the job and stay open (and keep
+/// their numbers) for as long as it has not ended.
+pub(crate) struct Wants {
+    /// Descriptors and the events to poll them for (`IN` or `PRI`).
+    pub(crate) fds: Vec<(RawFd, PollFlags)>,
+    /// In-process pgroup: wake when a child of this process exits; no descriptor says that.
+    pub(crate) children_of: Option<Pid>,
+    /// Wake at this time at the latest.
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// The answer of [`Job::advance`].
+pub(crate) enum Progress {
+    /// The job is over: the report is in `Job::report`.
+    Done,
+    /// Nothing more can be done until one of these happens.
+    Pending(Wants),
+}
+
+impl Job {
+    /// Does everything that can be done now without blocking: notices the main process's
+    /// exit, applies the leftovers policy and the timeout, runs the stop ladder as far as
+    /// its deadlines allow, and cleans up at the end. `signals` are signals the supervising
+    /// program received (the CLI's), in order.
+    pub(crate) fn advance(&mut self, mut signals: Vec<Signal>) -> Result<Progress> {
+        loop {
+            match self.phase {
+                Phase::Over => return Ok(Progress::Done),
+                Phase::Running | Phase::Draining => {
+                    if let Some(&first) = signals.first() {
+                        let sigs = std::mem::take(&mut signals);
+                        self.signals.extend(sigs.iter().map(|s| s.to_string()));
+                        // SIGINT/SIGQUIT are the terminal's signals: members still in our
+                        // process group got them from the terminal (or whoever signalled it).
+                        let group_delivered = matches!(first, Signal::INT | Signal::QUIT);
+                        if sigs
+                            .iter()
+                            .skip(1)
+                            .any(|s| matches!(*s, Signal::INT | Signal::TERM))
+                        {
+                            self.opts.grace = Duration::ZERO;
+                        }
+                        self.begin_stop(StopReason::Signal, first, group_delivered)?;
+                        continue;
+                    }
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.timed_out = true;
+                        self.begin_stop(StopReason::Timeout, self.opts.signal, false)?;
+                        continue;
+                    }
+                    if matches!(self.phase, Phase::Draining) {
+                        if self.is_empty()? {
+                            self.finish()?;
+                            continue;
+                        }
+                        return Ok(Progress::Pending(self.wants_empty(self.deadline)));
+                    }
+                    self.poll_main()?;
+                    if self.main_exit.is_none() && !self.supervisor_gone() {
+                        return Ok(Progress::Pending(self.wants_main()));
+                    }
+                    if self.is_empty()? {
+                        self.finish()?;
+                        continue;
+                    }
+                    self.leftovers = self.snapshot();
+                    if self.leftovers.is_empty() && self.is_empty()? {
+                        self.finish()?;
+                        continue;
+                    }
+                    match self.opts.leftovers {
+                        Leftovers::Kill => {
+                            self.begin_stop(StopReason::Leftovers, self.opts.signal, false)?
+                        }
+                        Leftovers::Wait => self.phase = Phase::Draining,
+                    }
+                }
+                Phase::Stopping(_) => {
+                    let Phase::Stopping(mut s) = std::mem::replace(&mut self.phase, Phase::Over)
+                    else {
+                        unreachable!()
+                    };
+                    let result = self.advance_stop(&mut s, std::mem::take(&mut signals));
+                    match result {
+                        Ok(Some(wants)) => {
+                            self.phase = Phase::Stopping(s);
+                            return Ok(Progress::Pending(wants));
+                        }
+                        Ok(None) => self.end_stop(*s)?,
+                        Err(e) => {
+                            self.phase = Phase::Stopping(s);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the stop ladder (or moves a ladder in its grace on to the kill, for
+    /// [`Job::kill`]). Does nothing once the job is over.
+    pub(crate) fn request_stop(&mut self, polite: Signal, at_once: bool) -> Result<()> {
+        if at_once {
+            self.opts.grace = Duration::ZERO;
+        }
+        match &mut self.phase {
+            Phase::Over => Ok(()),
+            Phase::Stopping(s) => {
+                if at_once && matches!(s.stage, Stage::Grace { .. }) {
+                    let Phase::Stopping(mut s) = std::mem::replace(&mut self.phase, Phase::Over)
+                    else {
+                        unreachable!()
+                    };
+                    s.steps.push(step(
+                        "grace",
+                        None,
+                        None,
+                        Some("cut short by kill()".into()),
+                        s.t0,
+                    ));
+                    let entered = self.enter_kill(&mut s);
+                    self.phase = Phase::Stopping(s);
+                    entered?;
+                }
+                Ok(())
+            }
+            Phase::Running | Phase::Draining => {
+                self.begin_stop(StopReason::Requested, polite, false)
+            }
+        }
+    }
+
+    /// The ladder's first steps: [freeze (pgroup)], the polite signal and SIGCONT, then the
+    /// grace; or straight to the kill when there is no grace.
+    fn begin_stop(
+        &mut self,
+        reason: StopReason,
+        polite: Signal,
+        group_delivered: bool,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let grace = self.opts.grace;
+        let gentle = !grace.is_zero() && polite != Signal::KILL;
+        let mut s = Box::new(Stopping {
+            reason,
+            t0,
+            steps: Vec::new(),
+            held: None,
+            stage: Stage::Grace { end: t0, grace },
+        });
+        if let Some(root) = self.walk_root() {
+            if !grace.is_zero() {
+                let held = pgroup::freeze(root);
+                s.steps.push(step(
+                    "freeze",
+                    Some(Signal::STOP),
+                    Some(held.len()),
+                    None,
+                    t0,
+                ));
+                s.held = Some(held);
+            }
+        }
+        if gentle {
+            let own_pgid = self.own_pgid;
+            let skip_group = group_delivered && self.mechanism == Mechanism::Cgroup;
+            let filter = move |pid: Pid| -> bool {
+                !skip_group
+                    || procs::stat(pid)
+                        .map(|st| st.pgid != own_pgid)
+                        .unwrap_or(true)
+            };
+            let (n_polite, n_cont) = match self.backend.as_ref().expect("backend") {
+                Backend::Cgroup(leaf) => leaf.signal_then_continue(polite, &filter)?,
+                Backend::Pgroup { .. } | Backend::Supervised(_) => {
+                    let h = s.held.as_ref().expect("frozen set");
+                    (
+                        h.signal_all(polite, &filter).len(),
+                        h.signal_all(Signal::CONT, &|_| true).len(),
+                    )
+                }
+            };
+            let detail = skip_group
+                .then(|| "members in corral's process group got it from the terminal".to_string());
+            s.steps
+                .push(step("signal", Some(polite), Some(n_polite), detail, t0));
+            s.steps
+                .push(step("continue", Some(Signal::CONT), Some(n_cont), None, t0));
+            // The grace runs from the polite signal (a freeze before it may take a while).
+            s.stage = Stage::Grace {
+                end: Instant::now() + grace,
+                grace,
+            };
+        } else {
+            self.enter_kill(&mut s)?;
+        }
+        self.phase = Phase::Stopping(s);
+        Ok(())
+    }
+
+    /// One turn of the ladder. `Ok(None)`: the ladder is finished (empty, or survivors).
+    fn advance_stop(&mut self, s: &mut Stopping, signals: Vec<Signal>) -> Result<Option<Wants>> {
+        if !signals.is_empty() {
+            self.signals.extend(signals.iter().map(|s| s.to_string()));
+        }
+        let cut_short = signals
+            .iter()
+            .any(|s| matches!(*s, Signal::INT | Signal::TERM));
+        loop {
+            let now = Instant::now();
+            match &mut s.stage {
+                Stage::Grace { end, grace } => {
+                    let (end, grace) = (*end, *grace);
+                    if self.is_empty()? {
+                        s.steps
+                            .push(step("grace", None, None, Some("all exited".into()), s.t0));
+                        return Ok(None);
+                    }
+                    let detail = if cut_short {
+                        "cut short by a second signal".to_string()
+                    } else if now >= end {
+                        format!("{} ms passed", grace.as_millis())
+                    } else {
+                        return Ok(Some(self.wants_empty(Some(end))));
+                    };
+                    s.steps.push(step("grace", None, None, Some(detail), s.t0));
+                    self.enter_kill(s)?;
+                }
+                Stage::Kill {
+                    until,
+                    next,
+                    killed,
+                    method,
+                    ..
+                } => {
+                    if self.is_empty()? {
+                        return Ok(None);
+                    }
+                    if now >= *until {
+                        return Ok(None);
+                    }
+                    if now >= *next {
+                        match self.backend.as_ref().expect("backend") {
+                            Backend::Cgroup(leaf) => {
+                                // cgroup.kill misses a process whose main thread exited while
+                                // other threads run; a process-directed SIGKILL does not.
+                                *method = Some(KillMethod::CgroupKillThenSignal);
+                                leaf.for_each_member(&mut |_, fd| {
+                                    let _ = pidfd::send_signal(fd, Signal::KILL);
+                                })?;
+                                *next = now + CGROUP_RESIGNAL;
+                            }
+                            Backend::Pgroup { supervisor, .. } => {
+                                kill_pass(*supervisor, true, killed);
+                                *next = now + PGROUP_REWALK;
+                            }
+                            Backend::Supervised(sup) => {
+                                kill_pass(sup.supervisor, false, killed);
+                                *next = now + PGROUP_REWALK;
+                            }
+                        }
+                        continue;
+                    }
+                    let wake = (*next).min(*until);
+                    return Ok(Some(self.wants_empty(Some(wake))));
+                }
+            }
+        }
+    }
+
+    /// SIGKILL to everything: `cgroup.kill` (or the freezer loop), or a walk.
+    fn enter_kill(&mut self, s: &mut Stopping) -> Result<()> {
+        let now = Instant::now();
+        let at_ms = at(s.t0);
+        let mut killed = HashSet::new();
+        let (present, method, next) = match self.backend.as_ref().expect("backend") {
+            Backend::Cgroup(leaf) => {
+                let present = leaf.members()?.len();
+                let method = leaf.kill_start(self.opts.debug.no_cgroup_kill, now + KILL_WAIT)?;
+                (Some(present), Some(method), now + CGROUP_RESIGNAL)
+            }
+            Backend::Pgroup { supervisor, .. } => {
+                if let Some(h) = &s.held {
+                    killed = h.signal_all(Signal::KILL, &|_| true);
+                }
+                kill_pass(*supervisor, true, &mut killed);
+                (None, None, now + PGROUP_REWALK)
+            }
+            Backend::Supervised(sup) => {
+                if let Some(h) = &s.held {
+                    killed = h.signal_all(Signal::KILL, &|_| true);
+                }
+                kill_pass(sup.supervisor, false, &mut killed);
+                (None, None, now + PGROUP_REWALK)
+            }
+        };
+        let mut kill_step = step("kill", Some(Signal::KILL), present, None, s.t0);
+        kill_step.at_ms = at_ms;
+        s.steps.push(kill_step);
+        s.stage = Stage::Kill {
+            until: now + KILL_WAIT,
+            next,
+            step: s.steps.len() - 1,
+            method,
+            killed,
+        };
+        Ok(())
+    }
+
+    /// The ladder is finished: fill in the kill step, note survivors, clean up.
+    fn end_stop(&mut self, mut s: Stopping) -> Result<()> {
+        let mut outcome = StopOutcome::Exited;
+        if let Stage::Kill {
+            step,
+            method,
+            killed,
+            ..
+        } = &s.stage
+        {
+            outcome = StopOutcome::Killed;
+            let kill = &mut s.steps[*step];
+            kill.detail = Some(
+                match method {
+                    Some(KillMethod::CgroupKill) => "cgroup.kill",
+                    Some(KillMethod::CgroupKillThenSignal) => {
+                        "cgroup.kill, then SIGKILL through pidfds to members it missed"
+                    }
+                    Some(KillMethod::FreezeAndSignal) => {
+                        "freeze, SIGKILL each member, thaw (no cgroup.kill)"
+                    }
+                    None => "SIGKILL to every descendant until none is found",
+                }
+                .to_string(),
+            );
+            if method.is_none() {
+                kill.processes = Some(killed.len());
+            }
+            if !self.is_empty()? {
+                outcome = StopOutcome::Survivors;
+            }
+        }
+        if outcome == StopOutcome::Survivors {
+            self.survivors = self.snapshot();
+        } else {
+            s.steps.push(step("empty", None, None, None, s.t0));
+        }
+        drop(s.held.take());
+        self.stop = Some(StopReport {
+            reason: s.reason,
+            steps: s.steps,
+            outcome,
+        });
+        self.finish()
+    }
+
+    /// The process whose descendants make up a pgroup job (ourselves in-process, or the
+    /// supervisor); `None` for a cgroup job.
+    fn walk_root(&self) -> Option<Pid> {
+        match self.backend.as_ref()? {
+            Backend::Cgroup(_) => None,
+            Backend::Pgroup { supervisor, .. } => Some(*supervisor),
+            Backend::Supervised(sup) => Some(sup.supervisor),
+        }
+    }
+
+    /// Notices the main process's exit without blocking.
+    fn poll_main(&mut self) -> Result<()> {
+        if self.main_exit.is_some() {
+            return Ok(());
+        }
+        if let Some(fd) = &self.main_fd {
+            self.main_exit = pidfd::reap(fd.as_fd(), false)
+                .map_err(|e| Error::process("waitid(P_PIDFD)", self.main_pid, e))?;
+            return Ok(());
+        }
+        self.pump_supervisor()
+    }
+
+    /// Takes the supervisor's pending messages.
+    fn pump_supervisor(&mut self) -> Result<()> {
+        if let Some(Backend::Supervised(sup)) = self.backend.as_mut() {
+            for event in sup.read_events()? {
+                match event {
+                    SupervisorEvent::MainExited(kind) => self.main_exit = Some(kind),
+                    SupervisorEvent::Done { reaped } => {
+                        self.reaped = reaped;
+                        self.supervisor_done = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The supervisor has exited (and been reaped).
+    fn supervisor_gone(&self) -> bool {
+        self.supervisor_exit.is_some()
+    }
+
+    /// Whether no process of the job is left. pgroup in-process: reaps exited children on
+    /// the way (the kernel's answer is the test). Supervised: the supervisor exits exactly
+    /// when it has no child left.
+    pub(super) fn is_empty(&mut self) -> Result<bool> {
+        match self.backend.as_mut() {
+            None => Ok(true),
+            Some(Backend::Cgroup(leaf)) => Ok(!leaf.populated()?),
+            Some(Backend::Pgroup { .. }) => {
+                let fd = self
+                    .main_fd
+                    .as_ref()
+                    .expect("in-process jobs hold the main pidfd");
+                let settled = pgroup::settle(self.main_pid, fd.as_fd(), &mut self.main_exit)?;
+                self.reaped += settled.reaped;
+                Ok(settled.empty)
+            }
+            Some(Backend::Supervised(_)) => {
+                self.pump_supervisor()?;
+                if self.supervisor_exit.is_none() {
+                    if let Some(Backend::Supervised(sup)) = self.backend.as_mut() {
+                        self.supervisor_exit = sup.try_reap()?;
+                    }
+                    // Messages sent just before it exited.
+                    self.pump_supervisor()?;
+                }
+                Ok(self.supervisor_exit.is_some())
+            }
+        }
+    }
+
+    fn wants_main(&self) -> Wants {
+        let fds = match self.backend.as_ref().expect("backend") {
+            Backend::Supervised(sup) => vec![
+                (sup.control_fd().as_raw_fd(), PollFlags::IN),
+                (sup.supervisor_fd.as_raw_fd(), PollFlags::IN),
+            ],
+            _ => vec![(
+                self.main_fd.as_ref().expect("main pidfd").as_raw_fd(),
+                PollFlags::IN,
+            )],
+        };
+        Wants {
+            fds,
+            children_of: None,
+            deadline: self.deadline,
+        }
+    }
+
+    fn wants_empty(&self, deadline: Option<Instant>) -> Wants {
+        let (fds, children_of) = match self.backend.as_ref().expect("backend") {
+            Backend::Cgroup(leaf) => (vec![(leaf.events_fd().as_raw_fd(), PollFlags::PRI)], None),
+            Backend::Pgroup { supervisor, .. } => (Vec::new(), Some(*supervisor)),
+            Backend::Supervised(sup) => (
+                vec![
+                    (sup.control_fd().as_raw_fd(), PollFlags::IN),
+                    (sup.supervisor_fd.as_raw_fd(), PollFlags::IN),
+                ],
+                None,
+            ),
+        };
+        Wants {
+            fds,
+            children_of,
+            deadline,
+        }
+    }
+
+    /// The job's live processes with the facts the report wants.
+    pub(super) fn snapshot(&self) -> Vec<ProcessInfo> {
+        let stats: Vec<procs::Stat> = match self.backend.as_ref() {
+            None => Vec::new(),
+            Some(Backend::Cgroup(leaf)) => leaf
+                .members()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(procs::stat)
+                .collect(),
+            Some(Backend::Pgroup { supervisor, .. }) => pgroup::members(*supervisor),
+            Some(Backend::Supervised(sup)) => pgroup::members(sup.supervisor),
+        };
+        stats
+            .into_iter()
+            .filter(procs::Stat::alive)
+            .map(|s| ProcessInfo {
+                pid: s.pid.get() as u32,
+                cmdline: procs::cmdline(s.pid),
+                left_process_group: s.pgid != self.main_pgid,
+                left_session: s.sid != self.main_sid,
+            })
+            .collect()
+    }
+
+    /// Reaps the main process, removes the cgroup (or reaps orphans), and builds the report.
+    pub(super) fn finish(&mut self) -> Result<()> {
+        if self.main_exit.is_none() {
+            if let Some(fd) = &self.main_fd {
+                // Everything is dead by now; this returns at once.
+                self.main_exit = pidfd::reap(fd.as_fd(), true)
+                    .map_err(|e| Error::process("waitid(P_PIDFD)", self.main_pid, e))?;
+            }
+        }
+        let mut cleanup = Cleanup::default();
+        let mut cgroup = None;
+        match self.backend.take() {
+            None => {}
+            Some(Backend::Cgroup(leaf)) => {
+                cgroup = Some(leaf.path.clone());
+                match leaf.remove() {
+                    Ok(()) => cleanup.cgroup_removed = Some(true),
+                    Err(e) => {
+                        cleanup.cgroup_removed = Some(false);
+                        cleanup.error = Some(super::error_chain(&e));
+                    }
+                }
+            }
+            Some(Backend::Pgroup { .. }) => {
+                let fd = self
+                    .main_fd
+                    .as_ref()
+                    .expect("in-process jobs hold the main pidfd");
+                match pgroup::settle(self.main_pid, fd.as_fd(), &mut self.main_exit) {
+                    Ok(settled) => self.reaped += settled.reaped,
+                    Err(e) => cleanup.error = Some(super::error_chain(&e)),
+                }
+                cleanup.reaped = Some(self.reaped);
+            }
+            Some(Backend::Supervised(sup)) => {
+                drop(sup);
+                cleanup.reaped = Some(self.reaped);
+                if !self.supervisor_done {
+                    cleanup.error = Some(format!(
+                        "the supervisor exited ({}) before the job was empty; processes of \
+                         the job may have escaped",
+                        match self.supervisor_exit {
+                            Some(ExitKind::Code(c)) => format!("status {c}"),
+                            Some(ExitKind::Signal(s)) => format!("signal {s}"),
+                            None => "unknown status".into(),
+                        }
+                    ));
+                }
+            }
+        }
+        let exit = self.main_exit.map(|e| match e {
+            ExitKind::Code(c) => ExitInfo {
+                code: Some(c),
+                signal: None,
+            },
+            ExitKind::Signal(s) => ExitInfo {
+                code: None,
+                signal: Some(s),
+            },
+        });
+        let own_status = match self.main_exit {
+            Some(ExitKind::Code(c)) => c,
+            Some(ExitKind::Signal(s)) => 128 + s,
+            None => 125,
+        };
+        let exit_status = if self.timed_out && !self.opts.preserve_status {
+            124
+        } else {
+            own_status
+        };
+        self.report = Some(Report {
+            version: crate::report::REPORT_VERSION,
+            id: self.id.clone(),
+            command: self.command.clone(),
+            pid: self.main_pid.get() as u32,
+            mechanism: self.mechanism,
+            mechanism_reason: self.mechanism_reason.clone(),
+            degraded: self.degraded,
+            spawn: self.spawn_method.to_string(),
+            cgroup,
+            cgroup_parent_source: self.parent_source.map(str::to_string),
+            exit,
+            exit_status,
+            timed_out: self.timed_out,
+            signals_received: std::mem::take(&mut self.signals),
+            stop: self.stop.take(),
+            leftovers: std::mem::take(&mut self.leftovers),
+            survivors: std::mem::take(&mut self.survivors),
+            cleanup,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        });
+        self.phase = Phase::Over;
+        Ok(())
+    }
+}
+
+/// SIGKILL to every process found under `root`: its direct children first (one small read,
+/// then a pidfd each), then a full walk. `own_children`: `root` is this process, so its
+/// children are unreaped children of ours whose PIDs cannot have been reused; otherwise each
+/// is checked by its start time.
+fn kill_pass(root: Pid, own_children: bool, killed: &mut HashSet<Pid>) {
+    for pid in procs::children(root) {
+        let fd = if own_children {
+            pidfd::open(pid).ok()
+        } else {
+            procs::stat(pid).and_then(|s| procs::open_verified(&s))
+        };
+        if let Some(fd) = fd {
+            if pidfd::send_signal(fd.as_fd(), Signal::KILL).is_ok() {
+                killed.insert(pid);
+            }
+        }
+    }
+    for s in pgroup::members(root) {
+        if let Some(fd) = procs::open_verified(&s) {
+            if pidfd::send_signal(fd.as_fd(), Signal::KILL).is_ok() {
+                killed.insert(s.pid);
+            }
+        }
+    }
+}
+
+fn at(t0: Instant) -> u64 {
+    t0.elapsed().as_millis() as u64
+}
+
+fn step(
+    name: &str,
+    sig: Option<Signal>,
+    processes: Option<usize>,
+    detail: Option<String>,
+    t0: Instant,
+) -> StopStep {
+    StopStep {
+        step: name.to_string(),
+        signal: sig.map(|s| s.to_string()),
+        processes,
+        detail,
+        at_ms: at(t0),
+    }
+}

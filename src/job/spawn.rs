@@ -1,0 +1,384 @@
+//! Starting a job's main process, three ways:
+//! - a `std::process::Command` in cgroup mode: std forks, and a `pre_exec` hook moves the
+//!   child into the fresh leaf before it execs (it runs nothing of its own before that, so
+//!   nothing escapes);
+//! - a `std::process::Command` in pgroup mode: the child becomes the job's supervisor, which
+//!   forks the real main process ([`crate::linux::supervise`]); or, in-process, the child
+//!   only takes a process group of its own;
+//! - a [`JobCommand`] (the CLI's lean path): `clone3(CLONE_INTO_CGROUP)`, born in the leaf.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::machine::Phase;
+use super::{Backend, Job, JobCommand};
+use crate::error::{Error, Result};
+use crate::linux::cgroup::{Leaf, ParentSource};
+use crate::linux::pidfd::{self, Pid};
+use crate::linux::spawn::{self as raw_spawn, Placement, SpawnSpec};
+use crate::linux::{self, pgroup, supervise};
+use crate::options::{Options, Supervisor};
+use crate::Mechanism;
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// What a spawn path hands to [`Job::assemble`].
+struct Started {
+    backend: Backend,
+    main_pid: Pid,
+    main_fd: Option<OwnedFd>,
+    /// The main process's own group, when it got one; else it shares ours.
+    own_group: bool,
+    method: &'static str,
+    stdio: Stdio,
+}
+
+/// The main process's piped stdin, stdout and stderr.
+type Stdio = (Option<ChildStdin>, Option<ChildStdout>, Option<ChildStderr>);
+
+/// The mechanism as chosen, for the report.
+struct Chosen {
+    mechanism: Mechanism,
+    reason: String,
+    degraded: bool,
+    parent_source: Option<&'static str>,
+}
+
+impl Job {
+    /// Starts `cmd` as a job under `opts`. Program, arguments, environment, working
+    /// directory and stdio are whatever the caller set on `cmd`; piped stdio shows up in
+    /// [`Job::stdin`], [`Job::stdout`] and [`Job::stderr`].
+    ///
+    /// `cmd` can be spawned again (corral's `pre_exec` hook does nothing outside this call).
+    ///
+    /// In cgroup mode the child joins the job's fresh cgroup before it execs, and stays in
+    /// the caller's process group (so a terminal's Ctrl+C reaches it as usual). In pgroup
+    /// mode it gets a process group of its own under a supervisor process (see
+    /// [`crate::Supervisor`]).
+    pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let command: Vec<String> = std::iter::once(program.clone())
+            .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .collect();
+        let mut id = new_id();
+        let (chosen, started) = match linux::choose(opts)? {
+            linux::Choice::Cgroup { parent, reason } => {
+                let parent_source = parent_source_name(parent.source);
+                let leaf = Leaf::create(parent, &id)?;
+                id = leaf.name().to_string();
+                let child = {
+                    let _hook = Hook::install(cmd, Action::JoinCgroup(leaf.procs_fd()));
+                    cmd.spawn().map_err(|e| spawn_error(cmd, &program, e))?
+                };
+                // On failure above, `leaf` drops and removes itself.
+                let (main_pid, main_fd, stdio) = adopt(child)?;
+                (
+                    Chosen {
+                        mechanism: Mechanism::Cgroup,
+                        reason,
+                        degraded: false,
+                        parent_source: Some(parent_source),
+                    },
+                    Started {
+                        backend: Backend::Cgroup(leaf),
+                        main_pid,
+                        main_fd: Some(main_fd),
+                        own_group: false,
+                        method: "std::process::Command (fork), joined the cgroup before exec",
+                        stdio,
+                    },
+                )
+            }
+            linux::Choice::Pgroup { reason, degraded } => {
+                let chosen = Chosen {
+                    mechanism: Mechanism::Pgroup,
+                    reason,
+                    degraded,
+                    parent_source: None,
+                };
+                let started = match &opts.supervisor {
+                    Supervisor::InProcess => {
+                        let subreaper = pgroup::Subreaper::acquire()?;
+                        let child = {
+                            let _hook = Hook::install(cmd, Action::NewProcessGroup);
+                            cmd.spawn().map_err(|e| spawn_error(cmd, &program, e))?
+                        };
+                        let (main_pid, main_fd, stdio) = adopt(child)?;
+                        Started {
+                            backend: Backend::Pgroup {
+                                supervisor: Pid::current(),
+                                _subreaper: subreaper,
+                            },
+                            main_pid,
+                            main_fd: Some(main_fd),
+                            own_group: true,
+                            method: "std::process::Command (fork), in-process subreaper",
+                            stdio,
+                        }
+                    }
+                    Supervisor::Auto | Supervisor::Binary(_) => {
+                        let explicit = match &opts.supervisor {
+                            Supervisor::Binary(path) => Some(path.as_path()),
+                            _ => None,
+                        };
+                        let binary = supervise::find_binary(explicit)?;
+                        let armed = supervise::arm(cmd, &binary)?;
+                        let child = cmd.spawn().map_err(|e| spawn_error(cmd, &program, e))?;
+                        let mut sup = armed.finish(child)?;
+                        let stdio = (sup.stdin.take(), sup.stdout.take(), sup.stderr.take());
+                        Started {
+                            main_pid: sup.main,
+                            main_fd: None,
+                            backend: Backend::Supervised(sup),
+                            own_group: true,
+                            method: "std::process::Command under a corral supervisor (subreaper)",
+                            stdio,
+                        }
+                    }
+                };
+                (chosen, started)
+            }
+        };
+        Ok(Job::assemble(id, command, opts, chosen, started))
+    }
+
+    /// Starts `cmd` as a job under `opts`, on the lean path the `corral` CLI takes: in
+    /// cgroup mode the child is born in its cgroup (`clone3(CLONE_INTO_CGROUP)`, no copy
+    /// of the caller's memory), and it inherits the caller's stdio. pgroup jobs go through
+    /// [`Job::spawn`] unless [`crate::Supervisor::InProcess`] is asked for.
+    pub fn spawn_command(cmd: &JobCommand, opts: &Options) -> Result<Job> {
+        let choice = linux::choose(opts)?;
+        if matches!(choice, linux::Choice::Pgroup { .. })
+            && opts.supervisor != Supervisor::InProcess
+        {
+            return Job::spawn(&mut cmd.to_std(), opts);
+        }
+        let mut id = new_id();
+        let mut spec = SpawnSpec {
+            program: &cmd.program,
+            args: &cmd.args,
+            env: cmd.env.as_deref(),
+            cwd: cmd.cwd.as_deref(),
+            stdio: [None, None, None],
+            sigmask: cmd.signal_mask,
+            placement: Placement::NewProcessGroup,
+        };
+        let (chosen, started) = match choice {
+            linux::Choice::Cgroup { parent, reason } => {
+                let parent_source = parent_source_name(parent.source);
+                let leaf = Leaf::create(parent, &id)?;
+                id = leaf.name().to_string();
+                spec.placement = Placement::Cgroup {
+                    dir: leaf.dir_fd(),
+                    procs: leaf.procs_fd(),
+                    forbid_clone3: opts.debug.no_clone_into_cgroup,
+                };
+                // On failure `leaf` drops here and removes itself.
+                let spawned = raw_spawn::spawn(&spec)?;
+                (
+                    Chosen {
+                        mechanism: Mechanism::Cgroup,
+                        reason,
+                        degraded: false,
+                        parent_source: Some(parent_source),
+                    },
+                    Started {
+                        backend: Backend::Cgroup(leaf),
+                        main_pid: spawned.pid,
+                        main_fd: Some(spawned.pidfd),
+                        own_group: false,
+                        method: spawned.method.name(),
+                        stdio: (None, None, None),
+                    },
+                )
+            }
+            linux::Choice::Pgroup { reason, degraded } => {
+                let subreaper = pgroup::Subreaper::acquire()?;
+                let spawned = raw_spawn::spawn(&spec)?;
+                (
+                    Chosen {
+                        mechanism: Mechanism::Pgroup,
+                        reason,
+                        degraded,
+                        parent_source: None,
+                    },
+                    Started {
+                        backend: Backend::Pgroup {
+                            supervisor: Pid::current(),
+                            _subreaper: subreaper,
+                        },
+                        main_pid: spawned.pid,
+                        main_fd: Some(spawned.pidfd),
+                        own_group: true,
+                        method: spawned.method.name(),
+                        stdio: (None, None, None),
+                    },
+                )
+            }
+        };
+        Ok(Job::assemble(id, cmd.display(), opts, chosen, started))
+    }
+
+    fn assemble(
+        id: String,
+        command: Vec<String>,
+        opts: &Options,
+        chosen: Chosen,
+        started: Started,
+    ) -> Job {
+        let begun = Instant::now();
+        let (own_pgid, own_sid) = linux::own_group_and_session();
+        let main_pgid = if started.own_group {
+            started.main_pid.get()
+        } else {
+            own_pgid
+        };
+        let (stdin, stdout, stderr) = started.stdio;
+        Job {
+            stdin,
+            stdout,
+            stderr,
+            id,
+            command,
+            backend: Some(started.backend),
+            main_pid: started.main_pid,
+            main_fd: started.main_fd,
+            main_exit: None,
+            main_pgid,
+            main_sid: own_sid,
+            own_pgid,
+            deadline: opts.timeout.map(|t| begun + t),
+            opts: opts.clone(),
+            mechanism: chosen.mechanism,
+            mechanism_reason: chosen.reason,
+            degraded: chosen.degraded,
+            spawn_method: started.method,
+            parent_source: chosen.parent_source,
+            started: begun,
+            timed_out: false,
+            signals: Vec::new(),
+            leftovers: Vec::new(),
+            stop: None,
+            survivors: Vec::new(),
+            reaped: 0,
+            supervisor_done: false,
+            supervisor_exit: None,
+            phase: Phase::Running,
+            report: None,
+        }
+    }
+}
+
+fn new_id() -> String {
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("corral-{}-{}", std::process::id(), seq)
+}
+
+fn parent_source_name(source: ParentSource) -> &'static str {
+    match source {
+        ParentSource::Option => "option",
+        ParentSource::Env => "env",
+        ParentSource::Default => "default",
+    }
+}
+
+/// Takes a freshly spawned child's PID, pidfd and stdio. The child is ours and unreaped, so
+/// its PID cannot have been reused: the pidfd is the right process.
+fn adopt(mut child: Child) -> Result<(Pid, OwnedFd, Stdio)> {
+    let raw = child.id() as i32;
+    let pid = Pid::from_raw(raw).expect("a spawned child has a positive PID");
+    let stdio = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    match pidfd::open(pid) {
+        Ok(fd) => Ok((pid, fd, stdio)),
+        Err(e) => {
+            // Without a pidfd the job cannot be watched: do not leave the child behind.
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Error::process("pidfd_open", pid, e))
+        }
+    }
+}
+
+/// The library error for a failed `Command::spawn`.
+fn spawn_error(cmd: &Command, program: &str, e: io::Error) -> Error {
+    let program = program.to_string();
+    if let Some(dir) = cmd.get_current_dir() {
+        if !dir.is_dir() {
+            return Error::Spawn {
+                program,
+                stage: format!("chdir to {}", dir.display()),
+                source: e,
+            };
+        }
+    }
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::NotFound { program },
+        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
+            Error::NotExecutable { program, source: e }
+        }
+        _ => Error::Spawn {
+            program,
+            stage: "spawn (fork, set up, exec)".into(),
+            source: e,
+        },
+    }
+}
+
+/// What corral's `pre_exec` hook does in the child.
+enum Action<'a> {
+    /// Write `0` to the job's `cgroup.procs`.
+    JoinCgroup(BorrowedFd<'a>),
+    /// `setpgid(0, 0)`.
+    NewProcessGroup,
+}
+
+const DISARMED: i32 = -1;
+const SETPGID: i32 = -2;
+
+/// corral's `pre_exec` hook in a caller's `Command`. Hooks cannot be removed from a
+/// `Command`, so this one acts only while its guard lives (the spawn call); afterwards it
+/// does nothing, and the caller can spawn the `Command` again on its own.
+struct Hook {
+    state: Arc<AtomicI32>,
+}
+
+impl Hook {
+    fn install(cmd: &mut Command, action: Action<'_>) -> Hook {
+        use std::os::fd::AsRawFd;
+        let value = match action {
+            Action::JoinCgroup(fd) => fd.as_fd().as_raw_fd(),
+            Action::NewProcessGroup => SETPGID,
+        };
+        let state = Arc::new(AtomicI32::new(value));
+        let shared = Arc::clone(&state);
+        // SAFETY: the closure runs in the forked child before exec. It loads an atomic and
+        // makes at most one raw system call (write(2) or setpgid(2)), both async-signal-safe,
+        // and allocates nothing (an io::Error from an errno holds just the number). A
+        // descriptor number it writes to is open: the guard disarms the hook before the
+        // leaf (which owns the descriptor) can be dropped.
+        unsafe {
+            cmd.pre_exec(move || match shared.load(Ordering::Acquire) {
+                DISARMED => Ok(()),
+                SETPGID => rustix::process::setpgid(None, None).map_err(io::Error::from),
+                fd => {
+                    let fd = BorrowedFd::borrow_raw(fd);
+                    rustix::io::write(fd, b"0")
+                        .map(drop)
+                        .map_err(io::Error::from)
+                }
+            });
+        }
+        Hook { state }
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.state.store(DISARMED, Ordering::Release);
+    }
+}
