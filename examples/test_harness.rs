@@ -6,40 +6,51 @@
 //! cargo run --example test_harness
 //! ```
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A fixture that owns a background job; dropping it kills the whole job.
 struct Fixture {
-    job: Option<corral::Job>,
+    job: corral::Job,
 }
 
 impl Fixture {
     fn start(script: &str) -> Result<Fixture, corral::Error> {
-        let cmd = corral::JobCommand::new("sh").arg("-c").arg(script);
-        let job = corral::Job::spawn_command(&cmd, &corral::Options::default())?;
-        Ok(Fixture { job: Some(job) })
+        let opts = corral::Options {
+            grace: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let job = corral::Job::spawn(Command::new("sh").arg("-c").arg(script), &opts)?;
+        Ok(Fixture { job })
     }
 
     fn members(&self) -> usize {
-        self.job
-            .as_ref()
-            .map_or(0, |j| j.members().map(|m| m.len()).unwrap_or(0))
+        self.job.members().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether the server is still up; never blocks.
+    fn running(&mut self) -> Result<bool, corral::Error> {
+        Ok(self.job.try_wait()?.is_none())
     }
 
     /// Ends the fixture politely (SIGTERM, grace, SIGKILL) and returns what happened.
     fn finish(mut self) -> Result<corral::Report, corral::Error> {
-        self.job.take().expect("running").stop()
+        self.job.stop()
     }
 }
 
 fn main() -> Result<(), corral::Error> {
     // A "server" that forks workers, one of which detaches.
-    let fixture = Fixture::start("sleep 1000 & sleep 1000 & setsid sleep 1000 & wait")?;
+    let mut fixture = Fixture::start("sleep 1000 & sleep 1000 & setsid sleep 1000 & wait")?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while fixture.members() < 4 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    println!("fixture running with {} processes", fixture.members());
+    println!(
+        "fixture running ({}) with {} processes",
+        fixture.running()?,
+        fixture.members()
+    );
 
     // ... the test body would talk to the server here ...
 

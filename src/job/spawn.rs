@@ -55,6 +55,8 @@ impl Job {
     /// [`Job::stdin`], [`Job::stdout`] and [`Job::stderr`].
     ///
     /// `cmd` can be spawned again (corral's `pre_exec` hook does nothing outside this call).
+    /// `pre_exec` hooks the caller installed on `cmd` run before corral's, so they run
+    /// before the child is in the job: a process such a hook forks is not contained.
     ///
     /// In cgroup mode the child joins the job's fresh cgroup before it execs, and stays in
     /// the caller's process group (so a terminal's Ctrl+C reaches it as usual). In pgroup
