@@ -21,6 +21,11 @@
 //! job's child subreaper. The library changes nothing about the calling process: no signal
 //! handlers, no subreaper flag, no reaping of children it did not start, no threads. See
 //! `docs/design.md` for how a job flows through the code.
+//!
+//! With the `tokio` feature, `Job::wait_async`, `stop_async`, `kill_async` and
+//! `wait_with_output_async` do the same on a tokio runtime, the job's pidfds and
+//! `cgroup.events` registered with the reactor: no thread per job, no blocking call (see
+//! the module `corral::tokio`).
 #![warn(missing_docs)]
 
 mod error;
@@ -30,6 +35,9 @@ mod report;
 
 #[cfg(target_os = "linux")]
 mod linux;
+
+#[cfg(all(feature = "tokio", target_os = "linux"))]
+pub mod tokio;
 
 pub use error::{Error, Result};
 pub use job::{Detached, Job, JobCommand, Output, SignalSource};

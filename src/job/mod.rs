@@ -433,6 +433,12 @@ impl Job {
     fn finished_report(&self) -> Report {
         self.report.clone().expect("a finished job has a report")
     }
+
+    /// The polite signal of the stop sequence ([`Options::signal`]), for the tokio driver.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn stop_signal(&self) -> Signal {
+        self.opts.signal
+    }
 }
 
 impl Drop for Job {
