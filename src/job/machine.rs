@@ -125,7 +125,12 @@ impl Job {
                         return Ok(Progress::Pending(self.wants_empty(self.deadline)));
                     }
                     self.poll_main()?;
-                    if self.main_exit.is_none() && !self.supervisor_gone() {
+                    // A supervisor that exits before reporting the main process's exit (it
+                    // was killed) ends the job too: there is no one left to wait for.
+                    let supervisor_gone = self.main_exit.is_none()
+                        && matches!(self.backend, Some(Backend::Supervised(_)))
+                        && self.is_empty()?;
+                    if self.main_exit.is_none() && !supervisor_gone {
                         return Ok(Progress::Pending(self.wants_main()));
                     }
                     if self.is_empty()? {
@@ -459,11 +464,6 @@ impl Job {
             }
         }
         Ok(())
-    }
-
-    /// The supervisor has exited (and been reaped).
-    fn supervisor_gone(&self) -> bool {
-        self.supervisor_exit.is_some()
     }
 
     /// Whether no process of the job is left. pgroup in-process: reaps exited children on
