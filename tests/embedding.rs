@@ -1,0 +1,30 @@
+//! The library embedded in a program (issue 3): `Job::spawn` with a
+//! `std::process::Command`, the waiting calls, piped output, drop and detach, many jobs
+//! from many threads, and no process-wide side effects on the program. One module per
+//! behaviour, in `tests/embedding/`.
+//!
+//! Jobs run in a cgroup subtree owned by the test (`util::CgroupTree`, shared with
+//! `tests/containment`), removed even when the test fails. Tests that cannot run (no
+//! writable cgroup2) print `SKIPPED: <reason>`, or fail when `CORRAL_REQUIRE_ALL=1`.
+#![cfg(target_os = "linux")]
+
+// The crate root is not a mod.rs, so each module file's path is given.
+
+#[path = "containment/util.rs"]
+mod util;
+
+#[path = "embedding/common.rs"]
+mod common;
+
+#[path = "embedding/drop_detach.rs"]
+mod drop_detach;
+#[path = "embedding/host.rs"]
+mod host;
+#[path = "embedding/many_jobs.rs"]
+mod many_jobs;
+#[path = "embedding/output.rs"]
+mod output;
+#[path = "embedding/std_command.rs"]
+mod std_command;
+#[path = "embedding/waiting.rs"]
+mod waiting;

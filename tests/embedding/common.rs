@@ -1,0 +1,229 @@
+//! Helpers for the embedding tests: job options inside a test's cgroup sandbox, reading a
+//! process's facts from `/proc`, and guards that end what a test started even when it
+//! fails.
+
+#![allow(dead_code)] // each behaviour module uses a different subset
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+use crate::util::{self, Sandbox};
+
+/// How long anything the tests wait for may take (a loaded CI machine included).
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// cgroup jobs under the sandbox's `jobs` cgroup, with a grace short enough for tests.
+pub fn cgroup_options(sandbox: &Sandbox) -> corral::Options {
+    corral::Options {
+        mechanism: corral::MechanismRequest::Cgroup,
+        cgroup_parent: Some(sandbox.cgroup().jobs()),
+        grace: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+/// The cgroup2 directory of `pid` (from `/proc/<pid>/cgroup`), as a path under the mount.
+/// Reads `/proc/self/cgroup` for `None`.
+pub fn cgroup_of(pid: Option<u32>) -> PathBuf {
+    let file = match pid {
+        Some(pid) => format!("/proc/{pid}/cgroup"),
+        None => "/proc/self/cgroup".to_string(),
+    };
+    let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {file}: {e}"));
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup2 line in {file}: {text:?}"));
+    let mount = util::cgroup2_mount().expect("a cgroup2 mount");
+    mount.join(rel.trim_start_matches('/'))
+}
+
+/// `starttime` (field 22 of `/proc/<pid>/stat`), which tells a process from a later one
+/// with the same PID; `None` if there is no such process.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after `(comm) `: state is field 3, so starttime is the 20th of these.
+    let after = stat.rsplit_once(") ")?.1;
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// Opens a pidfd for `pid`, which the caller knows to be alive and to be the process it
+/// means (its own unreaped child, or a process it has just seen listed in a cgroup that
+/// only its test uses). Refuses PID 1 and below.
+pub fn pidfd(pid: u32) -> OwnedFd {
+    let raw = Pid::from_raw(pid as i32)
+        .filter(|p| p.as_raw_nonzero().get() > 1)
+        .unwrap_or_else(|| panic!("refusing to open a pidfd for pid {pid}"));
+    rustix::process::pidfd_open(raw, PidfdFlags::empty())
+        .unwrap_or_else(|e| panic!("pidfd_open({pid}): {e}"))
+}
+
+/// Polls `done` every few milliseconds until it is true; panics with `what` after `within`.
+pub fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not the case after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for a reader thread's bytes (see [`util::read_to_end_in_thread`]) against a deadline.
+pub fn recv_bytes(rx: &Receiver<io::Result<Vec<u8>>>, what: &str) -> Vec<u8> {
+    rx.recv_timeout(DEADLINE)
+        .unwrap_or_else(|e| panic!("{what}: no EOF within {DEADLINE:?} ({e})"))
+        .unwrap_or_else(|e| panic!("{what}: read failed: {e}"))
+}
+
+/// Reads `r` to the end on a thread; see [`recv_bytes`].
+pub fn read_in_thread(r: impl Read + Send + 'static) -> Receiver<io::Result<Vec<u8>>> {
+    util::read_to_end_in_thread(r)
+}
+
+/// A child this test spawned outside any job. `Drop` SIGKILLs it through its pidfd and reaps
+/// it, so a failing test leaves nothing behind.
+pub struct Outside {
+    child: Option<Child>,
+    pidfd: OwnedFd,
+}
+
+impl Outside {
+    pub fn spawn(cmd: &mut Command) -> Outside {
+        let child = cmd.spawn().expect("spawn a process outside the job");
+        // Our unreaped child: its PID is its own.
+        let pidfd = pidfd(child.id());
+        Outside {
+            child: Some(child),
+            pidfd,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not reaped yet").id()
+    }
+
+    pub fn has_exited(&self) -> bool {
+        util::exited(self.pidfd.as_fd())
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("not reaped yet")
+    }
+
+    /// Waits up to `within` for it to exit, and reaps it; `None` if it is still running
+    /// (it is killed when the `Outside` drops).
+    pub fn wait_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        if !util::wait_exited(self.pidfd.as_fd(), Instant::now() + within) {
+            return None;
+        }
+        let mut child = self.child.take().expect("not reaped yet");
+        Some(child.wait().expect("reap a child of ours"))
+    }
+
+    /// SIGKILL through the pidfd, then reap.
+    pub fn kill(mut self) -> ExitStatus {
+        self.kill_and_reap().expect("a child to reap")
+    }
+
+    fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if !util::exited(self.pidfd.as_fd()) {
+            let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+        }
+        Some(child.wait().expect("reap a child of ours"))
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+/// Processes the test holds by pidfds opened while they were alive and in the test's own
+/// job cgroup. `Drop` SIGKILLs any still running.
+#[derive(Default)]
+pub struct Held {
+    pub procs: Vec<(String, u32, OwnedFd)>,
+}
+
+impl Held {
+    /// Waits until the `corral-testtree` pids file lists every role in `roles`, then opens a
+    /// pidfd for each listed process, checking it is in `cgroup` (so it is the process the
+    /// tree listed, not a later one with the same PID).
+    pub fn from_tree(pids_file: &Path, roles: &[&str], cgroup: &Path) -> Held {
+        let deadline = Instant::now() + util::READY_DEADLINE;
+        let listed = loop {
+            let listed = util::read_pids(pids_file);
+            if roles.iter().all(|r| listed.iter().any(|(l, _)| l == r)) {
+                break listed;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tree not ready: {roles:?} wanted, {listed:?} listed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut held = Held::default();
+        for (role, pid) in listed {
+            let pid = pid as u32;
+            let fd = pidfd(pid);
+            assert!(!util::exited(fd.as_fd()), "{role} ({pid}) already gone");
+            assert_eq!(
+                cgroup_of(Some(pid)),
+                cgroup,
+                "{role} ({pid}) is not in the job's cgroup"
+            );
+            held.procs.push((role, pid, fd));
+        }
+        held
+    }
+
+    pub fn pid(&self, role: &str) -> u32 {
+        self.procs
+            .iter()
+            .find(|(r, _, _)| r == role)
+            .unwrap_or_else(|| panic!("no {role}"))
+            .1
+    }
+
+    /// The processes still running now.
+    pub fn alive(&self) -> Vec<String> {
+        self.procs
+            .iter()
+            .filter(|(_, _, fd)| !util::exited(fd.as_fd()))
+            .map(|(role, pid, _)| format!("{role} {}", util::describe_pid(*pid as i32)))
+            .collect()
+    }
+
+    /// Asserts every process has exited, waiting up to [`util::GONE_DEADLINE`] for the
+    /// kernel to say so.
+    pub fn assert_all_gone(&self, context: &str) {
+        let deadline = Instant::now() + util::GONE_DEADLINE;
+        for (role, pid, fd) in &self.procs {
+            assert!(
+                util::wait_exited(fd.as_fd(), deadline),
+                "{context}: {role} ({pid}) still running"
+            );
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for (_, _, fd) in &self.procs {
+            if !util::exited(fd.as_fd()) {
+                let _ = rustix::process::pidfd_send_signal(fd, Signal::KILL);
+            }
+        }
+    }
+}
