@@ -26,5 +26,7 @@ mod many_jobs;
 mod output;
 #[path = "embedding/std_command.rs"]
 mod std_command;
+#[path = "embedding/stop_race.rs"]
+mod stop_race;
 #[path = "embedding/waiting.rs"]
 mod waiting;

@@ -127,7 +127,13 @@ fn check(report: &corral::Report, shape: Shape, end: End) {
             // The stop may come before or after the main process exits on its own.
             let stop = stop.unwrap_or_else(|| panic!("no stop: {}", ctx()));
             assert_eq!(stop.reason, corral::StopReason::Requested, "{}", ctx());
-            assert_eq!(stop.outcome, corral::StopOutcome::Exited, "{}", ctx());
+            // A stop that races `sh` forking its `sleep` may miss the sleep with SIGTERM,
+            // which then gets SIGKILL after the grace: `stop_race` is the test for that.
+            let outcomes: &[corral::StopOutcome] = match shape {
+                Shape::Short => &[corral::StopOutcome::Exited],
+                Shape::Leftover => &[corral::StopOutcome::Exited, corral::StopOutcome::Killed],
+            };
+            assert!(outcomes.contains(&stop.outcome), "{}", ctx());
             assert!(
                 [0, 128 + libc::SIGTERM].contains(&report.exit_status),
                 "{}",

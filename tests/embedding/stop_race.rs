@@ -1,0 +1,67 @@
+//! A stop that races a fork: every process of the job gets the polite signal, also one
+//! forked while the stop was listing the job's members, so a job whose processes all exit
+//! on SIGTERM ends within its grace (outcome `exited`), without SIGKILL.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{cgroup_options, wait_until, DEADLINE};
+use crate::util::Sandbox;
+
+/// Four shells fork `sleep`s back to back (at most 150 each) and the job is stopped while
+/// they do: the stop's member list is out of date as soon as it is read.
+#[test]
+fn stop_while_forking_reaches_every_process() {
+    let Some(sandbox) = Sandbox::with_cgroup("embed-stop-race") else {
+        return;
+    };
+    let opts = corral::Options {
+        grace: Duration::from_secs(2),
+        ..cgroup_options(&sandbox)
+    };
+    let mut missed = Vec::new();
+    for round in 0..12 {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "for j in 1 2 3 4; do \
+               (i=0; while [ $i -lt 150 ]; do sleep 1000 & i=$((i+1)); done; wait) & \
+             done; wait",
+        ]);
+        let mut job = corral::Job::spawn(&mut cmd, &opts).expect("spawn");
+        wait_until(DEADLINE, "the job forks", || {
+            job.members().is_ok_and(|m| m.len() >= 100)
+        });
+        let report = job.stop().expect("stop");
+        assert!(report.survivors.is_empty(), "{report:#?}");
+        let stop = report.stop.as_ref().expect("a stop report");
+        if stop.outcome != corral::StopOutcome::Exited {
+            let steps: Vec<String> = stop
+                .steps
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} processes={:?} at {} ms {}",
+                        s.step,
+                        s.signal.as_deref().unwrap_or(""),
+                        s.processes,
+                        s.at_ms,
+                        s.detail.as_deref().unwrap_or("")
+                    )
+                })
+                .collect();
+            missed.push(format!(
+                "round {round}: outcome {:?}\n    {}",
+                stop.outcome,
+                steps.join("\n    ")
+            ));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "processes forked while the stop listed the job got no SIGTERM and were killed \
+         after the grace:\n{}",
+        missed.join("\n")
+    );
+    sandbox.assert_clean();
+}
