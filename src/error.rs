@@ -34,6 +34,14 @@ pub enum Error {
         fix: String,
     },
 
+    /// No `corral` executable could be found to run a pgroup job's supervisor from (see
+    /// `Supervisor::Auto`), or the one given cannot be run.
+    #[error("no corral executable for the job's supervisor: {reason}; install corral or set CORRAL_SUPERVISOR")]
+    NoSupervisor {
+        /// What was searched, or what is wrong with the executable given.
+        reason: String,
+    },
+
     /// The command was not found (exit status 127 in the CLI).
     #[error("{program}: command not found; check the name or PATH")]
     NotFound {

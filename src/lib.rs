@@ -49,6 +49,14 @@ pub use report::{
     REPORT_VERSION,
 };
 
+/// The entry point of `corral __supervise`, the per-job supervisor process of a pgroup job
+/// (see `src/linux/supervise.rs`). Called by the `corral` binary; not for other programs.
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub fn __supervise() -> ! {
+    linux::supervise::main()
+}
+
 /// The containment mechanism a job actually runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]

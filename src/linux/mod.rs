@@ -15,7 +15,6 @@ pub(crate) mod pgroup;
 pub(crate) mod pidfd;
 pub(crate) mod procs;
 pub(crate) mod spawn;
-#[path = "supervise_stub.rs"]
 pub(crate) mod supervise;
 
 use std::io;

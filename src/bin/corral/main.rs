@@ -76,6 +76,15 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // A pgroup job's supervisor (started by the library, never by hand): before clap, so
+    // no option parsing, no output.
+    #[cfg(target_os = "linux")]
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__supervise")
+    {
+        corral::__supervise();
+    }
     match run() {
         Ok(code) => code,
         Err(e) => {
