@@ -244,18 +244,25 @@ impl Job {
                         .map(|st| st.pgid != own_pgid)
                         .unwrap_or(true)
             };
-            let (n_polite, n_cont) = match self.backend.as_ref().expect("backend") {
+            let (n_polite, n_cont, cgroup_frozen) = match self.backend.as_ref().expect("backend") {
                 Backend::Cgroup(leaf) => leaf.signal_then_continue(polite, &filter)?,
                 Backend::Pgroup { .. } | Backend::Supervised(_) => {
                     let h = s.held.as_ref().expect("frozen set");
                     (
                         h.signal_all(polite, &filter).len(),
                         h.signal_all(Signal::CONT, &|_| true).len(),
+                        false,
                     )
                 }
             };
-            let detail = skip_group
-                .then(|| "members in corral's process group got it from the terminal".to_string());
+            let mut notes = Vec::new();
+            if cgroup_frozen {
+                notes.push("to every member, the cgroup frozen meanwhile");
+            }
+            if skip_group {
+                notes.push("members in corral's process group got it from the terminal");
+            }
+            let detail = (!notes.is_empty()).then(|| notes.join("; "));
             s.steps
                 .push(step("signal", Some(polite), Some(n_polite), detail, t0));
             s.steps

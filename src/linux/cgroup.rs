@@ -457,22 +457,58 @@ impl Leaf {
     }
 
     /// Sends a polite signal, then SIGCONT, to every member (SIGCONT to all of them, the
-    /// polite signal to those `filter` accepts). Returns how many got each.
+    /// polite signal to those `filter` accepts), with the subtree frozen so that the list
+    /// of members is complete: a process forked after `cgroup.procs` was read would
+    /// otherwise miss the polite signal and only meet SIGKILL after the grace. The frozen
+    /// members act on the signals once thawed. Returns how many got each, and whether the
+    /// freezer was used.
+    ///
+    /// Without `cgroup.freeze` (Linux < 5.2), passes repeat until one finds no new member
+    /// (bounded: a member that ignores the signal and forks forever would never let it end).
     pub(crate) fn signal_then_continue(
         &self,
         sig: Signal,
         filter: &dyn Fn(Pid) -> bool,
-    ) -> Result<(usize, usize)> {
+    ) -> Result<(usize, usize, bool)> {
+        let frozen = match self.set_frozen(true) {
+            Ok(()) => {
+                self.wait_frozen(Instant::now() + Duration::from_secs(1))?;
+                true
+            }
+            Err(Error::Cgroup { source, .. })
+                if source.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+            {
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        let mut reached: std::collections::HashSet<Pid> = std::collections::HashSet::new();
         let (mut polite, mut cont) = (0, 0);
-        self.for_each_member(&mut |pid, fd| {
-            if filter(pid) && pidfd::send_signal(fd, sig).is_ok() {
-                polite += 1;
+        let passes = if frozen { 1 } else { 100 };
+        let mut result = Ok(());
+        for _ in 0..passes {
+            let mut new = 0;
+            result = self.for_each_member(&mut |pid, fd| {
+                if !reached.insert(pid) {
+                    return;
+                }
+                new += 1;
+                if filter(pid) && pidfd::send_signal(fd, sig).is_ok() {
+                    polite += 1;
+                }
+                if sig != Signal::CONT && pidfd::send_signal(fd, Signal::CONT).is_ok() {
+                    cont += 1;
+                }
+            });
+            if result.is_err() || new == 0 {
+                break;
             }
-            if sig != Signal::CONT && pidfd::send_signal(fd, Signal::CONT).is_ok() {
-                cont += 1;
-            }
-        })?;
-        Ok((polite, cont))
+        }
+        if frozen {
+            self.set_frozen(false)?;
+        }
+        result?;
+        Ok((polite, cont, frozen))
     }
 
     /// Waits until the subtree is empty or `deadline` passes; also returns early when
