@@ -259,7 +259,6 @@ pub(crate) fn freeze(supervisor: Pid) -> Frozen {
 /// `deadline` passes. `killed` holds the processes the caller already SIGKILLed. Returns how
 /// many were signalled in all, and the processes left if the deadline passed (stuck in the
 /// kernel, or lost).
-#[allow(dead_code)] // TEMP: the supervisor may use it
 pub(crate) fn kill_all(
     supervisor: Pid,
     deadline: Instant,

@@ -145,9 +145,53 @@ fn no_supervisor(reason: String) -> Error {
     Error::NoSupervisor { reason }
 }
 
+/// What `corral __supervise --protocol` prints: the version of the message protocol.
+const PROTOCOL: &str = "corral-supervise 1";
+const PROTOCOL_ARG: &str = "--protocol";
+
+/// `path` made absolute, if it is a `corral` that speaks our protocol; else what is wrong.
+/// A binary that would not understand `__supervise` would exit at once and leave the main
+/// process uncontained, so each binary is asked once per process (`__supervise
+/// --protocol`) before its first job; the answer is kept with the file's identity (device,
+/// inode, modification time), so a binary replaced meanwhile is asked again.
+fn usable(path: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+    /// A file's identity: device, inode, modification time (seconds, nanoseconds).
+    type Identity = (u64, u64, i64, i64);
+    static CHECKED: Mutex<Vec<(PathBuf, Identity)>> = Mutex::new(Vec::new());
+    let path = executable(path)?;
+    let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+    let identity = (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec());
+    let known =
+        |list: &Vec<(PathBuf, Identity)>| list.iter().any(|(p, id)| *p == path && *id == identity);
+    if known(&CHECKED.lock().unwrap_or_else(|e| e.into_inner())) {
+        return Ok(path);
+    }
+    let out = Command::new(&path)
+        .args([ARG, PROTOCOL_ARG])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run it ({e})"))?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || said.trim_end() != PROTOCOL {
+        return Err(format!(
+            "it does not speak `{PROTOCOL}` (a different corral version?); point \
+             CORRAL_SUPERVISOR at the corral built with this library"
+        ));
+    }
+    let mut list = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if !known(&list) {
+        list.push((path.clone(), identity));
+    }
+    Ok(path)
+}
+
 /// `path` made absolute (the hook runs after std's `chdir` to the command's directory), if
 /// it is an executable regular file; else what is wrong with it.
-fn usable(path: &Path) -> Result<PathBuf, String> {
+fn executable(path: &Path) -> Result<PathBuf, String> {
     let path = std::path::absolute(path).map_err(|e| e.to_string())?;
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() => {}
@@ -185,7 +229,7 @@ pub(crate) struct Armed {
 /// dropped. Hooks the caller installs after this one run in the main process only.
 pub(crate) fn arm(cmd: &mut Command, binary: &Path) -> Result<Armed> {
     let binary =
-        usable(binary).map_err(|why| no_supervisor(format!("{}: {why}", binary.display())))?;
+        executable(binary).map_err(|why| no_supervisor(format!("{}: {why}", binary.display())))?;
     let path = CString::new(binary.as_os_str().as_bytes()).map_err(|_| {
         Error::InvalidOptions(format!("{:?} contains a NUL byte; remove it", binary))
     })?;
@@ -710,6 +754,10 @@ impl Reaper {
     fn start() -> std::result::Result<Reaper, i32> {
         let args: Vec<_> = std::env::args_os().collect();
         let main = match args.as_slice() {
+            [_, arg, flag] if arg == ARG && flag == PROTOCOL_ARG => {
+                println!("{PROTOCOL}");
+                std::process::exit(0);
+            }
             [_, arg, pid] if arg == ARG => pid.to_str().and_then(parse_pid).ok_or(EXIT_USAGE)?,
             _ => return Err(EXIT_USAGE),
         };
@@ -1318,6 +1366,27 @@ mod tests {
         }
     }
 
+    /// A binary that does not answer `__supervise --protocol` (an unrelated `corral`, or
+    /// another version) is refused before any job runs under it.
+    #[test]
+    fn a_binary_that_does_not_speak_the_protocol_is_refused() {
+        let dir = scratch_dir("protocol");
+        let other = dir.join("corral");
+        std::fs::write(&other, b"#!/bin/sh\necho corral-supervise 0\n").unwrap();
+        std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = loop {
+            match find_binary(Some(&other)) {
+                // ETXTBSY: see a_failed_exec_of_the_supervisor_is_reported.
+                Err(e) if e.to_string().contains("os error 26") => continue,
+                other => break other.expect_err("refused"),
+            }
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(err, Error::NoSupervisor { .. }), "{err}");
+        assert!(err.to_string().contains("does not speak"), "{err}");
+    }
+
     #[test]
     fn an_unusable_binary_is_refused() {
         let err = find_binary(Some(Path::new("/nonexistent/corral"))).unwrap_err();
@@ -1339,57 +1408,5 @@ mod tests {
         assert!(err.to_string().contains("not executable"), "{err}");
         // Nothing was installed that changes the command.
         assert!(cmd.status().unwrap().success());
-    }
-
-    /// Spawn-to-`main` latency: `cargo test --release --lib -- --ignored --nocapture latency`.
-    #[test]
-    #[ignore]
-    fn latency() {
-        let Ok(binary) = find_binary(None) else {
-            return skip("no corral binary");
-        };
-        let mut times = Vec::new();
-        for _ in 0..200 {
-            let mut cmd = Command::new("true");
-            let t0 = Instant::now();
-            let armed = arm(&mut cmd, &binary).unwrap();
-            let child = cmd.spawn().unwrap();
-            let mut sup = armed.finish(child).unwrap();
-            times.push(t0.elapsed());
-            let fd = sup.supervisor_fd.try_clone().unwrap();
-            assert!(wait_readable(fd.as_fd(), DEADLINE));
-            assert_eq!(sup.try_reap().unwrap(), Some(ExitKind::Code(0)));
-        }
-        let mut plain = Vec::new();
-        for _ in 0..200 {
-            let t0 = Instant::now();
-            let mut child = Command::new("true").spawn().unwrap();
-            plain.push(t0.elapsed());
-            child.wait().unwrap();
-        }
-        let mut forked = Vec::new();
-        for _ in 0..200 {
-            let mut cmd = Command::new("true");
-            // SAFETY: the hook does nothing.
-            unsafe { cmd.pre_exec(|| Ok(())) };
-            let t0 = Instant::now();
-            let mut child = cmd.spawn().unwrap();
-            forked.push(t0.elapsed());
-            child.wait().unwrap();
-        }
-        for (what, mut times) in [
-            ("arm + spawn + finish", times),
-            ("spawn with a no-op pre_exec (fork)", forked),
-            ("plain spawn (posix_spawn)", plain),
-        ] {
-            times.sort();
-            eprintln!(
-                "{what}: min {:?} median {:?} p95 {:?} max {:?}",
-                times[0],
-                times[times.len() / 2],
-                times[times.len() * 95 / 100],
-                times[times.len() - 1]
-            );
-        }
     }
 }
