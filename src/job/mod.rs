@@ -379,8 +379,9 @@ impl Job {
     /// # Caveats
     /// The main process is a child of the calling process: when it exits it stays a zombie
     /// until the caller reaps it (by PID) or exits, as with a dropped
-    /// `std::process::Child`. Under a supervisor, the supervisor is told to let the job be
-    /// and exits (reaping it) once the job is empty.
+    /// `std::process::Child`. Under a supervisor, the supervisor is told to let the job be;
+    /// it reaps the job's processes and exits once the job is empty, and it is then the
+    /// zombie child of the caller in the same way.
     pub fn detach(mut self) -> Detached {
         let cgroup = match self.backend.take() {
             Some(Backend::Cgroup(leaf)) => Some(leaf.forget()),
