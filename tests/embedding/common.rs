@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc::Receiver;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-use crate::util::{self, Sandbox};
+use crate::util::{self, Mechanism, Sandbox};
 
 /// How long anything the tests wait for may take (a loaded CI machine included).
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -26,6 +26,135 @@ pub fn cgroup_options(sandbox: &Sandbox) -> corral::Options {
         cgroup_parent: Some(sandbox.cgroup().jobs()),
         grace: Duration::from_secs(5),
         ..Default::default()
+    }
+}
+
+/// Options for `mechanism`: cgroup jobs as [`cgroup_options`]; pgroup jobs under the
+/// default supervisor (`Supervisor::Auto` finds `target/<profile>/corral` one directory up
+/// from this test binary).
+pub fn options(sandbox: &Sandbox, mechanism: Mechanism) -> corral::Options {
+    match mechanism {
+        Mechanism::Cgroup => cgroup_options(sandbox),
+        Mechanism::Pgroup => corral::Options {
+            mechanism: corral::MechanismRequest::Pgroup,
+            grace: Duration::from_secs(5),
+            supervisor: corral::Supervisor::Auto,
+            ..Default::default()
+        },
+    }
+}
+
+/// Asserts `pid` is a process of `job`: in its cgroup, or (pgroup) a descendant of its
+/// supervisor that the job lists.
+pub fn assert_in_job(job: &corral::Job, pid: u32, what: &str) {
+    match job.cgroup() {
+        Some(cgroup) => assert_eq!(cgroup_of(Some(pid)), cgroup, "{what} ({pid}): cgroup"),
+        None => assert!(
+            job.members().expect("members").contains(&pid),
+            "{what} ({pid}) is not among the job's members {:?}",
+            job.members()
+        ),
+    }
+}
+
+/// The field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`, for n >= 3.
+pub fn stat_field(pid: u32, n: usize) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split(' ')
+        .nth(n - 3)?
+        .parse()
+        .ok()
+}
+
+/// The parent of `pid`.
+pub fn ppid_of(pid: u32) -> Option<u32> {
+    stat_field(pid, 4).map(|p| p as u32)
+}
+
+/// The supervisor of the pgroup job whose main process is `main`: the child of ours that
+/// runs `corral __supervise <main>`. `None` once it has exited (a zombie has no cmdline).
+pub fn find_supervisor(main: u32) -> Option<u32> {
+    let want = format!("corral\0__supervise\0{main}\0");
+    let tasks = fs::read_dir("/proc/self/task").expect("read /proc/self/task");
+    tasks
+        .flatten()
+        .flat_map(|task| {
+            let text = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()))
+}
+
+/// The process of the job that is this process's own child, held by a pidfd: the main
+/// process (cgroup mechanism) or the supervisor (pgroup). The job reaps it when it ends;
+/// [`OwnChild::assert_reaped`] checks that it did.
+pub struct OwnChild {
+    pub pid: u32,
+    pub what: &'static str,
+    fd: OwnedFd,
+}
+
+impl OwnChild {
+    /// Call right after the spawn, while the job runs (so the child is unreaped and its
+    /// PID its own).
+    pub fn of(job: &corral::Job) -> OwnChild {
+        let (pid, what) = match job.mechanism() {
+            corral::Mechanism::Cgroup => (job.pid(), "main process"),
+            corral::Mechanism::Pgroup => {
+                let sup = ppid_of(job.pid()).expect("the main process's parent");
+                (sup, "supervisor")
+            }
+        };
+        assert_eq!(
+            ppid_of(pid),
+            Some(std::process::id()),
+            "the job's {what} ({pid}) is not our child"
+        );
+        OwnChild {
+            pid,
+            what,
+            fd: pidfd(pid),
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Asserts that it was reaped: nothing is left to wait for.
+    pub fn assert_reaped(&self) {
+        let reaped = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(self.fd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+        );
+        assert!(
+            matches!(reaped, Err(rustix::io::Errno::CHILD)),
+            "the job's {} ({}) was not reaped: waitid gave {reaped:?}",
+            self.what,
+            self.pid
+        );
+    }
+}
+
+/// Report checks shared by every job that ended normally: no survivors, cleanup done.
+pub fn assert_cleaned_up(report: &corral::Report, mechanism: Mechanism) {
+    assert!(report.survivors.is_empty(), "survivors: {report:#?}");
+    assert!(report.cleanup.error.is_none(), "cleanup error: {report:#?}");
+    match mechanism {
+        Mechanism::Cgroup => {
+            assert_eq!(report.mechanism, corral::Mechanism::Cgroup);
+            assert_eq!(report.cleanup.cgroup_removed, Some(true), "{report:#?}");
+            let cgroup = report.cgroup.as_ref().expect("a cgroup in the report");
+            assert!(!cgroup.exists(), "{} not removed", cgroup.display());
+        }
+        Mechanism::Pgroup => {
+            assert_eq!(report.mechanism, corral::Mechanism::Pgroup);
+            assert!(report.cgroup.is_none(), "{report:#?}");
+        }
     }
 }
 
@@ -158,9 +287,9 @@ pub struct Held {
 
 impl Held {
     /// Waits until the `corral-testtree` pids file lists every role in `roles`, then opens a
-    /// pidfd for each listed process, checking it is in `cgroup` (so it is the process the
-    /// tree listed, not a later one with the same PID).
-    pub fn from_tree(pids_file: &Path, roles: &[&str], cgroup: &Path) -> Held {
+    /// pidfd for each listed process, checking it is a process of `job` (so it is the
+    /// process the tree listed, not a later one with the same PID).
+    pub fn from_tree(pids_file: &Path, roles: &[&str], job: &corral::Job) -> Held {
         let deadline = Instant::now() + util::READY_DEADLINE;
         let listed = loop {
             let listed = util::read_pids(pids_file);
@@ -178,11 +307,7 @@ impl Held {
             let pid = pid as u32;
             let fd = pidfd(pid);
             assert!(!util::exited(fd.as_fd()), "{role} ({pid}) already gone");
-            assert_eq!(
-                cgroup_of(Some(pid)),
-                cgroup,
-                "{role} ({pid}) is not in the job's cgroup"
-            );
+            assert_in_job(job, pid, &role);
             held.procs.push((role, pid, fd));
         }
         held
@@ -194,6 +319,15 @@ impl Held {
             .find(|(r, _, _)| r == role)
             .unwrap_or_else(|| panic!("no {role}"))
             .1
+    }
+
+    /// SIGKILLs, through their pidfds, those still running.
+    pub fn kill_all(&self) {
+        for (_, _, fd) in &self.procs {
+            if !util::exited(fd.as_fd()) {
+                let _ = rustix::process::pidfd_send_signal(fd, Signal::KILL);
+            }
+        }
     }
 
     /// The processes still running now.
@@ -220,10 +354,6 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        for (_, _, fd) in &self.procs {
-            if !util::exited(fd.as_fd()) {
-                let _ = rustix::process::pidfd_send_signal(fd, Signal::KILL);
-            }
-        }
+        self.kill_all();
     }
 }

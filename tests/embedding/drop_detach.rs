@@ -1,80 +1,83 @@
 //! Dropping a running `Job` kills its whole tree (a process that left for a session of its
-//! own included), reaps the main process and removes the cgroup; `detach` leaves all of
-//! that running, for the caller to take over.
+//! own included), reaps what it must (the main process, or the supervisor) and removes the
+//! cgroup; `detach` leaves all of that running, for the caller to take over.
 
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rustix::process::{waitid, Pid, Signal, WaitId, WaitIdOptions, WaitOptions};
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
-use crate::common::{cgroup_options, pidfd, wait_until, Held, DEADLINE};
-use crate::util::{wait_exited, CgroupTree, Sandbox, TESTTREE};
+use crate::common::{stat_field, wait_until, Held, OwnChild, DEADLINE};
+use crate::util::{both_mechanisms, wait_exited, CgroupTree, Mechanism, Sandbox, TESTTREE};
+
+both_mechanisms!(
+    drop_kills_the_tree_and_cleans_up,
+    detach_leaves_the_tree_running
+);
 
 /// `corral-testtree setsid`: the main process (`top`) and a child that called `setsid()`.
-fn spawn_setsid_tree(sandbox: &Sandbox, name: &str) -> (corral::Job, Held, PathBuf) {
+fn spawn_setsid_tree(
+    sandbox: &Sandbox,
+    mechanism: Mechanism,
+    name: &str,
+) -> (corral::Job, Held, OwnChild) {
     let pids = sandbox.dir.join(format!("{name}.pids"));
     let mut cmd = Command::new(TESTTREE);
     cmd.arg("--pids").arg(&pids).arg("setsid");
-    let job = corral::Job::spawn(&mut cmd, &cgroup_options(sandbox)).expect("spawn");
-    let cgroup = job.cgroup().expect("cgroup").to_path_buf();
-    let held = Held::from_tree(&pids, &["top", "setsid"], &cgroup);
+    let opts = crate::common::options(sandbox, mechanism);
+    let job = corral::Job::spawn(&mut cmd, &opts).expect("spawn");
+    let own_child = OwnChild::of(&job);
+    let held = Held::from_tree(&pids, &["top", "setsid"], &job);
     assert_eq!(held.pid("top"), job.pid());
     let setsid = held.pid("setsid");
     assert_eq!(
-        session_of(setsid),
-        Some(setsid),
+        stat_field(setsid, 6),
+        Some(setsid.into()),
         "the child has a session of its own"
     );
-    (job, held, cgroup)
+    (job, held, own_child)
 }
 
-#[test]
-fn drop_kills_the_tree_and_removes_the_cgroup() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-drop") else {
+fn drop_kills_the_tree_and_cleans_up(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-drop", mechanism) else {
         return;
     };
-    let (job, held, cgroup) = spawn_setsid_tree(&sandbox, "drop");
-    let main = pidfd(job.pid());
+    let (job, held, own_child) = spawn_setsid_tree(&sandbox, mechanism, "drop");
+    let cgroup = job.cgroup().map(Path::to_path_buf);
     let started = Instant::now();
     drop(job);
     let took = started.elapsed();
     held.assert_all_gone("after drop(job)");
-    assert!(!cgroup.exists(), "drop left {}", cgroup.display());
-    // Drop reaped the main process: there is nothing left to wait for.
-    let reaped = waitid(
-        WaitId::PidFd(main.as_fd()),
-        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-    );
-    assert!(
-        matches!(reaped, Err(rustix::io::Errno::CHILD)),
-        "the main process was not reaped by drop: waitid gave {reaped:?}"
-    );
+    if let Some(cgroup) = cgroup {
+        assert!(!cgroup.exists(), "drop left {}", cgroup.display());
+    }
+    // Drop reaped its own child (the main process, or the supervisor).
+    own_child.assert_reaped();
     assert!(took < DEADLINE, "drop took {took:?}");
     sandbox.assert_clean();
 }
 
-#[test]
-fn detach_leaves_the_tree_running() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-detach") else {
+fn detach_leaves_the_tree_running(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-detach", mechanism) else {
         return;
     };
-    let (job, held, cgroup) = spawn_setsid_tree(&sandbox, "detach");
+    let (job, held, own_child) = spawn_setsid_tree(&sandbox, mechanism, "detach");
     let main_pid = job.pid();
+    let cgroup = job.cgroup().map(Path::to_path_buf);
     let detached = job.detach();
     // From here on this test owns the job: end it even if an assertion fails.
-    let mut guard = DetachedGuard {
+    let mut takeover = Takeover {
         cgroup: cgroup.clone(),
-        main: Some(main_pid),
-        main_fd: pidfd(main_pid),
+        held,
+        own_child: Some(own_child),
     };
     assert_eq!(detached.pid, main_pid);
-    assert_eq!(detached.cgroup.as_deref(), Some(cgroup.as_path()));
-    assert!(cgroup.is_dir(), "detach removed {}", cgroup.display());
-    assert!(CgroupTree::populated(&cgroup));
-    assert!(held.alive().len() == 2, "detach ended: {:?}", held.alive());
+    assert_eq!(detached.cgroup, cgroup);
+    let held = &takeover.held;
+    assert_eq!(held.alive().len(), 2, "detach ended: {:?}", held.alive());
     // Nothing left behind by the Job goes on to stop it.
     let (_, _, main_fd) = &held.procs[0];
     assert!(
@@ -82,75 +85,102 @@ fn detach_leaves_the_tree_running() {
         "the detached main process exited"
     );
     assert_eq!(held.alive().len(), 2, "{:?}", held.alive());
-    let mut pids = CgroupTree::procs_recursive(&cgroup);
-    pids.sort();
-    let mut expected = vec![held.pid("top") as i32, held.pid("setsid") as i32];
-    expected.sort();
-    assert_eq!(pids, expected, "the detached cgroup's members");
+    if let Some(cgroup) = &cgroup {
+        assert!(cgroup.is_dir(), "detach removed {}", cgroup.display());
+        assert!(CgroupTree::populated(cgroup));
+        let mut pids = CgroupTree::procs_recursive(cgroup);
+        pids.sort();
+        let mut expected = vec![held.pid("top") as i32, held.pid("setsid") as i32];
+        expected.sort();
+        assert_eq!(pids, expected, "the detached cgroup's members");
+    }
 
-    // Take it over: kill, wait until empty, remove, reap.
-    guard.end();
-    held.assert_all_gone("after cgroup.kill of the detached job");
-    assert!(!cgroup.exists());
-    sandbox.assert_clean();
-}
-
-/// Ends a detached job: `cgroup.kill`, wait for `populated 0`, `rmdir`, reap the main
-/// process (our child: its PID stays its own until we reap it).
-struct DetachedGuard {
-    cgroup: PathBuf,
-    main: Option<u32>,
-    main_fd: OwnedFd,
-}
-
-impl DetachedGuard {
-    fn end(&mut self) {
-        kill_cgroup(&self.cgroup);
-        wait_until(DEADLINE, "the detached cgroup empties", || {
-            !CgroupTree::populated(&self.cgroup)
-        });
-        fs::remove_dir(&self.cgroup)
-            .unwrap_or_else(|e| panic!("rmdir {}: {e}", self.cgroup.display()));
-        let pid = self.main.take().expect("not reaped yet");
-        let raw = Pid::from_raw(pid as i32).expect("a positive pid");
-        let (reaped, status) = rustix::process::waitpid(Some(raw), WaitOptions::empty())
-            .expect("waitpid on the detached main process")
-            .expect("a status");
-        assert_eq!(reaped, raw);
-        assert_eq!(
+    // Take it over: kill, wait until empty, clean up, reap.
+    let status = takeover.end();
+    match mechanism {
+        // Our child was the main process, killed.
+        Mechanism::Cgroup => assert_eq!(
             status.terminating_signal(),
             Some(libc::SIGKILL),
             "{status:?}"
+        ),
+        // Our child was the supervisor, which exits by itself once the job is empty.
+        Mechanism::Pgroup => assert!(status.exit_status().is_some(), "{status:?}"),
+    }
+    takeover.held.assert_all_gone("after the takeover");
+    if let Some(cgroup) = &cgroup {
+        assert!(!cgroup.exists());
+    }
+    sandbox.assert_clean();
+}
+
+/// Ends a detached job, as its new owner would: kill its processes (`cgroup.kill`, or
+/// through the pidfds held for them), wait until the job is empty, remove the cgroup, and
+/// reap the job's process that is our child (the main process, or the supervisor, which
+/// exits once the job is empty). Our unreaped child: its PID stays its own until reaped.
+struct Takeover {
+    cgroup: Option<PathBuf>,
+    held: Held,
+    own_child: Option<OwnChild>,
+}
+
+impl Takeover {
+    fn end(&mut self) -> WaitStatus {
+        if let Some(cgroup) = &self.cgroup {
+            kill_cgroup(cgroup);
+            wait_until(DEADLINE, "the detached cgroup empties", || {
+                !CgroupTree::populated(cgroup)
+            });
+            fs::remove_dir(cgroup).unwrap_or_else(|e| panic!("rmdir {}: {e}", cgroup.display()));
+        } else {
+            self.held.kill_all();
+        }
+        let child = self.own_child.take().expect("not reaped yet");
+        assert!(
+            wait_exited(child.fd(), Instant::now() + DEADLINE),
+            "the job's {} ({}) did not exit once the job was empty",
+            child.what,
+            child.pid
         );
+        reap(child.pid)
     }
 }
 
-impl Drop for DetachedGuard {
+impl Drop for Takeover {
     fn drop(&mut self) {
-        if self.cgroup.exists() {
-            kill_cgroup(&self.cgroup);
-            let deadline = Instant::now() + DEADLINE;
-            while CgroupTree::populated(&self.cgroup) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
+        self.held.kill_all();
+        if let Some(cgroup) = &self.cgroup {
+            if cgroup.exists() {
+                kill_cgroup(cgroup);
+                let deadline = Instant::now() + DEADLINE;
+                while CgroupTree::populated(cgroup) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let _ = fs::remove_dir(cgroup);
             }
-            let _ = fs::remove_dir(&self.cgroup);
         }
-        if let Some(pid) = self.main.take() {
-            let _ = rustix::process::pidfd_send_signal(&self.main_fd, Signal::KILL);
-            if let Some(raw) = Pid::from_raw(pid as i32) {
+        if let Some(child) = self.own_child.take() {
+            if !wait_exited(child.fd(), Instant::now() + DEADLINE) {
+                let _ = rustix::process::pidfd_send_signal(child.fd(), Signal::KILL);
+            }
+            if let Some(raw) = Pid::from_raw(child.pid as i32) {
                 let _ = rustix::process::waitpid(Some(raw), WaitOptions::empty());
             }
         }
     }
 }
 
+/// `waitpid` on a child of ours that has exited.
+fn reap(pid: u32) -> WaitStatus {
+    let raw = Pid::from_raw(pid as i32).expect("a positive pid");
+    let (reaped, status) = rustix::process::waitpid(Some(raw), WaitOptions::empty())
+        .unwrap_or_else(|e| panic!("waitpid({pid}): {e}"))
+        .expect("a status");
+    assert_eq!(reaped, raw);
+    status
+}
+
 fn kill_cgroup(cgroup: &Path) {
     let kill = cgroup.join("cgroup.kill");
     fs::write(&kill, "1").unwrap_or_else(|e| panic!("write 1 to {}: {e}", kill.display()));
-}
-
-/// The session of `pid` (field 6 of `/proc/<pid>/stat`).
-fn session_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.split(' ').nth(3)?.parse().ok()
 }

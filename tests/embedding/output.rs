@@ -7,30 +7,34 @@ use std::sync::mpsc;
 
 use rustix::pipe::{pipe_with, PipeFlags};
 
-use crate::common::{cgroup_options, Outside, DEADLINE};
-use crate::util::Sandbox;
+use crate::common::{assert_cleaned_up, options, Outside, DEADLINE};
+use crate::util::{both_mechanisms, Mechanism, Sandbox};
 
-#[test]
-fn collects_stdout_and_stderr() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-output") else {
+both_mechanisms!(
+    collects_stdout_and_stderr,
+    reads_more_than_a_pipe_holds,
+    returns_while_a_process_outside_the_job_holds_the_pipe,
+);
+
+fn collects_stdout_and_stderr(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-output", mechanism) else {
         return;
     };
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", "echo out; echo err >&2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let job = corral::Job::spawn(&mut cmd, &cgroup_options(&sandbox)).expect("spawn");
+    let job = corral::Job::spawn(&mut cmd, &options(&sandbox, mechanism)).expect("spawn");
     let output = job.wait_with_output().expect("wait_with_output");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
     assert_eq!(output.report.exit_status, 0, "{:#?}", output.report);
-    assert_eq!(output.report.cleanup.cgroup_removed, Some(true));
+    assert_cleaned_up(&output.report, mechanism);
     sandbox.assert_clean();
 }
 
-#[test]
-fn reads_more_than_a_pipe_holds() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-output-big") else {
+fn reads_more_than_a_pipe_holds(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-output-big", mechanism) else {
         return;
     };
     // 1 MB: far more than a pipe buffer (64 KiB), so the job blocks unless it is read
@@ -39,18 +43,18 @@ fn reads_more_than_a_pipe_holds() {
     cmd.args(["-c", "head -c 1000000 /dev/zero; echo done >&2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let job = corral::Job::spawn(&mut cmd, &cgroup_options(&sandbox)).expect("spawn");
+    let job = corral::Job::spawn(&mut cmd, &options(&sandbox, mechanism)).expect("spawn");
     let output = wait_with_output_within(job).expect("wait_with_output");
     assert_eq!(output.stdout.len(), 1_000_000);
     assert!(output.stdout.iter().all(|b| *b == 0));
     assert_eq!(String::from_utf8_lossy(&output.stderr), "done\n");
     assert_eq!(output.report.exit_status, 0, "{:#?}", output.report);
+    assert_cleaned_up(&output.report, mechanism);
     sandbox.assert_clean();
 }
 
-#[test]
-fn returns_while_a_process_outside_the_job_holds_the_pipe() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-output-held") else {
+fn returns_while_a_process_outside_the_job_holds_the_pipe(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-output-held", mechanism) else {
         return;
     };
     let (read, write) = pipe_with(PipeFlags::CLOEXEC).expect("pipe");
@@ -68,7 +72,7 @@ fn returns_while_a_process_outside_the_job_holds_the_pipe() {
     cmd.args(["-c", "echo from the job"])
         .stdin(Stdio::null())
         .stdout(Stdio::from(write));
-    let mut job = corral::Job::spawn(&mut cmd, &cgroup_options(&sandbox)).expect("spawn");
+    let mut job = corral::Job::spawn(&mut cmd, &options(&sandbox, mechanism)).expect("spawn");
     // The Command holds a copy of the write end until dropped.
     drop(cmd);
     // We made the pipe ourselves, so std has no ChildStdout for it: hand the read end over.
@@ -85,6 +89,7 @@ fn returns_while_a_process_outside_the_job_holds_the_pipe() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "from the job\n");
     assert_eq!(output.report.exit_status, 0, "{:#?}", output.report);
     assert!(output.report.leftovers.is_empty(), "{:#?}", output.report);
+    assert_cleaned_up(&output.report, mechanism);
     assert!(status.code().is_none(), "outside process: {status:?}");
     sandbox.assert_clean();
 }

@@ -1,6 +1,7 @@
 //! `Job::spawn` takes a `std::process::Command` as the caller set it up (arguments,
-//! environment, directory, piped stdio), puts the child in the job's cgroup, and leaves the
-//! `Command` reusable: a later plain `spawn` is not put in any job.
+//! environment, directory, piped stdio), puts the child in the job (its cgroup, or a
+//! process group of its own under a supervisor), and leaves the `Command` reusable: a
+//! later plain `spawn` is not put in any job.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -8,14 +9,21 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 
-use crate::common::{cgroup_of, cgroup_options, read_in_thread, recv_bytes, Outside};
-use crate::util::Sandbox;
+use crate::common::{
+    assert_cleaned_up, cgroup_of, options, ppid_of, read_in_thread, recv_bytes, stat_field,
+    Outside, OwnChild,
+};
+use crate::util::{both_mechanisms, Mechanism, Sandbox};
 
 const SCRIPT: &str = r#"read line; printf '%s|%s|%s|%s|%s\n' "$line" "$0" "$1" "$FOO" "${HOME-unset}"; pwd; echo err >&2; exit 5"#;
 
-#[test]
-fn command_is_honoured() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-command") else {
+both_mechanisms!(
+    command_is_honoured,
+    command_can_be_spawned_again_outside_the_job
+);
+
+fn command_is_honoured(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-command", mechanism) else {
         return;
     };
     let cwd = sandbox.dir.join("work dir");
@@ -30,22 +38,37 @@ fn command_is_honoured() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut job = corral::Job::spawn(&mut cmd, &cgroup_options(&sandbox)).expect("spawn");
-    assert_eq!(job.mechanism(), corral::Mechanism::Cgroup);
-    let cgroup = job
-        .cgroup()
-        .expect("a cgroup job has a cgroup")
-        .to_path_buf();
-    assert!(
-        cgroup.starts_with(sandbox.cgroup().jobs()),
-        "{}",
-        cgroup.display()
-    );
+    let mut job = corral::Job::spawn(&mut cmd, &options(&sandbox, mechanism)).expect("spawn");
     let pid = job.pid();
+    let own_child = OwnChild::of(&job);
 
     // While it waits on stdin: where it runs and what it was given, as the kernel says.
-    assert_eq!(cgroup_of(Some(pid)), cgroup, "the main process's cgroup");
     assert_eq!(job.members().expect("members"), vec![pid]);
+    let cgroup = job.cgroup().map(|c| c.to_path_buf());
+    match mechanism {
+        Mechanism::Cgroup => {
+            assert_eq!(job.mechanism(), corral::Mechanism::Cgroup);
+            let cgroup = cgroup.as_ref().expect("a cgroup job has a cgroup");
+            assert!(
+                cgroup.starts_with(sandbox.cgroup().jobs()),
+                "{}",
+                cgroup.display()
+            );
+            assert_eq!(&cgroup_of(Some(pid)), cgroup, "the main process's cgroup");
+        }
+        Mechanism::Pgroup => {
+            assert_eq!(job.mechanism(), corral::Mechanism::Pgroup);
+            assert!(cgroup.is_none());
+            // Under its supervisor (our child, found by OwnChild), in a group of its own.
+            assert_eq!(ppid_of(pid), Some(own_child.pid), "the main's parent");
+            assert_ne!(own_child.pid, pid);
+            assert_eq!(
+                stat_field(pid, 5),
+                Some(pid.into()),
+                "the main's process group"
+            );
+        }
+    }
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let argv: Vec<&OsStr> = cmdline
         .split(|b| *b == 0)
@@ -92,7 +115,8 @@ fn command_is_honoured() {
     let report = job.wait().expect("wait");
     assert_eq!(report.exit_status, 5, "{report:#?}");
     assert_eq!(report.pid, pid);
-    assert_eq!(report.mechanism, corral::Mechanism::Cgroup);
+    assert_cleaned_up(&report, mechanism);
+    own_child.assert_reaped();
     assert!(
         report.spawn.contains("std::process::Command"),
         "report.spawn should name the std path: {:?}",
@@ -102,39 +126,61 @@ fn command_is_honoured() {
         report.command,
         ["/bin/sh", "-c", SCRIPT, "name zero", "first arg"]
     );
-    assert_eq!(report.cgroup.as_deref(), Some(cgroup.as_path()));
-    assert_eq!(report.cleanup.cgroup_removed, Some(true), "{report:#?}");
-    assert!(!cgroup.exists(), "{} not removed", cgroup.display());
+    assert_eq!(report.cgroup, cgroup);
     sandbox.assert_clean();
 }
 
-#[test]
-fn command_can_be_spawned_again_outside_the_job() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-respawn") else {
+fn command_can_be_spawned_again_outside_the_job(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-respawn", mechanism) else {
         return;
     };
-    let opts = cgroup_options(&sandbox);
+    let opts = options(&sandbox, mechanism);
     let mut cmd = Command::new("sleep");
     cmd.arg("1000").stdin(Stdio::null());
     let mut job = corral::Job::spawn(&mut cmd, &opts).expect("spawn");
-    let cgroup = job.cgroup().expect("cgroup").to_path_buf();
-    assert_eq!(cgroup_of(Some(job.pid())), cgroup);
+    let job_cgroup = job.cgroup().map(|c| c.to_path_buf());
 
-    // The same Command, spawned by the caller while the job runs.
+    // The same Command, spawned by the caller while the job runs: an ordinary child of
+    // ours, in our cgroup and our process group, and no member of the job.
     let again = Outside::spawn(&mut cmd);
-    let own = cgroup_of(None);
     let theirs = cgroup_of(Some(again.pid()));
-    assert_ne!(theirs, cgroup, "a plain spawn joined the job's cgroup");
-    assert_eq!(theirs, own, "a plain spawn runs where its parent does");
+    if let Some(cgroup) = &job_cgroup {
+        assert_eq!(&cgroup_of(Some(job.pid())), cgroup);
+        assert_ne!(&theirs, cgroup, "a plain spawn joined the job's cgroup");
+    }
+    assert_eq!(
+        theirs,
+        cgroup_of(None),
+        "a plain spawn runs where its parent does"
+    );
+    assert_eq!(ppid_of(again.pid()), Some(std::process::id()));
+    assert_eq!(
+        stat_field(again.pid(), 5),
+        stat_field(std::process::id(), 5),
+        "a plain spawn stays in our process group"
+    );
+    assert_eq!(
+        fs::read(format!("/proc/{}/cmdline", again.pid())).unwrap(),
+        b"sleep\x001000\x00",
+        "a plain spawn runs the program itself (not a supervisor)"
+    );
+    let children = format!("/proc/{0}/task/{0}/children", again.pid());
+    assert_eq!(
+        fs::read_to_string(children).unwrap(),
+        "",
+        "it forked nothing"
+    );
     assert_eq!(job.members().expect("members"), vec![job.pid()]);
     assert!(!again.has_exited());
     drop(again);
     let report = job.kill().expect("kill");
     assert_eq!(report.exit.and_then(|e| e.signal), Some(libc::SIGKILL));
+    assert_cleaned_up(&report, mechanism);
 
-    // Once the job is over, its leaf's descriptor is closed and its number may be reused:
-    // a hook still armed would write "0" into whatever holds it now. Hold a few
-    // descriptors (the lowest free numbers) while spawning again.
+    // Once the job is over, the descriptor its hook used (the leaf's `cgroup.procs`, the
+    // supervisor's socket) is closed and its number may be reused: a hook still armed
+    // would write into whatever holds it now. Hold a few descriptors (the lowest free
+    // numbers) while spawning again.
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", "exit 7"]);
     let report = corral::Job::spawn(&mut cmd, &opts)

@@ -5,19 +5,20 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{cgroup_options, wait_until, DEADLINE};
-use crate::util::Sandbox;
+use crate::common::{options, wait_until, DEADLINE};
+use crate::util::{both_mechanisms, Mechanism, Sandbox};
+
+both_mechanisms!(stop_while_forking_reaches_every_process);
 
 /// Four shells fork `sleep`s back to back (at most 150 each) and the job is stopped while
 /// they do: the stop's member list is out of date as soon as it is read.
-#[test]
-fn stop_while_forking_reaches_every_process() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-stop-race") else {
+fn stop_while_forking_reaches_every_process(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-stop-race", mechanism) else {
         return;
     };
     let opts = corral::Options {
         grace: Duration::from_secs(2),
-        ..cgroup_options(&sandbox)
+        ..options(&sandbox, mechanism)
     };
     let mut missed = Vec::new();
     for round in 0..12 {

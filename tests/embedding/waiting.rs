@@ -7,18 +7,25 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{cgroup_options, pidfd, wait_until, DEADLINE};
-use crate::util::{exited, Sandbox};
+use crate::common::{
+    assert_cleaned_up, assert_in_job, options, pidfd, wait_until, OwnChild, DEADLINE,
+};
+use crate::util::{both_mechanisms, exited, Mechanism, Sandbox};
 
-#[test]
-fn try_wait_is_none_while_running_then_the_report() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-try-wait") else {
+both_mechanisms!(
+    try_wait_is_none_while_running_then_the_report,
+    wait_timeout_leaves_the_job_running_and_stop_ends_it,
+    kill_after_exit_returns_the_same_report,
+);
+
+fn try_wait_is_none_while_running_then_the_report(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-try-wait", mechanism) else {
         return;
     };
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", "read x; exit 3"]).stdin(Stdio::piped());
-    let mut job = corral::Job::spawn(&mut cmd, &cgroup_options(&sandbox)).expect("spawn");
-    let cgroup = job.cgroup().expect("cgroup").to_path_buf();
+    let mut job = corral::Job::spawn(&mut cmd, &options(&sandbox, mechanism)).expect("spawn");
+    let own_child = OwnChild::of(&job);
     for _ in 0..3 {
         let started = Instant::now();
         assert!(job.try_wait().expect("try_wait").is_none());
@@ -44,8 +51,8 @@ fn try_wait_is_none_while_running_then_the_report() {
     assert_eq!(report.exit.and_then(|e| e.code), Some(3));
     assert!(report.stop.is_none(), "{report:#?}");
     assert!(report.leftovers.is_empty(), "{report:#?}");
-    assert_eq!(report.cleanup.cgroup_removed, Some(true));
-    assert!(!cgroup.exists());
+    assert_cleaned_up(&report, mechanism);
+    own_child.assert_reaped();
     assert!(job.members().expect("members").is_empty());
 
     assert_eq!(
@@ -57,17 +64,17 @@ fn try_wait_is_none_while_running_then_the_report() {
     sandbox.assert_clean();
 }
 
-#[test]
-fn wait_timeout_leaves_the_job_running_and_stop_ends_it() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-wait-timeout") else {
+fn wait_timeout_leaves_the_job_running_and_stop_ends_it(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-wait-timeout", mechanism) else {
         return;
     };
     let mut cmd = Command::new("sleep");
     cmd.arg("1000");
-    let mut job = corral::Job::spawn(&mut cmd, &cgroup_options(&sandbox)).expect("spawn");
-    let cgroup = job.cgroup().expect("cgroup").to_path_buf();
-    // Our unreaped child (the job has not been waited for): its PID is its own.
+    let mut job = corral::Job::spawn(&mut cmd, &options(&sandbox, mechanism)).expect("spawn");
+    let own_child = OwnChild::of(&job);
     let main = pidfd(job.pid());
+    // Opened by PID: check it is the job's main process.
+    assert_in_job(&job, job.pid(), "main process");
 
     let started = Instant::now();
     assert!(job
@@ -97,9 +104,9 @@ fn wait_timeout_leaves_the_job_running_and_stop_ends_it() {
     let stop = report.stop.as_ref().expect("a stop report");
     assert_eq!(stop.reason, corral::StopReason::Requested);
     assert_eq!(stop.outcome, corral::StopOutcome::Exited, "{report:#?}");
-    assert!(report.survivors.is_empty());
+    assert_cleaned_up(&report, mechanism);
     assert!(exited(main.as_fd()));
-    assert!(!cgroup.exists());
+    own_child.assert_reaped();
 
     // Over: every call gives the same report back, and nothing is signalled again.
     assert_eq!(job.stop().expect("stop again"), report);
@@ -121,18 +128,63 @@ fn wait_timeout_leaves_the_job_running_and_stop_ends_it() {
     sandbox.assert_clean();
 }
 
-#[test]
-fn kill_after_exit_returns_the_same_report() {
-    let Some(sandbox) = Sandbox::with_cgroup("embed-kill-after") else {
+fn kill_after_exit_returns_the_same_report(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-kill-after", mechanism) else {
         return;
     };
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", "exit 0"]);
-    let mut job = corral::Job::spawn(&mut cmd, &cgroup_options(&sandbox)).expect("spawn");
+    let mut job = corral::Job::spawn(&mut cmd, &options(&sandbox, mechanism)).expect("spawn");
     let report = job.wait().expect("wait");
     assert_eq!(report.exit_status, 0);
     assert!(report.stop.is_none(), "{report:#?}");
+    assert_cleaned_up(&report, mechanism);
     assert_eq!(job.kill().expect("kill after wait"), report);
     assert_eq!(job.stop().expect("stop after wait"), report);
+    sandbox.assert_clean();
+}
+
+both_mechanisms!(no_stop_without_leftovers);
+
+/// A job whose main process exits and leaves nothing behind ends without a stop sequence:
+/// `stop` is `None` (a stop "for leftovers" with no leftovers is a wrong report). Many
+/// jobs, from 4 threads at once, since a wrong answer here comes from a race with the
+/// job's end.
+fn no_stop_without_leftovers(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("embed-no-stop", mechanism) else {
+        return;
+    };
+    let opts = options(&sandbox, mechanism);
+    let wrong = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..25 {
+                    let mut cmd = Command::new("true");
+                    let report = corral::Job::spawn(&mut cmd, &opts)
+                        .expect("spawn")
+                        .wait()
+                        .expect("wait");
+                    assert_eq!(report.exit_status, 0, "{report:#?}");
+                    assert!(report.leftovers.is_empty(), "{report:#?}");
+                    assert_cleaned_up(&report, mechanism);
+                    if let Some(stop) = report.stop {
+                        let steps: Vec<&str> = stop.steps.iter().map(|s| s.step.as_str()).collect();
+                        wrong
+                            .lock()
+                            .unwrap()
+                            .push(format!("{:?}, steps {steps:?}", stop.reason));
+                    }
+                }
+            });
+        }
+    });
+    let wrong = wrong.into_inner().unwrap();
+    assert!(
+        wrong.is_empty(),
+        "{} of 100 jobs with no leftovers ran a stop sequence:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     sandbox.assert_clean();
 }
