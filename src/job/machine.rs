@@ -23,6 +23,9 @@ use crate::report::{
 };
 use crate::Mechanism;
 
+/// How long a job whose main process exited, with no leftover found, may take to become
+/// empty before corral looks for leftovers again.
+const SETTLE: Duration = Duration::from_millis(250);
 /// How long the kill stage waits for the job to empty before reporting survivors.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// cgroup: how soon after `cgroup.kill` the members it missed get SIGKILL through pidfds.
@@ -35,6 +38,10 @@ const PGROUP_REWALK: Duration = Duration::from_millis(20);
 pub(super) enum Phase {
     /// The main process runs.
     Running,
+    /// The main process exited and no leftover was found, but the job is not empty yet
+    /// (a supervisor still reaping the main process, a cgroup not yet unpopulated): wait
+    /// for emptiness until `until`, then look for leftovers again.
+    Settling { until: Instant },
     /// The main process exited; leftovers policy `wait`: the job lasts until it is empty.
     Draining,
     /// The stop ladder runs.
@@ -95,7 +102,7 @@ impl Job {
         loop {
             match self.phase {
                 Phase::Over => return Ok(Progress::Done),
-                Phase::Running | Phase::Draining => {
+                Phase::Running | Phase::Settling { .. } | Phase::Draining => {
                     if let Some(&first) = signals.first() {
                         let sigs = std::mem::take(&mut signals);
                         self.signals.extend(sigs.iter().map(|s| s.to_string()));
@@ -124,6 +131,19 @@ impl Job {
                         }
                         return Ok(Progress::Pending(self.wants_empty(self.deadline)));
                     }
+                    if let Phase::Settling { until } = self.phase {
+                        if self.is_empty()? {
+                            self.finish()?;
+                            continue;
+                        }
+                        if Instant::now() < until {
+                            let wake = super::earliest(Some(until), self.deadline);
+                            return Ok(Progress::Pending(self.wants_empty(wake)));
+                        }
+                        self.leftovers = self.snapshot();
+                        self.apply_leftovers_policy()?;
+                        continue;
+                    }
                     self.poll_main()?;
                     // A supervisor that exits before reporting the main process's exit (it
                     // was killed) ends the job too: there is no one left to wait for.
@@ -138,16 +158,16 @@ impl Job {
                         continue;
                     }
                     self.leftovers = self.snapshot();
-                    if self.leftovers.is_empty() && self.is_empty()? {
-                        self.finish()?;
+                    if self.leftovers.is_empty() {
+                        // Nothing is left running, but the job is not empty yet: the
+                        // cgroup or the supervisor has not caught up with the main
+                        // process's exit. Normally a matter of microseconds.
+                        self.phase = Phase::Settling {
+                            until: Instant::now() + SETTLE,
+                        };
                         continue;
                     }
-                    match self.opts.leftovers {
-                        Leftovers::Kill => {
-                            self.begin_stop(StopReason::Leftovers, self.opts.signal, false)?
-                        }
-                        Leftovers::Wait => self.phase = Phase::Draining,
-                    }
+                    self.apply_leftovers_policy()?;
                 }
                 Phase::Stopping(_) => {
                     let Phase::Stopping(mut s) = std::mem::replace(&mut self.phase, Phase::Over)
@@ -167,6 +187,17 @@ impl Job {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Leftovers were found after the main process exited: stop them, or wait for them.
+    fn apply_leftovers_policy(&mut self) -> Result<()> {
+        match self.opts.leftovers {
+            Leftovers::Kill => self.begin_stop(StopReason::Leftovers, self.opts.signal, false),
+            Leftovers::Wait => {
+                self.phase = Phase::Draining;
+                Ok(())
             }
         }
     }
@@ -198,7 +229,7 @@ impl Job {
                 }
                 Ok(())
             }
-            Phase::Running | Phase::Draining => {
+            Phase::Running | Phase::Settling { .. } | Phase::Draining => {
                 self.begin_stop(StopReason::Requested, polite, false)
             }
         }

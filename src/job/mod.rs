@@ -478,7 +478,7 @@ fn poll_wants(wants: &Wants, extra: &[BorrowedFd<'_>], deadline: Option<Instant>
     Ok(())
 }
 
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
