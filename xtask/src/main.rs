@@ -12,9 +12,10 @@ USAGE:
     cargo xtask <TASK> [OPTIONS]
 
 TASKS:
-    bench [--quick]   Measure corral against same-run baselines (spawn + wait of /bin/true,
-                      stopping trees of 10/100/1000 processes, `corral run` idle cost vs
-                      `timeout`). Needs root and a cgroup2 mount. Writes
+    bench [--quick]   Measure corral against same-run baselines (spawn + wait of /bin/true
+                      through each library path, std and tokio; stopping trees of
+                      10/100/1000 processes; `corral run` idle cost vs `timeout`; 100
+                      concurrent jobs). Needs root and a cgroup2 mount. Writes
                       target/bench/benchmarks.md and copies it to docs/benchmarks.md.
                       --quick: few rounds, a smoke test; writes only target/bench/.
     help              Print this list.

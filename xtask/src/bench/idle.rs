@@ -52,7 +52,7 @@ pub struct IdleFigures {
 }
 
 pub fn run(bench: &mut Bench, plan: &Plan) -> Result<IdleFigures> {
-    let corral_bin = super::workspace_root().join("target/release/corral");
+    let corral_bin = super::corral_binary();
     let jobs = bench.root.jobs();
     let mut f = IdleFigures {
         rounds: plan.idle_rounds,
@@ -60,7 +60,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<IdleFigures> {
         timeout: Vec::new(),
     };
     eprintln!(
-        "bench: 3/3 idle supervisor: {} rounds of `corral run -- sleep {SLEEP}` and `timeout 10 sleep {SLEEP}`",
+        "bench: 3/4 idle supervisor: {} rounds of `corral run -- sleep {SLEEP}` and `timeout 10 sleep {SLEEP}`",
         plan.idle_rounds
     );
     for _ in 0..plan.idle_rounds {
@@ -142,7 +142,7 @@ fn switches(pid: i32) -> Result<(u64, usize)> {
 }
 
 /// The first number after `key` in a `/proc/.../status` file.
-fn status_field(path: impl AsRef<Path>, key: &str) -> Option<u64> {
+pub fn status_field(path: impl AsRef<Path>, key: &str) -> Option<u64> {
     let text = fs::read_to_string(path).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(key))

@@ -1,11 +1,13 @@
 //! `cargo xtask bench`: corral's costs, each as a ratio to a baseline measured in the same
 //! run with interleaved rounds (A B C A B C ...), so drift and noise hit both sides alike.
 //!
-//! 1. [`spawn_wait`]: spawn + wait + cleanup of `/bin/true` as a job vs a bare
-//!    `Command::status()`.
+//! 1. [`spawn_wait`]: spawn + wait + cleanup of `/bin/true` as a job, through each spawn
+//!    path of the library, vs a bare `Command::status()`.
 //! 2. [`stop_tree`]: stopping trees of 10 / 100 / 1000 sleeping processes vs a raw
 //!    `cgroup.kill`.
 //! 3. [`idle`]: `corral run -- sleep 5` vs `timeout 10 sleep 5`: peak RSS, CPU, wake-ups.
+//! 4. [`concurrent`]: 100 jobs of `sleep 0.1` at once, one thread each, vs 100 bare
+//!    `Command::status()` threads: throughput.
 //!
 //! Safety: everything runs under one cgroup of the bench's own ([`cgroup::BenchRoot`]),
 //! removed at the end and on any error; processes are signalled only through pidfds; rounds
@@ -13,6 +15,7 @@
 //! rounds [`Bench::check_clean`] verifies nothing was left behind.
 
 mod cgroup;
+mod concurrent;
 mod idle;
 mod machine;
 mod procs;
@@ -36,6 +39,9 @@ pub struct Plan {
     /// (N, rounds) per tree size.
     pub trees: Vec<(usize, usize)>,
     pub idle_rounds: usize,
+    /// Jobs started at once in figure 4, and how many rounds of that.
+    pub concurrent_jobs: usize,
+    pub concurrent_rounds: usize,
     pub quick: bool,
 }
 
@@ -46,6 +52,8 @@ impl Plan {
             spawn_rounds: 200,
             trees: vec![(10, 15), (100, 15), (1000, 7)],
             idle_rounds: 3,
+            concurrent_jobs: 100,
+            concurrent_rounds: 15,
             quick: false,
         }
     }
@@ -56,6 +64,8 @@ impl Plan {
             spawn_rounds: 20,
             trees: vec![(10, 3), (100, 3), (1000, 2)],
             idle_rounds: 1,
+            concurrent_jobs: 100,
+            concurrent_rounds: 2,
             quick: true,
         }
     }
@@ -65,8 +75,9 @@ impl Plan {
 pub struct Bench {
     root: BenchRoot,
     /// Things that went wrong without stopping the bench (a report that says a job left
-    /// survivors, a leaf not removed, ...): each is a possible corral bug.
-    anomalies: Vec<String>,
+    /// survivors, a leaf not removed, ...): each is a possible corral bug. Each distinct
+    /// message once, with how many times it came up.
+    anomalies: Vec<(String, usize)>,
     /// Exited orphans of ours that nobody else reaped (see [`procs::reap_strays`]).
     strays_reaped: usize,
 }
@@ -84,13 +95,33 @@ impl Bench {
         }
     }
 
-    /// Records an anomaly unless `ok`.
+    /// Records an anomaly unless `ok` (printed the first time it comes up, counted after).
     fn expect(&mut self, ok: bool, what: impl Into<String>) {
         if !ok {
             let what = what.into();
-            eprintln!("\nbench: ANOMALY: {what}");
-            self.anomalies.push(what);
+            match self.anomalies.iter_mut().find(|(a, _)| *a == what) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    eprintln!("\nbench: ANOMALY: {what}");
+                    self.anomalies.push((what, 1));
+                }
+            }
         }
+    }
+
+    /// The checks of a job whose main process starts nothing: no leftovers, so no stop.
+    fn check_alone(&mut self, r: &corral::Report, what: &str) {
+        let stop = match &r.stop {
+            Some(s) => format!("a stop (reason {:?})", s.reason),
+            None => "no stop".into(),
+        };
+        self.expect(
+            r.leftovers.is_empty() && r.stop.is_none(),
+            format!(
+                "{what}: the program starts nothing, yet the report has {} leftovers and {stop}",
+                r.leftovers.len(),
+            ),
+        );
     }
 
     /// The checks every job report must pass.
@@ -199,12 +230,17 @@ pub fn run(args: &[String]) -> Result<()> {
     let spawn = spawn_wait::run(&mut bench, &plan)?;
     let trees = stop_tree::run(&mut bench, &plan)?;
     let idle = idle::run(&mut bench, &plan)?;
+    let concurrent = concurrent::run(&mut bench, &plan)?;
 
     let Bench {
         root,
-        mut anomalies,
+        anomalies,
         strays_reaped,
     } = bench;
+    let mut anomalies: Vec<String> = anomalies
+        .into_iter()
+        .map(|(a, n)| if n > 1 { format!("{a} ({n} times)") } else { a })
+        .collect();
     root.close()?;
     if root_path.exists() {
         anomalies.push(format!(
@@ -221,6 +257,7 @@ pub fn run(args: &[String]) -> Result<()> {
         spawn: &spawn,
         trees: &trees,
         idle: &idle,
+        concurrent: &concurrent,
         anomalies: &anomalies,
         strays_reaped,
         load_end,
@@ -251,7 +288,22 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds `target/release/corral`, which figure 3 runs (a no-op when it is up to date).
+/// The runtime the tokio figures run on: multi-thread, one worker per CPU, IO and time
+/// drivers on (what `#[tokio::main]` makes).
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start a tokio runtime")
+}
+
+/// The `corral` binary [`build_cli`] builds: figure 3 runs it, and figure 1's supervised
+/// jobs use it as their supervisor.
+fn corral_binary() -> PathBuf {
+    workspace_root().join("target/release/corral")
+}
+
+/// Builds `target/release/corral`, which figures 1 and 3 run (a no-op when it is up to date).
 fn build_cli() -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("bench: cargo build --release --bin corral");

@@ -4,9 +4,10 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::concurrent::{self, ConcurrentFigures};
 use super::idle::{IdleFigures, IdleRun};
 use super::machine::Machine;
-use super::spawn_wait::SpawnFigures;
+use super::spawn_wait::{self, SpawnFigures};
 use super::stats::{fmt_ratio, fmt_secs, Samples};
 use super::stop_tree::{TreeFigures, Variant};
 use super::Plan;
@@ -15,6 +16,8 @@ use super::Plan;
 const SPAWN_TARGET: f64 = 1.10;
 /// Stopping a tree may take this much longer than a raw `cgroup.kill`.
 const STOP_TARGET: f64 = 1.2;
+/// Many jobs at once must reach this share of the bare throughput.
+const CONCURRENT_TARGET: f64 = 0.9;
 
 pub struct Results<'a> {
     pub plan: &'a Plan,
@@ -22,6 +25,7 @@ pub struct Results<'a> {
     pub spawn: &'a SpawnFigures,
     pub trees: &'a [TreeFigures],
     pub idle: &'a IdleFigures,
+    pub concurrent: &'a ConcurrentFigures,
     pub anomalies: &'a [String],
     pub strays_reaped: usize,
     pub load_end: String,
@@ -59,23 +63,30 @@ fn ratio(a: &Samples, b: &Samples) -> f64 {
 fn targets(r: &Results<'_>) -> Vec<Target> {
     let mut out = Vec::new();
     let s = r.spawn;
-    for (name, samples, mech) in [
-        ("cgroup", &s.cgroup, corral::Mechanism::Cgroup),
-        ("pgroup", &s.pgroup, corral::Mechanism::Pgroup),
-    ] {
-        let x = ratio(samples, &s.bare);
+    let jobs = spawn_wait::Variant::STD_JOBS
+        .into_iter()
+        .map(|v| (v, spawn_wait::Variant::Bare, "`Command::status()`"))
+        .chain([(
+            spawn_wait::Variant::TokioJob,
+            spawn_wait::Variant::TokioBare,
+            "`tokio::process::Command::status()`",
+        )]);
+    for (v, base, base_name) in jobs {
+        let samples = s.get(v);
+        let bare = s.get(base);
+        let x = ratio(samples, bare);
         let met = x <= SPAWN_TARGET;
         out.push(Target {
-            figure: format!("spawn + wait + cleanup of `/bin/true`, {name}"),
-            target: format!("≤ {SPAWN_TARGET:.2}× bare `Command::status()`"),
+            figure: format!("spawn + wait + cleanup of `/bin/true`: {}", v.label()),
+            target: format!("≤ {SPAWN_TARGET:.2}× bare {base_name}"),
             result: format!(
                 "{} ({} vs {})",
                 fmt_ratio(x),
                 fmt_secs(samples.median()),
-                fmt_secs(s.bare.median())
+                fmt_secs(bare.median())
             ),
             met,
-            why: (!met).then(|| Why::own(why_spawn(s, samples, mech))),
+            why: (!met).then(|| Why::own(why_spawn(s, v))),
         });
     }
     for t in r.trees {
@@ -96,6 +107,30 @@ fn targets(r: &Results<'_>) -> Vec<Target> {
             });
         }
     }
+    let c = r.concurrent;
+    let base = c.get(concurrent::Variant::BareThreads);
+    for v in concurrent::Variant::TARGETS {
+        // Throughput is jobs over wall time: its ratio is the inverse of the times'.
+        let x = base.median() / c.get(v).median();
+        let met = x >= CONCURRENT_TARGET;
+        out.push(Target {
+            figure: format!(
+                "{} jobs of `sleep {}` at once: {}",
+                c.jobs,
+                concurrent::SLEEP,
+                v.label()
+            ),
+            target: format!("≥ {CONCURRENT_TARGET:.1}× the bare threads' throughput"),
+            result: format!(
+                "{} ({:.0} vs {:.0} jobs/s)",
+                fmt_ratio(x),
+                c.jobs as f64 / c.get(v).median(),
+                c.jobs as f64 / base.median()
+            ),
+            met,
+            why: (!met).then(|| Why::own(why_concurrent(r, v))),
+        });
+    }
     let worst = r.idle.corral.iter().map(|i| i.wakeups).max().unwrap_or(0);
     out.push(Target {
         figure: "`corral run -- sleep 5`: wake-ups while waiting (0.5 s – 4.5 s)".into(),
@@ -115,55 +150,250 @@ fn targets(r: &Results<'_>) -> Vec<Target> {
 }
 
 /// Why spawning `/bin/true` as a job costs more than a bare spawn.
-fn why_spawn(s: &SpawnFigures, samples: &Samples, mech: corral::Mechanism) -> String {
-    let bare = s.bare.median();
-    let extra = samples.median() - bare;
-    match mech {
-        corral::Mechanism::Cgroup => {
-            // The pgroup job spawns the same way (vfork-style clone3) without a cgroup, so
-            // the difference between the two is what the fresh cgroup costs.
-            let cgroup_cost = samples.median() - s.pgroup.median();
-            let dirs = s.mkdir_rmdir.median();
+fn why_spawn(s: &SpawnFigures, v: spawn_wait::Variant) -> String {
+    use spawn_wait::Variant as V;
+    let med = |v: V| s.get(v).median();
+    let bare = med(V::Bare);
+    let extra = med(v) - bare;
+    let walk = med(V::ProcWalk);
+    match v {
+        V::CommandCgroup => {
+            // The in-process pgroup job spawns the same way (vfork-style clone3) without a
+            // cgroup, so the difference between the two is what the fresh cgroup costs.
+            let cgroup_cost = med(v) - med(V::CommandInProcess);
             format!(
                 "The job takes {} more than the bare spawn. corral spawns like \
                  `posix_spawn` (`clone3` with `CLONE_VM | CLONE_VFORK` on a stack of its own, \
                  plus `CLONE_INTO_CGROUP`), so the spawn itself costs what std's does: the \
-                 same job without a cgroup (pgroup) takes {} ({}). The rest, about {}, is the \
-                 fresh cgroup: `mkdir` and `rmdir` of an empty leaf alone take {}, and the \
-                 kernel's work for the first task of a new cgroup (a new css_set, the \
-                 `populated` notifications) the remainder. A job made by hand with a fork \
-                 into a fresh leaf takes {} ({}), so corral is faster than the obvious \
-                 implementation. What would close it: keeping leaf creation off the spawn \
-                 path (a leaf made ahead of time, or an emptied one reused), which gives up \
-                 the fresh, empty cgroup per job that the design promises; we keep the \
-                 promise and report the miss.",
+                 same job without a cgroup (in-process pgroup) takes {} ({}). The rest, \
+                 about {}, is the fresh cgroup: `mkdir` and `rmdir` of an empty leaf alone \
+                 take {}, and the kernel's work for the first task of a new cgroup (a new \
+                 css_set, the `populated` notifications) the remainder. A job made by hand \
+                 with a fork into a fresh leaf takes {} ({}), so corral is faster than the \
+                 obvious implementation. What would close it: keeping leaf creation off the \
+                 spawn path (a leaf made ahead of time, or an emptied one reused), which \
+                 gives up the fresh, empty cgroup per job that the design promises; we keep \
+                 the promise and report the miss.",
                 fmt_secs(extra),
-                fmt_secs(s.pgroup.median()),
-                fmt_ratio(s.pgroup.median() / bare),
+                fmt_secs(med(V::CommandInProcess)),
+                fmt_ratio(med(V::CommandInProcess) / bare),
                 fmt_secs(cgroup_cost),
-                fmt_secs(dirs),
-                fmt_secs(s.by_hand.median()),
-                fmt_ratio(s.by_hand.median() / bare),
+                fmt_secs(med(V::MkdirRmdir)),
+                fmt_secs(med(V::ByHand)),
+                fmt_ratio(med(V::ByHand) / bare),
             )
         }
-        corral::Mechanism::Pgroup => {
-            let walk = s.proc_walk.median();
+        V::SpawnCgroup => {
+            let fork = med(V::Fork) - bare;
+            let own = med(v) - med(V::ByHand);
+            let own = if own.abs() <= 0.05 * med(V::ByHand) {
+                format!(
+                    "so corral's own work (choosing the parent, pidfds, the report) does not \
+                     show above the noise ({})",
+                    fmt_secs(own)
+                )
+            } else {
+                format!("so corral's own work adds {}", fmt_secs(own))
+            };
             format!(
-                "The job takes {} more than the bare spawn. The pgroup mechanism finds a \
-                 job's processes by walking `/proc` and reading every process's `stat` \
-                 ({} processes here; one walk alone: {}), and `wait()` walks several times \
-                 (reap orphans, check the job is empty, reap again in cleanup): the extra \
-                 is {:.1} walks' worth. What would close it: after the main process is \
-                 reaped, `waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)` failing with \
-                 `ECHILD` proves the supervisor has no child left, hence (as a subreaper \
-                 with no unrelated children) no job process left, in one system call; \
-                 walk `/proc` only when it has children.",
+                "The job takes {} more than the bare spawn, and most of it is the `fork`: std \
+                 runs a `pre_exec` hook (where corral's child writes `0` to the leaf's \
+                 `cgroup.procs`) only in a real `fork`, which copies the calling process's \
+                 page tables ({} of resident memory here; a larger caller pays more), \
+                 where a bare `status()` uses `posix_spawn`'s `vfork`. The bare spawn with a \
+                 no-op `pre_exec` alone takes {} more ({}). The cgroup on top (`mkdir`, the \
+                 child's move into it, `rmdir`) adds about {} ({} for `mkdir` + `rmdir` of \
+                 an empty leaf alone). A cgroup job made by hand the same way takes {} ({}), \
+                 {own}. What would close it: not forking. std has no way to place a child in \
+                 a cgroup other than a `pre_exec` hook; `Job::spawn_command` does it without \
+                 a fork (`clone3(CLONE_INTO_CGROUP)`, {} here) but only with inherited \
+                 stdio. Giving `JobCommand` piped stdio would let embedders who need pipes \
+                 take the lean path.",
                 fmt_secs(extra),
-                s.processes,
-                fmt_secs(walk),
-                extra / walk,
+                kib(s.rss_kib as f64),
+                fmt_secs(fork),
+                fmt_ratio(med(V::Fork) / bare),
+                fmt_secs(med(v) - med(V::Fork)),
+                fmt_secs(med(V::MkdirRmdir)),
+                fmt_secs(med(V::ByHand)),
+                fmt_ratio(med(V::ByHand) / bare),
+                fmt_ratio(med(V::CommandCgroup) / bare),
             )
         }
+        V::SpawnSupervised => format!(
+            "The job takes {} more than the bare spawn ({:.1}× its time): where a bare \
+             spawn makes one process and runs one program, a supervised job makes three \
+             processes and runs two programs. std forks the calling process (the child `C` \
+             runs corral's `pre_exec` hook, hence a real `fork`: the bare spawn made to fork \
+             takes {} more); `C` makes itself a child subreaper, forks the main process with \
+             a raw `clone` (a second copy of the caller's page tables) and execs `corral \
+             __supervise`, becoming the supervisor `S`; the main process execs the user's \
+             program. The `corral` binary's exec and start-up alone (a bare `corral \
+             --version`) take {}, {} more than `/bin/true`'s. `S` reaps the main process, \
+             sends `exit code 0` and `done 0` over the control socket and exits; `wait()` \
+             reaps it. Traced with `strace -f` (outside the bench), one more cost shows: as \
+             soon as `S` reports the main process's exit, the host looks for leftovers with \
+             a full `/proc` walk ({} for {} processes here), which finds none, and only then \
+             reads `done`. What would close it: the walk is avoidable when the job is \
+             empty, since `S` says `done` right after (waiting briefly for that message \
+             before walking would skip it); the \
+             rest is the price of the design, and out of reach of the target: a subreaper \
+             that changes nothing about the calling process has to be a process of its own, \
+             one per job. Where that matters, use the cgroup mechanism, or \
+             `Supervisor::InProcess` in a program whose only children are its jobs.",
+            fmt_secs(extra),
+            med(v) / bare,
+            fmt_secs(med(V::Fork) - bare),
+            fmt_secs(med(V::CorralBinary)),
+            fmt_secs(med(V::CorralBinary) - bare),
+            fmt_secs(walk),
+            s.processes,
+        ),
+        V::SpawnInProcess | V::CommandInProcess => {
+            // What a pgroup job adds to its spawn path's own cost: the bare spawn for the
+            // lean path, the forking one for `Job::spawn`.
+            let (path, spawn_cost) = if v == V::SpawnInProcess {
+                (
+                    "`Job::spawn` must fork where a bare `status()` uses `vfork` (its \
+                     `pre_exec` hook puts the child in a process group of its own): the bare \
+                     spawn made to fork takes",
+                    med(V::Fork) - bare,
+                )
+            } else {
+                (
+                    "corral's `clone3` spawn is vfork-style like std's, so the spawn path \
+                     itself adds",
+                    0.0,
+                )
+            };
+            let rest = extra - spawn_cost;
+            let rest = if rest <= 0.05 * bare {
+                format!("The rest, {} (within the noise), is ", fmt_secs(rest))
+            } else {
+                format!("The remaining {} is ", fmt_secs(rest))
+            };
+            format!(
+                "The job takes {} more than the bare spawn. {path} {} more on its own. \
+                 {rest}the pgroup mechanism's bookkeeping: taking and dropping the \
+                 child-subreaper role (`prctl`), a pidfd for the main process, and the \
+                 emptiness test, which reaps exited children with `waitid` until it fails \
+                 with `ECHILD` (a `/proc` walk, {} for the {} processes here, happens only \
+                 when a stop needs one). What would close it: for `Job::spawn`, not forking \
+                 (see the cgroup row); the bookkeeping is a handful of system calls.",
+                fmt_secs(extra),
+                fmt_secs(spawn_cost),
+                fmt_secs(walk),
+                s.processes,
+            )
+        }
+        V::TokioJob => {
+            let blocking = med(V::TokioBlockingWait);
+            let driver = med(v) - blocking;
+            let driver = if driver.abs() <= 0.05 * blocking {
+                format!(
+                    "so the async driver (the pidfd registered with the reactor and removed \
+                     again: two `epoll_ctl` calls per job) costs nothing that shows ({})",
+                    fmt_secs(driver)
+                )
+            } else {
+                format!(
+                    "so the async driver (the pidfd registered with the reactor and removed \
+                     again: two `epoll_ctl` calls per job, and the wake-up through the \
+                     reactor) accounts for {}",
+                    fmt_secs(driver)
+                )
+            };
+            format!(
+                "The job takes {} more than the bare tokio spawn. The same job waited for \
+                 with the blocking `wait()` inside the same kind of task takes {}, {driver}. \
+                 The rest is `Job::spawn`'s, as in the std row: a `fork` where \
+                 `tokio::process` (which spawns through std) gets `vfork` ({} on its own), \
+                 plus the fresh cgroup. What would close it: the same as for the std row.",
+                fmt_secs(med(v) - med(V::TokioBare)),
+                fmt_secs(blocking),
+                fmt_secs(med(V::Fork) - bare),
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// Why many jobs at once get less done than bare spawns.
+fn why_concurrent(r: &Results<'_>, v: concurrent::Variant) -> String {
+    use concurrent::Variant as V;
+    let c = r.concurrent;
+    // Throughput relative to the bare threads.
+    let tput = |v: V| c.get(V::BareThreads).median() / c.get(v).median();
+    let common = format!(
+        "The bare baseline made to fork alone gets {} of the bare throughput: with many \
+         threads, each fork copies the whole process's page tables under its memory-map \
+         lock, write-protects its memory so every thread's next write takes a copy-on-write \
+         fault, and the child's exec then tears the copy down, all on {} CPUs. A cgroup job \
+         made by hand the way `Job::spawn` makes one (`mkdir`, fork into the leaf, `rmdir`) \
+         gets {}: on top of the fork, the child's write to `cgroup.procs` takes the \
+         kernel's `cgroup_mutex` and holds off other forks while it migrates, and each \
+         `mkdir` holds the parent directory's lock while the kernel builds the cgroup, so \
+         the other threads' `mkdir`s and path look-ups queue behind it. The lean path \
+         (`Job::spawn_command`: `clone3(CLONE_INTO_CGROUP)`, no fork, no migration, the \
+         same `mkdir` and `rmdir` per job) gets {} on threads and {} on tokio, so the fork \
+         and the migration are the loss, not the cgroup's creation. An off-CPU profile of \
+         100 concurrent `Job::spawn` jobs (`perf record -e sched:sched_switch -g`, run once \
+         outside the bench) agrees: the threads wait mostly in `mkdir` on the parent \
+         directory's lock, in page faults on the memory-map lock, and on `cgroup_mutex` in \
+         the `cgroup.procs` write; a first run also waits in growing the descriptor table \
+         (each job holds five descriptors, and a multi-threaded process waits for an RCU \
+         grace period per growth).",
+        fmt_ratio(tput(V::ForkThreads)),
+        cpus(r.machine),
+        fmt_ratio(tput(V::ByHandThreads)),
+        fmt_ratio(tput(V::LeanThreads)),
+        fmt_ratio(tput(V::LeanTasks)),
+    );
+    let (job, by_hand) = (
+        c.get(V::JobThreads).median(),
+        c.get(V::ByHandThreads).median(),
+    );
+    let own = if job <= by_hand * 1.05 {
+        format!(
+            "corral's own work on top of the by-hand job (pidfds, the report, the \
+             `populated` check) does not show: {} against {} by hand.",
+            fmt_secs(job),
+            fmt_secs(by_hand)
+        )
+    } else {
+        format!(
+            "corral's own work on top of the by-hand job (pidfds, the report, the \
+             `populated` check, and its own path look-ups in the parent cgroup, which queue \
+             behind the `mkdir`s) adds {} ({} against {} by hand).",
+            fmt_secs(job - by_hand),
+            fmt_secs(job),
+            fmt_secs(by_hand)
+        )
+    };
+    let close = "What would close it: a `Job::spawn` that does not fork. std runs a `pre_exec` \
+                 hook only in a forked child and has no way to pass `CLONE_INTO_CGROUP`, so \
+                 that means corral spawning the caller's `Command` itself, or `JobCommand` \
+                 growing piped stdio so that embedders who need pipes can take the lean path.";
+    match v {
+        V::JobThreads => format!(
+            "{} jobs on a thread each took {} against {} bare. {common} {own} {close}",
+            c.jobs,
+            fmt_secs(c.get(v).median()),
+            fmt_secs(c.get(V::BareThreads).median()),
+        ),
+        _ => format!(
+            "{} jobs as tokio tasks took {} against {} for bare threads and {} for bare tokio \
+             tasks ({} of their throughput). A task's `Job::spawn` runs on a runtime worker \
+             (as `tokio::process` spawns do), so at most one fork per worker runs at a \
+             time: fewer forks contend than with a thread per job, which is why the tokio \
+             flavour loses less. Otherwise the loss is the thread row's, for the same \
+             reasons (see there), and so is what would close it.",
+            c.jobs,
+            fmt_secs(c.get(v).median()),
+            fmt_secs(c.get(V::BareThreads).median()),
+            fmt_secs(c.get(V::BareTasks).median()),
+            fmt_ratio(c.get(V::BareTasks).median() / c.get(v).median()),
+        ),
     }
 }
 
@@ -180,14 +410,17 @@ fn why_stop(t: &TreeFigures, v: Variant) -> Why {
         Variant::CgroupStop => Why::own(format!(
             "`stop()` does more than the baseline by design: a polite signal has to reach \
              each process separately (the kernel's only cgroup-wide signal is SIGKILL, \
-             through `cgroup.kill`), so corral opens a pidfd for each of the {} processes, \
-             confirms they are still members, sends SIGTERM and then SIGCONT to each, and \
-             waits for them to exit; the baseline is one write the kernel carries out. \
-             The extra {} is {} per process, the order of the three system calls each \
-             process needs. What would close it: on this kernel, little in corral; only \
-             the per-process constant can shrink (e.g. spreading the signalling of a \
-             large tree over threads). The same trees are within target with `kill()`, \
-             and a noisy round shows in the p90 column.",
+             through `cgroup.kill`). corral first freezes the cgroup (`cgroup.freeze`, then \
+             waits for `frozen 1` in `cgroup.events`), so that a process forked meanwhile \
+             cannot miss the signal; then it opens a pidfd for each of the {} processes, \
+             confirms they are still members, sends SIGTERM and SIGCONT to each, thaws the \
+             cgroup and waits for the processes to exit. The baseline is one write the \
+             kernel carries out. The extra {} is {} per process: the freeze and the thaw \
+             (every process is woken to stop, and woken again) and three system calls \
+             each. What would close it: on this kernel, little in corral; the freeze is \
+             what makes the polite signal reach a process forked during the stop, and only \
+             the per-process constant can shrink. The same trees are within target with \
+             `kill()`, and a noisy round shows in the p90 column.",
             t.n + 1,
             fmt_secs(extra),
             fmt_secs(per_proc)
@@ -264,6 +497,15 @@ fn capitalise(s: &str) -> String {
     c.next()
         .map(|f| f.to_uppercase().chain(c).collect())
         .unwrap_or_default()
+}
+
+/// The CPU count as the machine facts give it.
+fn cpus(m: &Machine) -> &str {
+    m.facts
+        .iter()
+        .find(|(k, _)| *k == "CPUs online")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("unknown")
 }
 
 fn kib(v: f64) -> String {
@@ -351,47 +593,32 @@ pub fn render(r: &Results<'_>) -> String {
     let _ = writeln!(
         o,
         "\n## 1. Spawn + wait + cleanup of `/bin/true`\n\n\
-         {} rounds (after {} warm-up rounds), each: bare spawn, corral cgroup job, corral \
-         pgroup job, then the explanatory figures. A job's time runs from \
-         `Job::spawn` to the return of `wait()`, which includes reaping and removing its \
-         cgroup.\n\n| Variant | median | min | p90 | ratio |\n|---|---|---|---|---|",
-        s.rounds, r.plan.spawn_warmup
+         {} rounds (after {} warm-up rounds) of every variant below, in an order rotated by \
+         one each round. A job's time runs from `Job::spawn` (or `Job::spawn_command`) to \
+         the return of `wait()`: it includes creating and removing the job's cgroup leaf \
+         (cgroup), the `/proc` walks that check the job is empty (pgroup), reaping the main \
+         process, and for the supervised job the supervisor's own fork + exec, its work and \
+         its reaping. The in-process variants make the bench a child subreaper for the \
+         job's duration (a process-wide attribute), as the `corral` CLI does; the others \
+         change nothing about the calling process. Ratios are to the bare \
+         `Command::status()`, except the tokio jobs', which are to the bare \
+         `tokio::process` spawn measured the same way (as a task on a multi-thread \
+         runtime, timed inside it). Every variant that forks (all of `Job::spawn`'s) \
+         copies the page tables of the calling process, here the bench with {} \
+         resident: a larger caller pays more.\n\n\
+         | Variant | median | min | p90 | ratio |\n|---|---|---|---|---|",
+        s.rounds,
+        r.plan.spawn_warmup,
+        kib(s.rss_kib as f64),
     );
-    samples_row(
-        &mut o,
-        "bare `Command::new(\"/bin/true\").status()`",
-        &s.bare,
-        None,
-    );
-    samples_row(&mut o, "corral, cgroup", &s.cgroup, Some(&s.bare));
-    samples_row(&mut o, "corral, pgroup", &s.pgroup, Some(&s.bare));
-    samples_row(
-        &mut o,
-        "(explanatory) the same with `fork` instead of `vfork`",
-        &s.fork,
-        Some(&s.bare),
-    );
-    samples_row(
-        &mut o,
-        "(explanatory) by hand: `mkdir` a leaf, fork into it, wait, `rmdir`",
-        &s.by_hand,
-        Some(&s.bare),
-    );
-    samples_row(
-        &mut o,
-        "(explanatory) `mkdir` + `rmdir` of an empty cgroup",
-        &s.mkdir_rmdir,
-        Some(&s.bare),
-    );
-    samples_row(
-        &mut o,
-        &format!(
-            "(explanatory) one `/proc/*/stat` walk, {} processes",
-            s.processes
-        ),
-        &s.proc_walk,
-        Some(&s.bare),
-    );
+    for v in spawn_wait::Variant::ALL {
+        let label = if v == spawn_wait::Variant::ProcWalk {
+            format!("{}, {} processes", v.label(), s.processes)
+        } else {
+            v.label().to_string()
+        };
+        samples_row(&mut o, &label, s.get(v), v.baseline().map(|b| s.get(b)));
+    }
 
     let _ = writeln!(
         o,
@@ -492,13 +719,68 @@ pub fn render(r: &Results<'_>) -> String {
         kib(spawner as f64)
     );
 
+    let c = r.concurrent;
+    let _ = writeln!(
+        o,
+        "\n## 4. {n} jobs at once\n\n\
+         {} rounds (after one warm-up round), variants in an order rotated each round. A \
+         thread run starts {n} threads that wait at a gate; the clock runs from the gate's \
+         opening until the last thread has finished, and throughput is {n} over that time. \
+         Each thread runs one `sleep {}` as a bare `Command::status()` or as a cgroup job \
+         (`Job::spawn(&mut Command)` + `wait()`, which includes the leaf's `mkdir` and \
+         `rmdir`). A task run does the same with {n} tasks on one multi-thread tokio \
+         runtime (one worker per CPU): `tokio::process::Command::status().await`, or \
+         `Job::spawn` + `wait_async().await`; its clock starts before the tasks are \
+         spawned. This machine has {} CPUs: the {n} spawns (and, for jobs, {n} cgroup \
+         creations and removals) queue for them, so the figure measures how much spawn \
+         and clean-up work fits around the 0.1 s sleeps, not a per-job latency; on more \
+         CPUs the spawns overlap more and every variant gets closer to {n} jobs per 0.1 s.\n\n\
+         The ratios are of throughput (the inverse of the wall times' ratio): to the bare \
+         threads for every variant, as the targets are, and to the bare tokio tasks for \
+         the tokio jobs. The comparison rows take the lean path (`Job::spawn_command`: \
+         `clone3(CLONE_INTO_CGROUP)`, no fork, inherited stdio); the explanatory row is \
+         the bare baseline made to fork, as corral's `Job::spawn` must.\n\n\
+         | Variant | wall, median | jobs/s at the median | best (min wall) | p90 wall | ratio to bare threads | ratio to bare tasks |\n\
+         |---|---|---|---|---|---|---|",
+        c.rounds,
+        concurrent::SLEEP,
+        cpus(r.machine),
+        n = c.jobs,
+    );
+    let base = c.get(concurrent::Variant::BareThreads);
+    let tasks = c.get(concurrent::Variant::BareTasks);
+    for v in concurrent::Variant::ALL {
+        let w = c.get(v);
+        let ratio = if v == concurrent::Variant::BareThreads {
+            "1 (baseline)".to_string()
+        } else {
+            fmt_ratio(base.median() / w.median())
+        };
+        let to_tasks = match v {
+            concurrent::Variant::BareTasks => "1 (baseline)".to_string(),
+            v if v.on_tokio() => fmt_ratio(tasks.median() / w.median()),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {:.0} | {:.0} jobs/s | {} | {ratio} | {to_tasks} |",
+            v.label(),
+            fmt_secs(w.median()),
+            c.jobs as f64 / w.median(),
+            c.jobs as f64 / w.min(),
+            fmt_secs(w.p90()),
+        );
+    }
+
     let _ = writeln!(o, "\n## Checks\n");
     let _ = writeln!(
         o,
         "After every round the bench checked that no process was left in its own cgroup, no \
          job cgroup was left under its `jobs/` parent, and each job's report listed no \
-         survivors and a removed cgroup; at the end it removed its cgroup tree \
-         (`corral-bench-<pid>` under the cgroup2 mount)."
+         survivors and a removed cgroup (and, for a job whose program starts nothing, no \
+         leftovers and no stop); at the end it removed its cgroup tree \
+         (`corral-bench-<pid>` under the cgroup2 mount). An anomaly that came up more than \
+         once is listed once, with its count."
     );
     if r.anomalies.is_empty() {
         let _ = writeln!(o, "\nAll checks passed.");
