@@ -416,10 +416,18 @@ fn why_stop(t: &TreeFigures, v: Variant) -> Why {
              confirms they are still members, sends SIGTERM and SIGCONT to each, thaws the \
              cgroup and waits for the processes to exit. The baseline is one write the \
              kernel carries out. The extra {} is {} per process: the freeze and the thaw \
-             (every process is woken to stop, and woken again) and three system calls \
-             each. What would close it: on this kernel, little in corral; the freeze is \
-             what makes the polite signal reach a process forked during the stop, and only \
-             the per-process constant can shrink. The same trees are within target with \
+             (every process is woken to stop, and woken again), three system calls each, \
+             and, on small trees, a wait the freeze brings: the kernel sends at most one \
+             `cgroup.events` notification per file every `DIV_ROUND_UP(HZ, 100)` jiffies \
+             (12 ms at HZ=250) and defers the rest to a timer, and the `frozen` \
+             notifications use that up, so the `populated 0` that ends the wait often \
+             comes up to 12 ms late. Measured outside the bench on a raw cgroup of 10 \
+             `sleep`s (`cgroup.kill`, wait for `populated 0`): 0 of 50 rounds took 8 ms or \
+             more without a freeze before the kill, 15 of 50 with one. What would close \
+             it: the freeze is what makes the polite signal reach a process forked during \
+             the stop, so keep it, but after the thaw wait on the members' pidfds (which \
+             the signalling opened anyway, and whose exits are not rate-limited) rather \
+             than on `cgroup.events` alone. The same trees are within target with \
              `kill()`, and a noisy round shows in the p90 column.",
             t.n + 1,
             fmt_secs(extra),
