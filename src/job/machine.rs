@@ -288,7 +288,7 @@ impl Job {
             };
             let mut notes = Vec::new();
             if cgroup_frozen {
-                notes.push("to every member, the cgroup frozen meanwhile");
+                notes.push("members forked meanwhile got it with the cgroup frozen");
             }
             if skip_group {
                 notes.push("members in corral's process group got it from the terminal");

@@ -14,6 +14,7 @@
 //! (`cgroup.freeze`, 5.2), SIGKILL every member of the subtree through a pidfd, thaw,
 //! repeat until empty.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
@@ -457,38 +458,27 @@ impl Leaf {
     }
 
     /// Sends a polite signal, then SIGCONT, to every member (SIGCONT to all of them, the
-    /// polite signal to those `filter` accepts), with the subtree frozen so that the list
-    /// of members is complete: a process forked after `cgroup.procs` was read would
-    /// otherwise miss the polite signal and only meet SIGKILL after the grace. The frozen
-    /// members act on the signals once thawed. Returns how many got each, and whether the
-    /// freezer was used.
+    /// polite signal to those `filter` accepts). Returns how many got each, and whether the
+    /// freezer was needed.
     ///
-    /// Without `cgroup.freeze` (Linux < 5.2), passes repeat until one finds no new member
+    /// A process forked after `cgroup.procs` was read would miss the polite signal and meet
+    /// only SIGKILL after the grace. So after a pass the list is read again; if anything
+    /// joined meanwhile, the subtree is frozen (nothing forks), the newcomers are signalled,
+    /// and it is thawed: the frozen members act on their signals once thawed. The freezer
+    /// is used only then, because its `frozen` notifications use up `cgroup.events`' rate
+    /// limit (one per ~10 ms) and would delay the `populated 0` that ends the grace.
+    /// Without `cgroup.freeze` (Linux < 5.2), passes repeat until one finds no newcomer
     /// (bounded: a member that ignores the signal and forks forever would never let it end).
     pub(crate) fn signal_then_continue(
         &self,
         sig: Signal,
         filter: &dyn Fn(Pid) -> bool,
     ) -> Result<(usize, usize, bool)> {
-        let frozen = match self.set_frozen(true) {
-            Ok(()) => {
-                self.wait_frozen(Instant::now() + Duration::from_secs(1))?;
-                true
-            }
-            Err(Error::Cgroup { source, .. })
-                if source.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
-            {
-                false
-            }
-            Err(e) => return Err(e),
-        };
-        let mut reached: std::collections::HashSet<Pid> = std::collections::HashSet::new();
+        let mut reached: HashSet<Pid> = HashSet::new();
         let (mut polite, mut cont) = (0, 0);
-        let passes = if frozen { 1 } else { 100 };
-        let mut result = Ok(());
-        for _ in 0..passes {
+        let mut pass = |reached: &mut HashSet<Pid>| -> Result<usize> {
             let mut new = 0;
-            result = self.for_each_member(&mut |pid, fd| {
+            self.for_each_member(&mut |pid, fd| {
                 if !reached.insert(pid) {
                     return;
                 }
@@ -499,11 +489,40 @@ impl Leaf {
                 if sig != Signal::CONT && pidfd::send_signal(fd, Signal::CONT).is_ok() {
                     cont += 1;
                 }
-            });
-            if result.is_err() || new == 0 {
-                break;
-            }
+            })?;
+            Ok(new)
+        };
+        pass(&mut reached)?;
+        let joined = self.members()?.iter().any(|p| !reached.contains(p));
+        if !joined {
+            return Ok((polite, cont, false));
         }
+        let frozen = match self.set_frozen(true) {
+            Ok(()) => true,
+            Err(Error::Cgroup { source, .. })
+                if source.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+            {
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        let result = if frozen {
+            self.wait_frozen(Instant::now() + Duration::from_secs(1))
+                .and_then(|()| pass(&mut reached).map(drop))
+        } else {
+            let mut result = Ok(());
+            for _ in 0..100 {
+                match pass(&mut reached) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            result
+        };
         if frozen {
             self.set_frozen(false)?;
         }

@@ -231,6 +231,7 @@ impl Frozen {
 /// our back while the ladder runs.
 pub(crate) fn freeze(supervisor: Pid) -> Frozen {
     let mut held: HashMap<Pid, Held> = HashMap::new();
+    let settle_by = Instant::now() + Duration::from_secs(1);
     // Bounded: a fork storm converges because every stopped process stops forking.
     for _ in 0..1000 {
         let mut new = 0;
@@ -249,10 +250,27 @@ pub(crate) fn freeze(supervisor: Pid) -> Frozen {
             }
         }
         if new == 0 {
-            break;
+            // A SIGSTOP takes effect when its target next returns to user space: one caught
+            // in the middle of a fork finishes it first, and its child can appear after
+            // this pass read /proc. Only once every held process shows as stopped (or
+            // gone) can nothing new appear.
+            if held.values().all(|h| stopped_or_gone(&h.stat)) || Instant::now() >= settle_by {
+                break;
+            }
+            std::thread::yield_now();
         }
     }
     Frozen(held)
+}
+
+/// Whether the process `seen` describes is in a stopped state, or no longer exists.
+fn stopped_or_gone(seen: &Stat) -> bool {
+    match procs::stat(seen.pid) {
+        Some(now) if now.starttime == seen.starttime => {
+            matches!(now.state, 'T' | 't') || !now.alive()
+        }
+        _ => true,
+    }
 }
 
 /// SIGKILLs every process found, again and again, until `settle` reports the job empty or
