@@ -410,25 +410,22 @@ fn why_stop(t: &TreeFigures, v: Variant) -> Why {
         Variant::CgroupStop => Why::own(format!(
             "`stop()` does more than the baseline by design: a polite signal has to reach \
              each process separately (the kernel's only cgroup-wide signal is SIGKILL, \
-             through `cgroup.kill`). corral first freezes the cgroup (`cgroup.freeze`, then \
-             waits for `frozen 1` in `cgroup.events`), so that a process forked meanwhile \
-             cannot miss the signal; then it opens a pidfd for each of the {} processes, \
-             confirms they are still members, sends SIGTERM and SIGCONT to each, thaws the \
-             cgroup and waits for the processes to exit. The baseline is one write the \
-             kernel carries out. The extra {} is {} per process: the freeze and the thaw \
-             (every process is woken to stop, and woken again), three system calls each, \
-             and, on small trees, a wait the freeze brings: the kernel sends at most one \
-             `cgroup.events` notification per file every `DIV_ROUND_UP(HZ, 100)` jiffies \
-             (12 ms at HZ=250) and defers the rest to a timer, and the `frozen` \
-             notifications use that up, so the `populated 0` that ends the wait often \
-             comes up to 12 ms late. Measured outside the bench on a raw cgroup of 10 \
-             `sleep`s (`cgroup.kill`, wait for `populated 0`): 0 of 50 rounds took 8 ms or \
-             more without a freeze before the kill, 15 of 50 with one. What would close \
-             it: the freeze is what makes the polite signal reach a process forked during \
-             the stop, so keep it, but after the thaw wait on the members' pidfds (which \
-             the signalling opened anyway, and whose exits are not rate-limited) rather \
-             than on `cgroup.events` alone. The same trees are within target with \
-             `kill()`, and a noisy round shows in the p90 column.",
+             through `cgroup.kill`), so corral opens a pidfd for each of the {} processes, \
+             confirms they are still members, sends SIGTERM and then SIGCONT to each, reads \
+             `cgroup.procs` again (and only if a process joined meanwhile, freezes the \
+             subtree for a pass over the newcomers), and waits for them to exit; the \
+             baseline is one write the kernel carries out. The extra {} is {} per process, \
+             the order of the three system calls each process needs. A freeze has a cost \
+             beyond its own: the kernel sends at most one `cgroup.events` notification per \
+             file every `DIV_ROUND_UP(HZ, 100)` jiffies (12 ms at HZ=250) and defers the \
+             rest, and the `frozen` notifications use that up, so the `populated 0` that \
+             ends the wait can come up to 12 ms late (measured outside the bench on a raw \
+             cgroup of 10 `sleep`s: 15 of 50 kills preceded by a freeze and thaw waited 8 \
+             ms or more, none of 50 without); that is why the freeze is kept for \
+             newcomers. What would close it: on this kernel, little in corral; only the \
+             per-process constant can shrink (e.g. spreading the signalling of a large \
+             tree over threads). The same trees are within target with `kill()`, and a \
+             noisy round shows in the p90 column.",
             t.n + 1,
             fmt_secs(extra),
             fmt_secs(per_proc)
