@@ -328,7 +328,7 @@ fn survives_the_terminal_and_polite_signals() {
     // A fatal signal would act before the supervisor ran again; a stop would keep it
     // from answering.
     s.kill(m);
-    assert_eq!(s.recv().as_deref(), Some("exit signal 9"));
+    assert_eq!(s.recv().as_deref(), Some("exit signal 9 last"));
     assert_eq!(s.recv().as_deref(), Some("done 0"));
     let status = s.exit_status();
     assert_eq!((status.code(), status.signal()), (Some(0), None));

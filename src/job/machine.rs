@@ -157,7 +157,14 @@ impl Job {
                         self.finish()?;
                         continue;
                     }
-                    self.leftovers = self.snapshot();
+                    // The supervisor said the main process was its last child: `done`
+                    // is on its way, and a walk of /proc would find nothing.
+                    let leftovers = if self.supervisor_last_child {
+                        Vec::new()
+                    } else {
+                        self.snapshot()
+                    };
+                    self.leftovers = leftovers;
                     if self.leftovers.is_empty() {
                         // Nothing is left running, but the job is not empty yet: the
                         // cgroup or the supervisor has not caught up with the main
@@ -494,6 +501,7 @@ impl Job {
             for event in sup.read_events()? {
                 match event {
                     SupervisorEvent::MainExited(kind) => self.main_exit = Some(kind),
+                    SupervisorEvent::LastChild => self.supervisor_last_child = true,
                     SupervisorEvent::Done { reaped } => {
                         self.reaped = reaped;
                         self.supervisor_done = true;

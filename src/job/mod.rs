@@ -177,6 +177,8 @@ pub struct Job {
     reaped: usize,
     /// Supervised: the supervisor said it is done (job empty, orphans counted).
     supervisor_done: bool,
+    /// Supervised: the main process was the supervisor's last child when it exited.
+    supervisor_last_child: bool,
     /// Supervised: the supervisor has exited and been reaped.
     supervisor_exit: Option<ExitKind>,
     phase: Phase,

@@ -269,6 +269,7 @@ impl Job {
             survivors: Vec::new(),
             reaped: 0,
             supervisor_done: false,
+            supervisor_last_child: false,
             supervisor_exit: None,
             phase: Phase::Running,
             report: None,

@@ -33,7 +33,7 @@
 //! |---|---|---|
 //! | C | `main <pid>` | the main process (always the first message) |
 //! | C | `exec-failed <errno>` | `S` could not be set up or exec'd; `M` was killed, `C` exits 127 |
-//! | S | `exit code <n>` / `exit signal <n>` | how the main process ended |
+//! | S | `exit code <n>` / `exit signal <n>` | how the main process ended; ` last` appended when `S` had no other child left as it reaped it (a `done` follows) |
 //! | S | `done <n>` | no child left, `n` orphans reaped; `S` exits 0 right after |
 //! | host | `detach` | never kill: keep reaping until empty, then exit |
 //!
@@ -357,6 +357,9 @@ impl Drop for Armed {
 pub(crate) enum SupervisorEvent {
     /// The main process exited (and was reaped by the supervisor).
     MainExited(ExitKind),
+    /// Sent right after `MainExited`: the main process was the supervisor's last child,
+    /// so `Done` follows (the host need not look for leftovers).
+    LastChild,
     /// The supervisor has no child left (`reaped` orphans reaped in all); it exits now.
     Done { reaped: usize },
 }
@@ -396,7 +399,12 @@ impl Supervised {
         let mut events = Vec::new();
         while !self.closed {
             match recv_message(self.control.as_fd(), None) {
-                Ok(Some(Message::Exit(kind))) => events.push(SupervisorEvent::MainExited(kind)),
+                Ok(Some(Message::Exit(kind, last))) => {
+                    events.push(SupervisorEvent::MainExited(kind));
+                    if last {
+                        events.push(SupervisorEvent::LastChild);
+                    }
+                }
                 Ok(Some(Message::Done(reaped))) => events.push(SupervisorEvent::Done { reaped }),
                 Ok(Some(other)) => {
                     return Err(Error::sys(
@@ -631,7 +639,8 @@ fn put_decimal(out: &mut [u8], n: u32) -> usize {
 enum Message {
     Main(Pid),
     ExecFailed(i32),
-    Exit(ExitKind),
+    /// How the main process ended, and whether it was the supervisor's last child.
+    Exit(ExitKind, bool),
     Done(usize),
     Detach,
     /// Anything else, as received.
@@ -645,13 +654,29 @@ impl Message {
         let parsed = match words.as_slice() {
             ["main", pid] => parse_pid(pid).map(Message::Main),
             ["exec-failed", errno] => errno.parse().ok().map(Message::ExecFailed),
-            ["exit", "code", n] => n.parse().ok().map(|n| Message::Exit(ExitKind::Code(n))),
-            ["exit", "signal", n] => n.parse().ok().map(|n| Message::Exit(ExitKind::Signal(n))),
+            ["exit", "code", n, rest @ ..] if last(rest).is_some() => n
+                .parse()
+                .ok()
+                .map(|n| Message::Exit(ExitKind::Code(n), last(rest) == Some(true))),
+            ["exit", "signal", n, rest @ ..] if last(rest).is_some() => n
+                .parse()
+                .ok()
+                .map(|n| Message::Exit(ExitKind::Signal(n), last(rest) == Some(true))),
             ["done", n] => n.parse().ok().map(Message::Done),
             ["detach"] => Some(Message::Detach),
             _ => None,
         };
         parsed.unwrap_or_else(|| Message::Unknown(text.into_owned()))
+    }
+}
+
+/// The optional `last` word of an `exit` message: `Some(flag)`, or `None` when the words
+/// are something else.
+fn last(rest: &[&str]) -> Option<bool> {
+    match rest {
+        [] => Some(false),
+        ["last"] => Some(true),
+        _ => None,
     }
 }
 
@@ -853,6 +878,18 @@ impl Reaper {
 
     /// Reaps every exited child, reporting the main process. False once no child is left.
     fn reap(&mut self) -> io::Result<bool> {
+        // The main process's end is told once this pass is over, marked `last` when no
+        // child is left: then the host knows `done` follows and need not walk /proc.
+        let mut exit: Option<String> = None;
+        let result = self.reap_pass(&mut exit);
+        if let Some(msg) = exit {
+            let last = matches!(result, Ok(false));
+            self.tell(&if last { format!("{msg} last") } else { msg });
+        }
+        result
+    }
+
+    fn reap_pass(&mut self, exit: &mut Option<String>) -> io::Result<bool> {
         loop {
             // SAFETY: `info` is plain data the kernel fills in.
             let info = unsafe {
@@ -879,7 +916,7 @@ impl Reaper {
                 continue;
             }
             self.main_reaped = true;
-            self.tell(&match info.si_code {
+            *exit = Some(match info.si_code {
                 libc::CLD_EXITED => format!("exit code {status}"),
                 _ => format!("exit signal {status}"),
             });
@@ -1122,12 +1159,20 @@ mod tests {
         assert_eq!(Message::parse(&buf[..n]), Message::ExecFailed(0));
         assert_eq!(
             Message::parse(b"exit code 3"),
-            Message::Exit(ExitKind::Code(3))
+            Message::Exit(ExitKind::Code(3), false)
         );
         assert_eq!(
             Message::parse(b"exit signal 9"),
-            Message::Exit(ExitKind::Signal(9))
+            Message::Exit(ExitKind::Signal(9), false)
         );
+        assert_eq!(
+            Message::parse(b"exit code 0 last"),
+            Message::Exit(ExitKind::Code(0), true)
+        );
+        assert!(matches!(
+            Message::parse(b"exit code 0 later"),
+            Message::Unknown(_)
+        ));
         assert_eq!(Message::parse(b"done 12"), Message::Done(12));
         assert_eq!(Message::parse(b"detach"), Message::Detach);
         assert!(matches!(Message::parse(b"main -1"), Message::Unknown(_)));
