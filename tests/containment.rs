@@ -29,6 +29,8 @@ mod clean_start;
 mod ctrl_c;
 #[path = "containment/daemon.rs"]
 mod daemon;
+#[path = "containment/delegation.rs"]
+mod delegation;
 #[path = "containment/direct_child.rs"]
 mod direct_child;
 #[path = "containment/escalation.rs"]
@@ -47,6 +49,8 @@ mod grandchild;
 mod leftovers_policy;
 #[path = "containment/library.rs"]
 mod library;
+#[path = "containment/limits.rs"]
+mod limits;
 #[path = "containment/nested_cgroups.rs"]
 mod nested_cgroups;
 #[path = "containment/parallel.rs"]

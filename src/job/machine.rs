@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rustix::event::PollFlags;
@@ -23,8 +24,8 @@ use crate::report::{
 };
 use crate::Mechanism;
 
-/// How long a job whose main process exited, with no leftover found, may take to become
-/// empty before corral looks for leftovers again.
+/// How often a job whose main process exited, with no leftover found, looks for leftovers
+/// again while it waits to become empty.
 const SETTLE: Duration = Duration::from_millis(250);
 /// How long the kill stage waits for the job to empty before reporting survivors.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -140,8 +141,17 @@ impl Job {
                             let wake = super::earliest(Some(until), self.deadline);
                             return Ok(Progress::Pending(self.wants_empty(wake)));
                         }
+                        // Look again; stop (or wait for) leftovers only once a look finds
+                        // some. A slow supervisor or a loaded machine is no reason to run
+                        // a stop with nothing to signal.
                         self.leftovers = self.snapshot();
-                        self.apply_leftovers_policy()?;
+                        if self.leftovers.is_empty() {
+                            self.phase = Phase::Settling {
+                                until: Instant::now() + SETTLE,
+                            };
+                        } else {
+                            self.apply_leftovers_policy()?;
+                        }
                         continue;
                     }
                     self.poll_main()?;
@@ -389,6 +399,9 @@ impl Job {
 
     /// SIGKILL to everything: `cgroup.kill` (or the freezer loop), or a walk.
     fn enter_kill(&mut self, s: &mut Stopping) -> Result<()> {
+        if self.main_exit.is_none() {
+            self.sigkill_sent.store(true, Ordering::Relaxed);
+        }
         let now = Instant::now();
         let at_ms = at(s.t0);
         let mut killed = HashSet::new();
@@ -615,10 +628,13 @@ impl Job {
         }
         let mut cleanup = Cleanup::default();
         let mut cgroup = None;
+        let mut usage = None;
         match self.backend.take() {
             None => {}
             Some(Backend::Cgroup(leaf)) => {
                 cgroup = Some(leaf.path.clone());
+                // The job is empty: the figures are final.
+                usage = Some(leaf.usage());
                 match leaf.remove() {
                     Ok(()) => cleanup.cgroup_removed = Some(true),
                     Err(e) => {
@@ -669,7 +685,17 @@ impl Job {
             Some(ExitKind::Signal(s)) => 128 + s,
             None => 125,
         };
-        let exit_status = if self.timed_out && !self.opts.preserve_status {
+        // The OOM killer's SIGKILL looks like anyone's: it is the OOM killer's when the
+        // cgroup counted an OOM kill and corral sent no SIGKILL while the main process lived.
+        let oom_killed = self.main_exit == Some(ExitKind::Signal(Signal::KILL.as_raw()))
+            && usage
+                .as_ref()
+                .and_then(|u: &crate::report::Usage| u.oom_kills)
+                .is_some_and(|n| n > 0)
+            && !self.sigkill_sent.load(Ordering::Relaxed);
+        let exit_status = if oom_killed {
+            128 + Signal::KILL.as_raw()
+        } else if self.timed_out && !self.opts.preserve_status {
             124
         } else {
             own_status
@@ -692,6 +718,9 @@ impl Job {
             stop: self.stop.take(),
             leftovers: std::mem::take(&mut self.leftovers),
             survivors: std::mem::take(&mut self.survivors),
+            limits: self.limits.take(),
+            usage,
+            oom_killed,
             cleanup,
             duration_ms: self.started.elapsed().as_millis() as u64,
         });

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +23,7 @@ use crate::linux::pidfd::{self, Pid};
 use crate::linux::spawn::{self as raw_spawn, Placement, SpawnSpec};
 use crate::linux::{self, pgroup, supervise};
 use crate::options::{Options, Supervisor};
+use crate::report::LimitsReport;
 use crate::Mechanism;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -47,6 +48,8 @@ struct Chosen {
     reason: String,
     degraded: bool,
     parent_source: Option<&'static str>,
+    /// The limits applied to the leaf (cgroup, with limits asked for).
+    limits: Option<LimitsReport>,
 }
 
 impl Job {
@@ -69,10 +72,16 @@ impl Job {
             .collect();
         let mut id = new_id();
         let (chosen, started) = match linux::choose(opts)? {
-            linux::Choice::Cgroup { parent, reason } => {
+            linux::Choice::Cgroup {
+                parent,
+                reason,
+                limits,
+            } => {
                 let parent_source = parent_source_name(parent.source);
                 let leaf = Leaf::create(parent, &id)?;
                 id = leaf.name().to_string();
+                // On failure `leaf` drops and removes itself.
+                let limits = apply_limits(&leaf, opts, limits)?;
                 let child = {
                     let _hook = Hook::install(cmd, Action::JoinCgroup(leaf.procs_fd()));
                     cmd.spawn().map_err(|e| spawn_error(cmd, &program, e))?
@@ -85,6 +94,7 @@ impl Job {
                         reason,
                         degraded: false,
                         parent_source: Some(parent_source),
+                        limits,
                     },
                     Started {
                         backend: Backend::Cgroup(leaf),
@@ -102,6 +112,7 @@ impl Job {
                     reason,
                     degraded,
                     parent_source: None,
+                    limits: None,
                 };
                 let started = match &opts.supervisor {
                     Supervisor::InProcess => {
@@ -171,10 +182,16 @@ impl Job {
             placement: Placement::NewProcessGroup,
         };
         let (chosen, started) = match choice {
-            linux::Choice::Cgroup { parent, reason } => {
+            linux::Choice::Cgroup {
+                parent,
+                reason,
+                limits,
+            } => {
                 let parent_source = parent_source_name(parent.source);
                 let leaf = Leaf::create(parent, &id)?;
                 id = leaf.name().to_string();
+                // On failure `leaf` drops and removes itself.
+                let limits = apply_limits(&leaf, opts, limits)?;
                 spec.placement = Placement::Cgroup {
                     dir: leaf.dir_fd(),
                     procs: leaf.procs_fd(),
@@ -188,6 +205,7 @@ impl Job {
                         reason,
                         degraded: false,
                         parent_source: Some(parent_source),
+                        limits,
                     },
                     Started {
                         backend: Backend::Cgroup(leaf),
@@ -208,6 +226,7 @@ impl Job {
                         reason,
                         degraded,
                         parent_source: None,
+                        limits: None,
                     },
                     Started {
                         backend: Backend::Pgroup {
@@ -261,6 +280,8 @@ impl Job {
             degraded: chosen.degraded,
             spawn_method: started.method,
             parent_source: chosen.parent_source,
+            limits: chosen.limits,
+            sigkill_sent: AtomicBool::new(false),
             started: begun,
             timed_out: false,
             signals: Vec::new(),
@@ -277,6 +298,30 @@ impl Job {
     }
 }
 
+/// Writes the limit files of `opts` in the fresh `leaf` (the controllers were enabled in
+/// its parent by `linux::choose`), and says what was done for the report.
+fn apply_limits(
+    leaf: &Leaf,
+    opts: &Options,
+    enabled: Option<crate::linux::cgroup::Enabled>,
+) -> Result<Option<LimitsReport>> {
+    let Some(enabled) = enabled else {
+        return Ok(None);
+    };
+    let files: Vec<(&str, String)> = opts
+        .limits
+        .files()
+        .into_iter()
+        .map(|(_, file, value)| (file, value))
+        .collect();
+    leaf.apply_limits(&files)?;
+    Ok(Some(LimitsReport {
+        applied: files.into_iter().map(|(f, v)| (f.to_string(), v)).collect(),
+        controllers_enabled: enabled.controllers,
+        moved_self_to: enabled.moved_self_to,
+    }))
+}
+
 fn new_id() -> String {
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     format!("corral-{}-{}", std::process::id(), seq)
@@ -287,6 +332,7 @@ fn parent_source_name(source: ParentSource) -> &'static str {
         ParentSource::Option => "option",
         ParentSource::Env => "env",
         ParentSource::Default => "default",
+        ParentSource::Delegated => "delegated",
     }
 }
 

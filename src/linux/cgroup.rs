@@ -9,6 +9,16 @@
 //! Emptiness is observed, never polled on a timer: `cgroup.events` raises `POLLPRI` whenever
 //! its `populated` or `frozen` line changes, and we re-read it after each wake-up.
 //!
+//! Resource limits: the controllers a job's limits need are enabled in the parent's
+//! `cgroup.subtree_control` ([`enable_controllers`]) before the leaf is made, and the limit
+//! files are written in the leaf ([`Leaf::apply_limits`]) before the child is spawned into
+//! it, so nothing of the job ever runs unlimited. cgroup v2's "no internal processes" rule
+//! forbids controllers in the subtree of a cgroup that has processes: when the parent is
+//! the cgroup we run in (a delegated cgroup), we first move ourselves into
+//! `<parent>/supervisor` ([`move_self_to_leaf`]). What the cgroup accounted (`cpu.stat`,
+//! `memory.peak`, `pids.peak`, `memory.events`) is read once the job is empty, just before
+//! the leaf is removed ([`Leaf::usage`]).
+//!
 //! Killing uses `cgroup.kill` (Linux 5.14), which SIGKILLs every process of the subtree in
 //! the kernel, race-free against forks. Older kernels get the freezer loop: freeze
 //! (`cgroup.freeze`, 5.2), SIGKILL every member of the subtree through a pidfd, thaw,
@@ -38,6 +48,16 @@ const PROCS: &str = "cgroup.procs";
 const EVENTS: &str = "cgroup.events";
 const KILL: &str = "cgroup.kill";
 const FREEZE: &str = "cgroup.freeze";
+const CONTROLLERS: &str = "cgroup.controllers";
+const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
+const CPU_STAT: &str = "cpu.stat";
+/// Linux 5.19.
+const MEMORY_PEAK: &str = "memory.peak";
+const MEMORY_EVENTS: &str = "memory.events";
+/// Linux 6.1.
+const PIDS_PEAK: &str = "pids.peak";
+/// The leaf the calling process moves itself into when the parent is its own cgroup.
+const SUPERVISOR_LEAF: &str = "supervisor";
 /// The default parent's name under the cgroup2 mount.
 const DEFAULT_PARENT: &str = "corral";
 
@@ -47,7 +67,6 @@ pub(crate) struct Mount {
     /// The mount point, e.g. `/sys/fs/cgroup/unified`.
     pub(crate) path: PathBuf,
     /// The cgroup at the mount point, as `/proc/<pid>/cgroup` names it (usually `/`).
-    #[allow(dead_code)] // kept for the delegation work, which maps /proc/self/cgroup to paths
     pub(crate) root: PathBuf,
 }
 
@@ -115,6 +134,8 @@ pub(crate) enum ParentSource {
     Env,
     /// `<mount>/corral`, created by us when missing.
     Default,
+    /// The cgroup corral runs in, delegated to us (see [`super::delegate`]).
+    Delegated,
 }
 
 /// An open directory under which job leaves are created.
@@ -134,7 +155,8 @@ pub(crate) enum Unavailable {
     None { reason: String, fix: String },
 }
 
-/// Picks the parent: the explicit one, else `CORRAL_CGROUP_PARENT`, else `<mount>/corral`.
+/// Picks the parent: the explicit one, else `CORRAL_CGROUP_PARENT`, else the cgroup we run
+/// in if it is delegated to us, else `<mount>/corral` where systemd does not manage the tree.
 pub(crate) fn choose_parent(explicit: Option<&Path>) -> std::result::Result<Parent, Unavailable> {
     if let Some(p) = explicit {
         return open_named_parent(p, ParentSource::Option).map_err(Unavailable::Bad);
@@ -238,10 +260,32 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
             ))
         }
     };
+    let not_delegated = match super::delegate::own_cgroup(&mount) {
+        Ok(d) => {
+            return open_named_parent(&d.path, ParentSource::Delegated).map_err(|e| {
+                none(
+                    format!(
+                        "the delegated cgroup {} cannot be used: {e}",
+                        d.path.display()
+                    ),
+                    "check its permissions",
+                )
+            })
+        }
+        Err(why) => why,
+    };
     if systemd_manages(&mount) {
+        let user = !rustix::process::geteuid().is_root();
         return Err(none(
-            format!("systemd manages the cgroup tree at {} and no delegated cgroup was given", mount.path.display()),
-            "pass --cgroup-parent with a delegated cgroup (e.g. under `systemd-run --user --scope -p Delegate=yes`)",
+            format!(
+                "systemd manages the cgroup tree at {} and {not_delegated}",
+                mount.path.display()
+            ),
+            &format!(
+                "run corral in a delegated scope: `systemd-run{} --scope -p Delegate=yes -- corral run ...`, \
+                 or pass --cgroup-parent with a delegated cgroup",
+                if user { " --user" } else { "" }
+            ),
         ));
     }
     let path = mount.path.join(DEFAULT_PARENT);
@@ -266,8 +310,13 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
             Err(e) if e == rustix::io::Errno::EXIST => {}
             Err(e) => {
                 return Err(none(
-                    format!("cannot create {} ({e})", path.display()),
-                    "run as root, or pass --cgroup-parent with a writable cgroup",
+                    format!(
+                        "{not_delegated}, and {} cannot be created ({e})",
+                        path.display()
+                    ),
+                    "run as root, or in a cgroup delegated to your user (e.g. under \
+                     `systemd-run --user --scope -p Delegate=yes`), or pass --cgroup-parent \
+                     with a writable cgroup",
                 ))
             }
         }
@@ -306,6 +355,220 @@ fn systemd_manages(mount: &Mount) -> bool {
         .map(|c| c.trim() == "systemd")
         .unwrap_or(false);
     pid1_is_systemd || mount.path.join("init.scope").exists()
+}
+
+/// What [`enable_controllers`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Enabled {
+    /// Controllers written to the parent's `cgroup.subtree_control`.
+    pub(crate) controllers: Vec<String>,
+    /// Where the calling process moved itself first, if it had to.
+    pub(crate) moved_self_to: Option<PathBuf>,
+}
+
+/// Makes sure every controller in `needed` (`(controller, limit file)`, in order) is
+/// enabled in `parent`'s `cgroup.subtree_control`, so a leaf made under it gets the limit
+/// files. A controller the parent does not offer, or that cannot be enabled, is
+/// [`Error::LimitUnavailable`] naming the first limit that needs it.
+pub(crate) fn enable_controllers(parent: &Parent, needed: &[(&str, &str)]) -> Result<Enabled> {
+    let mut done = Enabled::default();
+    if needed.is_empty() {
+        return Ok(done);
+    }
+    let offered = read_words(parent.dir.as_fd(), CONTROLLERS)
+        .map_err(|e| Error::cgroup("read", parent.path.join(CONTROLLERS), e))?;
+    for (controller, file) in needed {
+        if !offered.iter().any(|c| c == controller) {
+            return Err(not_offered(parent, controller, file));
+        }
+    }
+    let enabled = read_words(parent.dir.as_fd(), SUBTREE_CONTROL)
+        .map_err(|e| Error::cgroup("read", parent.path.join(SUBTREE_CONTROL), e))?;
+    let mut missing: Vec<(&str, &str)> = Vec::new();
+    for &(controller, file) in needed {
+        if !enabled.iter().any(|c| c == controller)
+            && !missing.iter().any(|(c, _)| *c == controller)
+        {
+            missing.push((controller, file));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(done);
+    }
+    // No internal processes: the parent must be empty before it can hand controllers to
+    // its children. If we are what is in it, we move; anyone else in it is an error below.
+    if read_procs(parent.dir.as_fd())
+        .map_err(|e| Error::cgroup("read", parent.path.join(PROCS), e))?
+        .contains(&Pid::current())
+    {
+        done.moved_self_to = Some(move_self_to_leaf(parent)?);
+    }
+    let text = missing
+        .iter()
+        .map(|(c, _)| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let unavailable =
+        |(controller, file): (&str, &str), reason: String, fix: &str| Error::LimitUnavailable {
+            file: file.to_string(),
+            controller: controller.to_string(),
+            reason,
+            fix: fix.to_string(),
+        };
+    let fd = rustix::fs::openat(
+        &parent.dir,
+        SUBTREE_CONTROL,
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
+    let written = fd.and_then(|fd| rustix::io::write(&fd, text.as_bytes()));
+    match written {
+        Ok(_) => {}
+        Err(e) if e == rustix::io::Errno::ACCESS || e == rustix::io::Errno::PERM => {
+            return Err(unavailable(
+                missing[0],
+                format!(
+                    "the {} controller cannot be enabled in {}: its cgroup.subtree_control \
+                     is not writable ({e}), the cgroup is not delegated to this user",
+                    missing[0].0,
+                    parent.path.display()
+                ),
+                "run as root or give a cgroup delegated with its controllers \
+                 (e.g. `systemd-run --user --scope -p Delegate=yes`), or drop the limit",
+            ))
+        }
+        Err(e) if e == rustix::io::Errno::BUSY => {
+            return Err(unavailable(
+                missing[0],
+                format!(
+                    "the {} controller cannot be enabled in {}: it has processes of its own \
+                     (cgroup v2 enables controllers only in a cgroup without processes)",
+                    missing[0].0,
+                    parent.path.display()
+                ),
+                "give a --cgroup-parent with no processes in it, or drop the limit",
+            ))
+        }
+        Err(e) => {
+            return Err(Error::cgroup(
+                format!("write {text} to"),
+                parent.path.join(SUBTREE_CONTROL),
+                e.into(),
+            ))
+        }
+    }
+    done.controllers = missing.iter().map(|(c, _)| c.to_string()).collect();
+    Ok(done)
+}
+
+/// The error for a controller `parent` does not offer, saying why where we can tell: on a
+/// hybrid host a controller bound to a cgroup v1 hierarchy cannot be used by cgroup2 at all.
+fn not_offered(parent: &Parent, controller: &str, file: &str) -> Error {
+    let v1 = std::fs::read_to_string("/proc/self/cgroup")
+        .map(|t| bound_to_v1(&t, controller))
+        .unwrap_or(false);
+    let (reason, fix) = if v1 {
+        (
+            format!(
+                "the {controller} controller is bound to cgroup v1 on this host (a hybrid \
+                 cgroup layout), so the cgroup2 parent {} cannot offer it",
+                parent.path.display()
+            ),
+            "use a host booted with the unified hierarchy only \
+             (systemd.unified_cgroup_hierarchy=1), or drop the limit"
+                .to_string(),
+        )
+    } else {
+        let above = parent
+            .path
+            .parent()
+            .map(|p| p.join(SUBTREE_CONTROL).display().to_string())
+            .unwrap_or_else(|| SUBTREE_CONTROL.to_string());
+        (
+            format!(
+                "the {controller} controller is not available in the cgroup parent {} (not in \
+                 its cgroup.controllers)",
+                parent.path.display()
+            ),
+            format!("enable it above (`echo +{controller} > {above}`), or drop the limit"),
+        )
+    };
+    Error::LimitUnavailable {
+        file: file.to_string(),
+        controller: controller.to_string(),
+        reason,
+        fix,
+    }
+}
+
+/// Whether `/proc/self/cgroup` (`text`) lists a cgroup v1 hierarchy with `controller`:
+/// lines `<id>:<controllers>:<path>`, with `0::<path>` for cgroup2.
+fn bound_to_v1(text: &str, controller: &str) -> bool {
+    text.lines().any(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers)) = (fields.next(), fields.next()) else {
+            return false;
+        };
+        id != "0" && controllers.split(',').any(|c| c == controller)
+    })
+}
+
+/// Moves the calling process (all its threads) into `<parent>/supervisor`, creating that
+/// leaf if needed, and returns its path. For a parent that is the cgroup we run in: cgroup
+/// v2 lets a cgroup enable controllers for its children only while it has no processes.
+/// Call it only when the parent holds our own process: it changes the whole process's
+/// cgroup.
+pub(crate) fn move_self_to_leaf(parent: &Parent) -> Result<PathBuf> {
+    let path = parent.path.join(SUPERVISOR_LEAF);
+    match rustix::fs::mkdirat(&parent.dir, SUPERVISOR_LEAF, Mode::from_raw_mode(0o755)) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::EXIST => {}
+        Err(e) => return Err(Error::cgroup("create", &path, e.into())),
+    }
+    let procs = rustix::fs::openat(
+        &parent.dir,
+        format!("{SUPERVISOR_LEAF}/{PROCS}").as_str(),
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::cgroup("open", path.join(PROCS), e.into()))?;
+    // `0` is the writing process, with all its threads.
+    rustix::io::write(&procs, b"0")
+        .map_err(|e| Error::cgroup("write 0 (this process) to", path.join(PROCS), e.into()))?;
+    Ok(path)
+}
+
+/// The whitespace-separated words of a small file under `dir`.
+fn read_words(dir: BorrowedFd<'_>, file: &str) -> io::Result<Vec<String>> {
+    Ok(read_small(dir, file)?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect())
+}
+
+/// The PIDs in `cgroup.procs` under `dir`.
+fn read_procs(dir: BorrowedFd<'_>) -> io::Result<Vec<Pid>> {
+    Ok(read_small(dir, PROCS)?
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter_map(Pid::from_raw)
+        .collect())
+}
+
+/// A whole (small) file under `dir`, as text.
+fn read_small(dir: BorrowedFd<'_>, file: &str) -> io::Result<String> {
+    let fd = rustix::fs::openat(dir, file, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut text = String::new();
+    io::Read::read_to_string(&mut File::from(fd), &mut text)?;
+    Ok(text)
+}
+
+/// The value of `key` in a flat-keyed file (`key value` lines: `cpu.stat`, `memory.events`).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// Reads `populated` from a `cgroup.events` file.
@@ -415,6 +678,58 @@ impl Leaf {
     /// `cgroup.events` (poll it for `POLLPRI`).
     pub(crate) fn events_fd(&self) -> BorrowedFd<'_> {
         self.events.as_fd()
+    }
+
+    /// Writes each limit file (`(file, value)`) in the leaf. Done before any process is in
+    /// it.
+    pub(crate) fn apply_limits(&self, files: &[(&str, String)]) -> Result<()> {
+        for (file, value) in files {
+            let path = self.path.join(file);
+            let fd = rustix::fs::openat(
+                &self.dir,
+                *file,
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::cgroup("open", &path, e.into()))?;
+            rustix::io::write(&fd, value.as_bytes())
+                .map_err(|e| Error::cgroup(format!("write {value} to"), &path, e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// What the leaf accounted, for the report: read once the job is empty. A file this
+    /// kernel or this cgroup lacks (no controller) leaves its figures `None`.
+    pub(crate) fn usage(&self) -> crate::report::Usage {
+        let read = |file: &str| read_small(self.dir.as_fd(), file).ok();
+        let cpu = read(CPU_STAT);
+        let memory_events = read(MEMORY_EVENTS);
+        let cpu_key = |k: &str| cpu.as_deref().and_then(|t| keyed(t, k));
+        let single = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok());
+        let mut usage = crate::report::Usage {
+            cpu_user_usec: cpu_key("user_usec"),
+            cpu_system_usec: cpu_key("system_usec"),
+            cpu_nr_throttled: cpu_key("nr_throttled"),
+            cpu_throttled_usec: cpu_key("throttled_usec"),
+            memory_peak_bytes: single(MEMORY_PEAK),
+            pids_peak: single(PIDS_PEAK),
+            oom_kills: memory_events.as_deref().and_then(|t| keyed(t, "oom_kill")),
+            unavailable: Vec::new(),
+        };
+        for (name, value) in [
+            ("cpu_user_usec", usage.cpu_user_usec),
+            ("cpu_system_usec", usage.cpu_system_usec),
+            ("cpu_nr_throttled", usage.cpu_nr_throttled),
+            ("cpu_throttled_usec", usage.cpu_throttled_usec),
+            ("memory_peak_bytes", usage.memory_peak_bytes),
+            ("pids_peak", usage.pids_peak),
+            ("oom_kills", usage.oom_kills),
+        ] {
+            if value.is_none() {
+                usage.unavailable.push(name.to_string());
+            }
+        }
+        usage
     }
 
     /// Whether any process lives in the leaf or below it.
@@ -879,6 +1194,25 @@ mod tests {
         let m = parse_mountinfo(text).unwrap();
         assert_eq!(m.path, Path::new("/sys/fs/cgroup/unified"));
         assert_eq!(m.root, Path::new("/"));
+    }
+
+    #[test]
+    fn v1_controllers_from_proc_self_cgroup() {
+        let hybrid = "9:name=systemd:/\n4:memory:/x\n2:cpu,cpuacct:/\n0::/\n";
+        assert!(bound_to_v1(hybrid, "memory"));
+        assert!(bound_to_v1(hybrid, "cpu"));
+        assert!(!bound_to_v1(hybrid, "pids"));
+        assert!(!bound_to_v1(hybrid, "systemd"));
+        assert!(!bound_to_v1("0::/user.slice\n", "memory"));
+    }
+
+    #[test]
+    fn keyed_files() {
+        let stat = "usage_usec 250\nuser_usec 200\nsystem_usec 50\nnr_throttled 3\n";
+        assert_eq!(keyed(stat, "user_usec"), Some(200));
+        assert_eq!(keyed(stat, "nr_throttled"), Some(3));
+        assert_eq!(keyed(stat, "throttled_usec"), None);
+        assert_eq!(keyed("low 0\noom 1\noom_kill 2\n", "oom_kill"), Some(2));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! Single processes are only ever signalled through pidfds ([`pidfd`]).
 
 pub(crate) mod cgroup;
+pub(crate) mod delegate;
 pub(crate) mod pgroup;
 pub(crate) mod pidfd;
 pub(crate) mod procs;
@@ -45,6 +46,8 @@ pub(crate) enum Choice {
     Cgroup {
         parent: cgroup::Parent,
         reason: String,
+        /// The controllers the limits need, enabled in the parent (`None`: no limits).
+        limits: Option<cgroup::Enabled>,
     },
     Pgroup {
         reason: String,
@@ -53,8 +56,50 @@ pub(crate) enum Choice {
 }
 
 /// Picks the mechanism for `opts`. A forced mechanism that cannot be had is an error; `auto`
-/// falls back to pgroup and says why.
+/// falls back to pgroup and says why. When limits are asked for, only the cgroup mechanism
+/// will do, and the controllers they need are enabled in the parent here, before any leaf
+/// exists.
 pub(crate) fn choose(opts: &Options) -> Result<Choice> {
+    opts.limits.validate().map_err(Error::InvalidOptions)?;
+    let choice = choose_mechanism(opts)?;
+    if opts.limits.is_empty() {
+        return Ok(choice);
+    }
+    let files = opts.limits.files();
+    let needed: Vec<(&str, &str)> = files.iter().map(|(c, f, _)| (*c, *f)).collect();
+    match choice {
+        Choice::Pgroup { reason, .. } => {
+            let (controller, file) = needed[0];
+            let (why, fix) = if opts.mechanism == MechanismRequest::Pgroup {
+                (
+                    "--mechanism pgroup was asked for".to_string(),
+                    "use --mechanism cgroup or auto",
+                )
+            } else {
+                (
+                    format!("the job would run under pgroup ({reason})"),
+                    "give a writable cgroup (--cgroup-parent)",
+                )
+            };
+            Err(Error::LimitUnavailable {
+                file: file.to_string(),
+                controller: controller.to_string(),
+                reason: format!("resource limits need the cgroup mechanism, and {why}"),
+                fix: format!("{fix}, or drop the limit"),
+            })
+        }
+        Choice::Cgroup { parent, reason, .. } => {
+            let enabled = cgroup::enable_controllers(&parent, &needed)?;
+            Ok(Choice::Cgroup {
+                parent,
+                reason,
+                limits: Some(enabled),
+            })
+        }
+    }
+}
+
+fn choose_mechanism(opts: &Options) -> Result<Choice> {
     match opts.mechanism {
         MechanismRequest::Pgroup => Ok(Choice::Pgroup {
             reason: "requested (--mechanism pgroup)".into(),
@@ -74,8 +119,16 @@ pub(crate) fn choose(opts: &Options) -> Result<Choice> {
                         cgroup::ParentSource::Default => {
                             format!("cgroup parent {} (default)", parent.path.display())
                         }
+                        cgroup::ParentSource::Delegated => format!(
+                            "cgroup parent {} (delegated: the cgroup corral runs in)",
+                            parent.path.display()
+                        ),
                     };
-                    Ok(Choice::Cgroup { parent, reason })
+                    Ok(Choice::Cgroup {
+                        parent,
+                        reason,
+                        limits: None,
+                    })
                 }
                 Err(cgroup::Unavailable::Bad(e)) => Err(e),
                 Err(cgroup::Unavailable::None { reason, fix }) => {

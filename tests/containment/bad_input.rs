@@ -197,7 +197,7 @@ fn cgroup_parent_not_writable() {
         crate::util::skip("cgroup_parent_not_writable: needs root to switch to nobody");
         return;
     }
-    if !executable_by_others(std::path::Path::new(crate::util::CORRAL)) {
+    if !crate::util::executable_by_others(std::path::Path::new(crate::util::CORRAL)) {
         crate::util::skip(format!(
             "cgroup_parent_not_writable: user nobody cannot execute {}",
             crate::util::CORRAL
@@ -246,14 +246,4 @@ fn mechanism_cgroup_without_a_writable_cgroup() {
         0,
         "corral created something in {fake:?}"
     );
-}
-
-/// Whether every directory on the way to `path` is searchable, and `path` executable, by
-/// "others".
-fn executable_by_others(path: &std::path::Path) -> bool {
-    let mut ok = fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
-    for dir in path.ancestors().skip(1) {
-        ok &= fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
-    }
-    ok
 }

@@ -1441,3 +1441,14 @@ pub fn sigterm_stops_tree(mechanism: Mechanism, name: &str, mode: &str, roles: &
         done.report_text()
     );
 }
+
+/// Whether every directory on the way to `path` is searchable, and `path` executable, by
+/// "others".
+pub fn executable_by_others(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mut ok = fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    for dir in path.ancestors().skip(1) {
+        ok &= fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    }
+    ok
+}

@@ -1,0 +1,140 @@
+//! Finding a cgroup that has been handed to us: the one this process runs in, when it is
+//! delegated (systemd's `Delegate=yes`, or a directory an administrator chowned to the
+//! user, which is what `Delegate=yes` does).
+//!
+//! Delegation, per the kernel's cgroup-v2 documentation, is ownership: the delegatee may
+//! write the directory (to create cgroups), its `cgroup.procs` (to move processes between
+//! cgroups below it) and its `cgroup.subtree_control` (to hand controllers down). systemd
+//! also marks the cgroups it delegates with the extended attribute `trusted.delegate`
+//! (system manager) or `user.delegate` (user manager), value `1`.
+
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Access, AtFlags};
+
+use super::cgroup::Mount;
+
+/// A cgroup delegated to us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delegated {
+    /// Its absolute path.
+    pub(crate) path: PathBuf,
+    /// Why it counts as delegated (for the report).
+    pub(crate) how: &'static str,
+}
+
+/// The cgroup this process runs in, if it is delegated to us; else why not.
+pub(crate) fn own_cgroup(mount: &Mount) -> Result<Delegated, String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup ({e})"))?;
+    let rel = cgroup2_path(&text).ok_or("corral is in no cgroup2 cgroup")?;
+    let path = resolve(mount, rel).ok_or_else(|| {
+        format!(
+            "the cgroup corral runs in ({}) is not below the cgroup2 mount {}",
+            rel,
+            mount.path.display()
+        )
+    })?;
+    if path == mount.path {
+        return Err("corral runs in the root cgroup".into());
+    }
+    judge(&path, rustix::process::geteuid().as_raw())
+}
+
+/// Whether `path` is delegated to the user `euid`.
+fn judge(path: &Path, euid: u32) -> Result<Delegated, String> {
+    let writable = |name: &str| {
+        rustix::fs::accessat(
+            rustix::fs::CWD,
+            path.join(name),
+            Access::WRITE_OK,
+            AtFlags::empty(),
+        )
+        .is_ok()
+    };
+    let all_writable =
+        writable(".") && writable("cgroup.procs") && writable("cgroup.subtree_control");
+    let marked = ["trusted.delegate", "user.delegate"]
+        .iter()
+        .any(|name| xattr_is_one(path, name));
+    if marked && all_writable {
+        return Ok(Delegated {
+            path: path.to_owned(),
+            how: "the cgroup corral runs in, marked delegated by systemd",
+        });
+    }
+    let owner = rustix::fs::stat(path)
+        .map(|st| st.st_uid)
+        .map_err(|e| format!("cannot examine {} ({e})", path.display()))?;
+    // Root owns every cgroup systemd did not delegate: ownership alone proves nothing then.
+    if euid != 0 && owner == euid && all_writable {
+        return Ok(Delegated {
+            path: path.to_owned(),
+            how: "the cgroup corral runs in, owned by our user and writable",
+        });
+    }
+    Err(format!(
+        "the cgroup corral runs in ({}) is not delegated to us ({})",
+        path.display(),
+        if marked {
+            "marked delegated, but not writable by us".to_string()
+        } else if euid == 0 {
+            "no delegate mark from systemd".to_string()
+        } else if owner != euid {
+            format!("owned by uid {owner}, we are uid {euid}")
+        } else {
+            "its cgroup.procs or cgroup.subtree_control is not writable".to_string()
+        }
+    ))
+}
+
+/// The cgroup2 line of `/proc/self/cgroup` (`0::<path>`).
+fn cgroup2_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// The directory of cgroup `rel` (as `/proc/self/cgroup` names it) under `mount`, whose own
+/// cgroup is `mount.root`.
+fn resolve(mount: &Mount, rel: &str) -> Option<PathBuf> {
+    let rel = Path::new(rel);
+    let below = rel.strip_prefix(&mount.root).ok()?;
+    Some(mount.path.join(below))
+}
+
+fn xattr_is_one(path: &Path, name: &str) -> bool {
+    let mut buf = [0u8; 8];
+    matches!(rustix::fs::getxattr(path, name, &mut buf), Ok(n) if &buf[..n] == b"1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_line_is_found_among_v1_lines() {
+        let text = "9:name=systemd:/\n4:memory:/x\n0::/user.slice/user-1000.slice/a.scope\n";
+        assert_eq!(
+            cgroup2_path(text),
+            Some("/user.slice/user-1000.slice/a.scope")
+        );
+        assert_eq!(cgroup2_path("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn paths_resolve_below_the_mount_root() {
+        let mount = Mount {
+            path: PathBuf::from("/sys/fs/cgroup"),
+            root: PathBuf::from("/"),
+        };
+        assert_eq!(
+            resolve(&mount, "/a/b"),
+            Some(PathBuf::from("/sys/fs/cgroup/a/b"))
+        );
+        let bind = Mount {
+            path: PathBuf::from("/mnt/cg"),
+            root: PathBuf::from("/a"),
+        };
+        assert_eq!(resolve(&bind, "/a/b"), Some(PathBuf::from("/mnt/cg/b")));
+        assert_eq!(resolve(&bind, "/other"), None);
+    }
+}

@@ -1,0 +1,137 @@
+//! A cgroup delegated to the user corral runs as (what systemd's `Delegate=yes` does: the
+//! directory and its `cgroup.procs`, `cgroup.subtree_control` and `cgroup.threads` chowned
+//! to the user) is found and used without `--cgroup-parent`; one that is not is reported.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::util::{executable_by_others, skip, Run, Sandbox, CORRAL};
+
+const NOBODY: u32 = 65534;
+
+/// The sandbox, when corral can be run as `nobody` from this checkout.
+fn unprivileged_sandbox(name: &str) -> Option<Sandbox> {
+    let sandbox = Sandbox::with_cgroup(name)?;
+    if !rustix::process::geteuid().is_root() {
+        skip(format!("{name}: needs root to switch to nobody"));
+        return None;
+    }
+    if !executable_by_others(Path::new(CORRAL)) {
+        skip(format!("{name}: user nobody cannot execute {CORRAL}"));
+        return None;
+    }
+    Some(sandbox)
+}
+
+/// `corral run --report <dir>/report.json` as nobody, in the sandbox's corral leaf.
+fn run_as_nobody(sandbox: &Sandbox, mechanism: &str) -> (Run, PathBuf) {
+    let mut run = sandbox.corral_bare();
+    fs::set_permissions(&run.dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let report = run.dir.join("report.json");
+    run.uid(NOBODY);
+    run.args(["run", "--mechanism", mechanism, "--report"])
+        .arg(&report);
+    (run, report)
+}
+
+fn delegate_to(dir: &Path, uid: u32) {
+    for name in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        let path = if name.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(name)
+        };
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    }
+}
+
+#[test]
+fn the_delegated_cgroup_corral_runs_in_is_used() {
+    let Some(sandbox) = unprivileged_sandbox("delegated-own") else {
+        return;
+    };
+    let own = sandbox.cgroup().corral_leaf();
+    delegate_to(&own, NOBODY);
+    let (mut run, report) = run_as_nobody(&sandbox, "cgroup");
+    run.tree(&["--exit", "0", "setsid"]);
+    let job = run.spawn_with_report(report);
+    let procs = job.wait_ready(&["top", "setsid"]);
+    job.go();
+    let done = job.finish();
+    procs.assert_all_gone("delegated cgroup");
+    done.assert_code(0);
+    let report = done.report();
+    assert_eq!(
+        report["cgroup_parent_source"],
+        "delegated",
+        "{}",
+        done.report_text()
+    );
+    let cgroup = report["cgroup"].as_str().unwrap_or_default();
+    assert_eq!(
+        Path::new(cgroup).parent(),
+        Some(own.as_path()),
+        "the job cgroup goes beside corral, in the delegated cgroup:\n{}",
+        done.report_text()
+    );
+    assert!(
+        report["mechanism_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("delegated"),
+        "{}",
+        done.report_text()
+    );
+    assert!(!Path::new(cgroup).exists(), "the job cgroup is removed");
+    sandbox.assert_clean();
+}
+
+#[test]
+fn a_cgroup_not_delegated_falls_back_and_says_why() {
+    let Some(sandbox) = unprivileged_sandbox("delegated-not") else {
+        return;
+    };
+    let (mut run, report) = run_as_nobody(&sandbox, "auto");
+    run.tree(&["--exit", "0", "grandchild"]);
+    let job = run.spawn_with_report(report);
+    let procs = job.wait_ready(&["top", "grandchild"]);
+    job.go();
+    let done = job.finish();
+    procs.assert_all_gone("fallback");
+    done.assert_code(0);
+    let report = done.report();
+    assert_eq!(report["mechanism"], "pgroup", "{}", done.report_text());
+    assert_eq!(report["degraded"], true, "{}", done.report_text());
+    let reason = report["mechanism_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not delegated to us") && reason.contains("owned by uid 0"),
+        "the reason names the delegation check: {reason}"
+    );
+    sandbox.assert_clean();
+}
+
+#[test]
+fn mechanism_cgroup_without_delegation_is_a_one_line_error() {
+    let Some(sandbox) = unprivileged_sandbox("delegated-error") else {
+        return;
+    };
+    let (mut run, _) = run_as_nobody(&sandbox, "cgroup");
+    run.tree(&["--exit", "0", "sleep"]);
+    let done = run.run();
+    done.assert_code(125);
+    done.assert_one_line_error();
+    assert!(
+        done.stderr.contains("not delegated") && done.stderr.contains("Delegate=yes"),
+        "the error names the problem and the fix: {}",
+        done.stderr
+    );
+    assert!(!done.tree_started(), "nothing may run");
+    sandbox.assert_clean();
+}
