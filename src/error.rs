@@ -34,6 +34,22 @@ pub enum Error {
         fix: String,
     },
 
+    /// A resource limit ([`crate::Limits`]) was asked for and cannot be enforced: the job
+    /// would not run in a cgroup, the cgroup parent does not offer the controller (on a
+    /// hybrid host the controller may be bound to cgroup v1), or the controller cannot be
+    /// enabled in the parent (not delegated, or the parent has processes of its own).
+    #[error("cannot apply {file}: {reason}; {fix}")]
+    LimitUnavailable {
+        /// The cgroup file the limit goes to (`memory.max`, `pids.max`, `cpu.max`, ...).
+        file: String,
+        /// The controller it needs (`memory`, `pids`, `cpu`).
+        controller: String,
+        /// Why it cannot be had.
+        reason: String,
+        /// What the user can do about it.
+        fix: String,
+    },
+
     /// No `corral` executable could be found to run a pgroup job's supervisor from (see
     /// `Supervisor::Auto`), or the one given cannot be run.
     #[error("no corral executable for the job's supervisor: {reason}; install corral or set CORRAL_SUPERVISOR")]
@@ -145,7 +161,10 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Error::InvalidOptions(_) | Error::CgroupParent { .. } | Error::NoCgroup { .. }
+            Error::InvalidOptions(_)
+                | Error::CgroupParent { .. }
+                | Error::NoCgroup { .. }
+                | Error::LimitUnavailable { .. }
         )
     }
 }

@@ -42,11 +42,12 @@ pub mod tokio;
 pub use error::{Error, Result};
 pub use job::{Detached, Job, JobCommand, Output, SignalSource};
 pub use options::{
-    parse_duration, DebugKnobs, Leftovers, MechanismRequest, Options, Signal, SignalSet, Supervisor,
+    parse_duration, CpuMax, DebugKnobs, Leftovers, LimitValue, Limits, MechanismRequest, Options,
+    Signal, SignalSet, Supervisor,
 };
 pub use report::{
-    Cleanup, ExitInfo, ProcessInfo, Report, StopOutcome, StopReason, StopReport, StopStep,
-    REPORT_VERSION,
+    Cleanup, ExitInfo, LimitsReport, ProcessInfo, Report, StopOutcome, StopReason, StopReport,
+    StopStep, Usage, REPORT_VERSION,
 };
 
 /// The entry point of `corral __supervise`, the per-job supervisor process of a pgroup job

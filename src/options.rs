@@ -1,5 +1,5 @@
 //! What a job asks for: the polite signal, the grace, the leftovers policy, the mechanism,
-//! where its cgroup goes and how long it may run.
+//! where its cgroup goes, how long it may run and what resources it may use.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -26,6 +26,9 @@ pub struct Options {
     pub preserve_status: bool,
     /// Who is the child subreaper of a pgroup job.
     pub supervisor: Supervisor,
+    /// Resource limits written into the job's cgroup before the main process starts
+    /// (default: none). Any limit needs the cgroup mechanism and its controller.
+    pub limits: Limits,
     /// Testing and benchmarking knobs; not part of the stable API.
     #[doc(hidden)]
     pub debug: DebugKnobs,
@@ -42,6 +45,7 @@ impl Default for Options {
             timeout: None,
             preserve_status: false,
             supervisor: Supervisor::Auto,
+            limits: Limits::default(),
             debug: DebugKnobs::default(),
         }
     }
@@ -119,6 +123,237 @@ impl FromStr for MechanismRequest {
             _ => Err(format!(
                 "unknown mechanism `{s}`; use `auto`, `cgroup` or `pgroup`"
             )),
+        }
+    }
+}
+
+/// Resource limits for a job: cgroup v2 controller files written in the job's leaf before
+/// its main process is spawned into it. `None` leaves a file at the kernel's default (no
+/// limit); `Limits::default()` asks for nothing.
+///
+/// A limit that cannot be enforced is an error at spawn, never a silent no-op: the job
+/// needs the cgroup mechanism, and the cgroup parent must offer the controller (listed in
+/// its `cgroup.controllers`). corral enables the controllers it needs (`memory`, `pids`,
+/// `cpu`) in the parent's `cgroup.subtree_control` before it creates the leaf. cgroup v2
+/// allows that only in a cgroup with no processes of its own: if the parent is the cgroup
+/// the calling process runs in (a delegated cgroup), the calling process first moves itself
+/// into `<parent>/supervisor` (a process-wide change, reported as
+/// [`crate::LimitsReport::moved_self_to`]); a parent with other processes in it is an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `memory.max`: the hard memory limit of the whole job, in bytes; above it the kernel
+    /// reclaims and then OOM-kills processes of the job.
+    pub memory_max: Option<LimitValue>,
+    /// `memory.high`: the throttle limit, in bytes; above it the job is slowed down and its
+    /// memory reclaimed hard, but nothing is killed.
+    pub memory_high: Option<LimitValue>,
+    /// `pids.max`: the most tasks (processes and threads) the job may have at once; a fork
+    /// beyond it fails with `EAGAIN`.
+    pub pids_max: Option<LimitValue>,
+    /// `cpu.max`: CPU time the whole job may use per period.
+    pub cpu_max: Option<CpuMax>,
+    /// `cpu.weight`: the job's share of CPU when CPUs are contended, 1..=10000 (the kernel's
+    /// default is 100).
+    pub cpu_weight: Option<u16>,
+}
+
+impl Limits {
+    /// True when no limit is asked for.
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+
+    /// Checks the values the types do not rule out (ranges the kernel would refuse).
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if let Some(w) = self.cpu_weight {
+            if !(1..=10_000).contains(&w) {
+                return Err(format!("cpu weight {w} is out of range; use 1 to 10000"));
+            }
+        }
+        if self.pids_max == Some(LimitValue::Value(0)) {
+            return Err("pids max 0 would not let the command itself start; use 1 or more".into());
+        }
+        if let Some(c) = &self.cpu_max {
+            c.validate()?;
+        }
+        Ok(())
+    }
+
+    /// `(controller, file, value)` for every limit asked for, in a fixed order.
+    pub(crate) fn files(&self) -> Vec<(&'static str, &'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(v) = self.memory_max {
+            out.push(("memory", "memory.max", v.to_string()));
+        }
+        if let Some(v) = self.memory_high {
+            out.push(("memory", "memory.high", v.to_string()));
+        }
+        if let Some(v) = self.pids_max {
+            out.push(("pids", "pids.max", v.to_string()));
+        }
+        if let Some(c) = self.cpu_max {
+            out.push(("cpu", "cpu.max", c.to_string()));
+        }
+        if let Some(w) = self.cpu_weight {
+            out.push(("cpu", "cpu.weight", w.to_string()));
+        }
+        out
+    }
+}
+
+/// A limit: a number, or `max` (no limit, written as such).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitValue {
+    /// No limit (`max` in the cgroup file).
+    Max,
+    /// This many bytes, or tasks.
+    Value(u64),
+}
+
+impl LimitValue {
+    /// Parses a size in bytes: `max`, a number of bytes, or a number with a binary suffix
+    /// `K`, `M`, `G` or `T` (powers of 1024, case-insensitive): `512M`, `1.5G`, `65536`.
+    pub fn parse_bytes(s: &str) -> Result<LimitValue, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid size `{s}`: {why}; use bytes or a K/M/G/T suffix (e.g. `512M`), or `max`"
+            )
+        };
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("max") {
+            return Ok(LimitValue::Max);
+        }
+        let (num, scale) = match t.char_indices().last() {
+            None => return Err(bad("empty")),
+            Some((i, c)) if c.is_ascii_alphabetic() => {
+                let scale: u64 = match c.to_ascii_uppercase() {
+                    'K' => 1 << 10,
+                    'M' => 1 << 20,
+                    'G' => 1 << 30,
+                    'T' => 1 << 40,
+                    _ => return Err(bad(&format!("unknown suffix `{c}`"))),
+                };
+                (&t[..i], scale)
+            }
+            Some(_) => (t, 1),
+        };
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        if int.is_empty() && frac.is_empty()
+            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        {
+            return Err(bad("not a number"));
+        }
+        if scale == 1 && !frac.is_empty() {
+            return Err(bad("a fraction of a byte"));
+        }
+        let int: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| bad("too large"))?
+        };
+        let mut bytes = int * u128::from(scale);
+        let mut denom = 1u128;
+        for d in frac.bytes().take(12) {
+            denom *= 10;
+            bytes += u128::from(d - b'0') * u128::from(scale) / denom;
+        }
+        u64::try_from(bytes)
+            .ok()
+            .filter(|b| *b < 1 << 62)
+            .map(LimitValue::Value)
+            .ok_or_else(|| bad("too large"))
+    }
+
+    /// Parses a count: `max` or a whole number.
+    pub fn parse_count(s: &str) -> Result<LimitValue, String> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("max") {
+            return Ok(LimitValue::Max);
+        }
+        t.parse::<u64>()
+            .map(LimitValue::Value)
+            .map_err(|_| format!("invalid count `{s}`; use a whole number or `max`"))
+    }
+}
+
+impl fmt::Display for LimitValue {
+    /// The form the cgroup file takes: `max` or the number.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitValue::Max => f.write_str("max"),
+            LimitValue::Value(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// `cpu.max`: at most `quota` of CPU time per `period`, for the whole job (a quota above
+/// the period allows more than one CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuMax {
+    /// CPU time per period; `None` is no limit (`max`).
+    pub quota: Option<Duration>,
+    /// The period (1 ms to 1 s; the kernel's default is 100 ms).
+    pub period: Duration,
+}
+
+impl CpuMax {
+    /// The kernel's default period.
+    pub const DEFAULT_PERIOD: Duration = Duration::from_millis(100);
+
+    fn validate(&self) -> Result<(), String> {
+        let ms = Duration::from_millis(1);
+        if self.period < ms || self.period > Duration::from_secs(1) {
+            return Err(format!(
+                "cpu max period {:?} is out of range; use 1ms to 1s",
+                self.period
+            ));
+        }
+        if self.quota.is_some_and(|q| q < ms) {
+            return Err("cpu max quota is below 1ms, the kernel's minimum".into());
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for CpuMax {
+    type Err = String;
+    /// `QUOTA[/PERIOD]`, both durations with a unit: `50ms` (per 100 ms), `50ms/100ms`,
+    /// `2s/1s` (two CPUs), `max`, `max/200ms`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: String| {
+            format!("invalid cpu max `{s}`: {why}; use QUOTA[/PERIOD] with units, e.g. `50ms/100ms` (half a CPU), or `max`")
+        };
+        let (quota, period) = match s.trim().split_once('/') {
+            Some((q, p)) => (q.trim(), Some(p.trim())),
+            None => (s.trim(), None),
+        };
+        let with_unit = |text: &str| -> Result<Duration, String> {
+            if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                return Err(bad(format!("`{text}` has no unit")));
+            }
+            parse_duration(text).map_err(bad)
+        };
+        let quota = if quota.eq_ignore_ascii_case("max") {
+            None
+        } else {
+            Some(with_unit(quota)?)
+        };
+        let period = match period {
+            Some(p) => with_unit(p)?,
+            None => CpuMax::DEFAULT_PERIOD,
+        };
+        let c = CpuMax { quota, period };
+        c.validate().map_err(bad)?;
+        Ok(c)
+    }
+}
+
+impl fmt::Display for CpuMax {
+    /// The form the cgroup file takes: `$MAX $PERIOD` in microseconds.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.quota {
+            Some(q) => write!(f, "{} {}", q.as_micros(), self.period.as_micros()),
+            None => write!(f, "max {}", self.period.as_micros()),
         }
     }
 }
@@ -376,6 +611,88 @@ mod tests {
             "1e3",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        let v = |s: &str| LimitValue::parse_bytes(s).unwrap();
+        assert_eq!(v("max"), LimitValue::Max);
+        assert_eq!(v("65536"), LimitValue::Value(65536));
+        assert_eq!(v("512M"), LimitValue::Value(512 << 20));
+        assert_eq!(v("1.5g"), LimitValue::Value(3 << 29));
+        assert_eq!(v("4k"), LimitValue::Value(4096));
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "1.5",
+            "-1M",
+            "1e3",
+            "99999999999T",
+            "1.2.3M",
+        ] {
+            assert!(
+                LimitValue::parse_bytes(bad).is_err(),
+                "{bad} should be rejected"
+            );
+        }
+        assert_eq!(LimitValue::parse_count("64").unwrap().to_string(), "64");
+        assert_eq!(LimitValue::parse_count("MAX").unwrap().to_string(), "max");
+        assert!(LimitValue::parse_count("1k").is_err());
+    }
+
+    #[test]
+    fn cpu_max() {
+        let c = |s: &str| s.parse::<CpuMax>().unwrap().to_string();
+        assert_eq!(c("50ms/100ms"), "50000 100000");
+        assert_eq!(c("50ms"), "50000 100000");
+        assert_eq!(c("2s/1s"), "2000000 1000000");
+        assert_eq!(c("max"), "max 100000");
+        assert_eq!(c("max/200ms"), "max 200000");
+        for bad in ["0.5", "50/100", "50ms/2s", "500us", "", "50ms/", "x"] {
+            assert!(bad.parse::<CpuMax>().is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn limits_validate_and_list_files() {
+        assert!(Limits::default().is_empty());
+        let l = Limits {
+            memory_max: Some(LimitValue::Value(1 << 20)),
+            pids_max: Some(LimitValue::Max),
+            cpu_weight: Some(200),
+            ..Limits::default()
+        };
+        assert!(l.validate().is_ok());
+        let files: Vec<_> = l
+            .files()
+            .into_iter()
+            .map(|(c, f, v)| format!("{c} {f} {v}"))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                "memory memory.max 1048576",
+                "pids pids.max max",
+                "cpu cpu.weight 200"
+            ]
+        );
+        for bad in [
+            Limits {
+                cpu_weight: Some(0),
+                ..l
+            },
+            Limits {
+                cpu_weight: Some(10_001),
+                ..l
+            },
+            Limits {
+                pids_max: Some(LimitValue::Value(0)),
+                ..l
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?} should be rejected");
         }
     }
 

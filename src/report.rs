@@ -2,6 +2,7 @@
 //!
 //! The JSON schema is documented in `docs/report.md` and versioned by [`REPORT_VERSION`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Version of the report schema; bumped on any incompatible change.
@@ -45,6 +46,14 @@ pub struct Report {
     pub leftovers: Vec<ProcessInfo>,
     /// Processes still present after the stop sequence (must be empty).
     pub survivors: Vec<ProcessInfo>,
+    /// The resource limits applied to the job's cgroup (`None` when none were asked for).
+    pub limits: Option<LimitsReport>,
+    /// What the job's cgroup accounted, read once the job was empty, just before the cgroup
+    /// was removed (cgroup mechanism only).
+    pub usage: Option<Usage>,
+    /// The main process was killed by the kernel's OOM killer (it died of SIGKILL that
+    /// corral did not send, and the cgroup counted an OOM kill). The exit status is 137.
+    pub oom_killed: bool,
     /// Cleanup of the job's resources.
     pub cleanup: Cleanup,
     /// Wall time from spawn to the end of cleanup, in milliseconds.
@@ -131,6 +140,50 @@ pub struct ProcessInfo {
     pub left_session: bool,
 }
 
+/// The resource limits a job's cgroup got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct LimitsReport {
+    /// Each file written in the job's cgroup, with the value written
+    /// (`"memory.max": "268435456"`, `"cpu.max": "50000 100000"`).
+    pub applied: BTreeMap<String, String>,
+    /// Controllers corral enabled in the parent's `cgroup.subtree_control` for this job
+    /// (those already enabled are not listed).
+    pub controllers_enabled: Vec<String>,
+    /// Where the calling process moved itself before enabling them, when the parent was its
+    /// own cgroup (cgroup v2 allows controllers only in a cgroup without processes).
+    pub moved_self_to: Option<PathBuf>,
+}
+
+/// What a job's cgroup accounted over the job's life (its whole subtree). A figure is
+/// `None` where this kernel or this cgroup does not keep it (the controller is not enabled
+/// for the job, or the kernel predates the file); `unavailable` names those.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Usage {
+    /// User CPU time, in microseconds (`cpu.stat` `user_usec`; kept with or without the
+    /// cpu controller).
+    pub cpu_user_usec: Option<u64>,
+    /// System CPU time, in microseconds (`cpu.stat` `system_usec`).
+    pub cpu_system_usec: Option<u64>,
+    /// Periods in which `cpu.max` throttled the job (`cpu.stat` `nr_throttled`; cpu
+    /// controller only).
+    pub cpu_nr_throttled: Option<u64>,
+    /// Total time the job was throttled, in microseconds (`cpu.stat` `throttled_usec`; cpu
+    /// controller only).
+    pub cpu_throttled_usec: Option<u64>,
+    /// The most memory the job used at once, in bytes (`memory.peak`; memory controller,
+    /// Linux 5.19).
+    pub memory_peak_bytes: Option<u64>,
+    /// The most tasks the job had at once (`pids.peak`; pids controller, Linux 6.1).
+    pub pids_peak: Option<u64>,
+    /// Processes of the job the OOM killer killed (`memory.events` `oom_kill`; memory
+    /// controller).
+    pub oom_kills: Option<u64>,
+    /// The names of the fields above that are `None`.
+    pub unavailable: Vec<String>,
+}
+
 /// What cleanup did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -183,6 +236,32 @@ impl Report {
                 parts.push("escalated to SIGKILL".to_string());
             }
         }
+        let oom_kills = self.usage.as_ref().and_then(|u| u.oom_kills).unwrap_or(0);
+        if self.oom_killed || oom_kills > 0 {
+            let limit = self
+                .limits
+                .as_ref()
+                .and_then(|l| l.applied.get("memory.max"))
+                .map(|v| format!(" (memory.max {v})"))
+                .unwrap_or_default();
+            let what = if self.oom_killed {
+                let command = self
+                    .command
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("COMMAND");
+                match oom_kills {
+                    0 | 1 => format!("{command} killed by the OOM killer"),
+                    n => format!(
+                        "{command} and {} other process(es) killed by the OOM killer",
+                        n - 1
+                    ),
+                }
+            } else {
+                format!("{oom_kills} process(es) killed by the OOM killer")
+            };
+            parts.push(format!("{what}{limit}"));
+        }
         if !self.survivors.is_empty() {
             parts.push(format!("{} process(es) SURVIVED", self.survivors.len()));
         }
@@ -222,6 +301,9 @@ mod tests {
             stop: None,
             leftovers: vec![],
             survivors: vec![],
+            limits: None,
+            usage: None,
+            oom_killed: false,
             cleanup: Cleanup::default(),
             duration_ms: 1,
         }
@@ -259,6 +341,32 @@ mod tests {
         assert!(!line.contains('\n'));
     }
 
+    #[test]
+    fn summary_names_oom_kills() {
+        let mut r = report();
+        r.command = vec!["make".into()];
+        r.oom_killed = true;
+        r.exit_status = 137;
+        r.limits = Some(LimitsReport {
+            applied: [("memory.max".to_string(), "33554432".to_string())].into(),
+            ..LimitsReport::default()
+        });
+        r.usage = Some(Usage {
+            oom_kills: Some(1),
+            ..Usage::default()
+        });
+        assert_eq!(
+            r.summary().unwrap(),
+            "corral: job corral-1-0: make killed by the OOM killer (memory.max 33554432)"
+        );
+        r.oom_killed = false;
+        r.usage.as_mut().unwrap().oom_kills = Some(2);
+        assert_eq!(
+            r.summary().unwrap(),
+            "corral: job corral-1-0: 2 process(es) killed by the OOM killer (memory.max 33554432)"
+        );
+    }
+
     #[cfg(feature = "serde")]
     #[test]
     fn json_has_the_documented_fields() {
@@ -281,6 +389,9 @@ mod tests {
             "stop",
             "leftovers",
             "survivors",
+            "limits",
+            "usage",
+            "oom_killed",
             "cleanup",
             "duration_ms",
         ] {

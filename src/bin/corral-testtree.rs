@@ -153,6 +153,18 @@ enum Mode {
     Kill { signal: i32 },
     /// On SIGTERM exit with CODE; sleep forever until then. Roles: `top`.
     TermExit { code: i32 },
+    /// Burn CPU (a busy loop) until the process has used CPU time CPU, then exit 0 (after
+    /// `--go`). Roles: `top`.
+    Burn {
+        #[arg(long, value_parser = parse_duration)]
+        cpu: Duration,
+    },
+    /// Allocate MIB mebibytes and touch every page, one MiB at a time, then exit 0 (after
+    /// `--go`); under a lower memory.max the OOM killer ends it. Roles: `top`.
+    Alloc {
+        #[arg(long)]
+        mib: usize,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -315,7 +327,39 @@ fn main() {
             files.record("top");
             sleep_forever()
         }
+        Mode::Burn { cpu } => {
+            files.record("top");
+            let mut spins = 0u64;
+            while cpu_time() < cpu {
+                for _ in 0..10_000 {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+            }
+            finish(&cli, Some(0))
+        }
+        Mode::Alloc { mib } => {
+            files.record("top");
+            let mut held: Vec<Vec<u8>> = Vec::with_capacity(mib);
+            for _ in 0..mib {
+                // Non-zero bytes: every page is written, so every page is charged.
+                held.push(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
+            finish(&cli, Some(0))
+        }
     }
+}
+
+/// The CPU time this process has used (`CLOCK_PROCESS_CPUTIME_ID`).
+fn cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } != 0 {
+        die("clock_gettime", std::io::Error::last_os_error());
+    }
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Double fork: the middle process calls `setsid`, forks the daemon and exits at once.

@@ -8,6 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdin, ChildStdout};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -167,6 +168,11 @@ pub struct Job {
     degraded: bool,
     spawn_method: &'static str,
     parent_source: Option<&'static str>,
+    /// The limits applied to the job's cgroup.
+    limits: Option<crate::report::LimitsReport>,
+    /// corral sent SIGKILL to the job (the ladder's kill, or [`Job::signal`]) while the main
+    /// process was alive: a SIGKILL death is then not the OOM killer's.
+    sigkill_sent: AtomicBool,
     started: Instant,
     timed_out: bool,
     signals: Vec<String>,
@@ -255,6 +261,9 @@ impl Job {
     /// Sends `sig` to every process of the job now (through pidfds; a PID reused by a
     /// process outside the job is never signalled). Returns how many it reached.
     pub fn signal(&self, sig: Signal) -> Result<usize> {
+        if sig == Signal::KILL && self.main_exit.is_none() {
+            self.sigkill_sent.store(true, Ordering::Relaxed);
+        }
         Ok(match self.backend.as_ref() {
             None => 0,
             Some(Backend::Cgroup(leaf)) => {

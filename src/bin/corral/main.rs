@@ -55,6 +55,23 @@ struct RunArgs {
     /// [env: CORRAL_CGROUP_PARENT].
     #[arg(long, value_name = "PATH")]
     cgroup_parent: Option<PathBuf>,
+    /// Limit the job's memory to BYTES (memory.max; K/M/G/T suffixes, or `max`); above it
+    /// the OOM killer acts. Needs the cgroup mechanism and the memory controller.
+    #[arg(long, value_name = "BYTES", value_parser = corral::LimitValue::parse_bytes)]
+    memory_max: Option<corral::LimitValue>,
+    /// Throttle the job's memory above BYTES (memory.high; K/M/G/T suffixes, or `max`).
+    #[arg(long, value_name = "BYTES", value_parser = corral::LimitValue::parse_bytes)]
+    memory_high: Option<corral::LimitValue>,
+    /// At most N processes and threads in the job at once (pids.max, or `max`).
+    #[arg(long, value_name = "N", value_parser = corral::LimitValue::parse_count)]
+    pids_max: Option<corral::LimitValue>,
+    /// CPU time per period for the whole job (cpu.max): QUOTA[/PERIOD] with units, e.g.
+    /// 50ms/100ms (half a CPU), 2s/1s (two CPUs), or `max`; the period defaults to 100ms.
+    #[arg(long, value_name = "QUOTA[/PERIOD]")]
+    cpu_max: Option<corral::CpuMax>,
+    /// The job's CPU share under contention, 1-10000 (cpu.weight; the default is 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10000))]
+    cpu_weight: Option<u16>,
     /// Write the JSON report to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -147,6 +164,13 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         preserve_status: args.preserve_status,
         // The CLI is the job's supervisor: its only children are the job's.
         supervisor: corral::Supervisor::InProcess,
+        limits: corral::Limits {
+            memory_max: args.memory_max,
+            memory_high: args.memory_high,
+            pids_max: args.pids_max,
+            cpu_max: args.cpu_max,
+            cpu_weight: args.cpu_weight,
+        },
         debug: corral::DebugKnobs {
             no_clone_into_cgroup: args.debug_no_clone3,
             no_cgroup_kill: args.debug_no_cgroup_kill,
