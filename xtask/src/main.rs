@@ -2,6 +2,7 @@
 //! Run `cargo xtask help` for the list.
 
 mod bench;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,12 @@ TASKS:
                       concurrent jobs). Needs root and a cgroup2 mount. Writes
                       target/bench/benchmarks.md and copies it to docs/benchmarks.md.
                       --quick: few rounds, a smoke test; writes only target/bench/.
+    vm-test [--payload 'TAG: CMD']... [--accel auto|kvm|tcg] [--timeout SECS] [--keep]
+            [--rebuild-image]
+                      Boot a Debian 12 VM (systemd as PID 1, pure cgroup v2) under qemu and
+                      run the test binaries in it, as root and as a user with a user manager
+                      (scripts/vm/payload.list, or the --payload lines). Needs root. The
+                      image is cached in /var/cache/corral-vm/. See docs/vm.md.
     help              Print this list.
 ";
 
@@ -35,6 +42,7 @@ fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]).map(|()| ExitCode::SUCCESS),
+        Some("vm-test") => vm::run(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,91 @@
+//! The binaries the guest runs: every test executable of the `corral` package and the
+//! programs they call through `env!("CARGO_BIN_EXE_..")`.
+
+use std::fs;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+pub struct Built {
+    /// The host's `target/debug`: the test executables have the helpers' paths in them, so
+    /// the guest puts the binaries at the same path.
+    pub target_dir: PathBuf,
+}
+
+/// The programs the tests run by path.
+const HELPERS: [&str; 3] = ["corral", "corral-testtree", "corral-host"];
+
+/// Builds the tests on the host and copies them into `bin` (`bin/vm-tests/<name>` for the
+/// test executables, named after their target: `containment`, `lib-corral`, ...).
+pub fn build_into(repo: &Path, bin: &Path) -> Result<Built> {
+    println!("vm-test: cargo test --workspace --all-features --no-run");
+    let mut child = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "test",
+            "--workspace",
+            "--all-features",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(repo)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("run cargo test --no-run")?;
+    let manifest = repo.join("Cargo.toml");
+    let mut tests = Vec::new();
+    let mut helpers = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact"
+            || msg["manifest_path"].as_str() != manifest.to_str()
+        {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        let name = msg["target"]["name"].as_str().unwrap_or_default();
+        let kind = msg["target"]["kind"][0].as_str().unwrap_or_default();
+        if msg["profile"]["test"] == true {
+            let name = if kind == "test" {
+                name.to_string()
+            } else {
+                format!("{kind}-{name}")
+            };
+            tests.push((name, PathBuf::from(exe)));
+        } else if kind == "bin" && HELPERS.contains(&name) {
+            helpers.push(PathBuf::from(exe));
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo test --no-run failed ({status})");
+    }
+    let Some(target_dir) = helpers
+        .first()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+    else {
+        bail!("cargo built none of {HELPERS:?}");
+    };
+    fs::create_dir_all(bin.join("vm-tests"))?;
+    for h in &helpers {
+        copy(h, &bin.join(h.file_name().unwrap()))?;
+    }
+    for (name, exe) in &tests {
+        copy(exe, &bin.join("vm-tests").join(name))?;
+    }
+    let names: Vec<&str> = tests.iter().map(|(n, _)| n.as_str()).collect();
+    println!("vm-test: test executables: {}", names.join(", "));
+    Ok(Built { target_dir })
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to).with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
