@@ -1,0 +1,316 @@
+//! Resource limits that need the cgroup controllers: run in the systemd VM (pure cgroup v2,
+//! controllers available), by `CORRAL_VM=1 cargo test --all-features --test limits_vm`.
+//!
+//! Without `CORRAL_VM=1` every test here returns at once (it says so on stderr): on a host
+//! whose controllers are bound to cgroup v1 (a hybrid layout) none of them can run, and
+//! that is what `tests/containment/limits.rs` covers. With `CORRAL_VM=1`, a test that
+//! cannot enable the controllers it needs under its test cgroup prints `SKIPPED: <reason>`,
+//! and fails under `CORRAL_REQUIRE_ALL=1`.
+//!
+//! Each test enables the controllers in its own subtree's root (`<mount>/corral-test-...`),
+//! so the `jobs` parent offers them and corral enables them in `jobs` itself.
+#![cfg(target_os = "linux")]
+
+#[path = "containment/util.rs"]
+#[allow(unused_macros, unused_imports)] // the per-mechanism macro serves tests/containment
+mod util;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use util::{executable_by_others, skip, Mechanism, Sandbox};
+
+/// The sandbox, with `controllers` enabled in its root; `None` when the VM suite is not
+/// asked for (a pass) or the controllers cannot be had (after [`skip`]).
+fn vm_sandbox(name: &str, controllers: &[&str]) -> Option<Sandbox> {
+    if std::env::var("CORRAL_VM").as_deref() != Ok("1") {
+        eprintln!("{name}: not run: the systemd VM suite runs it (CORRAL_VM=1)");
+        return None;
+    }
+    let sandbox = Sandbox::with_cgroup(name)?;
+    let root = sandbox.cgroup().root().to_path_buf();
+    let offered = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let text: Vec<String> = controllers.iter().map(|c| format!("+{c}")).collect();
+    if let Err(e) = fs::write(root.join("cgroup.subtree_control"), text.join(" ")) {
+        let v1 = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let v1: Vec<&str> = v1.lines().filter(|l| !l.starts_with("0::")).collect();
+        skip(format!(
+            "{name}: cannot enable {controllers:?} in {} ({e}); it offers {:?}; cgroup v1 \
+             hierarchies: {v1:?}",
+            root.display(),
+            offered.trim()
+        ));
+        return None;
+    }
+    Some(sandbox)
+}
+
+fn applied<'a>(report: &'a serde_json::Value, file: &str) -> &'a serde_json::Value {
+    &report["limits"]["applied"][file]
+}
+
+/// Kernel `major.minor`, for files newer kernels have.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+#[test]
+fn an_oom_killed_command_is_reported_and_exits_137() {
+    let Some(sandbox) = vm_sandbox("vm-oom", &["memory"]) else {
+        return;
+    };
+    // Swap would let the job page out instead of being killed.
+    let swap = sandbox.cgroup().jobs().join("memory.swap.max");
+    if swap.exists() {
+        fs::write(&swap, "0").expect("write 0 to jobs/memory.swap.max");
+    }
+    let job = sandbox
+        .corral(Mechanism::Cgroup)
+        .args(["--memory-max", "32M"])
+        .tree(&["alloc", "--mib", "512"])
+        .spawn();
+    job.go();
+    let done = job.finish();
+    sandbox.assert_clean();
+    done.assert_code(137);
+    done.assert_report_basics(Mechanism::Cgroup);
+    let report = done.report();
+    assert_eq!(report["oom_killed"], true, "{}", done.report_text());
+    assert!(
+        report["usage"]["oom_kills"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        done.report_text()
+    );
+    assert_eq!(applied(report, "memory.max"), "33554432");
+    assert!(
+        report["limits"]["controllers_enabled"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "memory")),
+        "{}",
+        done.report_text()
+    );
+    if kernel_at_least(5, 19) {
+        let peak = report["usage"]["memory_peak_bytes"].as_u64();
+        assert!(
+            peak.is_some_and(|p| p > 0 && p <= 33554432),
+            "memory.peak must be within memory.max:\n{}",
+            done.report_text()
+        );
+    }
+    assert!(
+        done.stderr
+            .contains("killed by the OOM killer (memory.max 33554432)"),
+        "the summary line must name the OOM kill: {:?}",
+        done.stderr
+    );
+}
+
+#[test]
+fn pids_max_stops_a_fork_storm() {
+    let Some(sandbox) = vm_sandbox("vm-pids", &["pids"]) else {
+        return;
+    };
+    let mut run = sandbox.corral(Mechanism::Cgroup);
+    run.args(["--pids-max", "16", "--timeout", "2s"])
+        .grace("100ms", Duration::from_millis(100))
+        .tree(&["storm", "--max", "500", "--interval", "1ms"]);
+    let job = run.spawn();
+    let procs = job.wait_listed(&["top"]);
+    job.go();
+    let done = job.finish();
+    procs.assert_all_gone("pids.max storm");
+    sandbox.assert_clean();
+    done.assert_code(124);
+    done.assert_report_basics(Mechanism::Cgroup);
+    let listed = done.listed().len();
+    assert!(
+        (2..=16).contains(&listed),
+        "pids.max 16 must stop the storm at 16 processes; the tree listed {listed}"
+    );
+    let report = done.report();
+    assert_eq!(applied(report, "pids.max"), "16");
+    if kernel_at_least(6, 1) {
+        let peak = report["usage"]["pids_peak"].as_u64();
+        assert!(
+            peak.is_some_and(|p| (2..=16).contains(&p)),
+            "pids.peak must be within pids.max:\n{}",
+            done.report_text()
+        );
+    }
+}
+
+#[test]
+fn cpu_max_throttles_the_job() {
+    let Some(sandbox) = vm_sandbox("vm-cpu-max", &["cpu"]) else {
+        return;
+    };
+    // 100 ms of CPU at 10 ms per 100 ms: about a second, throttled in every period.
+    let job = sandbox
+        .corral(Mechanism::Cgroup)
+        .args(["--cpu-max", "10ms/100ms"])
+        .tree(&["burn", "--cpu", "100ms"])
+        .spawn();
+    job.go();
+    let done = job.finish();
+    sandbox.assert_clean();
+    done.assert_code(0);
+    done.assert_report_basics(Mechanism::Cgroup);
+    let report = done.report();
+    assert_eq!(applied(report, "cpu.max"), "10000 100000");
+    let usage = &report["usage"];
+    assert!(
+        usage["cpu_nr_throttled"].as_u64().unwrap_or(0) > 0
+            && usage["cpu_throttled_usec"].as_u64().unwrap_or(0) > 0,
+        "cpu.max 10ms/100ms must throttle a 100 ms burn:\n{}",
+        done.report_text()
+    );
+    assert!(
+        done.elapsed >= Duration::from_millis(500),
+        "a 100 ms burn at 10% of a CPU took only {:?}",
+        done.elapsed
+    );
+}
+
+#[test]
+fn every_limit_is_written_and_the_peaks_are_reported() {
+    let Some(sandbox) = vm_sandbox("vm-all", &["memory", "pids", "cpu"]) else {
+        return;
+    };
+    let job = sandbox
+        .corral(Mechanism::Cgroup)
+        .args([
+            "--memory-max",
+            "1G",
+            "--memory-high",
+            "512M",
+            "--pids-max",
+            "max",
+            "--cpu-max",
+            "2s/1s",
+            "--cpu-weight",
+            "50",
+        ])
+        .tree(&["grandchild", "--exit", "0"])
+        .spawn();
+    job.go();
+    let done = job.finish();
+    sandbox.assert_clean();
+    done.assert_code(0);
+    done.assert_report_basics(Mechanism::Cgroup);
+    let report = done.report();
+    for (file, value) in [
+        ("memory.max", "1073741824"),
+        ("memory.high", "536870912"),
+        ("pids.max", "max"),
+        ("cpu.max", "2000000 1000000"),
+        ("cpu.weight", "50"),
+    ] {
+        assert_eq!(applied(report, file), value, "{}", done.report_text());
+    }
+    let usage = &report["usage"];
+    assert_eq!(usage["oom_kills"], 0, "{}", done.report_text());
+    assert_eq!(report["oom_killed"], false);
+    if kernel_at_least(6, 1) {
+        assert!(
+            usage["memory_peak_bytes"].as_u64().is_some_and(|p| p > 0)
+                && usage["pids_peak"].as_u64().is_some_and(|p| p >= 2),
+            "{}",
+            done.report_text()
+        );
+    }
+}
+
+/// The parent is the cgroup corral runs in: corral moves itself into
+/// `<parent>/supervisor` first (cgroup v2's no-internal-processes rule).
+#[test]
+fn corral_leaves_its_own_cgroup_to_enable_controllers_there() {
+    let Some(sandbox) = vm_sandbox("vm-move-self", &["pids"]) else {
+        return;
+    };
+    let own = sandbox.cgroup().corral_leaf();
+    let mut run = sandbox.corral_bare();
+    let report = run.dir.join("report.json");
+    run.args([
+        "run",
+        "--mechanism",
+        "cgroup",
+        "--pids-max",
+        "64",
+        "--cgroup-parent",
+    ])
+    .arg(&own)
+    .arg("--report")
+    .arg(&report);
+    let prefix = run.tree_prefix();
+    run.arg("--").args(prefix).args(["exit", "0"]);
+    let done = run.spawn_with_report(report).finish();
+    done.assert_code(0);
+    done.assert_report_basics(Mechanism::Cgroup);
+    let report = done.report();
+    let supervisor = own.join("supervisor");
+    assert_eq!(
+        report["limits"]["moved_self_to"].as_str().map(Path::new),
+        Some(supervisor.as_path()),
+        "{}",
+        done.report_text()
+    );
+    assert_eq!(report["limits"]["controllers_enabled"][0], "pids");
+    let left: Vec<_> = util::CgroupTree::children(&own)
+        .into_iter()
+        .filter(|c| *c != supervisor)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "job cgroups left in {}: {left:?}",
+        own.display()
+    );
+}
+
+/// A parent whose `cgroup.subtree_control` the user may not write is not delegated.
+#[test]
+fn a_parent_not_delegated_for_controllers_is_an_error() {
+    let Some(sandbox) = vm_sandbox("vm-not-delegated", &["pids"]) else {
+        return;
+    };
+    if !executable_by_others(Path::new(util::CORRAL)) {
+        skip(format!("user nobody cannot execute {}", util::CORRAL));
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let jobs = sandbox.cgroup().jobs();
+    // Writable for job leaves, but not for controllers.
+    for path in [jobs.clone(), jobs.join("cgroup.procs")] {
+        std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let mut run = sandbox.corral_bare();
+    fs::set_permissions(&run.dir, fs::Permissions::from_mode(0o777)).unwrap();
+    run.uid(NOBODY);
+    run.args([
+        "run",
+        "--mechanism",
+        "cgroup",
+        "--pids-max",
+        "8",
+        "--cgroup-parent",
+    ])
+    .arg(&jobs);
+    let prefix = run.tree_prefix();
+    run.arg("--").args(prefix).args(["exit", "0"]);
+    let done = run.run();
+    done.assert_code(125);
+    done.assert_one_line_error();
+    assert!(
+        done.stderr.contains("cannot apply pids.max") && done.stderr.contains("not delegated"),
+        "{:?}",
+        done.stderr
+    );
+    assert!(!done.tree_started());
+    sandbox.assert_clean();
+}
