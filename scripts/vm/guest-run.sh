@@ -74,7 +74,8 @@ done <"$S/payload.list"
 
 # Leftovers: cgroups the tests made and did not remove, processes re-parented to PID 1.
 {
-  find /sys/fs/cgroup -type d \( -name 'corral-test-*' -o -name 'corral-*' -o -path '*/corral/*' \) 2>/dev/null
+  # The names .ci/run looks for, anywhere in the tree (a delegated scope is deep in it).
+  find /sys/fs/cgroup -type d \( -name 'corral-test-*' -o -name 'corral-bench-*' -o -path '*/corral/*' \) 2>/dev/null
   ps -eo ppid=,pid=,stat=,args= | awk '$3 !~ /^Z/ && (($1==1 && /corral-testtree/) || ($4 ~ /(^|\/)corral$/ && $5=="__supervise"))'
 } >"$R/leftovers.txt" 2>&1
 echo "payload: finished at uptime $(cut -d' ' -f1 /proc/uptime)" | tee "$R/finished"

@@ -21,9 +21,14 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# `apt-get update` only when the lists cannot install it: an update also prunes the lists of
+# suites the sources no longer name.
+install() {
+  apt-get install -y -qq --no-install-recommends "$@" \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@"; }
+}
 if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}"
+  install "${need[@]}"
 fi
 [ $have_qemu -eq 1 ] && exit 0
 
@@ -47,8 +52,7 @@ SRC
     apt-get "${apt_tmp[@]}" install -y -qq --no-install-recommends -t "$codename-backports" qemu-system-x86
     ;;
   *)
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends qemu-system-x86
+    install qemu-system-x86
     ;;
 esac
 command -v qemu-system-x86_64 >/dev/null

@@ -72,6 +72,7 @@ pub fn choose_accel(choice: AccelChoice, img: &Image, share: &Path) -> Result<Ac
     let log = share.join("kvm-probe.log");
     let started = Instant::now();
     let mut child = qemu(img, Accel::Kvm, &log, "init=/bin/true", None)
+        .stderr(fs::File::create(share.join("kvm-probe.stderr"))?)
         .spawn()
         .context("run qemu-system-x86_64 (kvm probe)")?;
     let (status, timed_out) = wait_or_kill(&mut child, KVM_PROBE, || false)?;
@@ -91,10 +92,9 @@ pub fn choose_accel(choice: AccelChoice, img: &Image, share: &Path) -> Result<Ac
                 status.map_or("?".into(), |s| s.to_string())
             )
         };
-        println!(
-            "vm-test: /dev/kvm exists but cannot boot the image ({why}; see {}); using tcg",
-            log.display()
-        );
+        let stderr = fs::read_to_string(share.join("kvm-probe.stderr")).unwrap_or_default();
+        let first = stderr.lines().next().unwrap_or("no message");
+        println!("vm-test: /dev/kvm exists but cannot boot the image ({why}: {first}); using tcg");
         Ok(Accel::Tcg)
     }
 }
