@@ -44,7 +44,8 @@ while IFS= read -r line || [ -n "$line" ]; do
   cmd=${cmd# }
   [ "$tag" = "$line" ] && { tag=root; cmd=$line; }
   n=$((n + 1))
-  name=$(echo "$cmd" | awk '{print $1}' | tr -c 'A-Za-z0-9_.\n-' _)
+  # The first word that is not an assignment: `CORRAL_VM=1 limits_vm` is `limits_vm`.
+  name=$(echo "$cmd" | awk '{for (i = 1; i <= NF; i++) if ($i !~ /=/) { print $i; exit }}' | tr -c 'A-Za-z0-9_.\n-' _)
   id=$(printf '%02d-%s-%s' "$n" "$tag" "$name")
   echo "payload: $id: $cmd" >/dev/console
   start=$(date +%s.%N)
