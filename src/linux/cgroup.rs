@@ -1206,6 +1206,83 @@ mod tests {
         assert!(!bound_to_v1("0::/user.slice\n", "memory"));
     }
 
+    /// A directory that looks like a cgroup parent to [`enable_controllers`]: plain files
+    /// stand in for the kernel's.
+    fn fake_parent(name: &str, controllers: &str, subtree: &str, procs: &str) -> Parent {
+        let path = std::env::temp_dir().join(format!("corral-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(path.join(SUPERVISOR_LEAF)).unwrap();
+        for (file, text) in [
+            (CONTROLLERS, controllers),
+            (SUBTREE_CONTROL, subtree),
+            (PROCS, procs),
+            ("supervisor/cgroup.procs", ""),
+        ] {
+            std::fs::write(path.join(file), text).unwrap();
+        }
+        let dir = rustix::fs::open(
+            &path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        Parent {
+            path,
+            dir,
+            source: ParentSource::Option,
+        }
+    }
+
+    fn read(parent: &Parent, file: &str) -> String {
+        std::fs::read_to_string(parent.path.join(file)).unwrap()
+    }
+
+    #[test]
+    fn a_controller_the_parent_lacks_is_an_error_naming_it() {
+        let p = fake_parent("lacks", "cpu io", "", "");
+        let e =
+            enable_controllers(&p, &[("cpu", "cpu.max"), ("memory", "memory.max")]).unwrap_err();
+        assert!(
+            matches!(&e, Error::LimitUnavailable { file, controller, .. }
+                if file == "memory.max" && controller == "memory"),
+            "{e:?}"
+        );
+        assert_eq!(read(&p, SUBTREE_CONTROL), "", "nothing enabled on failure");
+        std::fs::remove_dir_all(&p.path).unwrap();
+    }
+
+    #[test]
+    fn only_missing_controllers_are_enabled_and_we_move_only_out_of_our_own_cgroup() {
+        // Already enabled: nothing is written.
+        let p = fake_parent("enabled", "cpu memory pids", "memory", "1\n");
+        let done = enable_controllers(&p, &[("memory", "memory.max")]).unwrap();
+        assert!(done.controllers.is_empty() && done.moved_self_to.is_none());
+        std::fs::remove_dir_all(&p.path).unwrap();
+
+        // Someone else's process in the parent: we do not move.
+        let p = fake_parent("other", "cpu memory pids", "memory", "1\n");
+        let needed = [
+            ("memory", "memory.max"),
+            ("pids", "pids.max"),
+            ("cpu", "cpu.max"),
+        ];
+        let done = enable_controllers(&p, &needed).unwrap();
+        assert_eq!(done.controllers, ["pids", "cpu"]);
+        assert_eq!(done.moved_self_to, None);
+        assert_eq!(read(&p, SUBTREE_CONTROL), "+pids +cpu");
+        assert_eq!(read(&p, "supervisor/cgroup.procs"), "");
+        std::fs::remove_dir_all(&p.path).unwrap();
+
+        // Our own process in the parent: we move into <parent>/supervisor first.
+        let me = format!("1\n{}\n", std::process::id());
+        let p = fake_parent("own", "pids", "", &me);
+        let done = enable_controllers(&p, &[("pids", "pids.max")]).unwrap();
+        assert_eq!(done.moved_self_to, Some(p.path.join(SUPERVISOR_LEAF)));
+        assert_eq!(read(&p, "supervisor/cgroup.procs"), "0");
+        assert_eq!(read(&p, SUBTREE_CONTROL), "+pids");
+        std::fs::remove_dir_all(&p.path).unwrap();
+    }
+
     #[test]
     fn keyed_files() {
         let stat = "usage_usec 250\nuser_usec 200\nsystem_usec 50\nnr_throttled 3\n";
