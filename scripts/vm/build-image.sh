@@ -19,8 +19,9 @@ mkdir -p "$out"
 work=$(mktemp -d /var/tmp/corral-vm-build.XXXXXX)
 root=$work/root
 cleanup() {
+  set +e
   # debootstrap mounts proc/sys in the chroot; never delete through a mount.
-  findmnt -rn -o TARGET | grep -F "$root" | sort -r | while read -r m; do umount -l "$m" || true; done
+  findmnt -rn -o TARGET | grep -F "$root/" | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
