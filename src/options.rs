@@ -26,6 +26,12 @@ pub struct Options {
     pub preserve_status: bool,
     /// Who is the child subreaper of a pgroup job.
     pub supervisor: Supervisor,
+    /// Limits need controllers enabled in the cgroup parent, which cgroup v2 allows only
+    /// while the parent holds no process. When the parent is the cgroup the calling process
+    /// runs in (a delegated cgroup), `true` lets corral move the calling process into
+    /// `<parent>/supervisor` first; `false` (the default: the library does not change its
+    /// host's cgroup on its own) makes that an error that says so.
+    pub move_self_for_limits: bool,
     /// Resource limits written into the job's cgroup before the main process starts
     /// (default: none). Any limit needs the cgroup mechanism and its controller.
     pub limits: Limits,
@@ -45,6 +51,7 @@ impl Default for Options {
             timeout: None,
             preserve_status: false,
             supervisor: Supervisor::Auto,
+            move_self_for_limits: false,
             limits: Limits::default(),
             debug: DebugKnobs::default(),
         }
@@ -138,7 +145,8 @@ impl FromStr for MechanismRequest {
 /// allows that only in a cgroup with no processes of its own: if the parent is the cgroup
 /// the calling process runs in (a delegated cgroup), the calling process first moves itself
 /// into `<parent>/supervisor` (a process-wide change, reported as
-/// [`crate::LimitsReport::moved_self_to`]); a parent with other processes in it is an error.
+/// [`crate::LimitsReport::moved_self_to`]) if [`Options::move_self_for_limits`] allows it,
+/// and it is an error otherwise; a parent with other processes in it is an error.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
     /// `memory.max`: the hard memory limit of the whole job, in bytes; above it the kernel

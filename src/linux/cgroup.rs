@@ -57,7 +57,7 @@ const MEMORY_EVENTS: &str = "memory.events";
 /// Linux 6.1.
 const PIDS_PEAK: &str = "pids.peak";
 /// The leaf the calling process moves itself into when the parent is its own cgroup.
-const SUPERVISOR_LEAF: &str = "supervisor";
+pub(crate) const SUPERVISOR_LEAF: &str = "supervisor";
 /// The default parent's name under the cgroup2 mount.
 const DEFAULT_PARENT: &str = "corral";
 
@@ -370,7 +370,11 @@ pub(crate) struct Enabled {
 /// enabled in `parent`'s `cgroup.subtree_control`, so a leaf made under it gets the limit
 /// files. A controller the parent does not offer, or that cannot be enabled, is
 /// [`Error::LimitUnavailable`] naming the first limit that needs it.
-pub(crate) fn enable_controllers(parent: &Parent, needed: &[(&str, &str)]) -> Result<Enabled> {
+pub(crate) fn enable_controllers(
+    parent: &Parent,
+    needed: &[(&str, &str)],
+    may_move_self: bool,
+) -> Result<Enabled> {
     let mut done = Enabled::default();
     if needed.is_empty() {
         return Ok(done);
@@ -401,6 +405,22 @@ pub(crate) fn enable_controllers(parent: &Parent, needed: &[(&str, &str)]) -> Re
         .map_err(|e| Error::cgroup("read", parent.path.join(PROCS), e))?
         .contains(&Pid::current())
     {
+        if !may_move_self {
+            let (controller, file) = missing[0];
+            return Err(Error::LimitUnavailable {
+                file: file.to_string(),
+                controller: controller.to_string(),
+                reason: format!(
+                    "the cgroup parent {} is the cgroup this process runs in, and cgroup v2 \
+                     enables controllers only in a cgroup with no process of its own",
+                    parent.path.display()
+                ),
+                fix: "run the program in a leaf of its own below the delegated cgroup, or \
+                      set Options::move_self_for_limits to let corral move it to \
+                      <parent>/supervisor"
+                    .into(),
+            });
+        }
         done.moved_self_to = Some(move_self_to_leaf(parent)?);
     }
     let text = missing
@@ -1240,8 +1260,8 @@ mod tests {
     #[test]
     fn a_controller_the_parent_lacks_is_an_error_naming_it() {
         let p = fake_parent("lacks", "cpu io", "", "");
-        let e =
-            enable_controllers(&p, &[("cpu", "cpu.max"), ("memory", "memory.max")]).unwrap_err();
+        let e = enable_controllers(&p, &[("cpu", "cpu.max"), ("memory", "memory.max")], true)
+            .unwrap_err();
         assert!(
             matches!(&e, Error::LimitUnavailable { file, controller, .. }
                 if file == "memory.max" && controller == "memory"),
@@ -1255,7 +1275,7 @@ mod tests {
     fn only_missing_controllers_are_enabled_and_we_move_only_out_of_our_own_cgroup() {
         // Already enabled: nothing is written.
         let p = fake_parent("enabled", "cpu memory pids", "memory", "1\n");
-        let done = enable_controllers(&p, &[("memory", "memory.max")]).unwrap();
+        let done = enable_controllers(&p, &[("memory", "memory.max")], true).unwrap();
         assert!(done.controllers.is_empty() && done.moved_self_to.is_none());
         std::fs::remove_dir_all(&p.path).unwrap();
 
@@ -1266,7 +1286,7 @@ mod tests {
             ("pids", "pids.max"),
             ("cpu", "cpu.max"),
         ];
-        let done = enable_controllers(&p, &needed).unwrap();
+        let done = enable_controllers(&p, &needed, true).unwrap();
         assert_eq!(done.controllers, ["pids", "cpu"]);
         assert_eq!(done.moved_self_to, None);
         assert_eq!(read(&p, SUBTREE_CONTROL), "+pids +cpu");
@@ -1276,10 +1296,20 @@ mod tests {
         // Our own process in the parent: we move into <parent>/supervisor first.
         let me = format!("1\n{}\n", std::process::id());
         let p = fake_parent("own", "pids", "", &me);
-        let done = enable_controllers(&p, &[("pids", "pids.max")]).unwrap();
+        let done = enable_controllers(&p, &[("pids", "pids.max")], true).unwrap();
         assert_eq!(done.moved_self_to, Some(p.path.join(SUPERVISOR_LEAF)));
         assert_eq!(read(&p, "supervisor/cgroup.procs"), "0");
         assert_eq!(read(&p, SUBTREE_CONTROL), "+pids");
+        std::fs::remove_dir_all(&p.path).unwrap();
+
+        // The same, not allowed to move (the library's default): an error that says how,
+        // and nothing moved or enabled.
+        let p = fake_parent("own-refused", "pids", "", &me);
+        let err = enable_controllers(&p, &[("pids", "pids.max")], false).unwrap_err();
+        assert!(matches!(err, Error::LimitUnavailable { .. }), "{err}");
+        assert!(err.to_string().contains("move_self_for_limits"), "{err}");
+        assert_eq!(read(&p, "supervisor/cgroup.procs"), "", "nothing moved");
+        assert_eq!(read(&p, SUBTREE_CONTROL), "");
         std::fs::remove_dir_all(&p.path).unwrap();
     }
 

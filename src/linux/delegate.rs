@@ -38,7 +38,18 @@ pub(crate) fn own_cgroup(mount: &Mount) -> Result<Delegated, String> {
     if path == mount.path {
         return Err("corral runs in the root cgroup".into());
     }
-    judge(&path, rustix::process::geteuid().as_raw())
+    let euid = rustix::process::geteuid().as_raw();
+    // To enable controllers, corral moves itself into `<delegated>/supervisor`
+    // (`cgroup::move_self_to_leaf`): the delegated cgroup is then the one above, and jobs
+    // go beside the supervisor leaf, not inside it.
+    if path.file_name() == Some(std::ffi::OsStr::new(super::cgroup::SUPERVISOR_LEAF)) {
+        if let Some(parent) = path.parent().filter(|p| *p != mount.path) {
+            if let Ok(delegated) = judge(parent, euid) {
+                return Ok(delegated);
+            }
+        }
+    }
+    judge(&path, euid)
 }
 
 /// Whether `path` is delegated to the user `euid`.

@@ -89,7 +89,7 @@ pub(crate) fn choose(opts: &Options) -> Result<Choice> {
             })
         }
         Choice::Cgroup { parent, reason, .. } => {
-            let enabled = cgroup::enable_controllers(&parent, &needed)?;
+            let enabled = cgroup::enable_controllers(&parent, &needed, opts.move_self_for_limits)?;
             Ok(Choice::Cgroup {
                 parent,
                 reason,

@@ -164,6 +164,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         preserve_status: args.preserve_status,
         // The CLI is the job's supervisor: its only children are the job's.
         supervisor: corral::Supervisor::InProcess,
+        // The CLI is a process of its own: moving it for the job's limits disturbs no one.
+        move_self_for_limits: true,
         limits: corral::Limits {
             memory_max: args.memory_max,
             memory_high: args.memory_high,
