@@ -58,6 +58,21 @@ pub fn __supervise() -> ! {
     linux::supervise::main()
 }
 
+/// The `systemd-run` command line (program first) that would give this process a delegated
+/// scope, when it needs one: systemd manages the cgroup tree, the cgroup this process runs
+/// in is not delegated to it, and the systemd manager for its user can be reached. Used by
+/// the `corral` CLI to re-run itself there; see `docs/delegation.md`.
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub const __SCOPE_ENV: &str = linux::delegate::SCOPE_ENV;
+
+/// See [`__systemd_scope_command`]'s caller in the CLI.
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub fn __systemd_scope_command() -> Option<Vec<std::ffi::OsString>> {
+    linux::delegate::scope_command()
+}
+
 /// The containment mechanism a job actually runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]

@@ -144,6 +144,8 @@ pub(crate) struct Parent {
     pub(crate) path: PathBuf,
     pub(crate) dir: OwnedFd,
     pub(crate) source: ParentSource,
+    /// For a delegated parent: why it counts as delegated.
+    pub(crate) how: Option<&'static str>,
 }
 
 /// Why no cgroup parent could be had; `auto` falls back with this as the reason.
@@ -237,6 +239,7 @@ fn open_named_parent(path: &Path, source: ParentSource) -> Result<Parent> {
         path: path.to_owned(),
         dir,
         source,
+        how: None,
     })
 }
 
@@ -262,15 +265,20 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
     };
     let not_delegated = match super::delegate::own_cgroup(&mount) {
         Ok(d) => {
-            return open_named_parent(&d.path, ParentSource::Delegated).map_err(|e| {
-                none(
-                    format!(
-                        "the delegated cgroup {} cannot be used: {e}",
-                        d.path.display()
-                    ),
-                    "check its permissions",
-                )
-            })
+            return open_named_parent(&d.path, ParentSource::Delegated)
+                .map(|p| Parent {
+                    how: Some(d.how),
+                    ..p
+                })
+                .map_err(|e| {
+                    none(
+                        format!(
+                            "the delegated cgroup {} cannot be used: {e}",
+                            d.path.display()
+                        ),
+                        "check its permissions",
+                    )
+                })
         }
         Err(why) => why,
     };
@@ -346,11 +354,12 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
         path,
         dir,
         source: ParentSource::Default,
+        how: None,
     })
 }
 
 /// A host whose cgroup tree systemd owns: writing outside a delegated subtree would fight it.
-fn systemd_manages(mount: &Mount) -> bool {
+pub(crate) fn systemd_manages(mount: &Mount) -> bool {
     let pid1_is_systemd = std::fs::read_to_string("/proc/1/comm")
         .map(|c| c.trim() == "systemd")
         .unwrap_or(false);
@@ -1250,6 +1259,7 @@ mod tests {
             path,
             dir,
             source: ParentSource::Option,
+            how: None,
         }
     }
 

@@ -52,6 +52,51 @@ pub(crate) fn own_cgroup(mount: &Mount) -> Result<Delegated, String> {
     judge(&path, euid)
 }
 
+/// Set by the `corral` CLI on itself when it re-runs under `systemd-run --scope`, so that
+/// the delegated scope is reported as obtained, and so that it never re-runs twice.
+pub(crate) const SCOPE_ENV: &str = "CORRAL_IN_SYSTEMD_SCOPE";
+
+/// `systemd-run [--user] --scope -p Delegate=yes --quiet --collect --`, when this process
+/// needs a delegated scope and can get one: systemd manages the tree, our cgroup is not
+/// delegated, the manager of our user is reachable, `systemd-run` exists, and we have not
+/// re-run already.
+pub(crate) fn scope_command() -> Option<Vec<std::ffi::OsString>> {
+    if std::env::var_os(SCOPE_ENV).is_some() {
+        return None;
+    }
+    let mount = super::cgroup::find_mount().ok()??;
+    if !super::cgroup::systemd_manages(&mount) || own_cgroup(&mount).is_ok() {
+        return None;
+    }
+    let root = rustix::process::geteuid().is_root();
+    let manager = if root {
+        PathBuf::from("/run/systemd/private")
+    } else {
+        PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("systemd/private")
+    };
+    if !manager.exists() {
+        return None;
+    }
+    let systemd_run = std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("systemd-run"))
+        .find(|p| rustix::fs::access(p.as_path(), Access::EXEC_OK).is_ok())?;
+    let mut cmd: Vec<std::ffi::OsString> = vec![systemd_run.into()];
+    if !root {
+        cmd.push("--user".into());
+    }
+    for arg in [
+        "--scope",
+        "-p",
+        "Delegate=yes",
+        "--quiet",
+        "--collect",
+        "--",
+    ] {
+        cmd.push(arg.into());
+    }
+    Some(cmd)
+}
+
 /// Whether `path` is delegated to the user `euid`.
 fn judge(path: &Path, euid: u32) -> Result<Delegated, String> {
     let writable = |name: &str| {
@@ -71,7 +116,11 @@ fn judge(path: &Path, euid: u32) -> Result<Delegated, String> {
     if marked && all_writable {
         return Ok(Delegated {
             path: path.to_owned(),
-            how: "the cgroup corral runs in, marked delegated by systemd",
+            how: if std::env::var_os(SCOPE_ENV).is_some() {
+                "a scope corral obtained from systemd (systemd-run --scope -p Delegate=yes)"
+            } else {
+                "the cgroup corral runs in, marked delegated by systemd"
+            },
         });
     }
     let owner = rustix::fs::stat(path)

@@ -120,8 +120,9 @@ fn choose_mechanism(opts: &Options) -> Result<Choice> {
                             format!("cgroup parent {} (default)", parent.path.display())
                         }
                         cgroup::ParentSource::Delegated => format!(
-                            "cgroup parent {} (delegated: the cgroup corral runs in)",
-                            parent.path.display()
+                            "cgroup parent {} (delegated: {})",
+                            parent.path.display(),
+                            parent.how.unwrap_or("the cgroup corral runs in")
                         ),
                     };
                     Ok(Choice::Cgroup {

@@ -154,6 +154,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.report {
         check_report_path(path)?;
     }
+    #[cfg(target_os = "linux")]
+    reexec_in_systemd_scope(&args)?;
     let opts = corral::Options {
         grace: args.grace,
         signal: args.signal,
@@ -212,6 +214,40 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         write_report(path, &report.to_json())?;
     }
     Ok(ExitCode::from(report.exit_status.clamp(0, 255) as u8))
+}
+
+/// On a systemd host where the cgroup corral runs in is not delegated to it, a cgroup job
+/// needs a delegated scope: corral re-runs this very command line under `systemd-run
+/// [--user] --scope -p Delegate=yes` (same process: `systemd-run --scope` execs it), and
+/// the report then names the scope as obtained from systemd. Only when nothing else was
+/// asked for: an explicit parent, `--mechanism pgroup`, or a second round skip it. If
+/// `systemd-run` cannot be executed, corral goes on without a scope.
+#[cfg(target_os = "linux")]
+fn reexec_in_systemd_scope(args: &RunArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    if args.mechanism == corral::MechanismRequest::Pgroup
+        || args.cgroup_parent.is_some()
+        || std::env::var_os("CORRAL_CGROUP_PARENT").is_some_and(|v| !v.is_empty())
+    {
+        return Ok(());
+    }
+    let Some(scope) = corral::__systemd_scope_command() else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe().context("cannot find corral's own executable")?;
+    let mut cmd = std::process::Command::new(&scope[0]);
+    cmd.args(&scope[1..])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(corral::__SCOPE_ENV, "1");
+    let err = cmd.exec();
+    if args.verbose {
+        eprintln!(
+            "corral: could not run {} ({err}); going on without a delegated scope",
+            scope[0].to_string_lossy()
+        );
+    }
+    Ok(())
 }
 
 /// Fails early (before anything runs) when the report could not be written.
