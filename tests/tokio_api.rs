@@ -19,6 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral::{Job, MechanismRequest, Options, StopOutcome, StopReason};
+
+#[path = "containment/util.rs"]
+#[allow(unused_macros, unused_imports)] // the per-mechanism macro serves tests/containment
+mod util;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
@@ -43,9 +47,9 @@ impl TestCgroup {
         if std::env::var_os("CORRAL_TEST_NO_CGROUP").is_some_and(|v| v == "1") {
             return Err("CORRAL_TEST_NO_CGROUP=1".into());
         }
-        let mount = cgroup2_mount().ok_or("no cgroup2 mount in /proc/self/mountinfo")?;
+        let base = util::test_cgroup_base()?;
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let root = mount.join(format!(
+        let root = base.join(format!(
             "corral-test-{}-tokio-{name}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
@@ -112,18 +116,6 @@ impl Drop for TestCgroup {
             }
         }
     }
-}
-
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        if after.split(' ').next()? != "cgroup2" {
-            return None;
-        }
-        // Mount points with spaces or other escapes are not worth supporting here.
-        before.split(' ').nth(4).map(PathBuf::from)
-    })
 }
 
 /// The test's cgroup, or `None` after printing `SKIPPED` (a panic under

@@ -99,6 +99,68 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// Where test cgroups go.
+///
+/// - `CORRAL_TEST_CGROUP_BASE`, if set.
+/// - Else the cgroup this test process runs in, when it is delegated to us: marked by
+///   systemd (`trusted.delegate` / `user.delegate`), or, for a user, owned by us. This is
+///   the case under `systemd-run [--user] --scope -p Delegate=yes`, where nothing else is
+///   writable. The processes in it (this test process, and whoever started it in the
+///   scope) first move into a leaf `corral-tests` of it, so that it holds no process and
+///   can hand its controllers down (cgroup v2's no-internal-processes rule); every
+///   controller it offers is then enabled for its children.
+/// - Else the cgroup2 mount (root on a host without systemd).
+pub fn test_cgroup_base() -> Result<PathBuf, String> {
+    static BASE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BASE.get_or_init(find_test_cgroup_base).clone()
+}
+
+fn find_test_cgroup_base() -> Result<PathBuf, String> {
+    if let Some(base) = std::env::var_os("CORRAL_TEST_CGROUP_BASE").filter(|b| !b.is_empty()) {
+        return Ok(PathBuf::from(base));
+    }
+    let mount = cgroup2_mount().ok_or("no cgroup2 mount in /proc/self/mountinfo")?;
+    let text = fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let Some(rel) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Ok(mount);
+    };
+    let own = mount.join(rel.trim_start_matches('/'));
+    if own == mount {
+        return Ok(mount);
+    }
+    let marked = ["trusted.delegate", "user.delegate"].iter().any(|name| {
+        let mut buf = [0u8; 8];
+        matches!(rustix::fs::getxattr(&own, *name, &mut buf), Ok(n) if &buf[..n] == b"1")
+    });
+    let euid = rustix::process::geteuid();
+    let owned = !euid.is_root()
+        && fs::metadata(&own).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == euid.as_raw()
+        });
+    if !marked && !owned {
+        return Ok(mount);
+    }
+    let leaf = own.join("corral-tests");
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", leaf.display())),
+    }
+    let procs = fs::read_to_string(own.join("cgroup.procs")).map_err(|e| e.to_string())?;
+    for pid in procs.split_whitespace() {
+        // A process that exited meanwhile is no matter.
+        let _ = fs::write(leaf.join("cgroup.procs"), pid);
+    }
+    let offered = fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
+    for controller in offered.split_whitespace() {
+        // Best effort: a controller that cannot be handed down shows up in the tests that
+        // need it, which say so.
+        let _ = fs::write(own.join("cgroup.subtree_control"), format!("+{controller}"));
+    }
+    Ok(own)
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
 fn unescape_mountinfo(field: &str) -> OsString {
     let bytes = field.as_bytes();
@@ -145,9 +207,10 @@ impl CgroupTree {
         if std::env::var_os("CORRAL_TEST_NO_CGROUP").is_some_and(|v| v == "1") {
             return Err("CORRAL_TEST_NO_CGROUP=1".into());
         }
+        let base = test_cgroup_base()?;
         let mount = cgroup2_mount().ok_or("no cgroup2 mount in /proc/self/mountinfo")?;
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let root = mount.join(format!(
+        let root = base.join(format!(
             "corral-test-{}-{name}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
