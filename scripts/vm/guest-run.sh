@@ -52,7 +52,8 @@ while IFS= read -r line || [ -n "$line" ]; do
   case "$tag" in
     root)
       # A delegated scope of the system manager: the cgroup subtree is ours to write.
-      timeout -k 10 "$per_test" systemd-run --quiet --scope -p Delegate=yes --unit="corral-vm-$id" \
+      # No task limit: the suites run many process trees in parallel.
+      timeout -k 10 "$per_test" systemd-run --quiet --scope -p Delegate=yes -p TasksMax=infinity --unit="corral-vm-$id" \
         -- sh -c "$cmd" ;;
     root-plain)
       # Where the payload unit runs: a cgroup systemd manages, nothing delegated.
@@ -60,7 +61,7 @@ while IFS= read -r line || [ -n "$line" ]; do
     user-scope)
       # shellcheck disable=SC2086
       timeout -k 10 "$per_test" runuser -u corral -- env $uenv \
-        systemd-run --user --quiet --scope -p Delegate=yes -- sh -c "$cmd" ;;
+        systemd-run --user --quiet --scope -p Delegate=yes -p TasksMax=infinity -- sh -c "$cmd" ;;
     user-plain)
       # shellcheck disable=SC2086
       timeout -k 10 "$per_test" runuser -u corral -- env $uenv sh -c "$cmd" ;;

@@ -49,7 +49,14 @@ pub(crate) fn own_cgroup(mount: &Mount) -> Result<Delegated, String> {
             }
         }
     }
-    judge(&path, euid)
+    let mut delegated = judge(&path, euid)?;
+    if std::env::var_os(SCOPE_ENV).is_some() {
+        // The CLI re-ran itself under systemd-run (systemd 252's user manager marks its
+        // scopes with no xattr, so ownership is what shows the delegation there).
+        delegated.how =
+            "a scope corral obtained from systemd (systemd-run --scope -p Delegate=yes)";
+    }
+    Ok(delegated)
 }
 
 /// Set by the `corral` CLI on itself when it re-runs under `systemd-run --scope`, so that
@@ -116,11 +123,7 @@ fn judge(path: &Path, euid: u32) -> Result<Delegated, String> {
     if marked && all_writable {
         return Ok(Delegated {
             path: path.to_owned(),
-            how: if std::env::var_os(SCOPE_ENV).is_some() {
-                "a scope corral obtained from systemd (systemd-run --scope -p Delegate=yes)"
-            } else {
-                "the cgroup corral runs in, marked delegated by systemd"
-            },
+            how: "the cgroup corral runs in, marked delegated by systemd",
         });
     }
     let owner = rustix::fs::stat(path)
