@@ -27,6 +27,8 @@ use crate::Mechanism;
 /// How often a job whose main process exited, with no leftover found, looks for leftovers
 /// again while it waits to become empty.
 const SETTLE: Duration = Duration::from_millis(250);
+/// pgroup: how often the grace walks the tree again for members the freeze missed.
+const GRACE_REWALK: Duration = Duration::from_millis(50);
 /// How long the kill stage waits for the job to empty before reporting survivors.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// cgroup: how soon after `cgroup.kill` the members it missed get SIGKILL through pidfds.
@@ -62,8 +64,16 @@ pub(super) struct Stopping {
 }
 
 enum Stage {
-    /// The polite signal went out; waiting for the job to empty until `end`.
-    Grace { end: Instant, grace: Duration },
+    /// The polite signal went out; waiting for the job to empty until `end`. pgroup: at
+    /// `next_walk` the tree is walked again, and a member the freeze did not hold (a walk
+    /// can miss a process being re-parented while it reads) gets the polite signal too.
+    Grace {
+        end: Instant,
+        grace: Duration,
+        polite: Signal,
+        next_walk: Option<Instant>,
+        late: HashSet<(Pid, u64)>,
+    },
     /// SIGKILL went out; waiting for the job to empty until `until`, signalling again at
     /// `next`.
     Kill {
@@ -268,7 +278,13 @@ impl Job {
             t0,
             steps: Vec::new(),
             held: None,
-            stage: Stage::Grace { end: t0, grace },
+            stage: Stage::Grace {
+                end: t0,
+                grace,
+                polite,
+                next_walk: None,
+                late: HashSet::new(),
+            },
         });
         if let Some(root) = self.walk_root() {
             if !grace.is_zero() {
@@ -316,9 +332,13 @@ impl Job {
             s.steps
                 .push(step("continue", Some(Signal::CONT), Some(n_cont), None, t0));
             // The grace runs from the polite signal (a freeze before it may take a while).
+            let now = Instant::now();
             s.stage = Stage::Grace {
-                end: Instant::now() + grace,
+                end: now + grace,
                 grace,
+                polite,
+                next_walk: self.walk_root().map(|_| now + GRACE_REWALK),
+                late: HashSet::new(),
             };
         } else {
             self.enter_kill(&mut s)?;
@@ -338,19 +358,45 @@ impl Job {
         loop {
             let now = Instant::now();
             match &mut s.stage {
-                Stage::Grace { end, grace } => {
-                    let (end, grace) = (*end, *grace);
+                Stage::Grace {
+                    end,
+                    grace,
+                    polite,
+                    next_walk,
+                    late,
+                } => {
+                    let (end, grace, polite) = (*end, *grace, *polite);
+                    let late_note = |late: &HashSet<(Pid, u64)>| {
+                        (!late.is_empty()).then(|| {
+                            format!(
+                                "; {} found after the freeze got the polite signal then",
+                                late.len()
+                            )
+                        })
+                    };
                     if self.is_empty()? {
-                        s.steps
-                            .push(step("grace", None, None, Some("all exited".into()), s.t0));
+                        let detail = format!("all exited{}", late_note(late).unwrap_or_default());
+                        s.steps.push(step("grace", None, None, Some(detail), s.t0));
                         return Ok(None);
                     }
                     let detail = if cut_short {
                         "cut short by a second signal".to_string()
                     } else if now >= end {
-                        format!("{} ms passed", grace.as_millis())
+                        format!(
+                            "{} ms passed{}",
+                            grace.as_millis(),
+                            late_note(late).unwrap_or_default()
+                        )
                     } else {
-                        return Ok(Some(self.wants_empty(Some(end))));
+                        if let (Some(at), Some(root)) = (*next_walk, self.walk_root()) {
+                            if now >= at {
+                                let held = s.held.as_ref();
+                                signal_late(root, polite, held, late);
+                                *next_walk = Some(now + GRACE_REWALK);
+                            }
+                        }
+                        let wake = super::earliest(Some(end), *next_walk);
+                        return Ok(Some(self.wants_empty(wake)));
                     };
                     s.steps.push(step("grace", None, None, Some(detail), s.t0));
                     self.enter_kill(s)?;
@@ -726,6 +772,26 @@ impl Job {
         });
         self.phase = Phase::Over;
         Ok(())
+    }
+}
+
+/// The polite signal, then SIGCONT, to every member under `root` that the freeze did not
+/// hold and that has not had them yet (recorded in `late`, by PID and start time).
+fn signal_late(
+    root: Pid,
+    polite: Signal,
+    held: Option<&pgroup::Frozen>,
+    late: &mut HashSet<(Pid, u64)>,
+) {
+    for st in pgroup::members(root) {
+        if held.is_some_and(|h| h.holds(&st)) || late.contains(&(st.pid, st.starttime)) {
+            continue;
+        }
+        if let Some(fd) = procs::open_verified(&st) {
+            let _ = pidfd::send_signal(fd.as_fd(), polite);
+            let _ = pidfd::send_signal(fd.as_fd(), Signal::CONT);
+            late.insert((st.pid, st.starttime));
+        }
     }
 }
 

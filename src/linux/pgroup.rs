@@ -205,6 +205,13 @@ impl Frozen {
         self.0.len()
     }
 
+    /// Whether the freeze held this very process (same PID and start time).
+    pub(crate) fn holds(&self, seen: &Stat) -> bool {
+        self.0
+            .get(&seen.pid)
+            .is_some_and(|h| h.stat.starttime == seen.starttime)
+    }
+
     /// Sends `sig` to every held process (still the same process) for which `filter` holds.
     /// Returns the PIDs reached.
     pub(crate) fn signal_all(&self, sig: Signal, filter: &dyn Fn(Pid) -> bool) -> HashSet<Pid> {
@@ -232,6 +239,7 @@ impl Frozen {
 pub(crate) fn freeze(supervisor: Pid) -> Frozen {
     let mut held: HashMap<Pid, Held> = HashMap::new();
     let settle_by = Instant::now() + Duration::from_secs(1);
+    let mut quiet = 0;
     // Bounded: a fork storm converges because every stopped process stops forking.
     for _ in 0..1000 {
         let mut new = 0;
@@ -249,16 +257,22 @@ pub(crate) fn freeze(supervisor: Pid) -> Frozen {
                 new += 1;
             }
         }
-        if new == 0 {
-            // A SIGSTOP takes effect when its target next returns to user space: one caught
-            // in the middle of a fork finishes it first, and its child can appear after
-            // this pass read /proc. Only once every held process shows as stopped (or
-            // gone) can nothing new appear.
-            if held.values().all(|h| stopped_or_gone(&h.stat)) || Instant::now() >= settle_by {
-                break;
-            }
-            std::thread::yield_now();
+        if new > 0 {
+            quiet = 0;
+            continue;
         }
+        quiet += 1;
+        // A SIGSTOP takes effect when its target next returns to user space: one caught in
+        // the middle of a fork finishes it first, and its child can appear after this pass
+        // read /proc. And one walk can miss a process being re-parented to the supervisor
+        // while it reads (its old parent gone from /proc, its new parent not yet in its
+        // stat). So the set is complete only when every held process shows as stopped (or
+        // gone) and two passes in a row found nothing new.
+        let all_stopped = held.values().all(|h| stopped_or_gone(&h.stat));
+        if (all_stopped && quiet >= 2) || Instant::now() >= settle_by {
+            break;
+        }
+        std::thread::yield_now();
     }
     Frozen(held)
 }
