@@ -10,7 +10,6 @@
 
 use std::fs;
 use std::future::Future;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -35,93 +34,14 @@ const GONE_DEADLINE: Duration = Duration::from_secs(2);
 const LONG_GRACE: Duration = Duration::from_secs(60);
 
 // ---- a cgroup subtree per test ---------------------------------------------------------
-
-/// `<cgroup2 mount>/corral-test-<pid>-tokio-<name>-<n>/jobs`, the jobs' cgroup parent.
-/// `Drop` kills everything in the subtree and removes it, even after a panic.
-struct TestCgroup {
-    root: PathBuf,
-}
-
-impl TestCgroup {
-    fn create(name: &str) -> Result<TestCgroup, String> {
-        if std::env::var_os("CORRAL_TEST_NO_CGROUP").is_some_and(|v| v == "1") {
-            return Err("CORRAL_TEST_NO_CGROUP=1".into());
-        }
-        let base = util::test_cgroup_base()?;
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let root = base.join(format!(
-            "corral-test-{}-tokio-{name}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        fs::create_dir(&root)
-            .map_err(|e| format!("cannot create a cgroup at {}: {e}", root.display()))?;
-        let cgroup = TestCgroup { root };
-        fs::create_dir(cgroup.jobs())
-            .map_err(|e| format!("cannot create a cgroup at {}: {e}", cgroup.jobs().display()))?;
-        Ok(cgroup)
-    }
-
-    fn jobs(&self) -> PathBuf {
-        self.root.join("jobs")
-    }
-
-    /// The cgroups of the subtree, children before their parent.
-    fn post_order(path: &Path, out: &mut Vec<PathBuf>) {
-        if let Ok(entries) = fs::read_dir(path) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    Self::post_order(&e.path(), out);
-                }
-            }
-        }
-        out.push(path.to_path_buf());
-    }
-
-    fn populated(path: &Path) -> bool {
-        fs::read_to_string(path.join("cgroup.events"))
-            .map(|t| t.lines().any(|l| l == "populated 1"))
-            .unwrap_or(false)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut all = Vec::new();
-            Self::post_order(&self.root, &mut all);
-            for cgroup in &all {
-                let _ = fs::write(cgroup.join("cgroup.kill"), "1");
-            }
-            let round = Instant::now() + Duration::from_millis(200);
-            while Self::populated(&self.root) && Instant::now() < round {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let mut failed = None;
-            for cgroup in &all {
-                if let Err(e) = fs::remove_dir(cgroup) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        failed = Some((cgroup.clone(), e));
-                    }
-                }
-            }
-            match failed {
-                None => return,
-                Some((cgroup, e)) if Instant::now() >= deadline => {
-                    eprintln!("cleanup: failed to remove cgroup {}: {e}", cgroup.display());
-                    return;
-                }
-                Some(_) => {}
-            }
-        }
-    }
-}
+// util::CgroupTree: `<base>/corral-test-<pid>-<name>-<n>/{corral,jobs,other}`, whose `jobs`
+// is the jobs' cgroup parent; `Drop` kills everything in it and removes it, even after a
+// panic.
 
 /// The test's cgroup, or `None` after printing `SKIPPED` (a panic under
 /// `CORRAL_REQUIRE_ALL=1`).
-fn test_cgroup(name: &str) -> Option<TestCgroup> {
-    match TestCgroup::create(name) {
+fn test_cgroup(name: &str) -> Option<util::CgroupTree> {
+    match util::CgroupTree::create(&format!("tokio-{name}")) {
         Ok(cgroup) => Some(cgroup),
         Err(reason) => {
             let reason = format!("{name}: no writable cgroup2 ({reason})");
