@@ -53,7 +53,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -63,7 +63,7 @@ use ::tokio::io::Interest;
 use rustix::event::PollFlags;
 
 use crate::error::{Error, Result};
-use crate::job::{Progress, Wants};
+use crate::job::{earliest, Pipe, Progress, Wants};
 use crate::{Job, Output, Report, Signal};
 
 /// In-process pgroup: how often to look for exited children (no descriptor signals it).
@@ -118,8 +118,8 @@ impl Job {
     pub async fn wait_with_output_async(mut self) -> Result<Output> {
         drop(self.stdin.take());
         let mut pipes = [
-            self.stdout.take().map(|p| OutputPipe::new(p.into())),
-            self.stderr.take().map(|p| OutputPipe::new(p.into())),
+            self.stdout.take().map(|p| Pipe::new(p.into())),
+            self.stderr.take().map(|p| Pipe::new(p.into())),
         ];
         for p in pipes.iter().flatten() {
             p.set_nonblocking()?;
@@ -136,7 +136,7 @@ impl Job {
 
 /// The async `Job::drive`: turns of the state machine until the job is over, reading
 /// `pipes` whenever anything happens.
-async fn drive(job: &mut Job, pipes: &mut [Option<OutputPipe>]) -> Result<()> {
+async fn drive(job: &mut Job, pipes: &mut [Option<Pipe>]) -> Result<()> {
     loop {
         let wants = match job.advance(Vec::new())? {
             Progress::Done => {
@@ -163,7 +163,7 @@ async fn drive(job: &mut Job, pipes: &mut [Option<OutputPipe>]) -> Result<()> {
 async fn ready_or_deadline<'j>(
     _job: &'j Job,
     wants: &Wants,
-    pipes: &'j [Option<OutputPipe>],
+    pipes: &'j [Option<Pipe>],
     deadline: Option<Instant>,
 ) -> Result<()> {
     let mut regs: Vec<(AsyncFd<BorrowedFd<'j>>, Interest)> = Vec::new();
@@ -224,51 +224,6 @@ fn register(fd: BorrowedFd<'_>, interest: Interest) -> Result<AsyncFd<BorrowedFd
 
 fn finished(job: &Job) -> Report {
     job.report().cloned().expect("a finished job has a report")
-}
-
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, None) => a,
-        (None, b) => b,
-    }
-}
-
-/// One piped output stream being collected (non-blocking reads whenever the driver wakes).
-struct OutputPipe {
-    fd: OwnedFd,
-    buf: Vec<u8>,
-    eof: bool,
-}
-
-impl OutputPipe {
-    fn new(fd: OwnedFd) -> Self {
-        OutputPipe {
-            fd,
-            buf: Vec::new(),
-            eof: false,
-        }
-    }
-
-    fn set_nonblocking(&self) -> Result<()> {
-        rustix::io::ioctl_fionbio(&self.fd, true)
-            .map_err(|e| Error::sys("ioctl(FIONBIO) on an output pipe", e))
-    }
-
-    /// Reads whatever is there now.
-    fn drain(&mut self) {
-        let mut chunk = [0u8; 16 * 1024];
-        while !self.eof {
-            match rustix::io::read(&self.fd, &mut chunk) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(rustix::io::Errno::INTR) => {}
-                // EAGAIN: nothing more for now. Anything else: the pipe is unusable.
-                Err(rustix::io::Errno::AGAIN) => return,
-                Err(_) => self.eof = true,
-            }
-        }
-    }
 }
 
 #[cfg(test)]

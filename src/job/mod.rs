@@ -489,7 +489,7 @@ fn poll_wants(wants: &Wants, extra: &[BorrowedFd<'_>], deadline: Option<Instant>
     Ok(())
 }
 
-pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
@@ -506,15 +506,15 @@ fn signal_walk(root: Pid, sig: Signal) -> usize {
         .count()
 }
 
-/// One piped output stream being collected.
-struct Pipe {
-    fd: OwnedFd,
-    buf: Vec<u8>,
-    eof: bool,
+/// One piped output stream being collected (both drivers).
+pub(crate) struct Pipe {
+    pub(crate) fd: OwnedFd,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) eof: bool,
 }
 
 impl Pipe {
-    fn new(fd: OwnedFd) -> Self {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
         Pipe {
             fd,
             buf: Vec::new(),
@@ -522,13 +522,13 @@ impl Pipe {
         }
     }
 
-    fn set_nonblocking(&self) -> Result<()> {
+    pub(crate) fn set_nonblocking(&self) -> Result<()> {
         rustix::io::ioctl_fionbio(&self.fd, true)
             .map_err(|e| crate::Error::sys("ioctl(FIONBIO) on an output pipe", e))
     }
 
     /// Reads whatever is there now (the descriptor is non-blocking).
-    fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         let mut chunk = [0u8; 16 * 1024];
         while !self.eof {
             match rustix::io::read(&self.fd, &mut chunk) {
