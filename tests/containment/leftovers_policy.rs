@@ -52,8 +52,9 @@ fn leftovers_kill_stops_them(mechanism: Mechanism) {
     // and the report says why the stop sequence ran.
     assert!(
         done.marker_lines().is_empty(),
-        "the leftover exited by itself instead of being stopped (after {:?})",
-        done.returned_after
+        "the leftover exited by itself instead of being stopped (after {:?}):\n{}",
+        done.returned_after,
+        done.report_text()
     );
     assert_eq!(
         done.report()["stop"]["reason"],
