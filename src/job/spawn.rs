@@ -77,11 +77,7 @@ impl Job {
                 reason,
                 limits,
             } => {
-                let parent_source = parent_source_name(parent.source);
-                let leaf = Leaf::create(parent, &id)?;
-                id = leaf.name().to_string();
-                // On failure `leaf` drops and removes itself.
-                let limits = apply_limits(&leaf, opts, limits)?;
+                let (leaf, chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
                 let child = {
                     let _hook = Hook::install(cmd, Action::JoinCgroup(leaf.procs_fd()));
                     cmd.spawn().map_err(|e| spawn_error(cmd, &program, e))?
@@ -89,13 +85,7 @@ impl Job {
                 // On failure above, `leaf` drops and removes itself.
                 let (main_pid, main_fd, stdio) = adopt(child)?;
                 (
-                    Chosen {
-                        mechanism: Mechanism::Cgroup,
-                        reason,
-                        degraded: false,
-                        parent_source: Some(parent_source),
-                        limits,
-                    },
+                    chosen,
                     Started {
                         backend: Backend::Cgroup(leaf),
                         main_pid,
@@ -107,13 +97,7 @@ impl Job {
                 )
             }
             linux::Choice::Pgroup { reason, degraded } => {
-                let chosen = Chosen {
-                    mechanism: Mechanism::Pgroup,
-                    reason,
-                    degraded,
-                    parent_source: None,
-                    limits: None,
-                };
+                let chosen = Chosen::pgroup(reason, degraded);
                 let started = match &opts.supervisor {
                     Supervisor::InProcess => {
                         let subreaper = pgroup::Subreaper::acquire()?;
@@ -187,11 +171,7 @@ impl Job {
                 reason,
                 limits,
             } => {
-                let parent_source = parent_source_name(parent.source);
-                let leaf = Leaf::create(parent, &id)?;
-                id = leaf.name().to_string();
-                // On failure `leaf` drops and removes itself.
-                let limits = apply_limits(&leaf, opts, limits)?;
+                let (leaf, chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
                 spec.placement = Placement::Cgroup {
                     dir: leaf.dir_fd(),
                     procs: leaf.procs_fd(),
@@ -200,13 +180,7 @@ impl Job {
                 // On failure `leaf` drops here and removes itself.
                 let spawned = raw_spawn::spawn(&spec)?;
                 (
-                    Chosen {
-                        mechanism: Mechanism::Cgroup,
-                        reason,
-                        degraded: false,
-                        parent_source: Some(parent_source),
-                        limits,
-                    },
+                    chosen,
                     Started {
                         backend: Backend::Cgroup(leaf),
                         main_pid: spawned.pid,
@@ -221,13 +195,7 @@ impl Job {
                 let subreaper = pgroup::Subreaper::acquire()?;
                 let spawned = raw_spawn::spawn(&spec)?;
                 (
-                    Chosen {
-                        mechanism: Mechanism::Pgroup,
-                        reason,
-                        degraded,
-                        parent_source: None,
-                        limits: None,
-                    },
+                    Chosen::pgroup(reason, degraded),
                     Started {
                         backend: Backend::Pgroup {
                             supervisor: Pid::current(),
@@ -296,6 +264,42 @@ impl Job {
             report: None,
         }
     }
+}
+
+impl Chosen {
+    fn pgroup(reason: String, degraded: bool) -> Chosen {
+        Chosen {
+            mechanism: Mechanism::Pgroup,
+            reason,
+            degraded,
+            parent_source: None,
+            limits: None,
+        }
+    }
+}
+
+/// The job's fresh leaf under `parent`, named after `id` (which becomes the leaf's name),
+/// with the limits of `opts` written in it; and the choice as the report gives it. On
+/// failure the leaf removes itself.
+fn new_leaf(
+    parent: crate::linux::cgroup::Parent,
+    reason: String,
+    enabled: Option<crate::linux::cgroup::Enabled>,
+    opts: &Options,
+    id: &mut String,
+) -> Result<(Leaf, Chosen)> {
+    let parent_source = parent_source_name(parent.source);
+    let leaf = Leaf::create(parent, id)?;
+    *id = leaf.name().to_string();
+    let limits = apply_limits(&leaf, opts, enabled)?;
+    let chosen = Chosen {
+        mechanism: Mechanism::Cgroup,
+        reason,
+        degraded: false,
+        parent_source: Some(parent_source),
+        limits,
+    };
+    Ok((leaf, chosen))
 }
 
 /// Writes the limit files of `opts` in the fresh `leaf` (the controllers were enabled in

@@ -363,7 +363,7 @@ impl CgroupTree {
 
 /// Makes the command's child write itself into `leaf` before it execs, so corral and
 /// everything it starts is born in the test's cgroup subtree.
-fn place_in_cgroup(command: &mut Command, leaf: &Path) {
+pub fn place_in_cgroup(command: &mut Command, leaf: &Path) {
     let procs = CString::new(leaf.join("cgroup.procs").into_os_string().into_vec())
         .expect("cgroup path has no NUL byte");
     // SAFETY: the closure runs in the forked child before exec. It only calls

@@ -9,15 +9,11 @@
 //! The host runs in the test's cgroup sandbox (when there is one), so anything it leaves
 //! behind is found there.
 
-use std::ffi::{CString, OsString};
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::ffi::OsString;
 use std::process::{Command, ExitStatus, Stdio};
 
 use crate::common::{read_in_thread, recv_bytes, Outside, DEADLINE};
-use crate::util::{both_mechanisms, describe_status, Mechanism, Sandbox};
+use crate::util::{both_mechanisms, describe_status, place_in_cgroup, Mechanism, Sandbox};
 
 const HOST: &str = env!("CARGO_BIN_EXE_corral-host");
 
@@ -144,29 +140,5 @@ fn run_host(sandbox: &Sandbox, args: &[OsString]) -> HostRun {
         status,
         stdout,
         stderr,
-    }
-}
-
-/// Makes the command's child write itself into `leaf` before it execs.
-fn place_in_cgroup(cmd: &mut Command, leaf: &Path) {
-    let procs = CString::new(leaf.join("cgroup.procs").as_os_str().as_bytes())
-        .expect("cgroup path has no NUL byte");
-    // SAFETY: the closure runs in the forked child before exec and only makes the
-    // async-signal-safe calls open, write and close, on memory allocated before the fork;
-    // `io::Error::last_os_error` only reads errno.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let error = io::Error::last_os_error();
-            libc::close(fd);
-            if written != 1 {
-                return Err(error);
-            }
-            Ok(())
-        });
     }
 }
