@@ -655,7 +655,11 @@ impl Leaf {
                     })?;
                     return Leaf::create(again, base);
                 }
-                Err(e) => return Err(Error::cgroup("create", parent.path.join(&name), e.into())),
+                Err(e) => {
+                    let err = Error::cgroup("create", parent.path.join(&name), e.into());
+                    parent.release();
+                    return Err(err);
+                }
             }
         };
         let name = name.as_str();
@@ -1047,20 +1051,32 @@ impl Leaf {
 }
 
 impl Leaf {
-    /// The default parent is corral's own; it goes when its last job does. Best effort: it
-    /// fails with EBUSY while other jobs use it.
     fn remove_default_parent_if_unused(&self) {
-        if self.parent_source != ParentSource::Default {
-            return;
-        }
-        if let Ok(Some(m)) = find_mount() {
-            if let Ok(mdir) = rustix::fs::open(
-                &m.path,
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                let _ = rustix::fs::unlinkat(&mdir, DEFAULT_PARENT, AtFlags::REMOVEDIR);
-            }
+        remove_default_parent_if_unused(self.parent_source);
+    }
+}
+
+impl Parent {
+    /// Gives up a parent no leaf was made in (an error before the job started): the
+    /// default parent corral may have just created goes again, so bad input leaves nothing.
+    pub(crate) fn release(self) {
+        remove_default_parent_if_unused(self.source);
+    }
+}
+
+/// The default parent is corral's own; it goes when its last job does. Best effort: it
+/// fails with EBUSY while other jobs use it.
+fn remove_default_parent_if_unused(source: ParentSource) {
+    if source != ParentSource::Default {
+        return;
+    }
+    if let Ok(Some(m)) = find_mount() {
+        if let Ok(mdir) = rustix::fs::open(
+            &m.path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            let _ = rustix::fs::unlinkat(&mdir, DEFAULT_PARENT, AtFlags::REMOVEDIR);
         }
     }
 }

@@ -89,7 +89,14 @@ pub(crate) fn choose(opts: &Options) -> Result<Choice> {
             })
         }
         Choice::Cgroup { parent, reason, .. } => {
-            let enabled = cgroup::enable_controllers(&parent, &needed, opts.move_self_for_limits)?;
+            let enabled =
+                match cgroup::enable_controllers(&parent, &needed, opts.move_self_for_limits) {
+                    Ok(enabled) => enabled,
+                    Err(e) => {
+                        parent.release();
+                        return Err(e);
+                    }
+                };
             Ok(Choice::Cgroup {
                 parent,
                 reason,

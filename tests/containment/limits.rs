@@ -212,3 +212,40 @@ fn a_pgroup_job_has_no_usage() {
     assert!(done.report()["usage"].is_null(), "{}", done.report_text());
     assert_eq!(done.report()["oom_killed"], false);
 }
+
+/// Without `--cgroup-parent`, corral may create its default parent `<mount>/corral` before
+/// it finds that a limit cannot be had: the error must take it away again (bad input
+/// leaves nothing behind).
+#[test]
+fn an_unavailable_limit_leaves_no_default_parent_behind() {
+    let Some(sandbox) = Sandbox::with_cgroup("limit-default-parent") else {
+        return;
+    };
+    let default = crate::util::cgroup2_mount()
+        .expect("a cgroup2 mount")
+        .join("corral");
+    let existed = default.exists();
+    let mut run = sandbox.corral_bare();
+    run.args(["run", "--mechanism", "cgroup", "--memory-max", "64M"])
+        .tree(&["sleep"]);
+    let done = run.run();
+    done.assert_code(125);
+    done.assert_one_line_error();
+    assert!(
+        !done.tree_started(),
+        "COMMAND ran although the limit failed"
+    );
+    // Another corral's job may use the default parent meanwhile; one left empty, where
+    // there was none before, is ours.
+    let left_empty = default.exists()
+        && fs::read_dir(&default)
+            .map(|d| d.flatten().all(|e| !e.path().is_dir()))
+            .unwrap_or(false);
+    assert!(
+        existed || !left_empty,
+        "{} was left behind by a run that failed: {}",
+        default.display(),
+        done.stderr
+    );
+    sandbox.assert_clean();
+}
