@@ -14,7 +14,8 @@
 //! `C` is std's forked child; our `pre_exec` hook ([`arm`]) runs in it. It makes itself a
 //! child subreaper (the attribute survives `execve`, and is not inherited across `fork`),
 //! forks the main process `M` with a bare `clone` system call (no `pthread_atfork`
-//! handlers, which could deadlock in the child of a multi-threaded host), sends
+//! handlers, which could deadlock in the child of a multi-threaded host), starts a session
+//! of its own (so a SIGKILL to the host's process group does not reach it), sends
 //! `main <pid>` to the host, puts `/dev/null` on its stdio (the supervisor never holds the
 //! user's pipes), puts the control socket at descriptor 3, and execs `corral __supervise`.
 //! `M` returns from the hook, so std goes on to exec the user's program with the user's
@@ -485,6 +486,12 @@ impl Hook {
             // Also from this side, so the group exists before `main` is announced whichever
             // runs first (EACCES once M has exec'd: then it did it itself).
             libc::setpgid(main, main);
+            // A session of its own (M stays in the host's): a SIGKILL to the host's whole
+            // process group then leaves the supervisor alive to see the host go and kill the
+            // job. C is no group leader (std's child, in the host's group), so this works
+            // unless the caller's `Command` asked for a process group; then C stays where it
+            // is, as before.
+            libc::setsid();
             self.become_supervisor(sock, main)
         }
     }
