@@ -310,6 +310,8 @@ struct Watchdog {
     host: OwnedFd,
     socket: OwnedFd,
     watched: HashMap<PathBuf, Entry>,
+    /// Where messages are received (allocated once: the watchdog wakes twice per job).
+    buf: Vec<u8>,
 }
 
 /// What reading the socket found.
@@ -366,6 +368,7 @@ impl Watchdog {
                 host: OwnedFd::from_raw_fd(HOST_FD),
                 socket: OwnedFd::from_raw_fd(SOCKET_FD),
                 watched: HashMap::new(),
+                buf: vec![0u8; MAX_MESSAGE],
             }
         })
     }
@@ -396,17 +399,19 @@ impl Watchdog {
 
     /// Reads every queued message.
     fn read_messages(&mut self) -> Read {
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        loop {
+        let mut buf = std::mem::take(&mut self.buf);
+        let read = loop {
             match rustix::net::recv(&self.socket, &mut buf[..], RecvFlags::DONTWAIT) {
-                Ok((0, _)) => return Read::Eof,
+                Ok((0, _)) => break Read::Eof,
                 Ok((n, _)) => self.handle(&buf[..n]),
                 Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) => return Read::Drained,
+                Err(Errno::AGAIN) => break Read::Drained,
                 // A reset or failed socket: nobody can talk to us any more.
-                Err(_) => return Read::Eof,
+                Err(_) => break Read::Eof,
             }
-        }
+        };
+        self.buf = buf;
+        read
     }
 
     fn handle(&mut self, msg: &[u8]) {

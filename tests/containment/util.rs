@@ -1282,7 +1282,7 @@ impl Procs {
             .unwrap_or_else(|| panic!("pid {pid} not listed"))
             .fd
             .as_ref()
-            .is_none_or(|fd| exited(fd.as_fd()))
+            .map_or(true, |fd| exited(fd.as_fd()))
     }
 
     /// Asserts the process of `role` is still running.

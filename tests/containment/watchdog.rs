@@ -247,7 +247,7 @@ fn assert_job_gone(procs: &Procs, cgroup: &Path, watchdog: &Watchdog, killed: In
     watchdog.assert_exits_by(deadline, "after it killed the job");
 }
 
-/// 1. SIGKILL to `corral` alone: the watchdog kills the job, escapees included.
+/// (1) SIGKILL to `corral` alone: the watchdog kills the job, escapees included.
 #[test]
 fn corral_killed_takes_its_job_along() {
     let Some(sandbox) = Sandbox::with_cgroup("watchdog-kill") else {
@@ -266,7 +266,7 @@ fn corral_killed_takes_its_job_along() {
     sandbox.assert_clean();
 }
 
-/// 2. SIGKILL to corral's whole process group (one this test created, led by corral): the
+/// (2) SIGKILL to corral's whole process group (one this test created, led by corral): the
 /// watchdog is not in it, and kills what left it.
 #[test]
 fn corral_killed_with_its_process_group_takes_its_job_along() {
@@ -342,7 +342,7 @@ impl Drop for Host {
     }
 }
 
-/// 3. The program embedding the library, SIGKILLed while its cgroup job runs.
+/// (3) The program embedding the library, SIGKILLed while its cgroup job runs.
 #[test]
 fn embedding_host_killed_takes_its_job_along() {
     let Some(sandbox) = Sandbox::with_cgroup("watchdog-host") else {
@@ -369,7 +369,7 @@ fn embedding_host_killed_takes_its_job_along() {
     sandbox.assert_clean();
 }
 
-/// 4. A job that ends normally: the report names the watchdog; the watchdog forgets the
+/// (4) A job that ends normally: the report names the watchdog; the watchdog forgets the
 /// job and exits with corral.
 #[test]
 fn the_watchdog_exits_with_its_host() {
@@ -398,7 +398,7 @@ fn the_watchdog_exits_with_its_host() {
     sandbox.assert_clean();
 }
 
-/// 5. `--debug-no-watchdog`: no watchdog runs, the report and the summary say the job is
+/// (5) `--debug-no-watchdog`: no watchdog runs, the report and the summary say the job is
 /// not covered, and a job whose corral is killed keeps running (the test kills it
 /// through its cgroup).
 #[test]
