@@ -348,11 +348,15 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
             )
         })
     };
+    // The grandchild's failure (if any) comes before the middle process's record when the
+    // middle process waited for it (vfork-style), after it otherwise.
     let mut daemon = None;
-    let mut failure = record(0);
-    if let Some((RECORD_DAEMON, raw)) = failure {
-        daemon = Pid::from_raw(raw);
-        failure = record(8);
+    let mut failure = None;
+    for (stage, value) in [record(0), record(8)].into_iter().flatten() {
+        match stage {
+            RECORD_DAEMON => daemon = Pid::from_raw(value),
+            _ => failure = Some((stage, value)),
+        }
     }
     let Some((stage, errno)) = failure else {
         return Ok(Spawned {
@@ -448,6 +452,16 @@ fn clone3(
 /// memory (a full fork copies its page tables). Returns the child's PID in the parent.
 #[cfg(target_arch = "x86_64")]
 fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
+    clone3_vfork(args, ctx, child_entry)
+}
+
+/// The vfork-style `clone3` of [`clone3_raw`], the child starting in `entry(ctx)`.
+#[cfg(target_arch = "x86_64")]
+fn clone3_vfork(
+    args: &mut CloneArgs,
+    ctx: &ChildCtx,
+    entry: extern "C" fn(*const ChildCtx) -> !,
+) -> io::Result<i64> {
     const STACK: usize = 256 * 1024;
     const CLONE_VM: u64 = 0x100;
     const CLONE_VFORK: u64 = 0x4000;
@@ -490,7 +504,7 @@ fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
             in("rdi") args as *mut CloneArgs,
             in("rsi") std::mem::size_of::<CloneArgs>(),
             in("r12") ctx as *const ChildCtx,
-            in("r13") child_entry as extern "C" fn(*const ChildCtx) -> !,
+            in("r13") entry,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
@@ -530,6 +544,49 @@ fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
 extern "C" fn child_entry(ctx: *const ChildCtx) -> ! {
     // SAFETY: `ctx` points into the suspended parent's frame (see `clone3_raw`).
     child_after_fork(unsafe { &*ctx })
+}
+
+/// The same for the grandchild of a [`Placement::Detached`] spawn: it is detached already.
+#[cfg(target_arch = "x86_64")]
+extern "C" fn grandchild_entry(ctx: *const ChildCtx) -> ! {
+    // SAFETY: as for `child_entry`: the parent and the middle process are both suspended
+    // until the grandchild has exec'd or exited.
+    child_setup_and_exec(unsafe { &*ctx })
+}
+
+/// The middle process of a [`Placement::Detached`] spawn creates the grandchild that will
+/// run the program. On x86_64 vfork-style, like the first child: nothing of the host's
+/// memory is copied (a plain fork would copy its page tables, which costs in proportion to
+/// the host's size), and the middle process is suspended until the grandchild has exec'd
+/// or exited. Elsewhere a bare `fork` (no `pthread_atfork` handlers). Returns the
+/// grandchild's PID, or -errno.
+///
+/// # Safety
+/// Only from `child_after_fork` (async-signal-safe calls, nothing allocates).
+unsafe fn spawn_grandchild(ctx: &ChildCtx) -> i64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        match clone3_vfork(&mut args, ctx, grandchild_entry) {
+            Ok(pid) => pid,
+            Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let pid = crate::linux::supervise::raw_fork();
+        if pid == 0 {
+            child_setup_and_exec(ctx);
+        }
+        if pid < 0 {
+            -(*libc::__errno_location() as i64)
+        } else {
+            pid as i64
+        }
+    }
 }
 
 fn to_sigset(set: crate::options::SignalSet) -> libc::sigset_t {
@@ -606,13 +663,7 @@ fn child_after_fork(ctx: &ChildCtx) -> ! {
     // descriptors and buffers that were prepared by the parent and stay valid in this copy
     // of its address space; nothing allocates, locks or unwinds.
     unsafe {
-        let report = |stage: u32, errno: i32| -> ! {
-            let mut buf = [0u8; 8];
-            buf[..4].copy_from_slice(&stage.to_ne_bytes());
-            buf[4..].copy_from_slice(&errno.to_ne_bytes());
-            libc::write(ctx.err_pipe, buf.as_ptr().cast(), buf.len());
-            libc::_exit(127)
-        };
+        let report = |stage: u32, errno: i32| -> ! { report_and_exit(ctx, stage, errno) };
         let errno = || *libc::__errno_location();
 
         if ctx.detach {
@@ -621,20 +672,42 @@ fn child_after_fork(ctx: &ChildCtx) -> ! {
             if libc::setsid() < 0 {
                 report(STAGE_SETSID, errno());
             }
-            let pid = crate::linux::supervise::raw_fork();
+            let pid = spawn_grandchild(ctx);
             if pid < 0 {
-                report(STAGE_FORK, errno());
+                report(STAGE_FORK, -pid as i32);
             }
-            if pid > 0 {
-                // The middle process: name the grandchild, and go. The grandchild is
-                // re-parented (to init, or the nearest subreaper), never our child.
-                let mut buf = [0u8; 8];
-                buf[..4].copy_from_slice(&RECORD_DAEMON.to_ne_bytes());
-                buf[4..].copy_from_slice(&pid.to_ne_bytes());
-                libc::write(ctx.err_pipe, buf.as_ptr().cast(), buf.len());
-                libc::_exit(0);
-            }
+            // The middle process: name the grandchild, and go. The grandchild is
+            // re-parented (to init, or the nearest subreaper), never our child.
+            let mut buf = [0u8; 8];
+            buf[..4].copy_from_slice(&RECORD_DAEMON.to_ne_bytes());
+            buf[4..].copy_from_slice(&(pid as i32).to_ne_bytes());
+            libc::write(ctx.err_pipe, buf.as_ptr().cast(), buf.len());
+            libc::_exit(0);
         }
+        child_setup_and_exec(ctx)
+    }
+}
+
+/// Tells the parent which step failed with which errno, and exits 127.
+///
+/// # Safety
+/// Only in the child (async-signal-safe: one `write`, then `_exit`).
+unsafe fn report_and_exit(ctx: &ChildCtx, stage: u32, errno: i32) -> ! {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&stage.to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.to_ne_bytes());
+    libc::write(ctx.err_pipe, buf.as_ptr().cast(), buf.len());
+    libc::_exit(127)
+}
+
+/// The child's (or a detached spawn's grandchild's) set-up, then `exec`. Only raw
+/// syscalls; see the module docs.
+fn child_setup_and_exec(ctx: &ChildCtx) -> ! {
+    // SAFETY (whole function): as for `child_after_fork`.
+    unsafe {
+        let report = |stage: u32, errno: i32| -> ! { report_and_exit(ctx, stage, errno) };
+        let errno = || *libc::__errno_location();
+
         if ctx.move_via_procs >= 0 {
             // "0" moves the writing process itself.
             if libc::write(ctx.move_via_procs, b"0".as_ptr().cast(), 1) != 1 {

@@ -461,3 +461,78 @@ impl Watchdog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn detached(program: &str, args: &[&str], keep: &[(BorrowedFd<'_>, RawFd)]) -> Result<Pid> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let spec = SpawnSpec {
+            program: OsStr::new(program),
+            args: &args,
+            env: Some(&[]),
+            cwd: Some(Path::new("/")),
+            stdio: [None; 3],
+            sigmask: Some(SignalSet::empty()),
+            placement: Placement::Detached { keep },
+        };
+        let spawned = spawn::spawn(&spec)?;
+        pidfd::reap(spawned.pidfd.as_fd(), true).expect("reap the middle process");
+        Ok(spawned
+            .daemon
+            .expect("the middle process names the grandchild"))
+    }
+
+    #[test]
+    fn a_detached_spawn_runs_outside_our_group_and_session_with_the_descriptors_given() {
+        let (read, write) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+        let mut read = std::fs::File::from(read);
+        // The grandchild writes its own stat line to descriptor 5: `exec`, so the line is
+        // the daemon's own.
+        let pid = detached(
+            "/bin/sh",
+            &["-c", "exec cat /proc/self/stat >&5"],
+            &[(write.as_fd(), 5)],
+        )
+        .expect("spawn");
+        drop(write);
+        let mut stat = String::new();
+        read.read_to_string(&mut stat).expect("read the stat line");
+        let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<i32> = after
+            .split(' ')
+            .skip(1)
+            .take(3)
+            .map(|f| f.parse().expect("a number"))
+            .collect();
+        let (ppid, pgid, sid) = (fields[0], fields[1], fields[2]);
+        let (our_pgid, our_sid) = crate::linux::own_group_and_session();
+        assert!(stat.starts_with(&format!("{} ", pid.get())), "{stat}");
+        assert_ne!(
+            ppid,
+            std::process::id() as i32,
+            "the daemon is no child of ours"
+        );
+        assert!(pgid != our_pgid && sid != our_sid, "{stat}");
+    }
+
+    #[test]
+    fn a_detached_spawn_reports_a_missing_program() {
+        match detached("/nonexistent/corral", &[], &[]) {
+            Err(Error::NotFound { .. }) => {}
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_name_absolute_paths_only() {
+        let msg = add_message(Path::new("/cg/job"), &[PathBuf::from("/run/a")]).unwrap();
+        assert_eq!(msg, b"add /cg/job\0/run/a");
+        assert!(add_message(Path::new("cg/job"), &[]).is_err());
+        let long = vec![PathBuf::from(format!("/{}", "x".repeat(4000))); 20];
+        assert!(add_message(Path::new("/cg/job"), &long).is_err());
+    }
+}
