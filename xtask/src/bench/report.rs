@@ -90,8 +90,9 @@ fn targets(r: &Results<'_>) -> Vec<Target> {
             met,
             why: (!met).then(|| {
                 Why::own(format!(
-                    "{}{}",
+                    "{}{}{}",
                     why_spawn(s, v),
+                    watchdog_note(r.watchdog, v),
                     noise_note(samples, bare, SPAWN_TARGET)
                 ))
             }),
@@ -165,6 +166,28 @@ fn targets(r: &Results<'_>) -> Vec<Target> {
 
 /// For a missed target whose fastest round is within it: the median's gap is partly the
 /// shared machine's noise, which the reader should know before the explanation's figures.
+/// For a cgroup job of figure 1: what its registration with the watchdog costs (figure 5).
+fn watchdog_note(w: &WatchdogFigures, v: spawn_wait::Variant) -> String {
+    use spawn_wait::Variant as V;
+    let (with, without) = match v {
+        V::CommandCgroup => (
+            watchdog::Variant::CommandWith,
+            watchdog::Variant::CommandWithout,
+        ),
+        V::SpawnCgroup | V::TokioJob => (
+            watchdog::Variant::SpawnWith,
+            watchdog::Variant::SpawnWithout,
+        ),
+        _ => return String::new(),
+    };
+    format!(
+        " The job's time includes its registration with the bench's watchdog (`add` before \
+         the spawn, `forget` after the cleanup), which figure 5 measures at {} per job ({}).",
+        fmt_secs(w.get(with).median() - w.get(without).median()),
+        fmt_ratio(ratio(w.get(with), w.get(without)))
+    )
+}
+
 fn noise_note(job: &Samples, base: &Samples, target: f64) -> String {
     let fastest = job.min() / base.min();
     if fastest <= target {
@@ -899,8 +922,9 @@ fn render_watchdog(o: &mut String, w: &WatchdogFigures) {
          {} rounds (after warm-up rounds), variants in an order rotated each round. The \
          first two rows start a fresh `corral run --cgroup-parent <jobs> -- /bin/true` \
          each round, timed from its spawn to its reaping: with the watchdog (started for \
-         its one job: a `socketpair`, a pidfd, a `clone` whose child calls `setsid` and \
-         forks again, and the `corral` exec, waited for up to the exec) and without it. \
+         its one job: a `socketpair`, a pidfd, a vfork-style `clone3` whose child calls \
+         `setsid` and makes the watchdog's process the same way, and the `corral` exec, \
+         waited for up to the exec) and without it. \
          The other rows are jobs of the bench itself, a long-lived host whose watchdog \
          already runs: each job sends `add` before its process starts and `forget` once \
          it is over. Ratios are to the same job without the watchdog.\n\n\
