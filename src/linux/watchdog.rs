@@ -118,7 +118,7 @@ impl Watch {
         loop {
             let running = match state.as_mut() {
                 Some(r) => r,
-                None => state.insert(Running::start(binary, Vec::new())?),
+                None => state.insert(Running::start(binary)?),
             };
             match send(running.socket.as_fd(), &msg) {
                 Ok(()) => {
@@ -128,11 +128,19 @@ impl Watch {
                         watchdog: running.pid,
                     });
                 }
-                // It died: a new one takes over what it watched, then this.
+                // It died: a new one takes over what it watched, then this. If none can be
+                // started, the dead one stays, with its list, for the next attempt.
                 Err(e) if is_gone(&e) && !restarted => {
                     restarted = true;
                     let old = state.take().expect("running");
-                    *state = Some(Running::start(binary, old.watched)?);
+                    match Running::start(binary).and_then(|new| new.take_over(old.watched.clone()))
+                    {
+                        Ok(new) => *state = Some(new),
+                        Err(e) => {
+                            *state = Some(old);
+                            return Err(e);
+                        }
+                    }
                 }
                 Err(e) => return Err(Error::sys("send `add` to the watchdog", e)),
             }
@@ -167,8 +175,8 @@ impl Drop for Watch {
 }
 
 impl Running {
-    /// Starts a watchdog for this process and registers `watched` with it.
-    fn start(binary: Option<&Path>, watched: Vec<(PathBuf, Vec<u8>)>) -> Result<Running> {
+    /// Starts a watchdog for this process.
+    fn start(binary: Option<&Path>) -> Result<Running> {
         let binary = supervise::find_binary(binary)?;
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
@@ -210,17 +218,22 @@ impl Running {
                 io::Error::other("the middle process did not name the watchdog"),
             )
         })?;
-        let running = Running {
+        Ok(Running {
             host,
             socket: ours,
             pid,
-            watched,
-        };
-        for (_, msg) in &running.watched {
-            send(running.socket.as_fd(), msg)
+            watched: Vec::new(),
+        })
+    }
+
+    /// Registers the cgroups a watchdog that died was watching.
+    fn take_over(mut self, watched: Vec<(PathBuf, Vec<u8>)>) -> Result<Running> {
+        for (path, msg) in watched {
+            send(self.socket.as_fd(), &msg)
                 .map_err(|e| Error::sys("send `add` to a new watchdog", e))?;
+            self.watched.push((path, msg));
         }
-        Ok(running)
+        Ok(self)
     }
 }
 
@@ -525,6 +538,53 @@ mod tests {
             Err(Error::NotFound { .. }) => {}
             other => panic!("expected NotFound, got {other:?}"),
         }
+    }
+
+    /// A watchdog that died is replaced at the next `add`, and the new one is given what the
+    /// old one watched. (Paths that are no cgroup: the watchdog ignores them.)
+    #[test]
+    fn a_dead_watchdog_is_replaced() {
+        let first = match Watch::add(Path::new("/nonexistent/corral-test-a"), &[]) {
+            Ok(w) => w,
+            Err(e @ Error::NoSupervisor { .. }) => {
+                if std::env::var_os("CORRAL_REQUIRE_ALL").is_some_and(|v| v == "1") {
+                    panic!("test cannot run and CORRAL_REQUIRE_ALL=1: {e}");
+                }
+                eprintln!("SKIPPED: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let old = Pid::from_raw(first.watchdog_pid() as i32).expect("a PID");
+        // Not our child: opened by PID, then checked to be our watchdog, so the pidfd is.
+        let fd = pidfd::open(old).expect("pidfd of the watchdog");
+        let argv = std::fs::read(format!("/proc/{}/cmdline", old.get())).unwrap_or_default();
+        let ours = format!("{ARG}\0{}\0", std::process::id());
+        assert!(
+            argv.windows(ours.len()).any(|w| w == ours.as_bytes()),
+            "process {} is not our watchdog",
+            old.get()
+        );
+        pidfd::send_signal(fd.as_fd(), crate::options::Signal::KILL).expect("SIGKILL");
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        crate::linux::poll(&mut fds, Some(Duration::from_secs(10))).expect("poll");
+        assert!(!fds[0].revents().is_empty(), "the watchdog did not die");
+        let second = Watch::add(Path::new("/nonexistent/corral-test-b"), &[]).expect("add");
+        assert_ne!(second.watchdog_pid(), first.watchdog_pid());
+        let state = WATCHDOG.lock().unwrap();
+        let watched: Vec<&PathBuf> = state
+            .as_ref()
+            .unwrap()
+            .watched
+            .iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert!(
+            watched.contains(&&PathBuf::from("/nonexistent/corral-test-a")),
+            "{watched:?}"
+        );
+        drop(state);
+        drop((first, second));
     }
 
     #[test]
