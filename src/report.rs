@@ -382,6 +382,23 @@ mod tests {
         );
     }
 
+    #[test]
+    fn summary_says_when_a_cgroup_job_is_not_covered() {
+        let mut r = report();
+        r.on_supervisor_death = "not covered: no corral executable found".into();
+        assert_eq!(
+            r.summary().unwrap(),
+            "corral: job corral-1-0: if its supervisor dies, the job is not covered: no corral \
+             executable found"
+        );
+        r.mechanism = crate::Mechanism::Pgroup;
+        assert_eq!(
+            r.summary(),
+            None,
+            "a pgroup job's mechanism says it already"
+        );
+    }
+
     #[cfg(feature = "serde")]
     #[test]
     fn json_has_the_documented_fields() {
