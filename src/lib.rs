@@ -58,6 +58,15 @@ pub fn __supervise() -> ! {
     linux::supervise::main()
 }
 
+/// The entry point of `corral __watchdog`, the process that kills a host's cgroup jobs
+/// when the host dies (see `src/linux/watchdog.rs`). Called by the `corral` binary; not
+/// for other programs.
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub fn __watchdog() -> ! {
+    linux::watchdog::main()
+}
+
 /// The `systemd-run` command line (program first) that would give this process a delegated
 /// scope, when it needs one: systemd manages the cgroup tree, the cgroup this process runs
 /// in is not delegated to it, and the systemd manager for its user can be reached. Used by

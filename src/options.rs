@@ -67,6 +67,8 @@ pub struct DebugKnobs {
     pub no_clone_into_cgroup: bool,
     /// Kill with freeze / SIGKILL every member / thaw instead of `cgroup.kill`.
     pub no_cgroup_kill: bool,
+    /// Run cgroup jobs without the watchdog: they outlive a supervisor that is killed.
+    pub no_watchdog: bool,
 }
 
 /// Who is the child subreaper of a pgroup job (the mechanism used where no cgroup can be

@@ -28,6 +28,11 @@ pub struct Report {
     pub degraded: bool,
     /// How the main process was started (`clone3(CLONE_INTO_CGROUP|CLONE_PIDFD)`, ...).
     pub spawn: String,
+    /// What happens to the job if the process supervising it (the `corral` CLI, or the
+    /// program using the library) dies without ending it: `killed by the watchdog (pid N)`
+    /// (cgroup), `killed by its supervisor process when the host goes away` (pgroup under
+    /// a supervisor process), or `not covered: <why>`.
+    pub on_supervisor_death: String,
     /// The job's cgroup (cgroup mechanism only).
     pub cgroup: Option<PathBuf>,
     /// How the cgroup parent was chosen: `option`, `env` or `default`.
@@ -268,6 +273,15 @@ impl Report {
         if let Some(e) = &self.cleanup.error {
             parts.push(format!("cleanup failed: {e}"));
         }
+        // Weaker than a cgroup job should be: say so (a pgroup job's mechanism says it).
+        if self.mechanism == crate::Mechanism::Cgroup
+            && self.on_supervisor_death.starts_with("not covered")
+        {
+            parts.push(format!(
+                "if its supervisor dies, the job is {}",
+                self.on_supervisor_death
+            ));
+        }
         if parts.is_empty() {
             return None;
         }
@@ -289,6 +303,7 @@ mod tests {
             mechanism_reason: "cgroup parent /x (given)".into(),
             degraded: false,
             spawn: "clone3".into(),
+            on_supervisor_death: "killed by the watchdog (pid 3)".into(),
             cgroup: None,
             cgroup_parent_source: None,
             exit: Some(ExitInfo {
@@ -367,6 +382,23 @@ mod tests {
         );
     }
 
+    #[test]
+    fn summary_says_when_a_cgroup_job_is_not_covered() {
+        let mut r = report();
+        r.on_supervisor_death = "not covered: no corral executable found".into();
+        assert_eq!(
+            r.summary().unwrap(),
+            "corral: job corral-1-0: if its supervisor dies, the job is not covered: no corral \
+             executable found"
+        );
+        r.mechanism = crate::Mechanism::Pgroup;
+        assert_eq!(
+            r.summary(),
+            None,
+            "a pgroup job's mechanism says it already"
+        );
+    }
+
     #[cfg(feature = "serde")]
     #[test]
     fn json_has_the_documented_fields() {
@@ -380,6 +412,7 @@ mod tests {
             "mechanism_reason",
             "degraded",
             "spawn",
+            "on_supervisor_death",
             "cgroup",
             "cgroup_parent_source",
             "exit",

@@ -67,5 +67,7 @@ mod signal_option;
 mod sigterm;
 #[path = "containment/stopped.rs"]
 mod stopped;
+#[path = "containment/watchdog.rs"]
+mod watchdog;
 #[path = "containment/zombie_leader.rs"]
 mod zombie_leader;

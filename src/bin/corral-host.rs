@@ -9,6 +9,13 @@
 //! `--in-process` asks for `Supervisor::InProcess`, which does have process-wide effects:
 //! the tests use it to see that the checks catch them.
 //!
+//! ```text
+//! corral-host wait-job --cgroup-parent DIR -- COMMAND [ARGS...]
+//! ```
+//!
+//! runs COMMAND as one cgroup job, prints `cgroup <path>` once it is spawned, and waits for
+//! it; the watchdog tests (`tests/containment/watchdog.rs`) kill the host meanwhile.
+//!
 //! It installs a SIGINT handler and starts a child of its own (`sh -c 'exit 42'`), records
 //! its process-wide state (child subreaper flag, signal dispositions 1..=31, blocked
 //! signals, thread count), runs a handful of jobs that end every way the API offers (wait
@@ -45,6 +52,7 @@ fn main() -> ExitCode {
     let (mechanism, expected) = match args.next().as_deref() {
         Some("pgroup") => (MechanismRequest::Pgroup, corral::Mechanism::Pgroup),
         Some("cgroup") => (MechanismRequest::Cgroup, corral::Mechanism::Cgroup),
+        Some("wait-job") => return wait_job(args.collect()),
         _ => return usage(),
     };
     let mut cgroup_parent = None;
@@ -131,8 +139,48 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: corral-host pgroup|cgroup [--cgroup-parent DIR] [--in-process]");
+    eprintln!(
+        "usage: corral-host pgroup|cgroup [--cgroup-parent DIR] [--in-process]\n       \
+         corral-host wait-job --cgroup-parent DIR -- COMMAND [ARGS...]"
+    );
     ExitCode::from(2)
+}
+
+/// `wait-job --cgroup-parent DIR -- COMMAND...`: one cgroup job, waited for.
+fn wait_job(args: Vec<String>) -> ExitCode {
+    let [flag, parent, dashes, command @ ..] = args.as_slice() else {
+        return usage();
+    };
+    if flag != "--cgroup-parent" || dashes != "--" || command.is_empty() {
+        return usage();
+    }
+    let opts = Options {
+        mechanism: MechanismRequest::Cgroup,
+        cgroup_parent: Some(PathBuf::from(parent)),
+        ..Default::default()
+    };
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]).stdin(Stdio::null());
+    let mut job = match Job::spawn(&mut cmd, &opts) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("corral-host: spawn {command:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cgroup = job.cgroup().map(|p| p.display().to_string());
+    println!("cgroup {}", cgroup.unwrap_or_default());
+    let _ = std::io::stdout().flush();
+    match job.wait() {
+        Ok(report) => {
+            println!("on_supervisor_death {}", report.on_supervisor_death);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("corral-host: wait: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs jobs that end in each way the API offers, checking their reports, and checks the

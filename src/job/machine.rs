@@ -688,6 +688,8 @@ impl Job {
                         cleanup.error = Some(super::error_chain(&e));
                     }
                 }
+                // The job is empty: nothing left for the watchdog to do.
+                drop(self.watch.take());
             }
             Some(Backend::Pgroup { .. }) => {
                 let fd = self
@@ -755,6 +757,7 @@ impl Job {
             mechanism_reason: self.mechanism_reason.clone(),
             degraded: self.degraded,
             spawn: self.spawn_method.to_string(),
+            on_supervisor_death: self.on_supervisor_death.clone(),
             cgroup,
             cgroup_parent_source: self.parent_source.map(str::to_string),
             exit,

@@ -189,6 +189,11 @@ pub struct Job {
     supervisor_exit: Option<ExitKind>,
     phase: Phase,
     report: Option<Report>,
+    /// cgroup: the leaf's registration with the watchdog (dropped, so forgotten, once the
+    /// job is over or detached).
+    watch: Option<crate::linux::watchdog::Watch>,
+    /// What happens to the job if this process dies (the report's `on_supervisor_death`).
+    on_supervisor_death: String,
 }
 
 /// What [`Job::wait_with_output`] returns.
@@ -402,6 +407,8 @@ impl Job {
             }
             Some(Backend::Pgroup { .. }) | None => None,
         };
+        // A detached job is no longer ours to stop, not even when we die.
+        drop(self.watch.take());
         self.phase = Phase::Over;
         Detached {
             id: self.id.clone(),

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::linux::cgroup::{Leaf, ParentSource};
 use crate::linux::pidfd::{self, Pid};
 use crate::linux::spawn::{self as raw_spawn, Placement, SpawnSpec};
+use crate::linux::watchdog::Watch;
 use crate::linux::{self, pgroup, supervise};
 use crate::options::{Options, Supervisor};
 use crate::report::LimitsReport;
@@ -50,6 +51,8 @@ struct Chosen {
     parent_source: Option<&'static str>,
     /// The limits applied to the leaf (cgroup, with limits asked for).
     limits: Option<LimitsReport>,
+    /// cgroup: the leaf registered with the watchdog, or why it is not.
+    watch: Option<std::result::Result<Watch, String>>,
 }
 
 impl Job {
@@ -228,6 +231,25 @@ impl Job {
             own_pgid
         };
         let (stdin, stdout, stderr) = started.stdio;
+        let (watch, on_supervisor_death) = match (&started.backend, chosen.watch) {
+            (Backend::Cgroup(_), Some(Ok(watch))) => {
+                let text = format!("killed by the watchdog (pid {})", watch.watchdog_pid());
+                (Some(watch), text)
+            }
+            (Backend::Cgroup(_), Some(Err(why))) => (None, format!("not covered: {why}")),
+            (Backend::Cgroup(_), None) => (None, "not covered: no watchdog".to_string()),
+            (Backend::Supervised(_), _) => (
+                None,
+                "killed by its supervisor process when the host goes away".to_string(),
+            ),
+            (Backend::Pgroup { .. }, _) => (
+                None,
+                "not covered: the job's subreaper is this process itself (in-process \
+                 pgroup), and nothing outlives it to stop the job: its processes are \
+                 re-parented and keep running"
+                    .to_string(),
+            ),
+        };
         Job {
             stdin,
             stdout,
@@ -262,6 +284,8 @@ impl Job {
             supervisor_exit: None,
             phase: Phase::Running,
             report: None,
+            watch,
+            on_supervisor_death,
         }
     }
 }
@@ -274,6 +298,7 @@ impl Chosen {
             degraded,
             parent_source: None,
             limits: None,
+            watch: None,
         }
     }
 }
@@ -298,8 +323,28 @@ fn new_leaf(
         degraded: false,
         parent_source: Some(parent_source),
         limits,
+        watch: Some(watch(&leaf, opts)),
     };
     Ok((leaf, chosen))
+}
+
+/// Registers the fresh `leaf` with this process's watchdog, before anything runs in it,
+/// so the job is covered from its first instant. Where that fails the job still runs, and
+/// the report (and the CLI's summary) says it is not covered.
+fn watch(leaf: &Leaf, opts: &Options) -> std::result::Result<Watch, String> {
+    if opts.debug.no_watchdog {
+        return Err("the watchdog is turned off (--debug-no-watchdog)".into());
+    }
+    let binary = match &opts.supervisor {
+        Supervisor::Binary(path) => Some(path.as_path()),
+        _ => None,
+    };
+    Watch::add_using(binary, &leaf.path, &[]).map_err(|e| {
+        format!(
+            "the watchdog could not be started: {}",
+            super::error_chain(&e)
+        )
+    })
 }
 
 /// Writes the limit files of `opts` in the fresh `leaf` (the controllers were enabled in

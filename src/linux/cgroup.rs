@@ -1025,6 +1025,41 @@ impl Leaf {
         }
     }
 
+    /// A leaf made by another process (the watchdog takes over the leaves of a host that
+    /// died): `parent_dir` and `dir` as [`open_existing`] opened them. Removing it removes
+    /// corral's default parent too when that was its parent and it is now unused; dropping
+    /// it without [`Leaf::remove`] kills and removes it, as for any leaf.
+    pub(crate) fn adopt(path: PathBuf, parent_dir: OwnedFd, dir: OwnedFd) -> Result<Leaf> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::cgroup("adopt", &path, io::ErrorKind::InvalidInput.into()))?;
+        let open = |file: &str, flags: OFlags| {
+            rustix::fs::openat(&dir, file, flags | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| Error::cgroup("open", path.join(file), e.into()))
+        };
+        let events = File::from(open(EVENTS, OFlags::RDONLY)?);
+        let procs = open(PROCS, OFlags::WRONLY)?;
+        let default = find_mount()
+            .ok()
+            .flatten()
+            .is_some_and(|m| path.parent() == Some(m.path.join(DEFAULT_PARENT).as_path()));
+        Ok(Leaf {
+            path,
+            name,
+            parent_dir,
+            parent_source: if default {
+                ParentSource::Default
+            } else {
+                ParentSource::Option
+            },
+            dir,
+            events,
+            procs,
+            removed: false,
+        })
+    }
+
     /// Gives the leaf up without removing it (a detached job keeps its cgroup). Returns its
     /// path.
     pub(crate) fn forget(mut self) -> PathBuf {
@@ -1099,6 +1134,26 @@ impl Drop for Leaf {
             self.remove_default_parent_if_unused();
         }
     }
+}
+
+/// Opens the existing cgroup at `path` (absolute, with a last component) and its parent
+/// directory, refusing anything that is not a directory on a cgroup2 filesystem: the
+/// parent first, then the cgroup through it. Returns `(parent, cgroup)`.
+pub(crate) fn open_existing(path: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
+    let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(invalid());
+    };
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid());
+    }
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let parent_dir = rustix::fs::open(parent, flags, Mode::empty())?;
+    let dir = rustix::fs::openat(&parent_dir, name, flags, Mode::empty())?;
+    if !is_cgroup2(dir.as_fd())? {
+        return Err(invalid());
+    }
+    Ok((parent_dir, dir))
 }
 
 /// How the final kill was done.

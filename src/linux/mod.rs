@@ -17,6 +17,7 @@ pub(crate) mod pidfd;
 pub(crate) mod procs;
 pub(crate) mod spawn;
 pub(crate) mod supervise;
+pub(crate) mod watchdog;
 
 use std::io;
 use std::time::Duration;

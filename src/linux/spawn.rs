@@ -41,7 +41,21 @@ pub(crate) enum Placement<'a> {
     },
     /// A new process group led by the child (`setpgid(0, 0)` in the child).
     NewProcessGroup,
+    /// A daemon of ours (the watchdog): the child calls `setsid()` first, so it is in no
+    /// process group or session of ours before it could run anything, then forks again and
+    /// exits, so the program runs in a grandchild that is no child of ours (re-parented to
+    /// the nearest subreaper, normally init). Each `(fd, number)` of `keep` is passed to
+    /// the program at that descriptor number (at most [`KEEP_MAX`], numbers above 2).
+    /// [`Spawned::daemon`] is the grandchild's PID; [`Spawned::pidfd`] the middle process's,
+    /// already exited (reap it).
+    Detached { keep: &'a [(BorrowedFd<'a>, RawFd)] },
 }
+
+/// How many descriptors [`Placement::Detached`] can pass.
+pub(crate) const KEEP_MAX: usize = 4;
+/// The numbers [`Placement::Detached`] passes descriptors at are below this; the child's
+/// own descriptors (the exec status pipe, the sources) are moved above it first.
+const KEEP_ABOVE: RawFd = 16;
 
 /// Everything the child needs, prepared by the parent.
 pub(crate) struct SpawnSpec<'a> {
@@ -85,6 +99,8 @@ pub(crate) struct Spawned {
     pub(crate) pid: Pid,
     pub(crate) pidfd: OwnedFd,
     pub(crate) method: SpawnMethod,
+    /// [`Placement::Detached`]: the grandchild that runs the program.
+    pub(crate) daemon: Option<Pid>,
 }
 
 const CLONE3_UNKNOWN: u8 = 0;
@@ -121,6 +137,12 @@ const STAGE_STDIO: u32 = 3;
 const STAGE_SIGNALS: u32 = 4;
 const STAGE_CHDIR: u32 = 5;
 const STAGE_EXEC: u32 = 6;
+const STAGE_SETSID: u32 = 7;
+const STAGE_FORK: u32 = 8;
+const STAGE_KEEP: u32 = 9;
+/// Not a failure: the middle process of a [`Placement::Detached`] spawn names the
+/// grandchild (the "errno" is its PID).
+const RECORD_DAEMON: u32 = 100;
 
 /// Data the child reads; pointers into buffers owned by `Prepared`.
 struct ChildCtx {
@@ -133,6 +155,10 @@ struct ChildCtx {
     sigmask: libc::sigset_t,
     move_via_procs: RawFd,
     new_pgroup: bool,
+    /// [`Placement::Detached`]: `setsid`, fork again, the middle process exits.
+    detach: bool,
+    /// Descriptors to pass at fixed numbers: `(ours, theirs)`; -1 for an unused slot.
+    keep: [(RawFd, RawFd); KEEP_MAX],
     err_pipe: RawFd,
 }
 
@@ -177,8 +203,14 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
     let candidates = candidates(spec.program, &env_pairs)?;
     let cwd = spec.cwd.map(|p| cstr(p.as_os_str())).transpose()?;
 
-    let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+    let (err_read, mut err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fail("create the exec status pipe", e.into()))?;
+    if matches!(spec.placement, Placement::Detached { .. }) {
+        // Out of the way of the numbers descriptors are passed at, which the child's dup2
+        // would otherwise close under it.
+        err_write = rustix::io::fcntl_dupfd_cloexec(&err_write, KEEP_ABOVE)
+            .map_err(|e| fail("create the exec status pipe", e.into()))?;
+    }
 
     let mut ctx = ChildCtx {
         candidates,
@@ -199,6 +231,8 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         sigmask: unsafe { std::mem::zeroed() },
         move_via_procs: -1,
         new_pgroup: false,
+        detach: false,
+        keep: [(-1, -1); KEEP_MAX],
         err_pipe: err_write.as_raw_fd(),
     };
     for (i, fd) in spec.stdio.iter().enumerate() {
@@ -253,8 +287,21 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
                 }
             }
         }
-        Placement::NewProcessGroup => {
-            ctx.new_pgroup = true;
+        Placement::NewProcessGroup | Placement::Detached { .. } => {
+            if let Placement::Detached { keep } = spec.placement {
+                if keep.len() > KEEP_MAX || keep.iter().any(|(_, n)| !(3..KEEP_ABOVE).contains(n)) {
+                    return Err(fail(
+                        "pass descriptors",
+                        io::Error::from_raw_os_error(libc::EINVAL),
+                    ));
+                }
+                ctx.detach = true;
+                for (slot, (fd, n)) in ctx.keep.iter_mut().zip(keep) {
+                    *slot = (fd.as_raw_fd(), *n);
+                }
+            } else {
+                ctx.new_pgroup = true;
+            }
             let mut result = None;
             if CLONE3_STATE.load(Ordering::Relaxed) != CLONE3_MISSING {
                 match clone3(0, None, &ctx) {
@@ -280,8 +327,8 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
     drop(blocked);
     drop(err_write);
     // Wait for exec: EOF means it succeeded (the pipe is close-on-exec); 8 bytes mean a
-    // step failed.
-    let mut buf = [0u8; 8];
+    // step failed. A detached spawn's middle process first sends the grandchild's PID.
+    let mut buf = [0u8; 16];
     let mut got = 0;
     while got < buf.len() {
         match rustix::io::read(&err_read, &mut buf[got..]) {
@@ -293,13 +340,35 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
     }
     drop(argv_store);
     drop(env_store);
-    if got == 0 {
-        return Ok(Spawned { pid, pidfd, method });
+    let record = |at: usize| {
+        (at + 8 <= got).then(|| {
+            (
+                u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()),
+                i32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap()),
+            )
+        })
+    };
+    // The grandchild's failure (if any) comes before the middle process's record when the
+    // middle process waited for it (vfork-style), after it otherwise.
+    let mut daemon = None;
+    let mut failure = None;
+    for (stage, value) in [record(0), record(8)].into_iter().flatten() {
+        match stage {
+            RECORD_DAEMON => daemon = Pid::from_raw(value),
+            _ => failure = Some((stage, value)),
+        }
     }
+    let Some((stage, errno)) = failure else {
+        return Ok(Spawned {
+            pid,
+            pidfd,
+            method,
+            daemon,
+        });
+    };
     // The child failed before exec and has _exit'ed: reap it so nothing is left behind.
+    // (A detached grandchild that failed is init's to reap.)
     let _ = pidfd::reap(pidfd.as_fd(), true);
-    let stage = u32::from_ne_bytes(buf[..4].try_into().unwrap());
-    let errno = i32::from_ne_bytes(buf[4..].try_into().unwrap());
     let err = io::Error::from_raw_os_error(errno);
     Err(match stage {
         STAGE_EXEC => match errno {
@@ -315,6 +384,9 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         STAGE_SETPGID => fail("create a process group (setpgid)", err),
         STAGE_STDIO => fail("set up stdin/stdout/stderr", err),
         STAGE_SIGNALS => fail("restore the signal mask", err),
+        STAGE_SETSID => fail("start a new session (setsid)", err),
+        STAGE_FORK => fail("fork the daemon", err),
+        STAGE_KEEP => fail("pass descriptors", err),
         STAGE_CHDIR => fail(
             &format!(
                 "change directory to {:?}",
@@ -380,6 +452,16 @@ fn clone3(
 /// memory (a full fork copies its page tables). Returns the child's PID in the parent.
 #[cfg(target_arch = "x86_64")]
 fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
+    clone3_vfork(args, ctx, child_entry)
+}
+
+/// The vfork-style `clone3` of [`clone3_raw`], the child starting in `entry(ctx)`.
+#[cfg(target_arch = "x86_64")]
+fn clone3_vfork(
+    args: &mut CloneArgs,
+    ctx: &ChildCtx,
+    entry: extern "C" fn(*const ChildCtx) -> !,
+) -> io::Result<i64> {
     const STACK: usize = 256 * 1024;
     const CLONE_VM: u64 = 0x100;
     const CLONE_VFORK: u64 = 0x4000;
@@ -422,7 +504,7 @@ fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
             in("rdi") args as *mut CloneArgs,
             in("rsi") std::mem::size_of::<CloneArgs>(),
             in("r12") ctx as *const ChildCtx,
-            in("r13") child_entry as extern "C" fn(*const ChildCtx) -> !,
+            in("r13") entry,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
@@ -462,6 +544,49 @@ fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
 extern "C" fn child_entry(ctx: *const ChildCtx) -> ! {
     // SAFETY: `ctx` points into the suspended parent's frame (see `clone3_raw`).
     child_after_fork(unsafe { &*ctx })
+}
+
+/// The same for the grandchild of a [`Placement::Detached`] spawn: it is detached already.
+#[cfg(target_arch = "x86_64")]
+extern "C" fn grandchild_entry(ctx: *const ChildCtx) -> ! {
+    // SAFETY: as for `child_entry`: the parent and the middle process are both suspended
+    // until the grandchild has exec'd or exited.
+    child_setup_and_exec(unsafe { &*ctx })
+}
+
+/// The middle process of a [`Placement::Detached`] spawn creates the grandchild that will
+/// run the program. On x86_64 vfork-style, like the first child: nothing of the host's
+/// memory is copied (a plain fork would copy its page tables, which costs in proportion to
+/// the host's size), and the middle process is suspended until the grandchild has exec'd
+/// or exited. Elsewhere a bare `fork` (no `pthread_atfork` handlers). Returns the
+/// grandchild's PID, or -errno.
+///
+/// # Safety
+/// Only from `child_after_fork` (async-signal-safe calls, nothing allocates).
+unsafe fn spawn_grandchild(ctx: &ChildCtx) -> i64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        match clone3_vfork(&mut args, ctx, grandchild_entry) {
+            Ok(pid) => pid,
+            Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let pid = crate::linux::supervise::raw_fork();
+        if pid == 0 {
+            child_setup_and_exec(ctx);
+        }
+        if pid < 0 {
+            -(*libc::__errno_location() as i64)
+        } else {
+            pid as i64
+        }
+    }
 }
 
 fn to_sigset(set: crate::options::SignalSet) -> libc::sigset_t {
@@ -538,13 +663,49 @@ fn child_after_fork(ctx: &ChildCtx) -> ! {
     // descriptors and buffers that were prepared by the parent and stay valid in this copy
     // of its address space; nothing allocates, locks or unwinds.
     unsafe {
-        let report = |stage: u32, errno: i32| -> ! {
+        let report = |stage: u32, errno: i32| -> ! { report_and_exit(ctx, stage, errno) };
+        let errno = || *libc::__errno_location();
+
+        if ctx.detach {
+            // A session of its own before anything else, so no signal meant for our
+            // process group or session (a killpg, the terminal's) can reach what runs here.
+            if libc::setsid() < 0 {
+                report(STAGE_SETSID, errno());
+            }
+            let pid = spawn_grandchild(ctx);
+            if pid < 0 {
+                report(STAGE_FORK, -pid as i32);
+            }
+            // The middle process: name the grandchild, and go. The grandchild is
+            // re-parented (to init, or the nearest subreaper), never our child.
             let mut buf = [0u8; 8];
-            buf[..4].copy_from_slice(&stage.to_ne_bytes());
-            buf[4..].copy_from_slice(&errno.to_ne_bytes());
+            buf[..4].copy_from_slice(&RECORD_DAEMON.to_ne_bytes());
+            buf[4..].copy_from_slice(&(pid as i32).to_ne_bytes());
             libc::write(ctx.err_pipe, buf.as_ptr().cast(), buf.len());
-            libc::_exit(127)
-        };
+            libc::_exit(0);
+        }
+        child_setup_and_exec(ctx)
+    }
+}
+
+/// Tells the parent which step failed with which errno, and exits 127.
+///
+/// # Safety
+/// Only in the child (async-signal-safe: one `write`, then `_exit`).
+unsafe fn report_and_exit(ctx: &ChildCtx, stage: u32, errno: i32) -> ! {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&stage.to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.to_ne_bytes());
+    libc::write(ctx.err_pipe, buf.as_ptr().cast(), buf.len());
+    libc::_exit(127)
+}
+
+/// The child's (or a detached spawn's grandchild's) set-up, then `exec`. Only raw
+/// syscalls; see the module docs.
+fn child_setup_and_exec(ctx: &ChildCtx) -> ! {
+    // SAFETY (whole function): as for `child_after_fork`.
+    unsafe {
+        let report = |stage: u32, errno: i32| -> ! { report_and_exit(ctx, stage, errno) };
         let errno = || *libc::__errno_location();
 
         if ctx.move_via_procs >= 0 {
@@ -571,6 +732,23 @@ fn child_after_fork(ctx: &ChildCtx) -> ! {
         for (i, fd) in moved.iter().enumerate() {
             if *fd >= 0 && libc::dup2(*fd, i as i32) < 0 {
                 report(STAGE_STDIO, errno());
+            }
+        }
+        // Descriptors passed at fixed numbers: first above every target (so one dup2
+        // cannot clobber the source of the next), then into place, without close-on-exec.
+        let mut kept = [-1; KEEP_MAX];
+        for (slot, (src, _)) in kept.iter_mut().zip(ctx.keep) {
+            if src >= 0 {
+                let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, KEEP_ABOVE);
+                if fd < 0 {
+                    report(STAGE_KEEP, errno());
+                }
+                *slot = fd;
+            }
+        }
+        for (fd, (_, target)) in kept.iter().zip(ctx.keep) {
+            if *fd >= 0 && libc::dup2(*fd, target) < 0 {
+                report(STAGE_KEEP, errno());
             }
         }
         // Signals: the mask corral found (not the one it uses for itself), and SIGPIPE back

@@ -147,7 +147,8 @@ fn no_supervisor(reason: String) -> Error {
 }
 
 /// What `corral __supervise --protocol` prints: the version of the message protocol.
-const PROTOCOL: &str = "corral-supervise 1";
+/// 2: the binary also runs the watchdog (`corral __watchdog`, see `watchdog.rs`).
+const PROTOCOL: &str = "corral-supervise 2";
 const PROTOCOL_ARG: &str = "--protocol";
 
 /// `path` made absolute, if it is a `corral` that speaks our protocol; else what is wrong.
@@ -167,6 +168,13 @@ fn usable(path: &Path) -> Result<PathBuf, String> {
     let known =
         |list: &Vec<(PathBuf, Identity)>| list.iter().any(|(p, id)| *p == path && *id == identity);
     if known(&CHECKED.lock().unwrap_or_else(|e| e.into_inner())) {
+        return Ok(path);
+    }
+    // This very program (the `corral` CLI finds itself next to its own executable) speaks
+    // the protocol of the library it was built with: no need to run it to ask.
+    if std::fs::metadata("/proc/self/exe")
+        .is_ok_and(|me| me.dev() == meta.dev() && me.ino() == meta.ino())
+    {
         return Ok(path);
     }
     let out = Command::new(&path)
@@ -587,7 +595,7 @@ unsafe fn give_up(sock: RawFd, main: libc::pid_t, errno: i32) -> ! {
 /// # Safety
 /// The child must keep to async-signal-safe calls until it execs or exits. libc's cached
 /// thread ID is stale in the child: nothing here may use it (`raise`, `pthread_kill`).
-unsafe fn raw_fork() -> libc::pid_t {
+pub(crate) unsafe fn raw_fork() -> libc::pid_t {
     // clone(flags, stack = 0: the child continues on a copy of our stack, ...): argument
     // order differs on s390x, where the stack comes first.
     #[cfg(target_arch = "s390x")]
@@ -990,7 +998,7 @@ fn drain(fd: BorrowedFd<'_>) {
 
 /// Closes every descriptor from `first` up: the host's descriptors that were not
 /// close-on-exec (they are the user's command's business, not ours).
-fn close_descriptors_from(first: RawFd) {
+pub(crate) fn close_descriptors_from(first: RawFd) {
     // SAFETY: close_range(2) (Linux 5.9) on descriptors nothing in this process uses yet.
     let ret = unsafe {
         libc::syscall(

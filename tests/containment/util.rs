@@ -1273,6 +1273,18 @@ impl Procs {
         }
     }
 
+    /// Whether the process `pid` has exited (its pidfd is readable, or it was gone when
+    /// listed).
+    pub fn gone(&self, pid: i32) -> bool {
+        self.procs
+            .iter()
+            .find(|p| p.pid == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not listed"))
+            .fd
+            .as_ref()
+            .map_or(true, |fd| exited(fd.as_fd()))
+    }
+
     /// Asserts the process of `role` is still running.
     pub fn assert_alive(&self, role: &str) {
         let proc = self

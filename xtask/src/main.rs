@@ -16,7 +16,8 @@ TASKS:
     bench [--quick]   Measure corral against same-run baselines (spawn + wait of /bin/true
                       through each library path, std and tokio; stopping trees of
                       10/100/1000 processes; `corral run` idle cost vs `timeout`; 100
-                      concurrent jobs). Needs root and a cgroup2 mount. Writes
+                      concurrent jobs; the watchdog's cost). Needs root and a cgroup2
+                      mount. Writes
                       target/bench/benchmarks.md and copies it to docs/benchmarks.md.
                       --quick: few rounds, a smoke test; writes only target/bench/.
     vm-test [--payload 'TAG: CMD']... [--accel auto|kvm|tcg] [--timeout SECS] [--keep]

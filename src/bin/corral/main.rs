@@ -87,6 +87,9 @@ struct RunArgs {
     /// Testing knob: kill with the freezer loop instead of cgroup.kill.
     #[arg(long, hide = true)]
     debug_no_cgroup_kill: bool,
+    /// Testing knob: no watchdog (the job outlives corral if corral is killed).
+    #[arg(long, hide = true)]
+    debug_no_watchdog: bool,
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     command: Vec<OsString>,
@@ -101,6 +104,14 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == "__supervise")
     {
         corral::__supervise();
+    }
+    // The watchdog of a host's cgroup jobs (started by the library), likewise.
+    #[cfg(target_os = "linux")]
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__watchdog")
+    {
+        corral::__watchdog();
     }
     match run() {
         Ok(code) => code,
@@ -178,6 +189,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         debug: corral::DebugKnobs {
             no_clone_into_cgroup: args.debug_no_clone3,
             no_cgroup_kill: args.debug_no_cgroup_kill,
+            no_watchdog: args.debug_no_watchdog,
         },
     };
     let mut signals =

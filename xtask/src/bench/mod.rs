@@ -8,6 +8,9 @@
 //! 3. [`idle`]: `corral run -- sleep 5` vs `timeout 10 sleep 5`: peak RSS, CPU, wake-ups.
 //! 4. [`concurrent`]: 100 jobs of `sleep 0.1` at once, one thread each, vs 100 bare
 //!    `Command::status()` threads: throughput.
+//! 5. [`watchdog`]: the watchdog's cost: the first cgroup job of a fresh `corral run` (which
+//!    starts it) and each further job of a long-lived host, with and without it; its
+//!    memory and CPU while idle.
 //!
 //! Safety: everything runs under one cgroup of the bench's own ([`cgroup::BenchRoot`]),
 //! removed at the end and on any error; processes are signalled only through pidfds; rounds
@@ -23,6 +26,7 @@ mod report;
 mod spawn_wait;
 mod stats;
 mod stop_tree;
+mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +46,9 @@ pub struct Plan {
     /// Jobs started at once in figure 4, and how many rounds of that.
     pub concurrent_jobs: usize,
     pub concurrent_rounds: usize,
+    /// Rounds of figure 5, and its warm-up rounds.
+    pub watchdog_rounds: usize,
+    pub watchdog_warmup: usize,
     pub quick: bool,
 }
 
@@ -54,6 +61,8 @@ impl Plan {
             idle_rounds: 3,
             concurrent_jobs: 100,
             concurrent_rounds: 15,
+            watchdog_rounds: 200,
+            watchdog_warmup: 5,
             quick: false,
         }
     }
@@ -66,6 +75,8 @@ impl Plan {
             idle_rounds: 1,
             concurrent_jobs: 100,
             concurrent_rounds: 2,
+            watchdog_rounds: 20,
+            watchdog_warmup: 2,
             quick: true,
         }
     }
@@ -89,8 +100,12 @@ impl Bench {
             mechanism,
             cgroup_parent: Some(self.root.jobs()),
             // The bench measures the engine as the CLI runs it (the CLI is its own
-            // supervisor); the library's supervisor process is measured on its own.
-            supervisor: corral::Supervisor::InProcess,
+            // supervisor); the library's supervisor process is measured on its own. A
+            // cgroup job's watchdog runs from the `corral` binary the bench built.
+            supervisor: match mechanism {
+                corral::MechanismRequest::Cgroup => corral::Supervisor::Binary(corral_binary()),
+                _ => corral::Supervisor::InProcess,
+            },
             ..corral::Options::default()
         }
     }
@@ -231,6 +246,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let trees = stop_tree::run(&mut bench, &plan)?;
     let idle = idle::run(&mut bench, &plan)?;
     let concurrent = concurrent::run(&mut bench, &plan)?;
+    let watchdog = watchdog::run(&mut bench, &plan)?;
 
     let Bench {
         root,
@@ -258,6 +274,7 @@ pub fn run(args: &[String]) -> Result<()> {
         trees: &trees,
         idle: &idle,
         concurrent: &concurrent,
+        watchdog: &watchdog,
         anomalies: &anomalies,
         strays_reaped,
         load_end,
@@ -297,8 +314,8 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
         .context("failed to start a tokio runtime")
 }
 
-/// The `corral` binary [`build_cli`] builds: figure 3 runs it, and figure 1's supervised
-/// jobs use it as their supervisor.
+/// The `corral` binary [`build_cli`] builds: figures 3 and 5 run it, figure 1's supervised
+/// jobs use it as their supervisor, and cgroup jobs as their watchdog.
 fn corral_binary() -> PathBuf {
     workspace_root().join("target/release/corral")
 }

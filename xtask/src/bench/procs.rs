@@ -140,22 +140,67 @@ pub fn reap_strays() -> usize {
     n
 }
 
-/// Kills every process in the bench's `self/` cgroup other than the bench itself (through
-/// pidfds, after checking each is still in that cgroup), and waits until only the bench is
-/// left. Returns the PIDs it found. Call only between rounds.
+/// The host PID of a `corral __watchdog <host>` process (from its command line), if `pid`
+/// is one.
+pub fn watchdog_host(pid: i32) -> Option<i32> {
+    let bytes = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv: Vec<&[u8]> = bytes.split(|b| *b == 0).collect();
+    match argv.as_slice() {
+        [_, arg, host, ..] if *arg == b"__watchdog" => std::str::from_utf8(host).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Whether `pid` belongs in the bench's `self/` cgroup besides the bench: the bench's own
+/// watchdog (the library starts one at the bench's first cgroup job; it lives as long as
+/// the bench).
+fn expected(pid: i32, me: i32) -> bool {
+    pid == me || watchdog_host(pid) == Some(me)
+}
+
+/// Waits (up to 2 s) until no watchdog of a host that has exited (a `corral run` the bench
+/// ran) is left in `self/`: each exits by itself once its host is gone, within
+/// milliseconds. One that does not is left for [`kill_strays`] to find. A process that is
+/// exiting has an empty command line but is still listed for a moment: it is waited for
+/// too.
+pub fn settle_watchdogs(self_dir: &Path) -> Result<()> {
+    let me = std::process::id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let procs_path = self_dir.join(cgroup::PROCS);
+    loop {
+        let lingering = cgroup::read_procs(&procs_path)?.into_iter().any(|p| {
+            if expected(p, me) {
+                return false;
+            }
+            match watchdog_host(p) {
+                Some(host) => !Path::new(&format!("/proc/{host}")).exists(),
+                None => fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.is_empty()),
+            }
+        });
+        if !lingering || Instant::now() >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Kills every process in the bench's `self/` cgroup other than the bench itself and its
+/// watchdog (through pidfds, after checking each is still in that cgroup), and waits until
+/// only those are left. Returns the PIDs it found. Call only between rounds.
 pub fn kill_strays(self_dir: &Path, self_cgroup: &Path, deadline: Instant) -> Result<Vec<i32>> {
     let me = std::process::id() as i32;
     reap_strays();
+    settle_watchdogs(self_dir)?;
     let procs_path = self_dir.join(cgroup::PROCS);
     let found: Vec<i32> = cgroup::read_procs(&procs_path)?
         .into_iter()
-        .filter(|&p| p != me)
+        .filter(|&p| !expected(p, me))
         .collect();
     let mut pause = Duration::from_millis(1);
     loop {
         let left: Vec<i32> = cgroup::read_procs(&procs_path)?
             .into_iter()
-            .filter(|&p| p != me)
+            .filter(|&p| !expected(p, me))
             .collect();
         if left.is_empty() {
             return Ok(found);

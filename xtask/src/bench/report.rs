@@ -10,6 +10,7 @@ use super::machine::Machine;
 use super::spawn_wait::{self, SpawnFigures};
 use super::stats::{fmt_ratio, fmt_secs, Samples};
 use super::stop_tree::{TreeFigures, Variant};
+use super::watchdog::{self, WatchdogFigures};
 use super::Plan;
 
 /// Spawn + wait + cleanup of `/bin/true` may cost this much more than a bare spawn.
@@ -26,6 +27,7 @@ pub struct Results<'a> {
     pub trees: &'a [TreeFigures],
     pub idle: &'a IdleFigures,
     pub concurrent: &'a ConcurrentFigures,
+    pub watchdog: &'a WatchdogFigures,
     pub anomalies: &'a [String],
     pub strays_reaped: usize,
     pub load_end: String,
@@ -88,8 +90,9 @@ fn targets(r: &Results<'_>) -> Vec<Target> {
             met,
             why: (!met).then(|| {
                 Why::own(format!(
-                    "{}{}",
+                    "{}{}{}",
                     why_spawn(s, v),
+                    watchdog_note(r.watchdog, v),
                     noise_note(samples, bare, SPAWN_TARGET)
                 ))
             }),
@@ -163,6 +166,28 @@ fn targets(r: &Results<'_>) -> Vec<Target> {
 
 /// For a missed target whose fastest round is within it: the median's gap is partly the
 /// shared machine's noise, which the reader should know before the explanation's figures.
+/// For a cgroup job of figure 1: what its registration with the watchdog costs (figure 5).
+fn watchdog_note(w: &WatchdogFigures, v: spawn_wait::Variant) -> String {
+    use spawn_wait::Variant as V;
+    let (with, without) = match v {
+        V::CommandCgroup => (
+            watchdog::Variant::CommandWith,
+            watchdog::Variant::CommandWithout,
+        ),
+        V::SpawnCgroup | V::TokioJob => (
+            watchdog::Variant::SpawnWith,
+            watchdog::Variant::SpawnWithout,
+        ),
+        _ => return String::new(),
+    };
+    format!(
+        " The job's time includes its registration with the bench's watchdog (`add` before \
+         the spawn, `forget` after the cleanup), which figure 5 measures at {} per job ({}).",
+        fmt_secs(w.get(with).median() - w.get(without).median()),
+        fmt_ratio(ratio(w.get(with), w.get(without)))
+    )
+}
+
 fn noise_note(job: &Samples, base: &Samples, target: f64) -> String {
     let fastest = job.min() / base.min();
     if fastest <= target {
@@ -688,7 +713,9 @@ pub fn render(r: &Results<'_>) -> String {
          `tokio::process` spawn measured the same way (as a task on a multi-thread \
          runtime, timed inside it). Every variant that forks (all of `Job::spawn`'s) \
          copies the page tables of the calling process, here the bench with {} \
-         resident: a larger caller pays more.\n\n\
+         resident: a larger caller pays more. Each cgroup job also registers its cgroup \
+         with the bench's watchdog and has it forgotten (two small messages; the watchdog \
+         itself was started by the first job, before these rounds: figure 5).\n\n\
          | Variant | median | min | p90 | ratio |\n|---|---|---|---|---|",
         s.rounds,
         r.plan.spawn_warmup,
@@ -855,6 +882,8 @@ pub fn render(r: &Results<'_>) -> String {
         );
     }
 
+    render_watchdog(&mut o, r.watchdog);
+
     let _ = writeln!(o, "\n## Checks\n");
     let _ = writeln!(
         o,
@@ -881,6 +910,53 @@ pub fn render(r: &Results<'_>) -> String {
         );
     }
     o
+}
+
+/// Figure 5: the watchdog.
+fn render_watchdog(o: &mut String, w: &WatchdogFigures) {
+    let _ = writeln!(
+        o,
+        "\n## 5. The watchdog\n\n\
+         A host process that runs cgroup jobs has one watchdog (`corral __watchdog`), \
+         started at its first cgroup job, which kills the jobs if the host dies. \
+         {} rounds (after warm-up rounds), variants in an order rotated each round. The \
+         first two rows start a fresh `corral run --cgroup-parent <jobs> -- /bin/true` \
+         each round, timed from its spawn to its reaping: with the watchdog (started for \
+         its one job: a `socketpair`, a pidfd, a vfork-style `clone3` whose child calls \
+         `setsid` and makes the watchdog's process the same way, and the `corral` exec, \
+         waited for up to the exec) and without it. \
+         The other rows are jobs of the bench itself, a long-lived host whose watchdog \
+         already runs: each job sends `add` before its process starts and `forget` once \
+         it is over. Ratios are to the same job without the watchdog.\n\n\
+         | Variant | median | min | p90 | ratio |\n|---|---|---|---|---|",
+        w.rounds
+    );
+    for v in watchdog::Variant::ALL {
+        samples_row(o, v.label(), w.get(v), v.baseline().map(|b| w.get(b)));
+    }
+    let first =
+        w.get(watchdog::Variant::CliWith).median() - w.get(watchdog::Variant::CliWithout).median();
+    let _ = writeln!(
+        o,
+        "\nThe first job of a host pays {} for its watchdog, once; every later job pays \
+         two messages (the rows above; the watchdog's own CPU time for them is below).\n\n\
+         The bench's own watchdog (pid {}), after the rounds above:\n\n\
+         | | |\n|---|---|\n\
+         | resident memory (`VmRSS`) | {} |\n\
+         | peak resident memory (`VmHWM`) | {} |\n\
+         | CPU time per job watched (`add` + `forget`, from `/proc/<pid>/schedstat`) | {} |\n\
+         | context switches over {} s with no job | {} |\n\
+         | CPU time over those {} s | {} |",
+        fmt_secs(first),
+        w.pid,
+        kib(w.rss_kib as f64),
+        kib(w.hwm_kib as f64),
+        fmt_secs(w.cpu_per_job),
+        watchdog::IDLE.as_secs(),
+        w.idle_wakeups,
+        watchdog::IDLE.as_secs(),
+        fmt_secs(w.idle_cpu),
+    );
 }
 
 /// `docs/benchmarks.md`: how the file is made, then the report.
@@ -926,6 +1002,19 @@ pub fn summary(r: &Results<'_>) -> String {
         med(&i.timeout, |x| x.hwm_kib as f64),
         fmt_secs(med(&i.corral, |x| x.cpu)),
         fmt_secs(med(&i.timeout, |x| x.cpu)),
+    );
+    let w = r.watchdog;
+    let rt =
+        |v: watchdog::Variant| fmt_ratio(ratio(w.get(v), w.get(v.baseline().expect("compared"))));
+    let _ = writeln!(
+        o,
+        "watchdog: first job {} (corral run), further jobs {} (spawn_command) {} (spawn); \
+         RSS {:.0} KiB, {} wake-ups idle",
+        rt(watchdog::Variant::CliWith),
+        rt(watchdog::Variant::CommandWith),
+        rt(watchdog::Variant::SpawnWith),
+        w.rss_kib as f64,
+        w.idle_wakeups,
     );
     let _ = writeln!(
         o,
