@@ -23,6 +23,7 @@ use crate::linux::pidfd::{self, Pid};
 use crate::linux::spawn::{self as raw_spawn, Placement, SpawnSpec};
 use crate::linux::{self, pgroup, supervise};
 use crate::options::{Options, Supervisor};
+use crate::registry;
 use crate::report::LimitsReport;
 use crate::Mechanism;
 
@@ -66,6 +67,7 @@ impl Job {
     /// mode it gets a process group of its own under a supervisor process (see
     /// [`crate::Supervisor`]).
     pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
+        check_name(opts)?;
         let program = cmd.get_program().to_string_lossy().into_owned();
         let command: Vec<String> = std::iter::once(program.clone())
             .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -149,6 +151,7 @@ impl Job {
     /// of the caller's memory), and it inherits the caller's stdio. pgroup jobs go through
     /// [`Job::spawn`] unless [`crate::Supervisor::InProcess`] is asked for.
     pub fn spawn_command(cmd: &JobCommand, opts: &Options) -> Result<Job> {
+        check_name(opts)?;
         let choice = linux::choose(opts)?;
         if matches!(choice, linux::Choice::Pgroup { .. })
             && opts.supervisor != Supervisor::InProcess
@@ -228,7 +231,7 @@ impl Job {
             own_pgid
         };
         let (stdin, stdout, stderr) = started.stdio;
-        Job {
+        let mut job = Job {
             stdin,
             stdout,
             stderr,
@@ -262,7 +265,50 @@ impl Job {
             supervisor_exit: None,
             phase: Phase::Running,
             report: None,
+            registration: None,
+            not_registered: None,
+            external: None,
+        };
+        if opts.register {
+            job.register();
         }
+        job
+    }
+
+    /// Records the job in the job registry; on failure the job runs all the same and says
+    /// why in its report.
+    fn register(&mut self) {
+        let cgroup = match &self.backend {
+            Some(Backend::Cgroup(leaf)) => Some(leaf.path.clone()),
+            _ => None,
+        };
+        let limits = self
+            .limits
+            .as_ref()
+            .map(|l| l.applied.clone())
+            .unwrap_or_default();
+        let new = registry::NewRecord {
+            id: &self.id,
+            name: self.opts.name.as_deref(),
+            mechanism: self.mechanism.name(),
+            cgroup: cgroup.as_deref(),
+            command: &self.command,
+            limits,
+        };
+        match registry::register(&new) {
+            Ok(r) => self.registration = Some(r),
+            Err(why) => self.not_registered = Some(why),
+        }
+    }
+}
+
+/// A name asked for must be valid and not taken by a running job of this user; checked
+/// before anything is created.
+fn check_name(opts: &Options) -> Result<()> {
+    match &opts.name {
+        Some(name) if opts.register => registry::check_name(name),
+        Some(name) => registry::validate(name),
+        None => Ok(()),
     }
 }
 
