@@ -36,9 +36,6 @@ mod report;
 #[cfg(target_os = "linux")]
 mod linux;
 
-/// The job registry (`corral ps`, `corral kill`, `corral sweep`); see `docs/registry.md`.
-/// Needs the `serde` feature (records are JSON); without it jobs are not registered, and
-/// their reports say so.
 #[cfg(all(target_os = "linux", feature = "serde"))]
 pub mod registry;
 #[cfg(all(target_os = "linux", not(feature = "serde")))]

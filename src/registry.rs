@@ -36,6 +36,10 @@
 //! Records another user could not have written are refused: a record's `uid` must match its
 //! file's owner and its directory's owner. A corrupt or half-written record is reported and
 //! skipped, never fatal.
+//!
+//! The registry needs the `serde` feature (records are JSON); without it jobs are not
+//! registered, and their reports say so. The layout and the reasoning are in
+//! `docs/registry.md`.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -46,9 +50,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::event::{PollFd, PollFlags};
-use rustix::net::{
-    AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::linux::cgroup;
 use crate::linux::pidfd::Pid;
@@ -240,8 +242,10 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => {
-                scan.problems
-                    .push(format!("cannot read the job registry {}: {e}", dir.display()));
+                scan.problems.push(format!(
+                    "cannot read the job registry {}: {e}",
+                    dir.display()
+                ));
                 continue;
             }
         };
@@ -256,8 +260,10 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
         let list = match std::fs::read_dir(dir) {
             Ok(l) => l,
             Err(e) => {
-                scan.problems
-                    .push(format!("cannot read the job registry {}: {e}", dir.display()));
+                scan.problems.push(format!(
+                    "cannot read the job registry {}: {e}",
+                    dir.display()
+                ));
                 continue;
             }
         };
@@ -274,10 +280,9 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
                     let live = record.supervisor.alive();
                     scan.entries.push(Entry { record, path, live });
                 }
-                Err(why) => scan.problems.push(format!(
-                    "skipping the job record {}: {why}",
-                    path.display()
-                )),
+                Err(why) => scan
+                    .problems
+                    .push(format!("skipping the job record {}: {why}", path.display())),
             }
         }
     }
@@ -295,10 +300,13 @@ fn read_record(path: &Path, dir_owner: u32) -> Result<Record, String> {
     if meta.len() > 1 << 20 {
         return Err("too large to be a record".into());
     }
-    let record: Record =
-        serde_json::from_reader(io::BufReader::new(file)).map_err(|e| format!("not a record ({e})"))?;
+    let record: Record = serde_json::from_reader(io::BufReader::new(file))
+        .map_err(|e| format!("not a record ({e})"))?;
     if record.version != RECORD_VERSION {
-        return Err(format!("record version {} (expected {RECORD_VERSION})", record.version));
+        return Err(format!(
+            "record version {} (expected {RECORD_VERSION})",
+            record.version
+        ));
     }
     if record.uid != meta.uid() || record.uid != dir_owner {
         return Err(format!(
@@ -352,12 +360,14 @@ pub fn stats(entry: &Entry) -> Stats {
     let r = &entry.record;
     if let Some(cg) = &r.cgroup {
         let procs = read_procs_recursive(cg);
-        let cpu = std::fs::read_to_string(cg.join("cpu.stat")).ok().and_then(|t| {
-            t.lines().find_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                (k == "usage_usec").then(|| v.trim().parse().ok()).flatten()
-            })
-        });
+        let cpu = std::fs::read_to_string(cg.join("cpu.stat"))
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    (k == "usage_usec").then(|| v.trim().parse().ok()).flatten()
+                })
+            });
         let mem = std::fs::read_to_string(cg.join("memory.current"))
             .ok()
             .and_then(|t| t.trim().parse().ok());
@@ -369,11 +379,12 @@ pub fn stats(entry: &Entry) -> Stats {
     }
     // pgroup: the supervisor's descendants (the CLI supervises in-process). A library host's
     // other children would count too, so only the CLI's figure is exact.
-    let processes = entry
-        .live
-        .then(|| r.supervisor.stat())
-        .flatten()
-        .map(|s| procs::descendants(s.pid).iter().filter(|s| s.alive()).count());
+    let processes = entry.live.then(|| r.supervisor.stat()).flatten().map(|s| {
+        procs::descendants(s.pid)
+            .iter()
+            .filter(|s| s.alive())
+            .count()
+    });
     Stats {
         processes,
         ..Stats::default()
@@ -483,8 +494,8 @@ pub fn kill(
     rustix::net::send(&sock, request.as_bytes(), SendFlags::NOSIGNAL)
         .map_err(|e| format!("cannot send the request to job {}: {e}", r.id))?;
     let deadline = Instant::now() + grace + margin;
-    let answer = recv_until(&sock, deadline)
-        .map_err(|e| format!("no answer from job {}: {e}", r.id))?;
+    let answer =
+        recv_until(&sock, deadline).map_err(|e| format!("no answer from job {}: {e}", r.id))?;
     match answer.as_deref() {
         Some("ok") => {}
         Some("over") | None => return Ok(KillOutcome::AlreadyOver),
@@ -595,7 +606,10 @@ fn clean_stale(entry: &Entry, dry_run: bool, lines: &mut Vec<String>) {
     if !dry_run {
         let _ = std::fs::remove_file(&r.socket);
         match std::fs::remove_file(&entry.path) {
-            Ok(()) => lines.push(format!("job {label}: removed record {}", entry.path.display())),
+            Ok(()) => lines.push(format!(
+                "job {label}: removed record {}",
+                entry.path.display()
+            )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => lines.push(format!(
                 "job {label}: cannot remove record {}: {e}",
@@ -603,7 +617,10 @@ fn clean_stale(entry: &Entry, dry_run: bool, lines: &mut Vec<String>) {
             )),
         }
     } else {
-        lines.push(format!("job {label}: {would}remove record {}", entry.path.display()));
+        lines.push(format!(
+            "job {label}: {would}remove record {}",
+            entry.path.display()
+        ));
     }
 }
 
@@ -664,7 +681,7 @@ pub fn sweep(dry_run: bool) -> SweepReport {
     for e in scan.entries.iter().filter(|e| !e.live) {
         clean_stale(e, dry_run, &mut out.actions);
     }
-    if std::env::var_os(RUNTIME_DIR_ENV).is_none_or(|d| d.is_empty()) {
+    if !std::env::var_os(RUNTIME_DIR_ENV).is_some_and(|d| !d.is_empty()) {
         let named: Vec<&Path> = scan
             .entries
             .iter()
@@ -724,7 +741,7 @@ fn sweep_default_parent(dry_run: bool, named: &[&Path], lines: &mut Vec<String>)
         let creator_alive = Pid::from_raw(pid).and_then(procs::stat).is_some_and(|s| {
             // A process that started after the leaf was made is a reused PID.
             let started = boot.map(|b| b + s.starttime / tick.max(1));
-            started.is_none_or(|t| t <= meta.ctime().max(0) as u64 + 1)
+            started.map_or(true, |t| t <= meta.ctime().max(0) as u64 + 1)
         });
         if creator_alive {
             continue;
@@ -841,8 +858,7 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     .map_err(|e| format!("socket(AF_UNIX, SOCK_SEQPACKET): {e}"))?;
     let addr = SocketAddrUnix::new(&socket)
         .map_err(|e| format!("socket path {} unusable ({e})", socket.display()))?;
-    rustix::net::bind(&listener, &addr)
-        .map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    rustix::net::bind(&listener, &addr).map_err(|e| format!("bind {}: {e}", socket.display()))?;
     let reg = Registration {
         record: record_path.clone(),
         socket: socket.clone(),
@@ -850,7 +866,8 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
         uid,
         waiters: Vec::new(),
     };
-    rustix::net::listen(&reg.listener, 16).map_err(|e| format!("listen on {}: {e}", socket.display()))?;
+    rustix::net::listen(&reg.listener, 16)
+        .map_err(|e| format!("listen on {}: {e}", socket.display()))?;
     let record = Record {
         version: RECORD_VERSION,
         id: new.id.to_string(),
@@ -917,7 +934,8 @@ impl Registration {
             };
             let uid = cred.uid.as_raw();
             if uid != self.uid && uid != 0 {
-                let _ = rustix::net::send(&conn, b"denied", SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+                let _ =
+                    rustix::net::send(&conn, b"denied", SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
                 continue;
             }
             let text = match recv_until(&conn, Instant::now() + Duration::from_millis(100)) {
@@ -927,7 +945,11 @@ impl Registration {
             let stop = match parse_request(&text) {
                 Some(s) => s,
                 None => {
-                    let _ = rustix::net::send(&conn, b"bad request", SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+                    let _ = rustix::net::send(
+                        &conn,
+                        b"bad request",
+                        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+                    );
                     continue;
                 }
             };

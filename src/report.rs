@@ -289,7 +289,10 @@ impl Report {
             parts.push(format!("cleanup failed: {e}"));
         }
         if let Some(r) = self.stop.as_ref().and_then(|s| s.requested_by) {
-            parts.push(format!("stopped from outside by pid {} (uid {})", r.pid, r.uid));
+            parts.push(format!(
+                "stopped from outside by pid {} (uid {})",
+                r.pid, r.uid
+            ));
         }
         if let Some(why) = &self.not_registered {
             parts.push(format!("not registered: {why}"));

@@ -696,6 +696,7 @@ impl Leaf {
     /// Takes over an existing leaf at `path` (a stale job's, for the registry's sweep), to
     /// kill what is in it and remove it. The caller has checked that `path` is a cgroup it
     /// may act on.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
     pub(crate) fn open_existing(path: &Path) -> Result<Leaf> {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(OsStr::to_str))
         else {

@@ -412,6 +412,9 @@ pub struct Sandbox {
     pub name: String,
     pub dir: PathBuf,
     pub cgroup: Option<CgroupTree>,
+    /// The job registry of this test's corral runs (`CORRAL_RUNTIME_DIR`): a short path
+    /// (control sockets need one), mode 0700, so parallel tests do not see each other's jobs.
+    pub runtime: PathBuf,
     runs: AtomicUsize,
 }
 
@@ -451,10 +454,12 @@ impl Sandbox {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let cgroup = CgroupTree::create(name).ok();
+        let runtime = runtime_dir("rt");
         Sandbox {
             name: name.to_string(),
             dir,
             cgroup,
+            runtime,
             runs: AtomicUsize::new(0),
         }
     }
@@ -489,7 +494,7 @@ impl Sandbox {
         Run {
             dir,
             args: Vec::new(),
-            env: Vec::new(),
+            env: vec![("CORRAL_RUNTIME_DIR".into(), self.runtime.clone().into())],
             leaf: self.cgroup.as_ref().map(CgroupTree::corral_leaf),
             process_group: None,
             stdout_piped: false,
@@ -565,7 +570,25 @@ impl Drop for Sandbox {
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
+        let _ = fs::remove_dir_all(&self.runtime);
     }
+}
+
+/// A fresh directory `/tmp/corral-<tag>-<pid>-<n>`, mode 0700, for a job registry.
+pub fn runtime_dir(tag: &str) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "corral-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
 }
 
 // ---- running corral --------------------------------------------------------------------
@@ -698,6 +721,17 @@ impl Run {
         if let Some(uid) = self.uid {
             // After the move into the cgroup, which needs root.
             drop_root(&mut command, uid);
+            // The sandbox's registry is root's: another user has a registry of its own
+            // (a test that wants one passes CORRAL_RUNTIME_DIR again, last).
+            if self
+                .env
+                .iter()
+                .filter(|(k, _)| k == "CORRAL_RUNTIME_DIR")
+                .count()
+                == 1
+            {
+                command.env_remove("CORRAL_RUNTIME_DIR");
+            }
         }
         let started = Instant::now();
         let mut child = command.spawn().expect("spawn corral");

@@ -160,8 +160,8 @@ pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
         Some(n) => format!("{} ({n})", entry.record.id),
         None => entry.record.id.clone(),
     };
-    let outcome = registry::kill(&entry, args.signal, args.grace, KILL_MARGIN)
-        .map_err(anyhow::Error::msg)?;
+    let outcome =
+        registry::kill(&entry, args.signal, args.grace, KILL_MARGIN).map_err(anyhow::Error::msg)?;
     match outcome {
         KillOutcome::Stopped => {
             eprintln!(
