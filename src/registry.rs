@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -100,9 +100,20 @@ pub struct SupervisorId {
 }
 
 impl SupervisorId {
-    /// Whether that very process is alive now.
+    /// Whether that very process is alive now (its PID holds a process with its start
+    /// time, not a zombie). One small read, parsed by hand: the start-up sweep does this
+    /// for every record.
     pub fn alive(&self) -> bool {
-        self.stat().is_some()
+        if self.pid <= 1 {
+            return false;
+        }
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        let state = text
+            .rfind(')')
+            .and_then(|i| text[i + 1..].split_whitespace().next());
+        start_time_field(&text) == Some(self.start_time) && !matches!(state, Some("Z" | "X"))
     }
 
     fn stat(&self) -> Option<procs::Stat> {
@@ -292,7 +303,7 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
 
 /// Reads and checks one record; `dir_owner` is its directory's owner.
 fn read_record(path: &Path, dir_owner: u32) -> Result<Record, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("not a regular file".into());
@@ -300,8 +311,10 @@ fn read_record(path: &Path, dir_owner: u32) -> Result<Record, String> {
     if meta.len() > 1 << 20 {
         return Err("too large to be a record".into());
     }
-    let record: Record = serde_json::from_reader(io::BufReader::new(file))
-        .map_err(|e| format!("not a record ({e})"))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| e.to_string())?;
+    let record: Record =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a record ({e})"))?;
     if record.version != RECORD_VERSION {
         return Err(format!(
             "record version {} (expected {RECORD_VERSION})",
@@ -842,11 +855,42 @@ pub(crate) struct Request {
     conn: OwnedFd,
 }
 
+/// This process as a supervisor: its PID and start time. Read once per process (neither
+/// changes; a host that forks is another process, with another PID), and by hand: the
+/// general `/proc` parser costs more than the rest of the registration.
+fn own_identity() -> Result<SupervisorId, String> {
+    static ME: std::sync::Mutex<Option<SupervisorId>> = std::sync::Mutex::new(None);
+    let pid = std::process::id();
+    let mut me = ME.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(id) = *me {
+        if id.pid == pid {
+            return Ok(id);
+        }
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat ({e})"))?;
+    let id = SupervisorId {
+        pid,
+        start_time: start_time_field(&text)
+            .ok_or_else(|| format!("cannot parse /proc/{pid}/stat"))?,
+    };
+    *me = Some(id);
+    Ok(id)
+}
+
+/// Field 22 (`starttime`) of a `/proc/<pid>/stat` line. The command name (field 2) is in
+/// parentheses and may hold spaces and parentheses itself: count from the last `)`.
+fn start_time_field(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the `)`: field 3 (state) is the first word, so field 22 is the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Registers a job: binds its control socket, then writes its record atomically.
 pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     let dir = own_dir()?;
     let uid = euid();
-    let me = procs::stat(Pid::current()).ok_or("cannot read /proc/self/stat")?;
+    let me = own_identity()?;
     let socket = dir.join(format!("{}.sock", new.id));
     let record_path = dir.join(format!("{}.json", new.id));
     let listener = rustix::net::socket_with(
@@ -873,10 +917,7 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
         id: new.id.to_string(),
         name: new.name.map(str::to_string),
         uid,
-        supervisor: SupervisorId {
-            pid: me.pid.get() as u32,
-            start_time: me.starttime,
-        },
+        supervisor: me,
         mechanism: new.mechanism.to_string(),
         cgroup: new.cgroup.map(Path::to_path_buf),
         command: new.command.to_vec(),
@@ -887,10 +928,14 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
         limits: new.limits.clone(),
         socket,
     };
-    let json = serde_json::to_string_pretty(&record).expect("a record serializes");
+    let json = serde_json::to_string(&record).expect("a record serializes");
     let tmp = dir.join(format!(".{}.json.tmp-{}", new.id, std::process::id()));
-    let written = std::fs::write(&tmp, json + "\n")
-        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)))
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| io::Write::write_all(&mut f, (json + "\n").as_bytes()))
         .and_then(|()| {
             // Never over another job's record (a stale one of a reused PID, say).
             rustix::fs::renameat_with(
@@ -1005,6 +1050,17 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn own_start_time_matches_procfs() {
+        let me = own_identity().unwrap();
+        let st = procs::stat(Pid::current()).unwrap();
+        assert_eq!((me.pid, me.start_time), (st.pid.get() as u32, st.starttime));
+        assert_eq!(
+            start_time_field("7 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 99 1"),
+            Some(99)
+        );
     }
 
     #[test]
