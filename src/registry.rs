@@ -329,10 +329,36 @@ fn read_record(path: &Path, dir_owner: u32) -> Result<Record, String> {
         ));
     }
     let stem = path.file_stem().and_then(OsStr::to_str).unwrap_or("");
-    if stem != record.id {
-        return Err(format!("its id {} does not match its file name", record.id));
+    if stem != record.id || !valid_id(&record.id) {
+        return Err(format!(
+            "its id {:?} is not a job id or does not match its file name",
+            record.id
+        ));
+    }
+    // The socket is always `<dir>/<id>.sock`: a record must not send `corral kill` (run by
+    // root, say) to some other socket.
+    if Some(record.socket.as_path())
+        != path
+            .parent()
+            .map(|d| d.join(format!("{stem}.sock")))
+            .as_deref()
+    {
+        return Err(format!(
+            "its socket {} is not beside it",
+            record.socket.display()
+        ));
     }
     Ok(record)
+}
+
+/// Job ids are `corral-<pid>-<seq>`, or `corral-<pid>-<seq>-<n>` (see `Leaf::create`).
+fn valid_id(id: &str) -> bool {
+    id.strip_prefix("corral-").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .split('-')
+                .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// The records this user may see: their own (root: all in its scope; see the module docs).
@@ -1061,6 +1087,20 @@ mod tests {
             start_time_field("7 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 99 1"),
             Some(99)
         );
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("corral-12-0") && valid_id("corral-12-0-2"));
+        for bad in [
+            "corral-",
+            "passwd",
+            "corral-1--2",
+            "corral-1-x",
+            "corral-../x",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
     }
 
     #[test]
