@@ -777,12 +777,7 @@ fn sweep_default_parent(dry_run: bool, named: &[&Path], lines: &mut Vec<String>)
         if named.contains(&path.as_path()) {
             continue;
         }
-        let creator_alive = Pid::from_raw(pid).and_then(procs::stat).is_some_and(|s| {
-            // A process that started after the leaf was made is a reused PID.
-            let started = boot.map(|b| b + s.starttime / tick.max(1));
-            started.map_or(true, |t| t <= meta.ctime().max(0) as u64 + 1)
-        });
-        if creator_alive {
+        if creator_alive(pid, meta.ctime().max(0) as u64, boot, tick) {
             continue;
         }
         if dry_run {
@@ -816,6 +811,18 @@ fn sweep_default_parent(dry_run: bool, named: &[&Path], lines: &mut Vec<String>)
             )),
         }
     }
+}
+
+/// Whether the process that made a leaf at `made` (Unix seconds) may still be alive: a
+/// process has PID `pid` and started no later than the leaf was made (one second's slack
+/// for the rounding of the two clocks). A process that started later is a reused PID.
+fn creator_alive(pid: i32, made: u64, boot: Option<u64>, tick: u64) -> bool {
+    Pid::from_raw(pid).and_then(procs::stat).is_some_and(|s| {
+        s.alive()
+            && boot
+                .map(|b| b + s.starttime / tick.max(1))
+                .map_or(true, |started| started <= made + 1)
+    })
 }
 
 /// Boot time in seconds since the epoch (`btime` in `/proc/stat`).
@@ -1087,6 +1094,21 @@ mod tests {
             start_time_field("7 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 99 1"),
             Some(99)
         );
+    }
+
+    #[test]
+    fn a_leaf_creator_is_judged_by_pid_and_start_time() {
+        let me = std::process::id() as i32;
+        let boot = boot_time();
+        let tick = procfs::ticks_per_second();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(creator_alive(me, now, boot, tick), "we made it just now");
+        // A leaf made long before this process started: our PID is a reused one.
+        assert!(!creator_alive(me, 1, boot, tick));
+        assert!(!creator_alive(i32::MAX, now, boot, tick), "no such PID");
     }
 
     #[test]

@@ -89,7 +89,8 @@ fn ps_lists_a_named_job(mechanism: Mechanism) {
     assert_eq!(j["supervisor_pid"], job.pid(), "{j:#}");
     assert_eq!(j["mechanism"], mechanism.name(), "{j:#}");
     assert_eq!(j["stale"], false, "{j:#}");
-    assert_eq!(j["uid"], 0, "{j:#}");
+    let euid = rustix::process::geteuid().as_raw();
+    assert_eq!(j["uid"], euid, "{j:#}");
     assert!(
         j["processes"].as_u64().is_some_and(|n| n >= 2),
         "top and setsid at least: {j:#}"
@@ -117,7 +118,7 @@ fn ps_lists_a_named_job(mechanism: Mechanism) {
         [
             id.as_str(),
             "web",
-            "0",
+            &euid.to_string(),
             &job.pid().to_string(),
             "running",
             mechanism.name()
@@ -169,7 +170,12 @@ fn kill_stops_a_job_from_outside(mechanism: Mechanism) {
     done.assert_code(128 + libc::SIGTERM);
     let stop = &done.report()["stop"];
     assert_eq!(stop["reason"], "external", "{}", done.report_text());
-    assert_eq!(stop["requested_by"]["uid"], 0, "{}", done.report_text());
+    assert_eq!(
+        stop["requested_by"]["uid"],
+        rustix::process::geteuid().as_raw(),
+        "{}",
+        done.report_text()
+    );
     assert!(
         stop["requested_by"]["pid"].as_u64().is_some_and(|p| p > 1),
         "{}",

@@ -154,7 +154,17 @@ fn run() -> anyhow::Result<ExitCode> {
                 .next()
                 .unwrap_or("invalid usage")
                 .trim_start_matches("error: ");
-            anyhow::bail!("{first}; see `corral run --help`");
+            // "...not provided:" names what is missing on the next line.
+            let missing = text.lines().nth(1).map(str::trim).unwrap_or("");
+            let first = match first.strip_suffix(':') {
+                Some(head) if !missing.is_empty() => format!("{head}: {missing}"),
+                _ => first.to_string(),
+            };
+            let sub = std::env::args()
+                .nth(1)
+                .filter(|a| ["ps", "kill", "sweep"].contains(&a.as_str()))
+                .unwrap_or_else(|| "run".into());
+            anyhow::bail!("{first}; see `corral {sub} --help`");
         }
     };
     match cli.command {

@@ -176,12 +176,10 @@ pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
         }
         KillOutcome::StaleCleaned(lines) => {
             eprintln!(
-                "corral: job {label}: its supervisor (pid {}) is gone; cleaned up here:",
-                entry.record.supervisor.pid
+                "corral: job {label}: its supervisor (pid {}) is gone; stopped here: {}",
+                entry.record.supervisor.pid,
+                lines.join("; ")
             );
-            for l in lines {
-                eprintln!("corral:   {l}");
-            }
             Ok(ExitCode::SUCCESS)
         }
         KillOutcome::NotOverYet => anyhow::bail!(
