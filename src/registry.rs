@@ -717,7 +717,28 @@ pub fn sweep(dry_run: bool) -> SweepReport {
         problems: scan.problems,
         ..Default::default()
     };
+    let live_cgroups: Vec<&Path> = scan
+        .entries
+        .iter()
+        .filter(|e| e.live)
+        .filter_map(|e| e.record.cgroup.as_deref())
+        .collect();
     for e in scan.entries.iter().filter(|e| !e.live) {
+        if e.record
+            .cgroup
+            .as_deref()
+            .is_some_and(|c| live_cgroups.contains(&c))
+        {
+            out.actions.push(format!(
+                "job {}: its cgroup is a running job's now; removing the record only",
+                e.record.id
+            ));
+            if !dry_run {
+                let _ = std::fs::remove_file(&e.record.socket);
+                let _ = std::fs::remove_file(&e.path);
+            }
+            continue;
+        }
         clean_stale(e, dry_run, &mut out.actions);
     }
     if !std::env::var_os(RUNTIME_DIR_ENV).is_some_and(|d| !d.is_empty()) {
@@ -919,6 +940,37 @@ fn start_time_field(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Files left under this job's id by a dead process (ids embed the creator's PID, so only a
+/// process that had our PID before can have left them: its supervisor died between making
+/// its job and removing the record). Its record is removed without acting on its cgroup:
+/// ids are leaf names, and ours was free when our leaf was made, so that cgroup was gone
+/// then (and the path may now be our own job's).
+fn clear_stale_id(record: &Path, socket: &Path, uid: u32) -> Result<(), String> {
+    if record.exists() {
+        match read_record(record, uid) {
+            Ok(r) if r.supervisor.alive() => {
+                return Err(format!(
+                    "a running job (supervisor pid {}) already has the record {}",
+                    r.supervisor.pid,
+                    record.display()
+                ))
+            }
+            Ok(_) => {
+                let _ = std::fs::remove_file(record);
+            }
+            Err(why) => return Err(format!("{} is in the way: {why}", record.display())),
+        }
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!(
+            "cannot remove the stale {} ({e})",
+            socket.display()
+        )),
+    }
+}
+
 /// Registers a job: binds its control socket, then writes its record atomically.
 pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     let dir = own_dir()?;
@@ -926,6 +978,7 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     let me = own_identity()?;
     let socket = dir.join(format!("{}.sock", new.id));
     let record_path = dir.join(format!("{}.json", new.id));
+    clear_stale_id(&record_path, &socket, uid)?;
     let listener = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
