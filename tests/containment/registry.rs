@@ -298,6 +298,34 @@ fn start_up_sweep_cleans_a_stale_job() {
     sandbox.assert_clean();
 }
 
+/// `corral kill` of a job whose supervisor is gone stops what is left itself, and says so.
+#[test]
+fn kill_of_a_stale_job_cleans_up() {
+    let Some(sandbox) = Sandbox::with_cgroup("registry-kill-stale") else {
+        return;
+    };
+    let rt = sandbox.runtime.clone();
+    let (procs, record, cgroup) = orphaned_job(&sandbox, "gone");
+    let (kill, _) = cli(&sandbox, &rt, None, &["kill", "gone"]);
+    kill.assert_code(0);
+    assert!(
+        kill.stderr.contains("is gone; stopped here") && kill.stderr.lines().count() == 1,
+        "one line saying what happened: {}",
+        kill.stderr
+    );
+    procs.assert_all_gone("kill of a stale job");
+    eventually("the stale job's cgroup removed", GONE_DEADLINE, || {
+        !cgroup.exists()
+    });
+    assert!(!record.exists(), "record left: {}", record.display());
+    assert!(
+        files(&rt).is_empty(),
+        "left in the registry: {:?}",
+        files(&rt)
+    );
+    sandbox.assert_clean();
+}
+
 /// 5. Corrupt, half-written and forged records are reported (one warning each) and skipped
 ///    by ps, sweep and kill; none of them is fatal, and none is acted on.
 #[test]

@@ -571,6 +571,16 @@ impl Drop for Sandbox {
             let _ = fs::remove_dir_all(&self.dir);
         }
         let _ = fs::remove_dir_all(&self.runtime);
+        // Other users' registries beside it (see `Run::spawn`).
+        if let (Some(parent), Some(name)) = (self.runtime.parent(), self.runtime.file_name()) {
+            let mut prefix = name.to_os_string();
+            prefix.push("-u");
+            for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+                if entry.file_name().as_bytes().starts_with(prefix.as_bytes()) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
     }
 }
 
@@ -721,16 +731,27 @@ impl Run {
         if let Some(uid) = self.uid {
             // After the move into the cgroup, which needs root.
             drop_root(&mut command, uid);
-            // The sandbox's registry is root's: another user has a registry of its own
-            // (a test that wants one passes CORRAL_RUNTIME_DIR again, last).
-            if self
+            // The sandbox's registry is root's: another user gets one of its own beside it,
+            // `<registry>-u<uid>`, removed with the sandbox (a test that wants another
+            // passes CORRAL_RUNTIME_DIR again, last).
+            let given: Vec<&OsString> = self
                 .env
                 .iter()
                 .filter(|(k, _)| k == "CORRAL_RUNTIME_DIR")
-                .count()
-                == 1
-            {
-                command.env_remove("CORRAL_RUNTIME_DIR");
+                .map(|(_, v)| v)
+                .collect();
+            if let [own] = given.as_slice() {
+                let mut dir = (*own).clone();
+                dir.push(format!("-u{uid}"));
+                let dir = PathBuf::from(dir);
+                if !dir.exists() {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::create_dir(&dir)
+                        .and_then(|()| std::os::unix::fs::chown(&dir, Some(uid), Some(uid)))
+                        .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+                        .unwrap_or_else(|e| panic!("make {}: {e}", dir.display()));
+                }
+                command.env("CORRAL_RUNTIME_DIR", &dir);
             }
         }
         let started = Instant::now();
