@@ -36,6 +36,12 @@ mod report;
 #[cfg(target_os = "linux")]
 mod linux;
 
+#[cfg(all(target_os = "linux", feature = "serde"))]
+pub mod registry;
+#[cfg(all(target_os = "linux", not(feature = "serde")))]
+#[path = "registry_off.rs"]
+mod registry;
+
 #[cfg(all(feature = "tokio", target_os = "linux"))]
 pub mod tokio;
 
@@ -46,8 +52,8 @@ pub use options::{
     Signal, SignalSet, Supervisor,
 };
 pub use report::{
-    Cleanup, ExitInfo, LimitsReport, ProcessInfo, Report, StopOutcome, StopReason, StopReport,
-    StopStep, Usage, REPORT_VERSION,
+    Cleanup, ExitInfo, LimitsReport, ProcessInfo, Report, Requester, StopOutcome, StopReason,
+    StopReport, StopStep, Usage, REPORT_VERSION,
 };
 
 /// The entry point of `corral __supervise`, the per-job supervisor process of a pgroup job

@@ -35,6 +35,15 @@ pub struct Options {
     /// Resource limits written into the job's cgroup before the main process starts
     /// (default: none). Any limit needs the cgroup mechanism and its controller.
     pub limits: Limits,
+    /// The job's name in the job registry (`corral ps`, `corral kill NAME`): 1-64
+    /// characters of `[A-Za-z0-9._-]`, not starting with `.`, and not the name of another
+    /// running job of the same user. `None`: known by its id only.
+    pub name: Option<String>,
+    /// Record the job in the job registry (see `docs/registry.md`), so `corral ps`, `corral
+    /// kill` and `corral sweep` see it, and serve outside stop requests on its control
+    /// socket (default: true). If the record cannot be written the job still runs, and the
+    /// report says why ([`crate::Report::not_registered`]).
+    pub register: bool,
     /// Testing and benchmarking knobs; not part of the stable API.
     #[doc(hidden)]
     pub debug: DebugKnobs,
@@ -53,6 +62,8 @@ impl Default for Options {
             supervisor: Supervisor::Auto,
             move_self_for_limits: false,
             limits: Limits::default(),
+            name: None,
+            register: true,
             debug: DebugKnobs::default(),
         }
     }

@@ -16,6 +16,11 @@ pub struct Report {
     pub version: u32,
     /// The job's id (also the name of its cgroup leaf).
     pub id: String,
+    /// The job's name ([`crate::Options::name`]).
+    pub name: Option<String>,
+    /// Why the job was not recorded in the job registry, when registration was asked for
+    /// and failed (`None`: it was, or [`crate::Options::register`] was off).
+    pub not_registered: Option<String>,
     /// The command line as given.
     pub command: Vec<String>,
     /// The main process's PID.
@@ -88,6 +93,19 @@ pub enum StopReason {
     Signal,
     /// The embedding program asked for it.
     Requested,
+    /// Another process asked for it through the job registry (`corral kill`); see
+    /// [`StopReport::requested_by`].
+    External,
+}
+
+/// Who asked for an external stop (from the control socket's `SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Requester {
+    /// The requesting process's PID.
+    pub pid: u32,
+    /// Its effective uid.
+    pub uid: u32,
 }
 
 /// The stop sequence as it ran.
@@ -100,6 +118,8 @@ pub struct StopReport {
     pub steps: Vec<StopStep>,
     /// How it ended.
     pub outcome: StopOutcome,
+    /// Reason `external`: the process that asked.
+    pub requested_by: Option<Requester>,
 }
 
 /// How a stop sequence ended.
@@ -282,6 +302,15 @@ impl Report {
                 self.on_supervisor_death
             ));
         }
+        if let Some(r) = self.stop.as_ref().and_then(|s| s.requested_by) {
+            parts.push(format!(
+                "stopped from outside by pid {} (uid {})",
+                r.pid, r.uid
+            ));
+        }
+        if let Some(why) = &self.not_registered {
+            parts.push(format!("not registered: {why}"));
+        }
         if parts.is_empty() {
             return None;
         }
@@ -297,6 +326,8 @@ mod tests {
         Report {
             version: REPORT_VERSION,
             id: "corral-1-0".into(),
+            name: None,
+            not_registered: None,
             command: vec!["true".into()],
             pid: 2,
             mechanism: crate::Mechanism::Cgroup,
@@ -344,6 +375,7 @@ mod tests {
         }];
         r.stop = Some(StopReport {
             reason: StopReason::Leftovers,
+            requested_by: None,
             steps: vec![],
             outcome: StopOutcome::Killed,
         });

@@ -49,7 +49,9 @@
 //! that has not ended (SIGKILL, then a blocking wait until it is gone: milliseconds), the
 //! kill on kernels without `cgroup.kill` (Linux < 5.14: a freezer loop), and removing a
 //! cgroup the kernel still reports busy (a retry of at most two seconds, normally none).
-//! [`Job::spawn`] forks and execs synchronously, as `tokio::process::Command::spawn` does.
+//! Serving an outside stop request (the job registry's control socket) reads the request
+//! the requester sent with its connection; one that connected and sent nothing holds the
+//! turn for at most 100 ms. [`Job::spawn`] forks and execs synchronously, as `tokio::process::Command::spawn` does.
 
 use std::future::{poll_fn, Future};
 use std::io;

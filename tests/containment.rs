@@ -57,6 +57,8 @@ mod nested_cgroups;
 mod parallel;
 #[path = "containment/pipe.rs"]
 mod pipe;
+#[path = "containment/registry.rs"]
+mod registry;
 #[path = "containment/setpgid.rs"]
 mod setpgid;
 #[path = "containment/setsid.rs"]

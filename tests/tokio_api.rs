@@ -259,6 +259,45 @@ fn stop_async_escalates_to_kill() {
     });
 }
 
+/// `corral kill NAME` from another process stops a job while `wait_async` waits: the
+/// reactor serves the job's control socket (the job registry).
+#[test]
+fn outside_kill_ends_wait_async() {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    on_both_runtimes("outside-kill", |jobs| async move {
+        let name = format!(
+            "tokio-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut opts = options(&jobs, LONG_GRACE);
+        opts.name = Some(name.clone());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 1000 & wait"]);
+        let mut job = Job::spawn(&mut cmd, &opts).expect("spawn");
+        assert_eq!(job.not_registered(), None);
+        let members = members_at_least(&job, 2).await;
+        let fds: Vec<OwnedFd> = members.iter().map(|p| member_pidfd(&job, *p)).collect();
+        let killer = std::thread::spawn(move || {
+            Command::new(util::CORRAL)
+                .args(["kill", &name, "--grace", "1s"])
+                .output()
+        });
+        let report = bounded("wait_async", job.wait_async())
+            .await
+            .expect("wait_async");
+        let out = killer.join().unwrap().expect("run corral kill");
+        assert!(out.status.success(), "corral kill: {out:?}");
+        let stop = report.stop.as_ref().expect("a stop report");
+        assert_eq!(stop.reason, StopReason::External, "{report:#?}");
+        assert!(stop.requested_by.is_some(), "{report:#?}");
+        assert_eq!(report.exit_status, 128 + 15, "{report:#?}");
+        for fd in &fds {
+            assert_gone(fd, "a process of the job").await;
+        }
+    });
+}
+
 /// `Options::timeout` stops the job: exit status 124.
 #[test]
 fn timeout_exits_124() {

@@ -20,7 +20,8 @@ use crate::linux::supervise::SupervisorEvent;
 use crate::linux::{pgroup, procs};
 use crate::options::{Leftovers, Signal};
 use crate::report::{
-    Cleanup, ExitInfo, ProcessInfo, Report, StopOutcome, StopReason, StopReport, StopStep,
+    Cleanup, ExitInfo, ProcessInfo, Report, Requester, StopOutcome, StopReason, StopReport,
+    StopStep,
 };
 use crate::Mechanism;
 
@@ -56,6 +57,8 @@ pub(super) enum Phase {
 /// A stop ladder in progress.
 pub(super) struct Stopping {
     reason: StopReason,
+    /// Reason `external`: who asked.
+    requested_by: Option<Requester>,
     t0: Instant,
     steps: Vec<StopStep>,
     /// pgroup: the processes stopped with SIGSTOP before the polite signal.
@@ -108,8 +111,66 @@ impl Job {
     /// Does everything that can be done now without blocking: notices the main process's
     /// exit, applies the leftovers policy and the timeout, runs the stop ladder as far as
     /// its deadlines allow, and cleans up at the end. `signals` are signals the supervising
-    /// program received (the CLI's), in order.
-    pub(crate) fn advance(&mut self, mut signals: Vec<Signal>) -> Result<Progress> {
+    /// program received (the CLI's), in order. Serves outside stop requests on the job's
+    /// control socket (the job registry), whose descriptor it adds to the [`Wants`].
+    pub(crate) fn advance(&mut self, signals: Vec<Signal>) -> Result<Progress> {
+        self.serve_requests()?;
+        Ok(match self.advance_job(signals)? {
+            Progress::Pending(mut wants) => {
+                if let Some(reg) = &self.registration {
+                    wants.fds.push((reg.listener().as_raw_fd(), PollFlags::IN));
+                }
+                Progress::Pending(wants)
+            }
+            Progress::Done => Progress::Done,
+        })
+    }
+
+    /// Takes the stop requests waiting on the control socket: the first one starts the
+    /// ladder (reason `external`); a `kill` during the grace cuts it short.
+    fn serve_requests(&mut self) -> Result<()> {
+        let Some(reg) = self.registration.as_mut() else {
+            return Ok(());
+        };
+        let requests = reg.accept();
+        for req in requests {
+            let requester = Requester {
+                pid: req.pid,
+                uid: req.uid,
+            };
+            match (&self.phase, req.stop) {
+                (Phase::Over, _) => {}
+                (Phase::Stopping(_), stop) => {
+                    if stop.is_none() {
+                        self.request_stop(Signal::KILL, true)?;
+                    }
+                }
+                (_, stop) => {
+                    let polite = match stop {
+                        Some((sig, grace)) => {
+                            self.opts.grace = grace;
+                            sig
+                        }
+                        None => {
+                            self.opts.grace = Duration::ZERO;
+                            Signal::KILL
+                        }
+                    };
+                    self.external = Some(polite);
+                    self.begin_stop(StopReason::External, polite, false)?;
+                    if let Phase::Stopping(s) = &mut self.phase {
+                        s.requested_by = Some(requester);
+                    }
+                }
+            }
+            if let Some(reg) = self.registration.as_mut() {
+                reg.accepted(req);
+            }
+        }
+        Ok(())
+    }
+
+    fn advance_job(&mut self, mut signals: Vec<Signal>) -> Result<Progress> {
         loop {
             match self.phase {
                 Phase::Over => return Ok(Progress::Done),
@@ -275,6 +336,7 @@ impl Job {
         let gentle = !grace.is_zero() && polite != Signal::KILL;
         let mut s = Box::new(Stopping {
             reason,
+            requested_by: None,
             t0,
             steps: Vec::new(),
             held: None,
@@ -525,6 +587,7 @@ impl Job {
         drop(s.held.take());
         self.stop = Some(StopReport {
             reason: s.reason,
+            requested_by: s.requested_by,
             steps: s.steps,
             outcome,
         });
@@ -745,12 +808,18 @@ impl Job {
             128 + Signal::KILL.as_raw()
         } else if self.timed_out && !self.opts.preserve_status {
             124
+        } else if let (Some(sig), false) = (self.external, self.opts.preserve_status) {
+            // Stopped from outside (`corral kill`): the status of a process killed by the
+            // signal asked for, whatever the main process made of it.
+            128 + sig.as_raw()
         } else {
             own_status
         };
         self.report = Some(Report {
             version: crate::report::REPORT_VERSION,
             id: self.id.clone(),
+            name: self.opts.name.clone(),
+            not_registered: self.not_registered.clone(),
             command: self.command.clone(),
             pid: self.main_pid.get() as u32,
             mechanism: self.mechanism,
@@ -774,6 +843,9 @@ impl Job {
             duration_ms: self.started.elapsed().as_millis() as u64,
         });
         self.phase = Phase::Over;
+        // The record and the control socket go; requesters waiting see their connection
+        // close.
+        drop(self.registration.take());
         Ok(())
     }
 }

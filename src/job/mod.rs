@@ -194,6 +194,12 @@ pub struct Job {
     watch: Option<crate::linux::watchdog::Watch>,
     /// What happens to the job if this process dies (the report's `on_supervisor_death`).
     on_supervisor_death: String,
+    /// The job's record and control socket in the job registry, while it runs.
+    registration: Option<crate::registry::Registration>,
+    /// Why the job is not in the registry (registration asked for and failed).
+    not_registered: Option<String>,
+    /// An outside stop request was taken: its polite signal (the CLI's exit status).
+    external: Option<Signal>,
 }
 
 /// What [`Job::wait_with_output`] returns.
@@ -223,6 +229,17 @@ impl Job {
     /// The job's id (the name of its cgroup leaf in cgroup mode).
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The job's name ([`Options::name`]).
+    pub fn name(&self) -> Option<&str> {
+        self.opts.name.as_deref()
+    }
+
+    /// Why the job is not in the job registry, when [`Options::register`] asked for it and
+    /// the record could not be written (the job runs all the same).
+    pub fn not_registered(&self) -> Option<&str> {
+        self.not_registered.as_deref()
     }
 
     /// The mechanism actually in use.
@@ -390,7 +407,8 @@ impl Job {
     }
 
     /// Leaves the job running and gives up control of it: nothing is stopped, the cgroup is
-    /// not removed, and the main process is not reaped.
+    /// not removed, and the main process is not reaped. The job leaves the job registry (its
+    /// record and control socket are removed): it is no longer corral's to stop or sweep.
     ///
     /// # Caveats
     /// The main process is a child of the calling process: when it exits it stays a zombie
@@ -399,6 +417,7 @@ impl Job {
     /// it reaps the job's processes and exits once the job is empty, and it is then the
     /// zombie child of the caller in the same way.
     pub fn detach(mut self) -> Detached {
+        drop(self.registration.take());
         let cgroup = match self.backend.take() {
             Some(Backend::Cgroup(leaf)) => Some(leaf.forget()),
             Some(Backend::Supervised(sup)) => {
@@ -437,7 +456,14 @@ impl Job {
             let sig_fd = signals.as_ref().map(|s| s.fd());
             match wants.children_of {
                 Some(root) => {
-                    pgroup::wait_any_child_exit(root, deadline, sig_fd)?;
+                    // The signalfd, and the job's own descriptors (its control socket).
+                    let mut extra: Vec<BorrowedFd<'_>> = sig_fd.into_iter().collect();
+                    for &(raw, _) in &wants.fds {
+                        // SAFETY: `wants` names descriptors the job owns and keeps open
+                        // while it is pending; the borrow ends with this call.
+                        extra.push(unsafe { BorrowedFd::borrow_raw(raw) });
+                    }
+                    pgroup::wait_any_child_exit(root, deadline, &extra)?;
                 }
                 None => {
                     poll_wants(&wants, sig_fd.as_slice(), deadline)?;

@@ -24,6 +24,7 @@ use crate::linux::spawn::{self as raw_spawn, Placement, SpawnSpec};
 use crate::linux::watchdog::Watch;
 use crate::linux::{self, pgroup, supervise};
 use crate::options::{Options, Supervisor};
+use crate::registry;
 use crate::report::LimitsReport;
 use crate::Mechanism;
 
@@ -69,6 +70,7 @@ impl Job {
     /// mode it gets a process group of its own under a supervisor process (see
     /// [`crate::Supervisor`]).
     pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
+        check_name(opts)?;
         let program = cmd.get_program().to_string_lossy().into_owned();
         let command: Vec<String> = std::iter::once(program.clone())
             .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -152,6 +154,7 @@ impl Job {
     /// of the caller's memory), and it inherits the caller's stdio. pgroup jobs go through
     /// [`Job::spawn`] unless [`crate::Supervisor::InProcess`] is asked for.
     pub fn spawn_command(cmd: &JobCommand, opts: &Options) -> Result<Job> {
+        check_name(opts)?;
         let choice = linux::choose(opts)?;
         if matches!(choice, linux::Choice::Pgroup { .. })
             && opts.supervisor != Supervisor::InProcess
@@ -250,7 +253,7 @@ impl Job {
                     .to_string(),
             ),
         };
-        Job {
+        let mut job = Job {
             stdin,
             stdout,
             stderr,
@@ -286,7 +289,50 @@ impl Job {
             report: None,
             watch,
             on_supervisor_death,
+            registration: None,
+            not_registered: None,
+            external: None,
+        };
+        if opts.register {
+            job.register();
         }
+        job
+    }
+
+    /// Records the job in the job registry; on failure the job runs all the same and says
+    /// why in its report.
+    fn register(&mut self) {
+        let cgroup = match &self.backend {
+            Some(Backend::Cgroup(leaf)) => Some(leaf.path.clone()),
+            _ => None,
+        };
+        let limits = self
+            .limits
+            .as_ref()
+            .map(|l| l.applied.clone())
+            .unwrap_or_default();
+        let new = registry::NewRecord {
+            id: &self.id,
+            name: self.opts.name.as_deref(),
+            mechanism: self.mechanism.name(),
+            cgroup: cgroup.as_deref(),
+            command: &self.command,
+            limits,
+        };
+        match registry::register(&new) {
+            Ok(r) => self.registration = Some(r),
+            Err(why) => self.not_registered = Some(why),
+        }
+    }
+}
+
+/// A name asked for must be valid and not taken by a running job of this user; checked
+/// before anything is created.
+fn check_name(opts: &Options) -> Result<()> {
+    match &opts.name {
+        Some(name) if opts.register => registry::check_name(name),
+        Some(name) => registry::validate(name),
+        None => Ok(()),
     }
 }
 
@@ -339,7 +385,13 @@ fn watch(leaf: &Leaf, opts: &Options) -> std::result::Result<Watch, String> {
         Supervisor::Binary(path) => Some(path.as_path()),
         _ => None,
     };
-    Watch::add_using(binary, &leaf.path, &[]).map_err(|e| {
+    // Should this process die, the watchdog also removes the job's registry files.
+    let files = if opts.register {
+        registry::record_files(leaf.name())
+    } else {
+        Vec::new()
+    };
+    Watch::add_using(binary, &leaf.path, &files).map_err(|e| {
         format!(
             "the watchdog could not be started: {}",
             super::error_chain(&e)

@@ -325,17 +325,17 @@ pub(crate) fn kill_all(
         wait_any_child_exit(
             supervisor,
             Some(Instant::now() + Duration::from_millis(20)),
-            None,
+            &[],
         )?;
     }
 }
 
 /// Waits until one of the supervisor's live direct children exits, `deadline` passes, or
-/// `interrupt` is readable. Returns whether a descriptor became ready.
+/// one of `interrupt` is readable. Returns whether a descriptor became ready.
 pub(crate) fn wait_any_child_exit(
     supervisor: Pid,
     deadline: Option<Instant>,
-    interrupt: Option<BorrowedFd<'_>>,
+    interrupt: &[BorrowedFd<'_>],
 ) -> Result<bool> {
     const MAX_POLLED: usize = 256;
     let mut kids: Vec<Pid> = Vec::new();
@@ -367,8 +367,8 @@ pub(crate) fn wait_any_child_exit(
         timeout = Some(timeout.map_or(cap, |t| t.min(cap)));
     }
     let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
-    if let Some(i) = interrupt {
-        pfds.push(PollFd::from_borrowed_fd(i, PollFlags::IN));
+    for i in interrupt {
+        pfds.push(PollFd::from_borrowed_fd(*i, PollFlags::IN));
     }
     crate::linux::poll(&mut pfds, timeout)?;
     Ok(pfds.iter().any(|p| !p.revents().is_empty()))

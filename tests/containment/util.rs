@@ -412,6 +412,9 @@ pub struct Sandbox {
     pub name: String,
     pub dir: PathBuf,
     pub cgroup: Option<CgroupTree>,
+    /// The job registry of this test's corral runs (`CORRAL_RUNTIME_DIR`): a short path
+    /// (control sockets need one), mode 0700, so parallel tests do not see each other's jobs.
+    pub runtime: PathBuf,
     runs: AtomicUsize,
 }
 
@@ -451,10 +454,12 @@ impl Sandbox {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let cgroup = CgroupTree::create(name).ok();
+        let runtime = runtime_dir("rt");
         Sandbox {
             name: name.to_string(),
             dir,
             cgroup,
+            runtime,
             runs: AtomicUsize::new(0),
         }
     }
@@ -489,7 +494,7 @@ impl Sandbox {
         Run {
             dir,
             args: Vec::new(),
-            env: Vec::new(),
+            env: vec![("CORRAL_RUNTIME_DIR".into(), self.runtime.clone().into())],
             leaf: self.cgroup.as_ref().map(CgroupTree::corral_leaf),
             process_group: None,
             stdout_piped: false,
@@ -565,7 +570,35 @@ impl Drop for Sandbox {
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
+        let _ = fs::remove_dir_all(&self.runtime);
+        // Other users' registries beside it (see `Run::spawn`).
+        if let (Some(parent), Some(name)) = (self.runtime.parent(), self.runtime.file_name()) {
+            let mut prefix = name.to_os_string();
+            prefix.push("-u");
+            for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+                if entry.file_name().as_bytes().starts_with(prefix.as_bytes()) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
     }
+}
+
+/// A fresh directory `/tmp/corral-<tag>-<pid>-<n>`, mode 0700, for a job registry.
+pub fn runtime_dir(tag: &str) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "corral-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
 }
 
 // ---- running corral --------------------------------------------------------------------
@@ -698,6 +731,28 @@ impl Run {
         if let Some(uid) = self.uid {
             // After the move into the cgroup, which needs root.
             drop_root(&mut command, uid);
+            // The sandbox's registry is root's: another user gets one of its own beside it,
+            // `<registry>-u<uid>`, removed with the sandbox (a test that wants another
+            // passes CORRAL_RUNTIME_DIR again, last).
+            let given: Vec<&OsString> = self
+                .env
+                .iter()
+                .filter(|(k, _)| k == "CORRAL_RUNTIME_DIR")
+                .map(|(_, v)| v)
+                .collect();
+            if let [own] = given.as_slice() {
+                let mut dir = (*own).clone();
+                dir.push(format!("-u{uid}"));
+                let dir = PathBuf::from(dir);
+                if !dir.exists() {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::create_dir(&dir)
+                        .and_then(|()| std::os::unix::fs::chown(&dir, Some(uid), Some(uid)))
+                        .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+                        .unwrap_or_else(|e| panic!("make {}: {e}", dir.display()));
+                }
+                command.env("CORRAL_RUNTIME_DIR", &dir);
+            }
         }
         let started = Instant::now();
         let mut child = command.spawn().expect("spawn corral");

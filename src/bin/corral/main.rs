@@ -1,5 +1,6 @@
 //! The `corral` command line: clap -> Options -> Job -> exit status.
 
+mod registry;
 mod signals;
 
 use std::ffi::OsString;
@@ -29,6 +30,12 @@ struct Cli {
 enum Cmd {
     /// Run COMMAND as a job and return when it and every process it started is gone.
     Run(RunArgs),
+    /// List running jobs (yours; root: everyone's) from the job registry.
+    Ps(registry::PsArgs),
+    /// Stop a running job from outside, with its stop sequence.
+    Kill(registry::KillArgs),
+    /// Clean up after jobs whose supervisor is gone.
+    Sweep(registry::SweepArgs),
 }
 
 #[derive(Args)]
@@ -90,6 +97,10 @@ struct RunArgs {
     /// Testing knob: no watchdog (the job outlives corral if corral is killed).
     #[arg(long, hide = true)]
     debug_no_watchdog: bool,
+    /// Name the job in the job registry (`corral ps`, `corral kill NAME`): 1-64 characters
+    /// of A-Z a-z 0-9 . _ - not starting with `.`.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     command: Vec<OsString>,
@@ -151,11 +162,25 @@ fn run() -> anyhow::Result<ExitCode> {
                 .next()
                 .unwrap_or("invalid usage")
                 .trim_start_matches("error: ");
-            anyhow::bail!("{first}; see `corral run --help`");
+            // "...not provided:" names what is missing on the next line.
+            let missing = text.lines().nth(1).map(str::trim).unwrap_or("");
+            let first = match first.strip_suffix(':') {
+                Some(head) if !missing.is_empty() => format!("{head}: {missing}"),
+                _ => first.to_string(),
+            };
+            let sub = std::env::args()
+                .nth(1)
+                .filter(|a| ["ps", "kill", "sweep"].contains(&a.as_str()))
+                .unwrap_or_else(|| "run".into());
+            anyhow::bail!("{first}; see `corral {sub} --help`");
         }
     };
-    let Cmd::Run(args) = cli.command;
-    run_job(args)
+    match cli.command {
+        Cmd::Run(args) => run_job(args),
+        Cmd::Ps(args) => registry::ps(args),
+        Cmd::Kill(args) => registry::kill(args),
+        Cmd::Sweep(args) => registry::sweep(args),
+    }
 }
 
 fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -165,8 +190,17 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.report {
         check_report_path(path)?;
     }
+    if let Some(name) = &args.name {
+        corral::registry::validate_name(name).map_err(anyhow::Error::msg)?;
+    }
     #[cfg(target_os = "linux")]
     reexec_in_systemd_scope(&args)?;
+    // This user's stale jobs (a supervisor that was killed) are cleaned up first.
+    for line in corral::registry::sweep_own() {
+        if !args.quiet {
+            eprintln!("corral: start-up sweep: {line}");
+        }
+    }
     let opts = corral::Options {
         grace: args.grace,
         signal: args.signal,
@@ -191,6 +225,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
             no_cgroup_kill: args.debug_no_cgroup_kill,
             no_watchdog: args.debug_no_watchdog,
         },
+        name: args.name.clone(),
+        register: true,
     };
     let mut signals =
         signals::Signals::install().context("failed to set up signal handling (signalfd)")?;

@@ -11,6 +11,7 @@
 //! 5. [`watchdog`]: the watchdog's cost: the first cgroup job of a fresh `corral run` (which
 //!    starts it) and each further job of a long-lived host, with and without it; its
 //!    memory and CPU while idle.
+//! 6. [`registry`]: a job registered vs not (ratio), and the start-up sweep's cost.
 //!
 //! Safety: everything runs under one cgroup of the bench's own ([`cgroup::BenchRoot`]),
 //! removed at the end and on any error; processes are signalled only through pidfds; rounds
@@ -22,6 +23,7 @@ mod concurrent;
 mod idle;
 mod machine;
 mod procs;
+mod registry;
 mod report;
 mod spawn_wait;
 mod stats;
@@ -219,14 +221,57 @@ fn workspace_root() -> PathBuf {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let plan = match args {
-        [] => Plan::full(),
-        [q] if q == "--quick" => Plan::quick(),
-        _ => bail!("usage: cargo xtask bench [--quick]"),
+    let (plan, only_registry) = match args {
+        [] => (Plan::full(), false),
+        [q] if q == "--quick" => (Plan::quick(), false),
+        [o, w] if o == "--only" && w == "registry" => (Plan::full(), true),
+        _ => bail!("usage: cargo xtask bench [--quick | --only registry]"),
     };
     let started = Instant::now();
     let date = SystemTime::now();
     install_interrupt_flag()?;
+    // The bench's jobs go to a job registry of their own (set before any thread starts).
+    let registry_dir = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&registry_dir)
+            .with_context(|| format!("failed to create {}", registry_dir.display()))?;
+    }
+    std::env::set_var(corral::registry::RUNTIME_DIR_ENV, &registry_dir);
+    let result = if only_registry {
+        run_registry_only(&plan)
+    } else {
+        run_figures(plan, started, date)
+    };
+    let _ = std::fs::remove_dir_all(&registry_dir);
+    result
+}
+
+/// `cargo xtask bench --only registry`: figure 5 alone, printed as its markdown section.
+fn run_registry_only(plan: &Plan) -> Result<()> {
+    let mount = Mount::find()?;
+    let root = BenchRoot::create(&mount)?;
+    let mut bench = Bench {
+        root,
+        anomalies: Vec::new(),
+        strays_reaped: 0,
+    };
+    let figures = registry::run(&mut bench, plan);
+    let Bench {
+        root, anomalies, ..
+    } = bench;
+    root.close()?;
+    let figures = figures?;
+    println!("{}", report::registry_section(&figures));
+    if !anomalies.is_empty() {
+        bail!("anomalies: {anomalies:?}");
+    }
+    Ok(())
+}
+
+fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
     build_cli()?;
     let mount = Mount::find()?;
     let machine = machine::Machine::describe(&mount);
@@ -247,6 +292,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let idle = idle::run(&mut bench, &plan)?;
     let concurrent = concurrent::run(&mut bench, &plan)?;
     let watchdog = watchdog::run(&mut bench, &plan)?;
+    let registry = registry::run(&mut bench, &plan)?;
 
     let Bench {
         root,
@@ -275,6 +321,7 @@ pub fn run(args: &[String]) -> Result<()> {
         idle: &idle,
         concurrent: &concurrent,
         watchdog: &watchdog,
+        registry: &registry,
         anomalies: &anomalies,
         strays_reaped,
         load_end,

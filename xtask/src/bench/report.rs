@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::concurrent::{self, ConcurrentFigures};
 use super::idle::{IdleFigures, IdleRun};
 use super::machine::Machine;
+use super::registry::{self as reg, RegistryFigures};
 use super::spawn_wait::{self, SpawnFigures};
 use super::stats::{fmt_ratio, fmt_secs, Samples};
 use super::stop_tree::{TreeFigures, Variant};
@@ -28,6 +29,7 @@ pub struct Results<'a> {
     pub idle: &'a IdleFigures,
     pub concurrent: &'a ConcurrentFigures,
     pub watchdog: &'a WatchdogFigures,
+    pub registry: &'a RegistryFigures,
     pub anomalies: &'a [String],
     pub strays_reaped: usize,
     pub load_end: String,
@@ -883,6 +885,7 @@ pub fn render(r: &Results<'_>) -> String {
     }
 
     render_watchdog(&mut o, r.watchdog);
+    o.push_str(&registry_section(r.registry));
 
     let _ = writeln!(o, "\n## Checks\n");
     let _ = writeln!(
@@ -957,6 +960,48 @@ fn render_watchdog(o: &mut String, w: &WatchdogFigures) {
         watchdog::IDLE.as_secs(),
         fmt_secs(w.idle_cpu),
     );
+}
+
+/// Figure 6, the job registry (also printed alone by `cargo xtask bench --only registry`).
+pub fn registry_section(g: &RegistryFigures) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\n## 6. The job registry\n\n\
+         {} rounds (after warm-up), variants in an order rotated each round. A registered \
+         job binds its control socket, writes its record (a temporary file renamed into \
+         place) and removes both when it is over; the ratio is registered / \
+         `register: false`, same path (`Job::spawn_command` + `wait()` of `/bin/true`). The \
+         start-up sweep is what `corral run` does before it spawns \
+         (`registry::sweep_own()`): one `readdir` of the user's registry, then, per record, \
+         a read, a parse and a look at the supervisor's `/proc/<pid>/stat`; the second row \
+         has the records of {} running jobs in it. The bare spawn is there for scale.\n\n\
+         | Variant | median | best | p90 | ratio |\n|---|---|---|---|---|",
+        g.rounds,
+        reg::LIVE,
+    );
+    for v in reg::Variant::ALL {
+        let s = g.get(v);
+        let ratio = match v {
+            reg::Variant::CgroupOn => fmt_ratio(ratio(s, g.get(reg::Variant::CgroupOff))),
+            reg::Variant::PgroupOn => fmt_ratio(ratio(s, g.get(reg::Variant::PgroupOff))),
+            reg::Variant::SweepEmpty | reg::Variant::SweepLive => format!(
+                "{} of the bare spawn",
+                fmt_ratio(ratio(s, g.get(reg::Variant::Bare)))
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {ratio} |",
+            v.label(),
+            fmt_secs(s.median()),
+            fmt_secs(s.min()),
+            fmt_secs(s.p90()),
+        );
+    }
+
+    o
 }
 
 /// `docs/benchmarks.md`: how the file is made, then the report.

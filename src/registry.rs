@@ -1,0 +1,1218 @@
+//! The job registry: every running job has a record, so other processes can list
+//! (`corral ps`), stop (`corral kill`) and clean up after (`corral sweep`) jobs whose
+//! supervisor they are not.
+//!
+//! **Where.** One directory per user: `CORRAL_RUNTIME_DIR` when set (tests isolate
+//! themselves with it), else `/run/corral` for root, else `$XDG_RUNTIME_DIR/corral`, else
+//! `/tmp/corral-<uid>`. corral creates it with mode 0700 and refuses one that is not a real
+//! directory (a symlink is refused), not owned by the effective user, or open to group or
+//! others: a directory another user can write to could feed us records.
+//!
+//! **What.** `<dir>/<id>.json`, written to a temporary file in the same directory and
+//! renamed into place (never replacing an existing record), so a reader sees a whole record
+//! or none: version, id, name, owner uid, the supervisor (PID and start time, field 22 of
+//! `/proc/<pid>/stat`, so a reused PID is never taken for it), mechanism, cgroup, command,
+//! start time, limits and the control socket. The supervisor is the process that holds the
+//! [`crate::Job`]: the `corral run` process, or a program embedding the library. It removes
+//! the record and the socket when the job is over (or dropped, or detached: a detached job is
+//! no longer corral's to stop, so it leaves the registry).
+//!
+//! **Outside stop.** Each job listens on `<dir>/<id>.sock` (`SOCK_SEQPACKET`). Both drivers
+//! of the job (blocking and tokio) poll the listening socket with the job's other
+//! descriptors, so a request is served while the job runs, without a thread. The job checks
+//! the caller with `SO_PEERCRED` (the job's owner or root), reads one request (`stop <signal>
+//! <grace_ms>` or `kill`), answers `ok`, `denied` or `over`, starts the stop ladder with
+//! reason `external`, and keeps the connection open until the job is over: the requester
+//! learns that the job ended when the socket closes.
+//!
+//! **Stale jobs.** A record whose supervisor is not alive (no process with that PID and
+//! start time) is stale: [`sweep`] kills what is left in its cgroup, removes the cgroup, the
+//! record and the socket. It trusts a record's cgroup only if the directory lies under the
+//! cgroup2 mount (no `..`) and is owned by the record's owner: otherwise a user could write
+//! a record naming someone else's cgroup and have root's sweep kill it. A pgroup job whose
+//! supervisor died has no cgroup to find its processes by; its record is removed and the
+//! sweep says so.
+//!
+//! Records another user could not have written are refused: a record's `uid` must match its
+//! file's owner and its directory's owner. A corrupt or half-written record is reported and
+//! skipped, never fatal.
+//!
+//! The registry needs the `serde` feature (records are JSON); without it jobs are not
+//! registered, and their reports say so. The layout and the reasoning are in
+//! `docs/registry.md`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
+
+use crate::linux::cgroup;
+use crate::linux::pidfd::Pid;
+use crate::linux::procs;
+use crate::options::Signal;
+
+/// The environment variable that names the registry directory (tests, and hosts that want
+/// their jobs apart).
+pub const RUNTIME_DIR_ENV: &str = "CORRAL_RUNTIME_DIR";
+/// Version of the record format.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One job's record, as stored in `<dir>/<id>.json` (see `docs/registry.md`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Format version ([`RECORD_VERSION`]).
+    pub version: u32,
+    /// The job's id.
+    pub id: String,
+    /// The name given with `--name` / [`crate::Options::name`].
+    pub name: Option<String>,
+    /// The job's owner (the supervisor's effective uid).
+    pub uid: u32,
+    /// The process serving the job.
+    pub supervisor: SupervisorId,
+    /// `cgroup` or `pgroup`.
+    pub mechanism: String,
+    /// The job's cgroup (cgroup mechanism).
+    pub cgroup: Option<PathBuf>,
+    /// The command line.
+    pub command: Vec<String>,
+    /// When the job started, in milliseconds since the Unix epoch.
+    pub started: u64,
+    /// The limit files written in the job's cgroup, with their values.
+    pub limits: BTreeMap<String, String>,
+    /// The job's control socket.
+    pub socket: PathBuf,
+}
+
+/// A process named so that a reused PID is not taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SupervisorId {
+    /// Its PID.
+    pub pid: u32,
+    /// Its start time: field 22 of `/proc/<pid>/stat`, clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl SupervisorId {
+    /// Whether that very process is alive now (its PID holds a process with its start
+    /// time, not a zombie). One small read, parsed by hand: the start-up sweep does this
+    /// for every record.
+    pub fn alive(&self) -> bool {
+        if self.pid <= 1 {
+            return false;
+        }
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        let state = text
+            .rfind(')')
+            .and_then(|i| text[i + 1..].split_whitespace().next());
+        start_time_field(&text) == Some(self.start_time) && !matches!(state, Some("Z" | "X"))
+    }
+
+    fn stat(&self) -> Option<procs::Stat> {
+        let pid = Pid::from_raw(i32::try_from(self.pid).ok()?)?;
+        procs::stat(pid).filter(|s| s.starttime == self.start_time && s.alive())
+    }
+
+    /// A pidfd for that very process, `None` if it is gone.
+    fn open(&self) -> Option<OwnedFd> {
+        procs::open_verified(&self.stat()?)
+    }
+}
+
+/// A record found in the registry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The record.
+    pub record: Record,
+    /// Its file.
+    pub path: PathBuf,
+    /// Whether its supervisor is alive.
+    pub live: bool,
+}
+
+/// What [`scan`] found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The readable records.
+    pub entries: Vec<Entry>,
+    /// One line per record that could not be used (corrupt, half-written, wrong owner),
+    /// or directory that could not be read.
+    pub problems: Vec<String>,
+}
+
+/// Checks a job name: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('.') {
+        return Err(format!(
+            "invalid job name `{name}`; use 1-64 characters of A-Z a-z 0-9 . _ - not starting with `.`"
+        ));
+    }
+    Ok(())
+}
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// This user's registry directory, created if missing and checked (see the module docs).
+pub fn own_dir() -> Result<PathBuf, String> {
+    let uid = euid();
+    if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return ensure_dir(&dir, uid, false).map(|()| dir);
+    }
+    let dir = if uid == 0 {
+        PathBuf::from("/run/corral")
+    } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Path::new(&x).join("corral")
+    } else {
+        PathBuf::from(format!("/tmp/corral-{uid}"))
+    };
+    ensure_dir(&dir, uid, true).map(|()| dir)
+}
+
+/// The directories a scan looks at: with `CORRAL_RUNTIME_DIR`, just that one; a user, their
+/// own; root, `/run/corral` and every `/run/user/*/corral`.
+fn scope_dirs() -> Vec<PathBuf> {
+    if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
+        return vec![PathBuf::from(dir)];
+    }
+    if euid() != 0 {
+        return own_dir().ok().into_iter().collect();
+    }
+    let mut dirs = vec![PathBuf::from("/run/corral")];
+    if let Ok(users) = std::fs::read_dir("/run/user") {
+        for u in users.flatten() {
+            let d = u.path().join("corral");
+            if d.is_dir() {
+                dirs.push(d);
+            }
+        }
+    }
+    dirs
+}
+
+/// Makes `dir` (mode 0700) if `create` and it is missing; checks it is a real directory
+/// owned by `uid` and closed to others.
+fn ensure_dir(dir: &Path, uid: u32, create: bool) -> Result<(), String> {
+    if create {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot create the job registry {} ({e}); set {RUNTIME_DIR_ENV} to a directory of yours",
+                    dir.display()
+                ))
+            }
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| {
+        format!(
+            "cannot use the job registry {} ({e}); create it (mode 0700) or set {RUNTIME_DIR_ENV}",
+            dir.display()
+        )
+    })?;
+    let problem = if !meta.file_type().is_dir() {
+        Some("is not a directory (or is a symlink)".to_string())
+    } else if meta.uid() != uid {
+        Some(format!("is owned by uid {}, not {uid}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "is writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(format!(
+            "the job registry {} {p}; remove it, or chmod 0700 it, or set {RUNTIME_DIR_ENV}",
+            dir.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reads every record in `dirs`.
+fn scan_dirs(dirs: &[PathBuf]) -> Scan {
+    let mut scan = Scan::default();
+    for dir in dirs {
+        let meta = match std::fs::symlink_metadata(dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                scan.problems.push(format!(
+                    "cannot read the job registry {}: {e}",
+                    dir.display()
+                ));
+                continue;
+            }
+        };
+        if !meta.file_type().is_dir() {
+            scan.problems.push(format!(
+                "the job registry {} is not a directory; skipped",
+                dir.display()
+            ));
+            continue;
+        }
+        let owner = meta.uid();
+        let list = match std::fs::read_dir(dir) {
+            Ok(l) => l,
+            Err(e) => {
+                scan.problems.push(format!(
+                    "cannot read the job registry {}: {e}",
+                    dir.display()
+                ));
+                continue;
+            }
+        };
+        for item in list.flatten() {
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // Temporary files (`.<id>.json.tmp-<pid>`) and sockets are not records.
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let path = item.path();
+            match read_record(&path, owner) {
+                Ok(record) => {
+                    let live = record.supervisor.alive();
+                    scan.entries.push(Entry { record, path, live });
+                }
+                Err(why) => scan
+                    .problems
+                    .push(format!("skipping the job record {}: {why}", path.display())),
+            }
+        }
+    }
+    scan.entries.sort_by_key(|e| e.record.started);
+    scan
+}
+
+/// Reads and checks one record; `dir_owner` is its directory's owner.
+fn read_record(path: &Path, dir_owner: u32) -> Result<Record, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > 1 << 20 {
+        return Err("too large to be a record".into());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| e.to_string())?;
+    let record: Record =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a record ({e})"))?;
+    if record.version != RECORD_VERSION {
+        return Err(format!(
+            "record version {} (expected {RECORD_VERSION})",
+            record.version
+        ));
+    }
+    if record.uid != meta.uid() || record.uid != dir_owner {
+        return Err(format!(
+            "it says uid {} but the file belongs to uid {} in a directory of uid {dir_owner}",
+            record.uid,
+            meta.uid()
+        ));
+    }
+    let stem = path.file_stem().and_then(OsStr::to_str).unwrap_or("");
+    if stem != record.id || !valid_id(&record.id) {
+        return Err(format!(
+            "its id {:?} is not a job id or does not match its file name",
+            record.id
+        ));
+    }
+    // The socket is always `<dir>/<id>.sock`: a record must not send `corral kill` (run by
+    // root, say) to some other socket.
+    if Some(record.socket.as_path())
+        != path
+            .parent()
+            .map(|d| d.join(format!("{stem}.sock")))
+            .as_deref()
+    {
+        return Err(format!(
+            "its socket {} is not beside it",
+            record.socket.display()
+        ));
+    }
+    Ok(record)
+}
+
+/// Job ids are `corral-<pid>-<seq>`, or `corral-<pid>-<seq>-<n>` (see `Leaf::create`).
+fn valid_id(id: &str) -> bool {
+    id.strip_prefix("corral-").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .split('-')
+                .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// The records this user may see: their own (root: all in its scope; see the module docs).
+pub fn scan() -> Scan {
+    let mut scan = scan_dirs(&scope_dirs());
+    let uid = euid();
+    if uid != 0 {
+        scan.entries.retain(|e| e.record.uid == uid);
+    }
+    scan
+}
+
+/// The records of this user's own directory only (cheap: one `readdir`).
+fn scan_own() -> Scan {
+    match own_dir() {
+        Ok(dir) => scan_dirs(&[dir]),
+        Err(e) => Scan {
+            entries: Vec::new(),
+            problems: vec![e],
+        },
+    }
+}
+
+/// What a job uses right now, for `corral ps`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Processes in the job (`None`: cannot be told, e.g. a stale pgroup job).
+    pub processes: Option<usize>,
+    /// CPU time so far, in microseconds (`cpu.stat` `usage_usec`; cgroup only).
+    pub cpu_usec: Option<u64>,
+    /// Memory in use, in bytes (`memory.current`; `None` where the file is absent, e.g. on
+    /// hybrid hosts whose memory controller is bound to cgroup v1).
+    pub memory_bytes: Option<u64>,
+}
+
+/// What the job of `entry` uses right now.
+pub fn stats(entry: &Entry) -> Stats {
+    let r = &entry.record;
+    if let Some(cg) = &r.cgroup {
+        let procs = read_procs_recursive(cg);
+        let cpu = std::fs::read_to_string(cg.join("cpu.stat"))
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    (k == "usage_usec").then(|| v.trim().parse().ok()).flatten()
+                })
+            });
+        let mem = std::fs::read_to_string(cg.join("memory.current"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        return Stats {
+            processes: procs.map(|p| p.len()),
+            cpu_usec: cpu,
+            memory_bytes: mem,
+        };
+    }
+    // pgroup: the supervisor's descendants (the CLI supervises in-process). A library host's
+    // other children would count too, so only the CLI's figure is exact.
+    let processes = entry.live.then(|| r.supervisor.stat()).flatten().map(|s| {
+        procs::descendants(s.pid)
+            .iter()
+            .filter(|s| s.alive())
+            .count()
+    });
+    Stats {
+        processes,
+        ..Stats::default()
+    }
+}
+
+fn read_procs_recursive(dir: &Path) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    let text = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    if let Ok(list) = std::fs::read_dir(dir) {
+        for d in list.flatten() {
+            if d.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(read_procs_recursive(&d.path()).unwrap_or_default());
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Finds a job by id or name among the records this user may act on. `Err` is the
+/// one-line message for the user: "no such job" (also for another user's job, whose
+/// existence is not told).
+pub fn find(job: &str) -> Result<Entry, String> {
+    let scan = scan();
+    for p in &scan.problems {
+        eprintln!("corral: warning: {p}");
+    }
+    let mut hits: Vec<Entry> = scan
+        .entries
+        .into_iter()
+        .filter(|e| e.record.id == job || e.record.name.as_deref() == Some(job))
+        .collect();
+    // A live job wins over stale records of the same name.
+    hits.sort_by_key(|e| !e.live);
+    match hits.len() {
+        0 => Err(format!("no such job `{job}`; `corral ps` lists your jobs")),
+        1 => Ok(hits.remove(0)),
+        _ if hits[0].live && !hits[1].live => Ok(hits.remove(0)),
+        n => Err(format!(
+            "{n} jobs are named `{job}`; give the id instead (`corral ps` lists them)"
+        )),
+    }
+}
+
+/// How a [`kill`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KillOutcome {
+    /// The supervisor ran the stop sequence and the job is over.
+    Stopped,
+    /// The job was already over when asked.
+    AlreadyOver,
+    /// The supervisor was gone: corral stopped the job itself (see the text).
+    StaleCleaned(Vec<String>),
+    /// The supervisor took the request but the job was not over by the deadline.
+    NotOverYet,
+}
+
+/// Stops the job of `entry` from outside: asks its supervisor over the control socket to
+/// run the stop sequence with `signal` and `grace` (`signal` KILL: at once), and waits until
+/// the job is over (at most the grace plus `margin`). If the supervisor is gone, stops what
+/// is left itself, as [`sweep`] does.
+pub fn kill(
+    entry: &Entry,
+    signal: Signal,
+    grace: Duration,
+    margin: Duration,
+) -> Result<KillOutcome, String> {
+    let r = &entry.record;
+    let sup_fd = r.supervisor.open();
+    if sup_fd.is_none() {
+        let mut lines = Vec::new();
+        clean_stale(entry, false, &mut lines);
+        return Ok(KillOutcome::StaleCleaned(lines));
+    }
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket(AF_UNIX, SOCK_SEQPACKET) failed: {e}"))?;
+    let addr = SocketAddrUnix::new(&r.socket)
+        .map_err(|e| format!("bad socket path {}: {e}", r.socket.display()))?;
+    if let Err(e) = rustix::net::connect(&sock, &addr) {
+        if !r.supervisor.alive() {
+            let mut lines = Vec::new();
+            clean_stale(entry, false, &mut lines);
+            return Ok(KillOutcome::StaleCleaned(lines));
+        }
+        // The job may have ended between the scan and now.
+        if !entry.path.exists() {
+            return Ok(KillOutcome::AlreadyOver);
+        }
+        return Err(format!(
+            "cannot reach job {} at {}: {e}; is its supervisor (pid {}) still serving it?",
+            r.id,
+            r.socket.display(),
+            r.supervisor.pid
+        ));
+    }
+    let request = if signal == Signal::KILL || grace.is_zero() {
+        "kill".to_string()
+    } else {
+        format!("stop {} {}", signal.as_raw(), grace.as_millis())
+    };
+    rustix::net::send(&sock, request.as_bytes(), SendFlags::NOSIGNAL)
+        .map_err(|e| format!("cannot send the request to job {}: {e}", r.id))?;
+    let deadline = Instant::now() + grace + margin;
+    let answer =
+        recv_until(&sock, deadline).map_err(|e| format!("no answer from job {}: {e}", r.id))?;
+    match answer.as_deref() {
+        Some("ok") => {}
+        Some("over") | None => return Ok(KillOutcome::AlreadyOver),
+        Some("denied") => return Err(format!("no such job `{}`", r.id)),
+        Some(other) => return Err(format!("job {} answered `{other}`", r.id)),
+    }
+    // The job keeps the connection open until it is over.
+    let sup_fd = sup_fd.expect("checked above");
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(KillOutcome::NotOverYet);
+        }
+        let mut fds = [
+            PollFd::from_borrowed_fd(sock.as_fd(), PollFlags::IN),
+            PollFd::from_borrowed_fd(sup_fd.as_fd(), PollFlags::IN),
+        ];
+        crate::linux::poll(&mut fds, Some(deadline - now)).map_err(|e| e.to_string())?;
+        if !fds[0].revents().is_empty() {
+            match recv_until(&sock, Instant::now()) {
+                Ok(None) | Err(_) => return Ok(KillOutcome::Stopped),
+                Ok(Some(_)) => {}
+            }
+        }
+        if !fds[1].revents().is_empty() {
+            // The supervisor exited (it was killed, or the CLI finished and exited).
+            return Ok(KillOutcome::Stopped);
+        }
+    }
+}
+
+/// One packet, or `None` at end of file; waits until `deadline`.
+fn recv_until(fd: &OwnedFd, deadline: Instant) -> io::Result<Option<String>> {
+    let mut buf = [0u8; 128];
+    loop {
+        match rustix::net::recv(fd, &mut buf[..], RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return Ok(None),
+            Ok((n, _)) => return Ok(Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::CONNRESET) => return Ok(None),
+            Err(rustix::io::Errno::AGAIN) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+                }
+                let mut fds = [PollFd::from_borrowed_fd(fd.as_fd(), PollFlags::IN)];
+                crate::linux::poll(&mut fds, Some(left)).map_err(io::Error::other)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Stops what is left of a stale job and removes its record; appends one line per action
+/// to `lines`. `dry_run`: says what it would do and changes nothing.
+fn clean_stale(entry: &Entry, dry_run: bool, lines: &mut Vec<String>) {
+    let r = &entry.record;
+    let would = if dry_run { "would " } else { "" };
+    let label = match &r.name {
+        Some(n) => format!("{} ({n})", r.id),
+        None => r.id.clone(),
+    };
+    if let Some(cg) = &r.cgroup {
+        match trusted_cgroup(cg, r.uid) {
+            Err(why) => lines.push(format!(
+                "job {label}: not touching its cgroup {}: {why}",
+                cg.display()
+            )),
+            Ok(None) => lines.push(format!("job {label}: its cgroup {} is gone", cg.display())),
+            Ok(Some(())) if dry_run => {
+                let n = read_procs_recursive(cg).map(|p| p.len()).unwrap_or(0);
+                lines.push(format!(
+                    "job {label}: would kill {n} process(es) in {} and remove it",
+                    cg.display()
+                ));
+            }
+            Ok(Some(())) => match cgroup::Leaf::open_existing(cg) {
+                Ok(leaf) => {
+                    let n = leaf.members().map(|m| m.len()).unwrap_or(0);
+                    let killed = leaf.kill_all(false, Instant::now() + Duration::from_secs(5));
+                    let removed = leaf.remove();
+                    match (killed, removed) {
+                        (Ok(_), Ok(())) => lines.push(format!(
+                            "job {label}: killed {n} process(es) in {} and removed it",
+                            cg.display()
+                        )),
+                        (Err(e), _) | (_, Err(e)) => lines.push(format!(
+                            "job {label}: cleaning {} failed: {}",
+                            cg.display(),
+                            crate::job::error_chain(&e)
+                        )),
+                    }
+                }
+                Err(e) => lines.push(format!(
+                    "job {label}: cannot open its cgroup {}: {}",
+                    cg.display(),
+                    crate::job::error_chain(&e)
+                )),
+            },
+        }
+    } else {
+        lines.push(format!(
+            "job {label}: pgroup job whose supervisor (pid {}) is gone; its processes cannot \
+             be found without a cgroup",
+            r.supervisor.pid
+        ));
+    }
+    if !dry_run {
+        let _ = std::fs::remove_file(&r.socket);
+        match std::fs::remove_file(&entry.path) {
+            Ok(()) => lines.push(format!(
+                "job {label}: removed record {}",
+                entry.path.display()
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => lines.push(format!(
+                "job {label}: cannot remove record {}: {e}",
+                entry.path.display()
+            )),
+        }
+    } else {
+        lines.push(format!(
+            "job {label}: {would}remove record {}",
+            entry.path.display()
+        ));
+    }
+}
+
+/// May a sweep act on the cgroup `path` named by a record of `uid`? It must lie under the
+/// cgroup2 mount with no `..`, and be owned by `uid` (root's own records aside): a record is
+/// only as trustworthy as its writer. `Ok(None)`: it does not exist.
+fn trusted_cgroup(path: &Path, uid: u32) -> Result<Option<()>, String> {
+    let mount = match cgroup::find_mount() {
+        Ok(Some(m)) => m.path,
+        _ => return Err("no cgroup2 mount".into()),
+    };
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::RootDir))
+        || !path.starts_with(&mount)
+        || path == mount
+    {
+        return Err(format!("not a cgroup under {}", mount.display()));
+    }
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !meta.file_type().is_dir() {
+        return Err("not a directory".into());
+    }
+    if meta.uid() != uid {
+        return Err(format!(
+            "it belongs to uid {}, not to the record's owner {uid}",
+            meta.uid()
+        ));
+    }
+    Ok(Some(()))
+}
+
+/// What [`sweep`] did (or, dry, would do).
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    /// One line per action.
+    pub actions: Vec<String>,
+    /// One line per record that could not be used.
+    pub problems: Vec<String>,
+}
+
+/// Cleans up after jobs whose supervisor is gone: for each stale record this user may act
+/// on, kills what still runs in its cgroup, removes the cgroup, the record and the socket.
+/// Unless `CORRAL_RUNTIME_DIR` narrows the scope, also removes leftover cgroups under
+/// corral's default parent (`<cgroup2 mount>/corral/corral-<pid>-<seq>`) whose creator is no
+/// longer alive and that no record names. `dry_run`: says what it would do, changes nothing.
+pub fn sweep(dry_run: bool) -> SweepReport {
+    let scan = scan();
+    let mut out = SweepReport {
+        problems: scan.problems,
+        ..Default::default()
+    };
+    let live_cgroups: Vec<&Path> = scan
+        .entries
+        .iter()
+        .filter(|e| e.live)
+        .filter_map(|e| e.record.cgroup.as_deref())
+        .collect();
+    for e in scan.entries.iter().filter(|e| !e.live) {
+        if e.record
+            .cgroup
+            .as_deref()
+            .is_some_and(|c| live_cgroups.contains(&c))
+        {
+            out.actions.push(format!(
+                "job {}: its cgroup is a running job's now; removing the record only",
+                e.record.id
+            ));
+            if !dry_run {
+                let _ = std::fs::remove_file(&e.record.socket);
+                let _ = std::fs::remove_file(&e.path);
+            }
+            continue;
+        }
+        clean_stale(e, dry_run, &mut out.actions);
+    }
+    if !std::env::var_os(RUNTIME_DIR_ENV).is_some_and(|d| !d.is_empty()) {
+        let named: Vec<&Path> = scan
+            .entries
+            .iter()
+            .filter_map(|e| e.record.cgroup.as_deref())
+            .collect();
+        sweep_default_parent(dry_run, &named, &mut out.actions);
+    }
+    out
+}
+
+/// The start-up sweep of `corral run`: this user's own stale records only. One `readdir`;
+/// nothing more when the directory holds no record. Returns the lines of what it did.
+pub fn sweep_own() -> Vec<String> {
+    let scan = scan_own();
+    let mut lines = Vec::new();
+    for e in scan.entries.iter().filter(|e| !e.live) {
+        clean_stale(e, false, &mut lines);
+    }
+    lines
+}
+
+/// Leftover cgroups under the default parent whose creator (named by the leaf,
+/// `corral-<pid>-<seq>`) is gone or whose PID now belongs to a process started after the
+/// leaf was made.
+fn sweep_default_parent(dry_run: bool, named: &[&Path], lines: &mut Vec<String>) {
+    let Ok(Some(mount)) = cgroup::find_mount() else {
+        return;
+    };
+    let parent = mount.path.join("corral");
+    let Ok(list) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    let uid = euid();
+    let boot = boot_time();
+    let tick = procfs::ticks_per_second();
+    for d in list.flatten() {
+        let path = d.path();
+        let Some(name) = d.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("corral-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_dir() || (uid != 0 && meta.uid() != uid) {
+            continue;
+        }
+        if named.contains(&path.as_path()) {
+            continue;
+        }
+        if creator_alive(pid, meta.ctime().max(0) as u64, boot, tick) {
+            continue;
+        }
+        if dry_run {
+            let n = read_procs_recursive(&path).map(|p| p.len()).unwrap_or(0);
+            lines.push(format!(
+                "leftover cgroup {}: would kill {n} process(es) and remove it",
+                path.display()
+            ));
+            continue;
+        }
+        match cgroup::Leaf::open_existing(&path) {
+            Ok(leaf) => {
+                let n = leaf.members().map(|m| m.len()).unwrap_or(0);
+                let killed = leaf.kill_all(false, Instant::now() + Duration::from_secs(5));
+                match killed.and_then(|_| leaf.remove()) {
+                    Ok(()) => lines.push(format!(
+                        "leftover cgroup {}: killed {n} process(es) and removed it",
+                        path.display()
+                    )),
+                    Err(e) => lines.push(format!(
+                        "leftover cgroup {}: cleaning failed: {}",
+                        path.display(),
+                        crate::job::error_chain(&e)
+                    )),
+                }
+            }
+            Err(e) => lines.push(format!(
+                "leftover cgroup {}: cannot open it: {}",
+                path.display(),
+                crate::job::error_chain(&e)
+            )),
+        }
+    }
+}
+
+/// Whether the process that made a leaf at `made` (Unix seconds) may still be alive: a
+/// process has PID `pid` and started no later than the leaf was made (one second's slack
+/// for the rounding of the two clocks). A process that started later is a reused PID.
+fn creator_alive(pid: i32, made: u64, boot: Option<u64>, tick: u64) -> bool {
+    Pid::from_raw(pid).and_then(procs::stat).is_some_and(|s| {
+        s.alive()
+            && boot
+                .map(|b| b + s.starttime / tick.max(1))
+                .map_or(true, |started| started <= made + 1)
+    })
+}
+
+/// Boot time in seconds since the epoch (`btime` in `/proc/stat`).
+fn boot_time() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+// ---- the job's side ------------------------------------------------------------------
+
+/// A job name's check as a library error.
+pub(crate) fn validate(name: &str) -> crate::Result<()> {
+    validate_name(name).map_err(crate::Error::InvalidOptions)
+}
+
+/// Before a job with `name` is spawned: the name is valid and no live job of this user
+/// has it.
+pub(crate) fn check_name(name: &str) -> crate::Result<()> {
+    validate_name(name).map_err(crate::Error::InvalidOptions)?;
+    let scan = scan_own();
+    if let Some(e) = scan
+        .entries
+        .iter()
+        .find(|e| e.live && e.record.name.as_deref() == Some(name))
+    {
+        return Err(crate::Error::InvalidOptions(format!(
+            "a running job is already named `{name}` (id {}); pick another --name or stop it",
+            e.record.id
+        )));
+    }
+    Ok(())
+}
+
+/// What a job needs to register.
+pub(crate) struct NewRecord<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) mechanism: &'a str,
+    pub(crate) cgroup: Option<&'a Path>,
+    pub(crate) command: &'a [String],
+    pub(crate) limits: BTreeMap<String, String>,
+}
+
+/// A registered job's record and control socket; dropping it removes both and closes the
+/// connections of requesters waiting for the job to end.
+pub(crate) struct Registration {
+    record: PathBuf,
+    socket: PathBuf,
+    listener: OwnedFd,
+    uid: u32,
+    waiters: Vec<OwnedFd>,
+}
+
+/// A request read from the control socket.
+pub(crate) struct Request {
+    /// The requester's PID and uid.
+    pub(crate) pid: u32,
+    pub(crate) uid: u32,
+    /// The polite signal and grace; `None`: kill at once.
+    pub(crate) stop: Option<(Signal, Duration)>,
+    conn: OwnedFd,
+}
+
+/// This process as a supervisor: its PID and start time. Read once per process (neither
+/// changes; a host that forks is another process, with another PID), and by hand: the
+/// general `/proc` parser costs more than the rest of the registration.
+fn own_identity() -> Result<SupervisorId, String> {
+    static ME: std::sync::Mutex<Option<SupervisorId>> = std::sync::Mutex::new(None);
+    let pid = std::process::id();
+    let mut me = ME.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(id) = *me {
+        if id.pid == pid {
+            return Ok(id);
+        }
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat ({e})"))?;
+    let id = SupervisorId {
+        pid,
+        start_time: start_time_field(&text)
+            .ok_or_else(|| format!("cannot parse /proc/{pid}/stat"))?,
+    };
+    *me = Some(id);
+    Ok(id)
+}
+
+/// Field 22 (`starttime`) of a `/proc/<pid>/stat` line. The command name (field 2) is in
+/// parentheses and may hold spaces and parentheses itself: count from the last `)`.
+fn start_time_field(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the `)`: field 3 (state) is the first word, so field 22 is the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Files left under this job's id by a dead process (ids embed the creator's PID, so only a
+/// process that had our PID before can have left them: its supervisor died between making
+/// its job and removing the record). Its record is removed without acting on its cgroup:
+/// ids are leaf names, and ours was free when our leaf was made, so that cgroup was gone
+/// then (and the path may now be our own job's).
+fn clear_stale_id(record: &Path, socket: &Path, uid: u32) -> Result<(), String> {
+    if record.exists() {
+        match read_record(record, uid) {
+            Ok(r) if r.supervisor.alive() => {
+                return Err(format!(
+                    "a running job (supervisor pid {}) already has the record {}",
+                    r.supervisor.pid,
+                    record.display()
+                ))
+            }
+            Ok(_) => {
+                let _ = std::fs::remove_file(record);
+            }
+            Err(why) => return Err(format!("{} is in the way: {why}", record.display())),
+        }
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!(
+            "cannot remove the stale {} ({e})",
+            socket.display()
+        )),
+    }
+}
+
+/// Registers a job: binds its control socket, then writes its record atomically.
+/// The files the job `id` will have in this user's registry (its record and its control
+/// socket), for the watchdog to remove should this process die with the job running. The
+/// directory is not created or checked here: [`register`] does that.
+pub(crate) fn record_files(id: &str) -> Vec<PathBuf> {
+    let dir = match std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match own_dir() {
+            Ok(dir) => dir,
+            Err(_) => return Vec::new(),
+        },
+    };
+    vec![
+        dir.join(format!("{id}.json")),
+        dir.join(format!("{id}.sock")),
+    ]
+}
+
+pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
+    let dir = own_dir()?;
+    let uid = euid();
+    let me = own_identity()?;
+    let socket = dir.join(format!("{}.sock", new.id));
+    let record_path = dir.join(format!("{}.json", new.id));
+    clear_stale_id(&record_path, &socket, uid)?;
+    let listener = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(|e| format!("socket(AF_UNIX, SOCK_SEQPACKET): {e}"))?;
+    let addr = SocketAddrUnix::new(&socket)
+        .map_err(|e| format!("socket path {} unusable ({e})", socket.display()))?;
+    rustix::net::bind(&listener, &addr).map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    let reg = Registration {
+        record: record_path.clone(),
+        socket: socket.clone(),
+        listener,
+        uid,
+        waiters: Vec::new(),
+    };
+    rustix::net::listen(&reg.listener, 16)
+        .map_err(|e| format!("listen on {}: {e}", socket.display()))?;
+    let record = Record {
+        version: RECORD_VERSION,
+        id: new.id.to_string(),
+        name: new.name.map(str::to_string),
+        uid,
+        supervisor: me,
+        mechanism: new.mechanism.to_string(),
+        cgroup: new.cgroup.map(Path::to_path_buf),
+        command: new.command.to_vec(),
+        started: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        limits: new.limits.clone(),
+        socket,
+    };
+    let json = serde_json::to_string(&record).expect("a record serializes");
+    let tmp = dir.join(format!(".{}.json.tmp-{}", new.id, std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| io::Write::write_all(&mut f, (json + "\n").as_bytes()))
+        .and_then(|()| {
+            // Never over another job's record (a stale one of a reused PID, say).
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::CWD,
+                &record_path,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(io::Error::from)
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        // `reg` drops: the socket goes; the record path is not ours to remove.
+        let mut reg = reg;
+        reg.record = PathBuf::new();
+        return Err(format!("cannot write {} ({e})", record_path.display()));
+    }
+    Ok(reg)
+}
+
+impl Registration {
+    /// The listening socket (poll it for readability).
+    pub(crate) fn listener(&self) -> &OwnedFd {
+        &self.listener
+    }
+
+    /// Takes the pending requests (never blocks for long: a connected requester has sent
+    /// its request already; one that has not within 100 ms is dropped). Requests from other
+    /// users (not root) are answered `denied` here and not returned.
+    pub(crate) fn accept(&mut self) -> Vec<Request> {
+        let mut out = Vec::new();
+        loop {
+            let conn = match rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC) {
+                Ok(c) => c,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            };
+            let Ok(cred) = rustix::net::sockopt::socket_peercred(&conn) else {
+                continue;
+            };
+            let uid = cred.uid.as_raw();
+            if uid != self.uid && uid != 0 {
+                let _ =
+                    rustix::net::send(&conn, b"denied", SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+                continue;
+            }
+            let text = match recv_until(&conn, Instant::now() + Duration::from_millis(100)) {
+                Ok(Some(t)) => t,
+                _ => continue,
+            };
+            let stop = match parse_request(&text) {
+                Some(s) => s,
+                None => {
+                    let _ = rustix::net::send(
+                        &conn,
+                        b"bad request",
+                        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+                    );
+                    continue;
+                }
+            };
+            out.push(Request {
+                pid: cred.pid.as_raw_nonzero().get() as u32,
+                uid,
+                stop,
+                conn,
+            });
+        }
+        out
+    }
+
+    /// Answers `ok` to `req` and keeps its connection open until the job is over.
+    pub(crate) fn accepted(&mut self, req: Request) {
+        let _ = rustix::net::send(&req.conn, b"ok", SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+        self.waiters.push(req.conn);
+    }
+}
+
+/// `stop <signal> <grace_ms>` or `kill`; `Some(None)` is kill.
+fn parse_request(text: &str) -> Option<Option<(Signal, Duration)>> {
+    let mut words = text.split_whitespace();
+    match words.next()? {
+        "kill" => Some(None),
+        "stop" => {
+            let sig = Signal::from_raw(words.next()?.parse().ok()?)?;
+            let grace = Duration::from_millis(words.next()?.parse().ok()?);
+            Some(Some((sig, grace)))
+        }
+        _ => None,
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        if !self.record.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.record);
+        }
+        // The waiters' connections close after the files are gone.
+        self.waiters.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("build-42.x_y").is_ok());
+        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn own_start_time_matches_procfs() {
+        let me = own_identity().unwrap();
+        let st = procs::stat(Pid::current()).unwrap();
+        assert_eq!((me.pid, me.start_time), (st.pid.get() as u32, st.starttime));
+        assert_eq!(
+            start_time_field("7 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 99 1"),
+            Some(99)
+        );
+    }
+
+    #[test]
+    fn a_leaf_creator_is_judged_by_pid_and_start_time() {
+        let me = std::process::id() as i32;
+        let boot = boot_time();
+        let tick = procfs::ticks_per_second();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(creator_alive(me, now, boot, tick), "we made it just now");
+        // A leaf made long before this process started: our PID is a reused one.
+        assert!(!creator_alive(me, 1, boot, tick));
+        assert!(!creator_alive(i32::MAX, now, boot, tick), "no such PID");
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("corral-12-0") && valid_id("corral-12-0-2"));
+        for bad in [
+            "corral-",
+            "passwd",
+            "corral-1--2",
+            "corral-1-x",
+            "corral-../x",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn requests() {
+        assert_eq!(parse_request("kill"), Some(None));
+        assert_eq!(
+            parse_request("stop 15 1500"),
+            Some(Some((Signal::TERM, Duration::from_millis(1500))))
+        );
+        assert_eq!(parse_request("stop 0 1"), None);
+        assert_eq!(parse_request("reboot"), None);
+    }
+
+    #[test]
+    fn cgroup_paths_from_records_are_checked() {
+        let Ok(Some(m)) = cgroup::find_mount() else {
+            return;
+        };
+        assert!(trusted_cgroup(&m.path.join("a/../../etc"), 0).is_err());
+        assert!(trusted_cgroup(Path::new("/etc"), 0).is_err());
+        assert!(trusted_cgroup(&m.path, 0).is_err());
+    }
+}
