@@ -35,6 +35,12 @@ pub struct Options {
     /// Resource limits written into the job's cgroup before the main process starts
     /// (default: none). Any limit needs the cgroup mechanism and its controller.
     pub limits: Limits,
+    /// Run the main process as PID 1 of a new PID namespace (`corral run --pid-namespace`):
+    /// when it exits, or when the process that spawned it dies, the kernel kills every
+    /// other process of the namespace. Needs [`crate::Job::spawn_command`] (cgroup mode or
+    /// [`Supervisor::InProcess`]), `clone3`, the main thread, and root or unprivileged user
+    /// namespaces; cannot be combined with [`Leftovers::Wait`]. See `Job`'s `# Caveats`.
+    pub pid_namespace: bool,
     /// Testing and benchmarking knobs; not part of the stable API.
     #[doc(hidden)]
     pub debug: DebugKnobs,
@@ -53,6 +59,7 @@ impl Default for Options {
             supervisor: Supervisor::Auto,
             move_self_for_limits: false,
             limits: Limits::default(),
+            pid_namespace: false,
             debug: DebugKnobs::default(),
         }
     }
@@ -67,6 +74,8 @@ pub struct DebugKnobs {
     pub no_clone_into_cgroup: bool,
     /// Kill with freeze / SIGKILL every member / thaw instead of `cgroup.kill`.
     pub no_cgroup_kill: bool,
+    /// Start no watchdog process for the job (so a test can tell what else ended it).
+    pub no_watchdog: bool,
 }
 
 /// Who is the child subreaper of a pgroup job (the mechanism used where no cgroup can be

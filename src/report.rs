@@ -28,6 +28,10 @@ pub struct Report {
     pub degraded: bool,
     /// How the main process was started (`clone3(CLONE_INTO_CGROUP|CLONE_PIDFD)`, ...).
     pub spawn: String,
+    /// The main process ran as PID 1 of a new PID namespace
+    /// ([`crate::Options::pid_namespace`]): when it exited, the kernel killed every process
+    /// left in the namespace before corral could see it, so `leftovers` stays empty.
+    pub pid_namespace: bool,
     /// The job's cgroup (cgroup mechanism only).
     pub cgroup: Option<PathBuf>,
     /// How the cgroup parent was chosen: `option`, `env` or `default`.
@@ -289,6 +293,7 @@ mod tests {
             mechanism_reason: "cgroup parent /x (given)".into(),
             degraded: false,
             spawn: "clone3".into(),
+            pid_namespace: false,
             cgroup: None,
             cgroup_parent_source: None,
             exit: Some(ExitInfo {
@@ -380,6 +385,7 @@ mod tests {
             "mechanism_reason",
             "degraded",
             "spawn",
+            "pid_namespace",
             "cgroup",
             "cgroup_parent_source",
             "exit",

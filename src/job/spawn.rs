@@ -22,7 +22,7 @@ use crate::linux::cgroup::{Leaf, ParentSource};
 use crate::linux::pidfd::{self, Pid};
 use crate::linux::spawn::{self as raw_spawn, Placement, SpawnSpec};
 use crate::linux::{self, pgroup, supervise};
-use crate::options::{Options, Supervisor};
+use crate::options::{Leftovers, Options, Supervisor};
 use crate::report::LimitsReport;
 use crate::Mechanism;
 
@@ -66,6 +66,13 @@ impl Job {
     /// mode it gets a process group of its own under a supervisor process (see
     /// [`crate::Supervisor`]).
     pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
+        if opts.pid_namespace {
+            return Err(Error::InvalidOptions(
+                "pid_namespace needs the clone3 spawn path: use Job::spawn_command with a \
+                 JobCommand, or drop pid_namespace"
+                    .into(),
+            ));
+        }
         let program = cmd.get_program().to_string_lossy().into_owned();
         let command: Vec<String> = std::iter::once(program.clone())
             .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -148,11 +155,28 @@ impl Job {
     /// cgroup mode the child is born in its cgroup (`clone3(CLONE_INTO_CGROUP)`, no copy
     /// of the caller's memory), and it inherits the caller's stdio. pgroup jobs go through
     /// [`Job::spawn`] unless [`crate::Supervisor::InProcess`] is asked for.
+    ///
+    /// This is the only way to [`Options::pid_namespace`]: in cgroup mode, or in pgroup
+    /// mode with [`crate::Supervisor::InProcess`], called from the main thread.
     pub fn spawn_command(cmd: &JobCommand, opts: &Options) -> Result<Job> {
+        if opts.pid_namespace && opts.leftovers == Leftovers::Wait {
+            return Err(Error::InvalidOptions(
+                "--pid-namespace cannot be combined with --leftovers wait: when COMMAND exits, \
+                 the kernel kills every process left in its PID namespace; drop one of them"
+                    .into(),
+            ));
+        }
         let choice = linux::choose(opts)?;
         if matches!(choice, linux::Choice::Pgroup { .. })
             && opts.supervisor != Supervisor::InProcess
         {
+            if opts.pid_namespace {
+                return Err(Error::InvalidOptions(
+                    "pid_namespace is not available under a supervisor process: use the \
+                     cgroup mechanism or Supervisor::InProcess, or drop pid_namespace"
+                        .into(),
+                ));
+            }
             return Job::spawn(&mut cmd.to_std(), opts);
         }
         let mut id = new_id();
@@ -164,6 +188,7 @@ impl Job {
             stdio: [None, None, None],
             sigmask: cmd.signal_mask,
             placement: Placement::NewProcessGroup,
+            pid_namespace: opts.pid_namespace,
         };
         let (chosen, started) = match choice {
             linux::Choice::Cgroup {
@@ -171,7 +196,7 @@ impl Job {
                 reason,
                 limits,
             } => {
-                let (leaf, chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
+                let (leaf, mut chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
                 spec.placement = Placement::Cgroup {
                     dir: leaf.dir_fd(),
                     procs: leaf.procs_fd(),
@@ -179,6 +204,8 @@ impl Job {
                 };
                 // On failure `leaf` drops here and removes itself.
                 let spawned = raw_spawn::spawn(&spec)?;
+                note_pid_namespace(&mut chosen, &spawned);
+                let method = spawned.method_name();
                 (
                     chosen,
                     Started {
@@ -186,7 +213,7 @@ impl Job {
                         main_pid: spawned.pid,
                         main_fd: Some(spawned.pidfd),
                         own_group: false,
-                        method: spawned.method.name(),
+                        method,
                         stdio: (None, None, None),
                     },
                 )
@@ -194,8 +221,11 @@ impl Job {
             linux::Choice::Pgroup { reason, degraded } => {
                 let subreaper = pgroup::Subreaper::acquire()?;
                 let spawned = raw_spawn::spawn(&spec)?;
+                let mut chosen = Chosen::pgroup(reason, degraded);
+                note_pid_namespace(&mut chosen, &spawned);
+                let method = spawned.method_name();
                 (
-                    Chosen::pgroup(reason, degraded),
+                    chosen,
                     Started {
                         backend: Backend::Pgroup {
                             supervisor: Pid::current(),
@@ -204,7 +234,7 @@ impl Job {
                         main_pid: spawned.pid,
                         main_fd: Some(spawned.pidfd),
                         own_group: true,
-                        method: spawned.method.name(),
+                        method,
                         stdio: (None, None, None),
                     },
                 )
@@ -275,6 +305,21 @@ impl Chosen {
             parent_source: None,
             limits: None,
         }
+    }
+}
+
+/// Adds to the mechanism's reason what a PID namespace changes (the report's
+/// `mechanism_reason`).
+fn note_pid_namespace(chosen: &mut Chosen, spawned: &raw_spawn::Spawned) {
+    if let Some(user) = spawned.pid_namespace {
+        chosen.reason.push_str(if user {
+            "; COMMAND is PID 1 of a new PID namespace (in a new user namespace, its uid and \
+             gid mapped to themselves): when it exits, the kernel kills every process left in \
+             the namespace"
+        } else {
+            "; COMMAND is PID 1 of a new PID namespace: when it exits, the kernel kills every \
+             process left in the namespace"
+        });
     }
 }
 

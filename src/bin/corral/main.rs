@@ -81,12 +81,19 @@ struct RunArgs {
     /// Always print the summary line.
     #[arg(short, long)]
     verbose: bool,
+    /// Run COMMAND as PID 1 of a new PID namespace: when it exits, or corral dies, the
+    /// kernel kills every process left in it (needs root or unprivileged user namespaces).
+    #[arg(long)]
+    pid_namespace: bool,
     /// Testing knob: spawn with fork + cgroup.procs instead of clone3.
     #[arg(long, hide = true)]
     debug_no_clone3: bool,
     /// Testing knob: kill with the freezer loop instead of cgroup.kill.
     #[arg(long, hide = true)]
     debug_no_cgroup_kill: bool,
+    /// Testing knob: start no watchdog process.
+    #[arg(long, hide = true)]
+    debug_no_watchdog: bool,
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     command: Vec<OsString>,
@@ -175,9 +182,11 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
             cpu_max: args.cpu_max,
             cpu_weight: args.cpu_weight,
         },
+        pid_namespace: args.pid_namespace,
         debug: corral::DebugKnobs {
             no_clone_into_cgroup: args.debug_no_clone3,
             no_cgroup_kill: args.debug_no_cgroup_kill,
+            no_watchdog: args.debug_no_watchdog,
         },
     };
     let mut signals =
