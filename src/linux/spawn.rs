@@ -27,6 +27,9 @@
 //! as well, the child sets `PR_SET_PDEATHSIG` to SIGKILL before it execs, then checks that
 //! corral did not die before that (a pidfd of corral opened before the clone becomes
 //! readable when it has exited; `getppid()` is 0 in a new PID namespace and cannot say).
+//! The kernel re-parents the child before it reads the child's parent-death signal, and marks
+//! corral exited (the pidfd readable) a few instructions later; so the child also compares
+//! its parent in `/proc/self/stat` with corral's PID, which closes that window.
 //! The kernel sends the parent-death signal when the *thread* that created the child exits,
 //! so such a spawn is refused on any thread but the main one. In a user namespace the child
 //! maps its own uid and gid 1:1 before anything else (it holds every capability in the new
@@ -177,6 +180,9 @@ struct ChildCtx {
     /// New PID namespace: a pidfd of the spawning process (checked after
     /// `PR_SET_PDEATHSIG`); -1 otherwise.
     parent_pidfd: RawFd,
+    /// New PID namespace: our PID as `/proc` shows it (0: unknown), which the child
+    /// compares with the parent in its `/proc/self/stat`.
+    parent_proc_pid: i32,
     /// New user namespace: the lines for `uid_map` and `gid_map`.
     id_maps: Option<[CString; 2]>,
 }
@@ -187,6 +193,9 @@ struct PidNamespace {
     flags: u64,
     /// Our own pidfd, inherited by the child (close-on-exec).
     own_pidfd: OwnedFd,
+    /// Our PID in the PID namespace of the `/proc` mount (`readlink /proc/self`); 0 if
+    /// that cannot be read.
+    proc_pid: i32,
     /// `<euid> <euid> 1` and `<egid> <egid> 1`, for a new user namespace.
     id_maps: Option<[CString; 2]>,
 }
@@ -209,6 +218,10 @@ impl PidNamespace {
                     e,
                 )
             })?;
+        let proc_pid = std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse().ok())
+            .unwrap_or(0);
         let privileged = rustix::thread::capabilities(None).is_ok_and(|c| {
             c.effective
                 .contains(rustix::thread::CapabilitySet::SYS_ADMIN)
@@ -217,6 +230,7 @@ impl PidNamespace {
             return Ok(PidNamespace {
                 flags: CLONE_NEWPID,
                 own_pidfd,
+                proc_pid,
                 id_maps: None,
             });
         }
@@ -226,6 +240,7 @@ impl PidNamespace {
         Ok(PidNamespace {
             flags: CLONE_NEWPID | CLONE_NEWUSER,
             own_pidfd,
+            proc_pid,
             id_maps: Some([line(uid), line(gid)]),
         })
     }
@@ -349,6 +364,7 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         new_pgroup: false,
         err_pipe: err_write.as_raw_fd(),
         parent_pidfd: pidns.as_ref().map_or(-1, |n| n.own_pidfd.as_raw_fd()),
+        parent_proc_pid: pidns.as_ref().map_or(0, |n| n.proc_pid),
         id_maps: pidns.as_ref().and_then(|n| n.id_maps.clone()),
     };
     let ns_flags = pidns.as_ref().map_or(0, |n| n.flags);
@@ -730,6 +746,48 @@ fn fork_with_pidfd(ctx: &ChildCtx) -> io::Result<(Pid, OwnedFd)> {
     }
 }
 
+/// The parent's PID from `/proc/self/stat` (field 4, after the command name in
+/// parentheses), in the PID namespace of the `/proc` mount; 0 if it cannot be read. For
+/// the child between fork and exec: raw syscalls, a buffer on the stack.
+fn proc_parent() -> i32 {
+    let mut buf = [0u8; 1024];
+    // SAFETY: open/read/close of a constant path into a stack buffer of the size given.
+    let len = unsafe {
+        let fd = libc::open(
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return 0;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    let Ok(len) = usize::try_from(len) else {
+        return 0;
+    };
+    let stat = &buf[..len];
+    // "<pid> (<comm>) <state> <ppid> ...": the command name may hold ") ", so the last ")".
+    let Some(close) = stat.iter().rposition(|b| *b == b')') else {
+        return 0;
+    };
+    let mut fields = stat[close + 1..]
+        .split(|b| *b == b' ')
+        .filter(|f| !f.is_empty());
+    let _state = fields.next();
+    let mut ppid: i32 = 0;
+    for digit in fields.next().unwrap_or(b"") {
+        if !digit.is_ascii_digit() {
+            return 0;
+        }
+        ppid = ppid
+            .saturating_mul(10)
+            .saturating_add(i32::from(digit - b'0'));
+    }
+    ppid
+}
+
 /// The child between fork and exec. Only raw syscalls; see the module docs.
 fn child_after_fork(ctx: &ChildCtx) -> ! {
     // SAFETY (whole function): every call is an async-signal-safe system call on
@@ -765,6 +823,12 @@ fn child_after_fork(ctx: &ChildCtx) -> ! {
             };
             if libc::poll(&mut pfd, 1, 0) != 0 {
                 // Readable (corral has exited) or an error: nobody is there to supervise.
+                libc::_exit(127);
+            }
+            // The pidfd turns readable a few instructions after the kernel has re-parented
+            // us and read our (maybe not yet set) parent-death signal: in that window only
+            // our parent as /proc shows it tells. (`getppid()` says 0 in a new namespace.)
+            if ctx.parent_proc_pid > 0 && proc_parent() != ctx.parent_proc_pid {
                 libc::_exit(127);
             }
         }
