@@ -8,6 +8,7 @@
 //! 3. [`idle`]: `corral run -- sleep 5` vs `timeout 10 sleep 5`: peak RSS, CPU, wake-ups.
 //! 4. [`concurrent`]: 100 jobs of `sleep 0.1` at once, one thread each, vs 100 bare
 //!    `Command::status()` threads: throughput.
+//! 5. [`pidns`]: `corral run -- true` with `--pid-namespace` vs without.
 //!
 //! Safety: everything runs under one cgroup of the bench's own ([`cgroup::BenchRoot`]),
 //! removed at the end and on any error; processes are signalled only through pidfds; rounds
@@ -18,6 +19,7 @@ mod cgroup;
 mod concurrent;
 mod idle;
 mod machine;
+mod pidns;
 mod procs;
 mod report;
 mod spawn_wait;
@@ -42,6 +44,9 @@ pub struct Plan {
     /// Jobs started at once in figure 4, and how many rounds of that.
     pub concurrent_jobs: usize,
     pub concurrent_rounds: usize,
+    /// Figure 5's warm-up rounds and rounds.
+    pub pidns_warmup: usize,
+    pub pidns_rounds: usize,
     pub quick: bool,
 }
 
@@ -54,6 +59,8 @@ impl Plan {
             idle_rounds: 3,
             concurrent_jobs: 100,
             concurrent_rounds: 15,
+            pidns_warmup: 5,
+            pidns_rounds: 100,
             quick: false,
         }
     }
@@ -66,6 +73,8 @@ impl Plan {
             idle_rounds: 1,
             concurrent_jobs: 100,
             concurrent_rounds: 2,
+            pidns_warmup: 1,
+            pidns_rounds: 10,
             quick: true,
         }
     }
@@ -231,6 +240,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let trees = stop_tree::run(&mut bench, &plan)?;
     let idle = idle::run(&mut bench, &plan)?;
     let concurrent = concurrent::run(&mut bench, &plan)?;
+    let pidns = pidns::run(&mut bench, &plan)?;
 
     let Bench {
         root,
@@ -258,6 +268,7 @@ pub fn run(args: &[String]) -> Result<()> {
         trees: &trees,
         idle: &idle,
         concurrent: &concurrent,
+        pidns: &pidns,
         anomalies: &anomalies,
         strays_reaped,
         load_end,
