@@ -164,6 +164,7 @@ const STAGE_CHDIR: u32 = 5;
 const STAGE_EXEC: u32 = 6;
 const STAGE_PDEATHSIG: u32 = 7;
 const STAGE_ID_MAPS: u32 = 8;
+const STAGE_PARENT_GONE: u32 = 9;
 
 /// Data the child reads; pointers into buffers owned by `Prepared`.
 struct ChildCtx {
@@ -517,6 +518,7 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         STAGE_STDIO => fail("set up stdin/stdout/stderr", err),
         STAGE_SIGNALS => fail("restore the signal mask", err),
         STAGE_PDEATHSIG => fail("set the parent-death signal (prctl)", err),
+        STAGE_PARENT_GONE => fail("check that its parent (this process) is still there", err),
         STAGE_ID_MAPS => fail(
             "map its uid and gid in the new user namespace (/proc/self/uid_map, gid_map)",
             err,
@@ -821,15 +823,18 @@ fn child_after_fork(ctx: &ChildCtx) -> ! {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            if libc::poll(&mut pfd, 1, 0) != 0 {
-                // Readable (corral has exited) or an error: nobody is there to supervise.
-                libc::_exit(127);
+            match libc::poll(&mut pfd, 1, 0) {
+                0 => {}
+                // Readable: corral has exited, nobody is there to read this.
+                1 => report(STAGE_PARENT_GONE, libc::ESRCH),
+                _ => report(STAGE_PARENT_GONE, errno()),
             }
             // The pidfd turns readable a few instructions after the kernel has re-parented
             // us and read our (maybe not yet set) parent-death signal: in that window only
             // our parent as /proc shows it tells. (`getppid()` says 0 in a new namespace.)
-            if ctx.parent_proc_pid > 0 && proc_parent() != ctx.parent_proc_pid {
-                libc::_exit(127);
+            let parent = proc_parent();
+            if ctx.parent_proc_pid > 0 && parent > 0 && parent != ctx.parent_proc_pid {
+                report(STAGE_PARENT_GONE, libc::ESRCH);
             }
         }
         if let Some([uid_map, gid_map]) = &ctx.id_maps {
