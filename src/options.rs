@@ -74,7 +74,8 @@ pub struct DebugKnobs {
     pub no_clone_into_cgroup: bool,
     /// Kill with freeze / SIGKILL every member / thaw instead of `cgroup.kill`.
     pub no_cgroup_kill: bool,
-    /// Start no watchdog process for the job (so a test can tell what else ended it).
+    /// Start no watchdog process for the job (so a test can tell what else ended it); a
+    /// no-op where corral starts none.
     pub no_watchdog: bool,
 }
 

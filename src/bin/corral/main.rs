@@ -91,7 +91,7 @@ struct RunArgs {
     /// Testing knob: kill with the freezer loop instead of cgroup.kill.
     #[arg(long, hide = true)]
     debug_no_cgroup_kill: bool,
-    /// Testing knob: start no watchdog process.
+    /// Testing knob: start no watchdog process (a no-op where corral starts none).
     #[arg(long, hide = true)]
     debug_no_watchdog: bool,
     /// The command and its arguments.
