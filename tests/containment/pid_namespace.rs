@@ -296,3 +296,30 @@ fn unprivileged_through_a_user_namespace() {
         done.stderr
     );
 }
+
+/// No `clone3` (forced off with the testing knob, as on an old kernel): there is no fork
+/// fallback into a new PID namespace, so 125 with one line, nothing started, and the job's
+/// cgroup, made before the spawn, removed again.
+#[test]
+fn without_clone3_is_refused() {
+    let Some(sandbox) = Sandbox::with_cgroup("pidns-no-clone3") else {
+        return;
+    };
+    let mut run = sandbox.corral(Mechanism::Cgroup);
+    run.args(["--pid-namespace", "--debug-no-clone3"])
+        .tree(&["sleep"]);
+    let done = run.run();
+    done.assert_code(125);
+    done.assert_one_line_error();
+    assert!(
+        done.stderr.contains("needs clone3"),
+        "the error must name clone3: {}",
+        done.stderr
+    );
+    assert!(
+        !done.tree_started(),
+        "COMMAND was started: {:?}",
+        done.listed()
+    );
+    sandbox.assert_clean();
+}
