@@ -58,6 +58,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// A new PID namespace was asked for ([`crate::Options::pid_namespace`]) and the kernel
+    /// refused to make one (no `clone3`, namespaces not allowed to this user, a limit
+    /// reached).
+    #[error("cannot run the job in a new PID namespace: {reason}; {fix}")]
+    PidNamespace {
+        /// What the kernel refused.
+        reason: String,
+        /// What the user can do about it.
+        fix: String,
+        /// The error of the call.
+        #[source]
+        source: io::Error,
+    },
+
     /// The command was not found (exit status 127 in the CLI).
     #[error("{program}: command not found; check the name or PATH")]
     NotFound {
@@ -165,6 +179,7 @@ impl Error {
                 | Error::CgroupParent { .. }
                 | Error::NoCgroup { .. }
                 | Error::LimitUnavailable { .. }
+                | Error::PidNamespace { .. }
         )
     }
 }

@@ -44,6 +44,12 @@ pub struct Options {
     /// socket (default: true). If the record cannot be written the job still runs, and the
     /// report says why ([`crate::Report::not_registered`]).
     pub register: bool,
+    /// Run the main process as PID 1 of a new PID namespace (`corral run --pid-namespace`):
+    /// when it exits, or when the process that spawned it dies, the kernel kills every
+    /// other process of the namespace. Needs [`crate::Job::spawn_command`] (cgroup mode or
+    /// [`Supervisor::InProcess`]), `clone3`, the main thread, and root or unprivileged user
+    /// namespaces; cannot be combined with [`Leftovers::Wait`]. See `Job`'s `# Caveats`.
+    pub pid_namespace: bool,
     /// Testing and benchmarking knobs; not part of the stable API.
     #[doc(hidden)]
     pub debug: DebugKnobs,
@@ -64,6 +70,7 @@ impl Default for Options {
             limits: Limits::default(),
             name: None,
             register: true,
+            pid_namespace: false,
             debug: DebugKnobs::default(),
         }
     }

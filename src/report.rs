@@ -38,6 +38,10 @@ pub struct Report {
     /// (cgroup), `killed by its supervisor process when the host goes away` (pgroup under
     /// a supervisor process), or `not covered: <why>`.
     pub on_supervisor_death: String,
+    /// The main process ran as PID 1 of a new PID namespace
+    /// ([`crate::Options::pid_namespace`]): when it exited, the kernel killed every process
+    /// left in the namespace before corral could see it, so `leftovers` stays empty.
+    pub pid_namespace: bool,
     /// The job's cgroup (cgroup mechanism only).
     pub cgroup: Option<PathBuf>,
     /// How the cgroup parent was chosen: `option`, `env` or `default`.
@@ -335,6 +339,7 @@ mod tests {
             degraded: false,
             spawn: "clone3".into(),
             on_supervisor_death: "killed by the watchdog (pid 3)".into(),
+            pid_namespace: false,
             cgroup: None,
             cgroup_parent_source: None,
             exit: Some(ExitInfo {
@@ -445,6 +450,7 @@ mod tests {
             "degraded",
             "spawn",
             "on_supervisor_death",
+            "pid_namespace",
             "cgroup",
             "cgroup_parent_source",
             "exit",

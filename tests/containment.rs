@@ -55,6 +55,8 @@ mod limits;
 mod nested_cgroups;
 #[path = "containment/parallel.rs"]
 mod parallel;
+#[path = "containment/pid_namespace.rs"]
+mod pid_namespace;
 #[path = "containment/pipe.rs"]
 mod pipe;
 #[path = "containment/registry.rs"]

@@ -28,6 +28,8 @@ mod host;
 mod many_jobs;
 #[path = "embedding/output.rs"]
 mod output;
+#[path = "embedding/pid_namespace.rs"]
+mod pid_namespace;
 #[path = "embedding/registry.rs"]
 mod registry;
 #[path = "embedding/std_command.rs"]

@@ -10,7 +10,8 @@
 //! dispositions are in place and it has made its escape (`setpgid`, `setsid`, double fork).
 //! A test waits until the roles it expects are listed, opens a pidfd for each PID while the
 //! process is known to be alive, and after corral returns checks that every pidfd became
-//! readable (the process exited). Roles are listed per mode in [`Mode`].
+//! readable (the process exited). Roles are listed per mode in [`Mode`]. The PID is the one
+//! `/proc` shows (the host's, also inside a PID namespace corral made).
 //!
 //! Signal handlers that must leave evidence append `<role> <pid> <signo>\n` to the
 //! `--marker` file, once per delivery, so a test can count deliveries.
@@ -588,6 +589,16 @@ fn fork_child(child: impl FnOnce()) -> Pid {
     }
 }
 
+/// This process's PID as the tests see it: `/proc/self` resolves in the PID namespace of
+/// the `/proc` mount, which is the host's when corral runs the tree in a PID namespace of its
+/// own (`--pid-namespace` makes no mount namespace), where `getpid()` would say 1.
+fn host_pid() -> i32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or_else(|| rustix::process::getpid().as_raw_nonzero().get())
+}
+
 /// Absolute paths of the files given on the command line (the daemon changes directory).
 struct Files {
     pids: Option<PathBuf>,
@@ -611,7 +622,7 @@ impl Files {
     /// Appends `<role> <pid>\n` to the pids file in a single write.
     fn record(&self, role: &str) {
         let Some(path) = &self.pids else { return };
-        let line = format!("{role} {}\n", rustix::process::getpid().as_raw_nonzero());
+        let line = format!("{role} {}\n", host_pid());
         let file = rustix::fs::open(
             path,
             rustix::fs::OFlags::WRONLY
@@ -648,7 +659,7 @@ static HANDLER_DELAY_MS: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the role and PID that this process's handlers write to the marker.
 fn set_identity(role: &str) {
-    let prefix = format!("{role} {} ", rustix::process::getpid().as_raw_nonzero());
+    let prefix = format!("{role} {} ", host_pid());
     let prefix: &'static mut [u8] = prefix.into_bytes().leak();
     MARKER_PREFIX_LEN.store(0, Ordering::SeqCst);
     MARKER_PREFIX.store(prefix.as_mut_ptr(), Ordering::SeqCst);

@@ -388,6 +388,12 @@ impl Job {
             if skip_group {
                 notes.push("members in corral's process group got it from the terminal");
             }
+            if self.opts.pid_namespace && self.main_exit.is_none() {
+                notes.push(
+                    "COMMAND is PID 1 of its PID namespace: it gets the signal only if it \
+                     handles it, else the kill after the grace ends it",
+                );
+            }
             let detail = (!notes.is_empty()).then(|| notes.join("; "));
             s.steps
                 .push(step("signal", Some(polite), Some(n_polite), detail, t0));
@@ -827,6 +833,7 @@ impl Job {
             degraded: self.degraded,
             spawn: self.spawn_method.to_string(),
             on_supervisor_death: self.on_supervisor_death.clone(),
+            pid_namespace: self.opts.pid_namespace,
             cgroup,
             cgroup_parent_source: self.parent_source.map(str::to_string),
             exit,

@@ -144,6 +144,21 @@ enum Backend {
 /// - [`crate::Supervisor::InProcess`] makes the calling process itself a child subreaper
 ///   and treats every child of the process as part of the job: only for a program that
 ///   has no other children (the `corral` CLI).
+/// - [`Options::pid_namespace`] makes the main process PID 1 of a new PID namespace (with
+///   a user namespace mapping its own uid and gid where the caller lacks `CAP_SYS_ADMIN`).
+///   Only [`Job::spawn_command`] offers it (in cgroup mode or with
+///   [`crate::Supervisor::InProcess`]; [`Job::spawn`] returns an error): the child must be
+///   made with `clone3`, which std's `Command` cannot be asked for. The main process gets
+///   SIGKILL as its parent-death signal, and the kernel sends that when the *thread* that
+///   spawned it exits, not the process; so the spawn is refused on any thread but the main
+///   one, and a job cannot outlive the main thread (not even after [`Job::detach`]). When
+///   the main process exits, the kernel kills every other process of the namespace at once,
+///   without a grace, so [`crate::Leftovers::Wait`] is refused and `leftovers` stays empty.
+///   As PID 1, the main process receives from outside only the signals it has a handler
+///   for (SIGKILL and SIGSTOP aside): the polite signal of a stop, or a terminal's Ctrl+C,
+///   may not reach it, and the stop then ends it with SIGKILL after the grace. `/proc` in
+///   the job is still the host's (there is no new mount namespace): a program that reads
+///   `/proc/<getpid()>` there reads another process.
 pub struct Job {
     /// The main process's stdin, if the `Command` asked for a pipe.
     pub stdin: Option<ChildStdin>,

@@ -23,7 +23,7 @@ use crate::linux::pidfd::{self, Pid};
 use crate::linux::spawn::{self as raw_spawn, Placement, SpawnSpec};
 use crate::linux::watchdog::Watch;
 use crate::linux::{self, pgroup, supervise};
-use crate::options::{Options, Supervisor};
+use crate::options::{Leftovers, Options, Supervisor};
 use crate::registry;
 use crate::report::LimitsReport;
 use crate::Mechanism;
@@ -71,6 +71,13 @@ impl Job {
     /// [`crate::Supervisor`]).
     pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
         check_name(opts)?;
+        if opts.pid_namespace {
+            return Err(Error::InvalidOptions(
+                "pid_namespace needs the clone3 spawn path: use Job::spawn_command with a \
+                 JobCommand, or drop pid_namespace"
+                    .into(),
+            ));
+        }
         let program = cmd.get_program().to_string_lossy().into_owned();
         let command: Vec<String> = std::iter::once(program.clone())
             .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -153,12 +160,29 @@ impl Job {
     /// cgroup mode the child is born in its cgroup (`clone3(CLONE_INTO_CGROUP)`, no copy
     /// of the caller's memory), and it inherits the caller's stdio. pgroup jobs go through
     /// [`Job::spawn`] unless [`crate::Supervisor::InProcess`] is asked for.
+    ///
+    /// This is the only way to [`Options::pid_namespace`]: in cgroup mode, or in pgroup
+    /// mode with [`crate::Supervisor::InProcess`], called from the main thread.
     pub fn spawn_command(cmd: &JobCommand, opts: &Options) -> Result<Job> {
         check_name(opts)?;
+        if opts.pid_namespace && opts.leftovers == Leftovers::Wait {
+            return Err(Error::InvalidOptions(
+                "--pid-namespace cannot be combined with --leftovers wait: when COMMAND exits, \
+                 the kernel kills every process left in its PID namespace; drop one of them"
+                    .into(),
+            ));
+        }
         let choice = linux::choose(opts)?;
         if matches!(choice, linux::Choice::Pgroup { .. })
             && opts.supervisor != Supervisor::InProcess
         {
+            if opts.pid_namespace {
+                return Err(Error::InvalidOptions(
+                    "pid_namespace is not available under a supervisor process: use the \
+                     cgroup mechanism or Supervisor::InProcess, or drop pid_namespace"
+                        .into(),
+                ));
+            }
             return Job::spawn(&mut cmd.to_std(), opts);
         }
         let mut id = new_id();
@@ -170,6 +194,7 @@ impl Job {
             stdio: [None, None, None],
             sigmask: cmd.signal_mask,
             placement: Placement::NewProcessGroup,
+            pid_namespace: opts.pid_namespace,
         };
         let (chosen, started) = match choice {
             linux::Choice::Cgroup {
@@ -177,7 +202,7 @@ impl Job {
                 reason,
                 limits,
             } => {
-                let (leaf, chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
+                let (leaf, mut chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
                 spec.placement = Placement::Cgroup {
                     dir: leaf.dir_fd(),
                     procs: leaf.procs_fd(),
@@ -185,6 +210,8 @@ impl Job {
                 };
                 // On failure `leaf` drops here and removes itself.
                 let spawned = raw_spawn::spawn(&spec)?;
+                note_pid_namespace(&mut chosen, &spawned);
+                let method = spawned.method_name();
                 (
                     chosen,
                     Started {
@@ -192,7 +219,7 @@ impl Job {
                         main_pid: spawned.pid,
                         main_fd: Some(spawned.pidfd),
                         own_group: false,
-                        method: spawned.method.name(),
+                        method,
                         stdio: (None, None, None),
                     },
                 )
@@ -200,8 +227,11 @@ impl Job {
             linux::Choice::Pgroup { reason, degraded } => {
                 let subreaper = pgroup::Subreaper::acquire()?;
                 let spawned = raw_spawn::spawn(&spec)?;
+                let mut chosen = Chosen::pgroup(reason, degraded);
+                note_pid_namespace(&mut chosen, &spawned);
+                let method = spawned.method_name();
                 (
-                    Chosen::pgroup(reason, degraded),
+                    chosen,
                     Started {
                         backend: Backend::Pgroup {
                             supervisor: Pid::current(),
@@ -210,7 +240,7 @@ impl Job {
                         main_pid: spawned.pid,
                         main_fd: Some(spawned.pidfd),
                         own_group: true,
-                        method: spawned.method.name(),
+                        method,
                         stdio: (None, None, None),
                     },
                 )
@@ -236,14 +266,29 @@ impl Job {
         let (stdin, stdout, stderr) = started.stdio;
         let (watch, on_supervisor_death) = match (&started.backend, chosen.watch) {
             (Backend::Cgroup(_), Some(Ok(watch))) => {
-                let text = format!("killed by the watchdog (pid {})", watch.watchdog_pid());
+                let mut text = format!("killed by the watchdog (pid {})", watch.watchdog_pid());
+                if opts.pid_namespace {
+                    text.push_str(", and by the kernel (PID namespace)");
+                }
                 (Some(watch), text)
             }
+            (Backend::Cgroup(_), Some(Err(_))) if opts.pid_namespace => (
+                None,
+                "killed by the kernel: COMMAND is PID 1 of its own PID namespace and dies with \
+                 this process (no watchdog)"
+                    .to_string(),
+            ),
             (Backend::Cgroup(_), Some(Err(why))) => (None, format!("not covered: {why}")),
             (Backend::Cgroup(_), None) => (None, "not covered: no watchdog".to_string()),
             (Backend::Supervised(_), _) => (
                 None,
                 "killed by its supervisor process when the host goes away".to_string(),
+            ),
+            (Backend::Pgroup { .. }, _) if opts.pid_namespace => (
+                None,
+                "killed by the kernel: COMMAND is PID 1 of its own PID namespace and dies with \
+                 this process (parent-death signal), which ends every process in the namespace"
+                    .to_string(),
             ),
             (Backend::Pgroup { .. }, _) => (
                 None,
@@ -346,6 +391,21 @@ impl Chosen {
             limits: None,
             watch: None,
         }
+    }
+}
+
+/// Adds to the mechanism's reason what a PID namespace changes (the report's
+/// `mechanism_reason`).
+fn note_pid_namespace(chosen: &mut Chosen, spawned: &raw_spawn::Spawned) {
+    if let Some(user) = spawned.pid_namespace {
+        chosen.reason.push_str(if user {
+            "; COMMAND is PID 1 of a new PID namespace (in a new user namespace, its uid and \
+             gid mapped to themselves): when it exits, the kernel kills every process left in \
+             the namespace"
+        } else {
+            "; COMMAND is PID 1 of a new PID namespace: when it exits, the kernel kills every \
+             process left in the namespace"
+        });
     }
 }
 

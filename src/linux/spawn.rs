@@ -19,6 +19,23 @@
 //! envp arrays and the candidate paths for the program are built in the parent, and the
 //! child reports failure as two integers over a close-on-exec pipe, then `_exit`s.
 //! Nothing in `child_after_fork` may allocate, lock or unwind.
+//!
+//! # A new PID namespace
+//! With `pid_namespace`, the same `clone3` also carries `CLONE_NEWPID` (and `CLONE_NEWUSER`
+//! where we lack `CAP_SYS_ADMIN`): the child is PID 1 of a namespace of its own, and when
+//! it exits the kernel SIGKILLs every other process in it. For the job to end with corral
+//! as well, the child sets `PR_SET_PDEATHSIG` to SIGKILL before it execs, then checks that
+//! corral did not die before that (a pidfd of corral opened before the clone becomes
+//! readable when it has exited; `getppid()` is 0 in a new PID namespace and cannot say).
+//! The kernel re-parents the child before it reads the child's parent-death signal, and marks
+//! corral exited (the pidfd readable) a few instructions later; so the child also compares
+//! its parent in `/proc/self/stat` with corral's PID, which closes that window.
+//! The kernel sends the parent-death signal when the *thread* that created the child exits,
+//! so such a spawn is refused on any thread but the main one. In a user namespace the child
+//! maps its own uid and gid 1:1 before anything else (it holds every capability in the new
+//! namespace, and an unprivileged process may map exactly its own ids, once `setgroups` is
+//! denied), so the job keeps its identity. There is no fork fallback: without `clone3` the
+//! spawn fails and says so.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -69,6 +86,8 @@ pub(crate) struct SpawnSpec<'a> {
     /// The signal mask the child starts with (`None`: the spawning thread's).
     pub(crate) sigmask: Option<crate::options::SignalSet>,
     pub(crate) placement: Placement<'a>,
+    /// Make the child PID 1 of a new PID namespace (see the module docs).
+    pub(crate) pid_namespace: bool,
 }
 
 /// How the child was created (reported).
@@ -101,6 +120,26 @@ pub(crate) struct Spawned {
     pub(crate) method: SpawnMethod,
     /// [`Placement::Detached`]: the grandchild that runs the program.
     pub(crate) daemon: Option<Pid>,
+    /// The child is PID 1 of a new PID namespace (`Some(true)`: inside a new user
+    /// namespace too, its uid and gid mapped 1:1).
+    pub(crate) pid_namespace: Option<bool>,
+}
+
+impl Spawned {
+    /// How the child was created, for the report.
+    pub(crate) fn method_name(&self) -> &'static str {
+        match (self.method, self.pid_namespace) {
+            (SpawnMethod::Clone3IntoCgroup, Some(false)) => {
+                "clone3(CLONE_INTO_CGROUP|CLONE_PIDFD|CLONE_NEWPID)"
+            }
+            (SpawnMethod::Clone3IntoCgroup, Some(true)) => {
+                "clone3(CLONE_INTO_CGROUP|CLONE_PIDFD|CLONE_NEWPID|CLONE_NEWUSER)"
+            }
+            (SpawnMethod::Clone3, Some(false)) => "clone3(CLONE_PIDFD|CLONE_NEWPID)",
+            (SpawnMethod::Clone3, Some(true)) => "clone3(CLONE_PIDFD|CLONE_NEWPID|CLONE_NEWUSER)",
+            (method, _) => method.name(),
+        }
+    }
 }
 
 const CLONE3_UNKNOWN: u8 = 0;
@@ -113,6 +152,8 @@ static CLONE3_STATE: AtomicU8 = AtomicU8::new(CLONE3_UNKNOWN);
 // 88 bytes, with `cgroup`).
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const CLONE_NEWUSER: u64 = 0x1000_0000;
+const CLONE_NEWPID: u64 = 0x2000_0000;
 
 #[repr(C)]
 #[derive(Default)]
@@ -143,6 +184,9 @@ const STAGE_KEEP: u32 = 9;
 /// Not a failure: the middle process of a [`Placement::Detached`] spawn names the
 /// grandchild (the "errno" is its PID).
 const RECORD_DAEMON: u32 = 100;
+const STAGE_PDEATHSIG: u32 = 10;
+const STAGE_ID_MAPS: u32 = 11;
+const STAGE_PARENT_GONE: u32 = 12;
 
 /// Data the child reads; pointers into buffers owned by `Prepared`.
 struct ChildCtx {
@@ -160,6 +204,125 @@ struct ChildCtx {
     /// Descriptors to pass at fixed numbers: `(ours, theirs)`; -1 for an unused slot.
     keep: [(RawFd, RawFd); KEEP_MAX],
     err_pipe: RawFd,
+    /// New PID namespace: a pidfd of the spawning process (checked after
+    /// `PR_SET_PDEATHSIG`); -1 otherwise.
+    parent_pidfd: RawFd,
+    /// New PID namespace: our PID as `/proc` shows it (0: unknown), which the child
+    /// compares with the parent in its `/proc/self/stat`.
+    parent_proc_pid: i32,
+    /// New user namespace: the lines for `uid_map` and `gid_map`.
+    id_maps: Option<[CString; 2]>,
+}
+
+/// What a spawn into a new PID namespace needs, prepared before the clone.
+struct PidNamespace {
+    /// `CLONE_NEWPID`, with `CLONE_NEWUSER` where we lack `CAP_SYS_ADMIN`.
+    flags: u64,
+    /// Our own pidfd, inherited by the child (close-on-exec).
+    own_pidfd: OwnedFd,
+    /// Our PID in the PID namespace of the `/proc` mount (`readlink /proc/self`); 0 if
+    /// that cannot be read.
+    proc_pid: i32,
+    /// `<euid> <euid> 1` and `<egid> <egid> 1`, for a new user namespace.
+    id_maps: Option<[CString; 2]>,
+}
+
+impl PidNamespace {
+    fn prepare() -> Result<PidNamespace, Error> {
+        let pid = rustix::process::getpid();
+        if rustix::thread::gettid() != pid {
+            return Err(Error::InvalidOptions(
+                "a PID namespace job must be spawned from the main thread (the kernel's \
+                 parent-death signal follows the spawning thread, not the process); spawn it \
+                 from the main thread or drop pid_namespace"
+                    .into(),
+            ));
+        }
+        let own_pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .map_err(|e| {
+                Error::sys(
+                    "pidfd_open of this process (for the job's parent-death check)",
+                    e,
+                )
+            })?;
+        let proc_pid = std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse().ok())
+            .unwrap_or(0);
+        let privileged = rustix::thread::capabilities(None).is_ok_and(|c| {
+            c.effective
+                .contains(rustix::thread::CapabilitySet::SYS_ADMIN)
+        });
+        if privileged {
+            return Ok(PidNamespace {
+                flags: CLONE_NEWPID,
+                own_pidfd,
+                proc_pid,
+                id_maps: None,
+            });
+        }
+        let uid = rustix::process::geteuid().as_raw();
+        let gid = rustix::process::getegid().as_raw();
+        let line = |id: u32| CString::new(format!("{id} {id} 1\n")).expect("digits have no NUL");
+        Ok(PidNamespace {
+            flags: CLONE_NEWPID | CLONE_NEWUSER,
+            own_pidfd,
+            proc_pid,
+            id_maps: Some([line(uid), line(gid)]),
+        })
+    }
+
+    fn user_namespace(&self) -> bool {
+        self.flags & CLONE_NEWUSER != 0
+    }
+
+    /// The error for a `clone3` with our flags that failed with `e`.
+    fn refused(&self, e: io::Error) -> Error {
+        let user = self.user_namespace();
+        let flags = if user {
+            "CLONE_NEWPID|CLONE_NEWUSER"
+        } else {
+            "CLONE_NEWPID"
+        };
+        let (reason, fix) = match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::E2BIG) | None => (
+                "it needs clone3 (Linux 5.3; 5.7 with a cgroup), which this kernel (or a \
+                 seccomp filter) does not offer"
+                    .to_string(),
+                "drop --pid-namespace",
+            ),
+            Some(libc::ENOSPC | libc::EUSERS) if user => (
+                format!("clone3({flags}) hit a namespace limit"),
+                "raise sysctl user.max_user_namespaces and user.max_pid_namespaces, or drop \
+                 --pid-namespace",
+            ),
+            Some(libc::ENOSPC | libc::EUSERS) => (
+                format!("clone3({flags}) hit a namespace limit"),
+                "raise sysctl user.max_pid_namespaces (namespaces nest at most 32 deep), or \
+                 drop --pid-namespace",
+            ),
+            _ if user => (
+                format!(
+                    "the kernel refused clone3({flags}) to this unprivileged user (user \
+                     namespaces disabled, or a seccomp filter)"
+                ),
+                "allow unprivileged user namespaces (sysctl user.max_user_namespaces > 0; \
+                 kernel.unprivileged_userns_clone=1 where it exists), run corral as root, or \
+                 drop --pid-namespace",
+            ),
+            _ => (
+                format!(
+                    "the kernel refused clone3({flags}) (a seccomp filter or a container policy)"
+                ),
+                "run corral where new namespaces are allowed, or drop --pid-namespace",
+            ),
+        };
+        Error::PidNamespace {
+            reason,
+            fix: fix.to_string(),
+            source: e,
+        }
+    }
 }
 
 /// Spawns the job's main process.
@@ -170,6 +333,7 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         stage: stage.to_string(),
         source: e,
     };
+    let pidns = spec.pid_namespace.then(PidNamespace::prepare).transpose()?;
 
     // Everything the child touches is built here, before the fork.
     let cstr = |s: &OsStr| {
@@ -234,7 +398,11 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         detach: false,
         keep: [(-1, -1); KEEP_MAX],
         err_pipe: err_write.as_raw_fd(),
+        parent_pidfd: pidns.as_ref().map_or(-1, |n| n.own_pidfd.as_raw_fd()),
+        parent_proc_pid: pidns.as_ref().map_or(0, |n| n.proc_pid),
+        id_maps: pidns.as_ref().and_then(|n| n.id_maps.clone()),
     };
+    let ns_flags = pidns.as_ref().map_or(0, |n| n.flags);
     for (i, fd) in spec.stdio.iter().enumerate() {
         ctx.stdio[i] = fd.map(|f| f.as_raw_fd()).unwrap_or(-1);
     }
@@ -254,7 +422,27 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
             forbid_clone3,
         } => {
             let mut result = None;
-            if !forbid_clone3 && CLONE3_STATE.load(Ordering::Relaxed) != CLONE3_MISSING {
+            if let Some(ns) = &pidns {
+                if forbid_clone3 {
+                    return Err(Error::InvalidOptions(
+                        "--pid-namespace needs clone3, which --debug-no-clone3 turns off; drop \
+                         one of them"
+                            .into(),
+                    ));
+                }
+                if CLONE3_STATE.load(Ordering::Relaxed) == CLONE3_MISSING {
+                    return Err(ns.refused(clone3_missing()));
+                }
+                // No fork fallback: any failure is the answer.
+                let v =
+                    clone3(CLONE_INTO_CGROUP | ns_flags, Some(dir), &ctx).map_err(|e| {
+                        match e.raw_os_error() {
+                            Some(libc::EAGAIN | libc::ENOMEM) => fail("clone3", e),
+                            _ => ns.refused(e),
+                        }
+                    })?;
+                result = Some((v.0, v.1, SpawnMethod::Clone3IntoCgroup));
+            } else if !forbid_clone3 && CLONE3_STATE.load(Ordering::Relaxed) != CLONE3_MISSING {
                 match clone3(CLONE_INTO_CGROUP, Some(dir), &ctx) {
                     Ok(v) => {
                         CLONE3_STATE.store(CLONE3_WORKS, Ordering::Relaxed);
@@ -303,7 +491,16 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
                 ctx.new_pgroup = true;
             }
             let mut result = None;
-            if CLONE3_STATE.load(Ordering::Relaxed) != CLONE3_MISSING {
+            if let Some(ns) = &pidns {
+                if CLONE3_STATE.load(Ordering::Relaxed) == CLONE3_MISSING {
+                    return Err(ns.refused(clone3_missing()));
+                }
+                let v = clone3(ns_flags, None, &ctx).map_err(|e| match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::ENOMEM) => fail("clone3", e),
+                    _ => ns.refused(e),
+                })?;
+                result = Some((v.0, v.1, SpawnMethod::Clone3));
+            } else if CLONE3_STATE.load(Ordering::Relaxed) != CLONE3_MISSING {
                 match clone3(0, None, &ctx) {
                     Ok(v) => result = Some((v.0, v.1, SpawnMethod::Clone3)),
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {}
@@ -364,6 +561,7 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
             pidfd,
             method,
             daemon,
+            pid_namespace: pidns.as_ref().map(PidNamespace::user_namespace),
         });
     };
     // The child failed before exec and has _exit'ed: reap it so nothing is left behind.
@@ -387,6 +585,12 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         STAGE_SETSID => fail("start a new session (setsid)", err),
         STAGE_FORK => fail("fork the daemon", err),
         STAGE_KEEP => fail("pass descriptors", err),
+        STAGE_PDEATHSIG => fail("set the parent-death signal (prctl)", err),
+        STAGE_PARENT_GONE => fail("check that its parent (this process) is still there", err),
+        STAGE_ID_MAPS => fail(
+            "map its uid and gid in the new user namespace (/proc/self/uid_map, gid_map)",
+            err,
+        ),
         STAGE_CHDIR => fail(
             &format!(
                 "change directory to {:?}",
@@ -396,6 +600,14 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         ),
         _ => fail("prepare the child", err),
     })
+}
+
+/// The cause given when an earlier spawn found `clone3` missing (the probe is cached).
+fn clone3_missing() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "an earlier spawn found clone3 missing (ENOSYS, E2BIG or EPERM)",
+    )
 }
 
 /// The paths `execve` will try, in order, as `execvp` would: the program itself if it
@@ -657,6 +869,48 @@ fn fork_with_pidfd(ctx: &ChildCtx) -> io::Result<(Pid, OwnedFd)> {
     }
 }
 
+/// The parent's PID from `/proc/self/stat` (field 4, after the command name in
+/// parentheses), in the PID namespace of the `/proc` mount; 0 if it cannot be read. For
+/// the child between fork and exec: raw syscalls, a buffer on the stack.
+fn proc_parent() -> i32 {
+    let mut buf = [0u8; 1024];
+    // SAFETY: open/read/close of a constant path into a stack buffer of the size given.
+    let len = unsafe {
+        let fd = libc::open(
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return 0;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    let Ok(len) = usize::try_from(len) else {
+        return 0;
+    };
+    let stat = &buf[..len];
+    // "<pid> (<comm>) <state> <ppid> ...": the command name may hold ") ", so the last ")".
+    let Some(close) = stat.iter().rposition(|b| *b == b')') else {
+        return 0;
+    };
+    let mut fields = stat[close + 1..]
+        .split(|b| *b == b' ')
+        .filter(|f| !f.is_empty());
+    let _state = fields.next();
+    let mut ppid: i32 = 0;
+    for digit in fields.next().unwrap_or(b"") {
+        if !digit.is_ascii_digit() {
+            return 0;
+        }
+        ppid = ppid
+            .saturating_mul(10)
+            .saturating_add(i32::from(digit - b'0'));
+    }
+    ppid
+}
+
 /// The child between fork and exec. Only raw syscalls; see the module docs.
 fn child_after_fork(ctx: &ChildCtx) -> ! {
     // SAFETY (whole function): every call is an async-signal-safe system call on
@@ -708,6 +962,57 @@ fn child_setup_and_exec(ctx: &ChildCtx) -> ! {
         let report = |stage: u32, errno: i32| -> ! { report_and_exit(ctx, stage, errno) };
         let errno = || *libc::__errno_location();
 
+        if ctx.parent_pidfd >= 0 {
+            // PID 1 of a new namespace: die with the spawning thread. If corral died before
+            // the prctl took effect, no signal will come: its pidfd says so.
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                report(STAGE_PDEATHSIG, errno());
+            }
+            let mut pfd = libc::pollfd {
+                fd: ctx.parent_pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            match libc::poll(&mut pfd, 1, 0) {
+                0 => {}
+                // Readable: corral has exited, nobody is there to read this.
+                1 => report(STAGE_PARENT_GONE, libc::ESRCH),
+                _ => report(STAGE_PARENT_GONE, errno()),
+            }
+            // The pidfd turns readable a few instructions after the kernel has re-parented
+            // us and read our (maybe not yet set) parent-death signal: in that window only
+            // our parent as /proc shows it tells. (`getppid()` says 0 in a new namespace.)
+            let parent = proc_parent();
+            if ctx.parent_proc_pid > 0 && parent > 0 && parent != ctx.parent_proc_pid {
+                report(STAGE_PARENT_GONE, libc::ESRCH);
+            }
+        }
+        if let Some([uid_map, gid_map]) = &ctx.id_maps {
+            // Our own ids, 1:1 (the only mapping an unprivileged process may write, and for
+            // gid_map only once setgroups is denied).
+            for (path, line) in [
+                (c"/proc/self/setgroups", c"deny"),
+                (c"/proc/self/uid_map", uid_map.as_c_str()),
+                (c"/proc/self/gid_map", gid_map.as_c_str()),
+            ] {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    report(STAGE_ID_MAPS, errno());
+                }
+                let len = line.to_bytes().len();
+                if libc::write(fd, line.as_ptr().cast(), len) != len as isize {
+                    report(STAGE_ID_MAPS, errno());
+                }
+                libc::close(fd);
+            }
+        }
         if ctx.move_via_procs >= 0 {
             // "0" moves the writing process itself.
             if libc::write(ctx.move_via_procs, b"0".as_ptr().cast(), 1) != 1 {

@@ -208,6 +208,7 @@ impl Running {
             stdio: [Some(null.as_fd()); 3],
             sigmask: Some(SignalSet::empty()),
             placement: Placement::Detached { keep: &keep },
+            pid_namespace: false,
         };
         let spawned = spawn::spawn(&spec)?;
         // The middle process has exited (or is about to): reap it.
@@ -490,6 +491,7 @@ mod tests {
             stdio: [None; 3],
             sigmask: Some(SignalSet::empty()),
             placement: Placement::Detached { keep },
+            pid_namespace: false,
         };
         let spawned = spawn::spawn(&spec)?;
         pidfd::reap(spawned.pidfd.as_fd(), true).expect("reap the middle process");

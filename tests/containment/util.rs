@@ -1296,7 +1296,11 @@ impl Procs {
     /// Asserts every process has exited (its pidfd readable), waiting up to
     /// [`GONE_DEADLINE`].
     pub fn assert_all_gone(&self, context: &str) {
-        let deadline = Instant::now() + GONE_DEADLINE;
+        self.assert_all_gone_by(Instant::now() + GONE_DEADLINE, context);
+    }
+
+    /// Asserts every process has exited (its pidfd readable) by `deadline`.
+    pub fn assert_all_gone_by(&self, deadline: Instant, context: &str) {
         loop {
             let alive: Vec<&Proc> = self
                 .procs
@@ -1313,8 +1317,7 @@ impl Procs {
                     .map(|p| format!("{} {}", p.role, describe_pid(p.pid)))
                     .collect();
                 panic!(
-                    "{context}: {} process(es) still running {GONE_DEADLINE:?} after corral \
-                     returned:\n  {}",
+                    "{context}: {} process(es) still running at the deadline:\n  {}",
                     alive.len(),
                     described.join("\n  ")
                 );

@@ -88,6 +88,10 @@ struct RunArgs {
     /// Always print the summary line.
     #[arg(short, long)]
     verbose: bool,
+    /// Run COMMAND as PID 1 of a new PID namespace: when it exits, or corral dies, the
+    /// kernel kills every process left in it (needs root or unprivileged user namespaces).
+    #[arg(long)]
+    pid_namespace: bool,
     /// Testing knob: spawn with fork + cgroup.procs instead of clone3.
     #[arg(long, hide = true)]
     debug_no_clone3: bool,
@@ -220,6 +224,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
             cpu_max: args.cpu_max,
             cpu_weight: args.cpu_weight,
         },
+        pid_namespace: args.pid_namespace,
         debug: corral::DebugKnobs {
             no_clone_into_cgroup: args.debug_no_clone3,
             no_cgroup_kill: args.debug_no_cgroup_kill,

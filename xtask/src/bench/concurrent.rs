@@ -127,7 +127,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<ConcurrentFigures> {
         samples: vec![Samples::default(); Variant::ALL.len()],
     };
     eprintln!(
-        "bench: 4/4 {jobs} concurrent jobs of `sleep {SLEEP}`: {} rounds (+1 warm-up) of {} variants",
+        "bench: 4/5 {jobs} concurrent jobs of `sleep {SLEEP}`: {} rounds (+1 warm-up) of {} variants",
         plan.concurrent_rounds,
         Variant::ALL.len()
     );

@@ -60,7 +60,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<IdleFigures> {
         timeout: Vec::new(),
     };
     eprintln!(
-        "bench: 3/4 idle supervisor: {} rounds of `corral run -- sleep {SLEEP}` and `timeout 10 sleep {SLEEP}`",
+        "bench: 3/5 idle supervisor: {} rounds of `corral run -- sleep {SLEEP}` and `timeout 10 sleep {SLEEP}`",
         plan.idle_rounds
     );
     for _ in 0..plan.idle_rounds {

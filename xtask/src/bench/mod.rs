@@ -12,6 +12,7 @@
 //!    starts it) and each further job of a long-lived host, with and without it; its
 //!    memory and CPU while idle.
 //! 6. [`registry`]: a job registered vs not (ratio), and the start-up sweep's cost.
+//! 7. [`pidns`]: `corral run -- true` with `--pid-namespace` vs without.
 //!
 //! Safety: everything runs under one cgroup of the bench's own ([`cgroup::BenchRoot`]),
 //! removed at the end and on any error; processes are signalled only through pidfds; rounds
@@ -22,6 +23,7 @@ mod cgroup;
 mod concurrent;
 mod idle;
 mod machine;
+mod pidns;
 mod procs;
 mod registry;
 mod report;
@@ -51,6 +53,9 @@ pub struct Plan {
     /// Rounds of figure 5, and its warm-up rounds.
     pub watchdog_rounds: usize,
     pub watchdog_warmup: usize,
+    /// Figure 7's warm-up rounds and rounds.
+    pub pidns_warmup: usize,
+    pub pidns_rounds: usize,
     pub quick: bool,
 }
 
@@ -65,6 +70,8 @@ impl Plan {
             concurrent_rounds: 15,
             watchdog_rounds: 200,
             watchdog_warmup: 5,
+            pidns_warmup: 5,
+            pidns_rounds: 100,
             quick: false,
         }
     }
@@ -79,6 +86,8 @@ impl Plan {
             concurrent_rounds: 2,
             watchdog_rounds: 20,
             watchdog_warmup: 2,
+            pidns_warmup: 1,
+            pidns_rounds: 10,
             quick: true,
         }
     }
@@ -293,6 +302,7 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
     let concurrent = concurrent::run(&mut bench, &plan)?;
     let watchdog = watchdog::run(&mut bench, &plan)?;
     let registry = registry::run(&mut bench, &plan)?;
+    let pidns = pidns::run(&mut bench, &plan)?;
 
     let Bench {
         root,
@@ -322,6 +332,7 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
         concurrent: &concurrent,
         watchdog: &watchdog,
         registry: &registry,
+        pidns: &pidns,
         anomalies: &anomalies,
         strays_reaped,
         load_end,

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::concurrent::{self, ConcurrentFigures};
 use super::idle::{IdleFigures, IdleRun};
 use super::machine::Machine;
+use super::pidns::{self, PidnsFigures};
 use super::registry::{self as reg, RegistryFigures};
 use super::spawn_wait::{self, SpawnFigures};
 use super::stats::{fmt_ratio, fmt_secs, Samples};
@@ -30,6 +31,7 @@ pub struct Results<'a> {
     pub concurrent: &'a ConcurrentFigures,
     pub watchdog: &'a WatchdogFigures,
     pub registry: &'a RegistryFigures,
+    pub pidns: &'a PidnsFigures,
     pub anomalies: &'a [String],
     pub strays_reaped: usize,
     pub load_end: String,
@@ -886,6 +888,21 @@ pub fn render(r: &Results<'_>) -> String {
 
     render_watchdog(&mut o, r.watchdog);
     o.push_str(&registry_section(r.registry));
+    let p = r.pidns;
+    let _ = writeln!(
+        o,
+        "\n## 7. `corral run -- true` with and without `--pid-namespace`\n\n\
+         {} rounds (after {} warm-up rounds) of the four runs below, in an order rotated by \
+         one each round; a run is timed from spawning `corral` to reaping it (corral's own \
+         exec and start-up included, the same on both sides). Each `--pid-namespace` run is \
+         compared with the run without it in the same mechanism. The bench runs as root, \
+         so the namespace comes without a user namespace (`CLONE_NEWPID` alone).\n\n\
+         | Variant | median | min | p90 | ratio |\n|---|---|---|---|---|",
+        p.rounds, r.plan.pidns_warmup,
+    );
+    for v in pidns::Variant::ALL {
+        samples_row(&mut o, v.label(), p.get(v), v.baseline().map(|b| p.get(b)));
+    }
 
     let _ = writeln!(o, "\n## Checks\n");
     let _ = writeln!(
@@ -1061,6 +1078,18 @@ pub fn summary(r: &Results<'_>) -> String {
         w.rss_kib as f64,
         w.idle_wakeups,
     );
+    for v in pidns::Variant::ALL {
+        if let Some(b) = v.baseline() {
+            let _ = writeln!(
+                o,
+                "{}: {} ({} vs {})",
+                v.label().replace('`', ""),
+                fmt_ratio(ratio(r.pidns.get(v), r.pidns.get(b))),
+                fmt_secs(r.pidns.get(v).median()),
+                fmt_secs(r.pidns.get(b).median()),
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "wall time {:.0} s; anomalies: {}",

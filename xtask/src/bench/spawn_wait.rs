@@ -203,7 +203,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<SpawnFigures> {
     };
     let total = plan.spawn_warmup + plan.spawn_rounds;
     eprintln!(
-        "bench: 1/4 spawn + wait of /bin/true: {} rounds (+{} warm-up) of {} variants",
+        "bench: 1/5 spawn + wait of /bin/true: {} rounds (+{} warm-up) of {} variants",
         plan.spawn_rounds,
         plan.spawn_warmup,
         Variant::ALL.len()

@@ -83,7 +83,7 @@ pub struct TreeFigures {
 pub fn run(bench: &mut Bench, plan: &Plan) -> Result<Vec<TreeFigures>> {
     let mut out = Vec::new();
     eprintln!(
-        "bench: 2/4 stopping process trees: {}",
+        "bench: 2/5 stopping process trees: {}",
         plan.trees
             .iter()
             .map(|(n, r)| format!("N={n} x {r} rounds"))
