@@ -10,10 +10,11 @@
 //! the tests use it to see that the checks catch them.
 //!
 //! ```text
-//! corral-host wait-job --cgroup-parent DIR -- COMMAND [ARGS...]
+//! corral-host wait-job [--pgroup] --cgroup-parent DIR -- COMMAND [ARGS...]
 //! ```
 //!
-//! runs COMMAND as one cgroup job, prints `cgroup <path>` once it is spawned, and waits for
+//! runs COMMAND as one cgroup job (with `--pgroup`: a pgroup job under a supervisor
+//! process), prints `cgroup <path>` (empty for pgroup) once it is spawned, and waits for
 //! it; the watchdog tests (`tests/containment/watchdog.rs`) kill the host meanwhile.
 //!
 //! It installs a SIGINT handler and starts a child of its own (`sh -c 'exit 42'`), records
@@ -141,21 +142,25 @@ fn main() -> ExitCode {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: corral-host pgroup|cgroup [--cgroup-parent DIR] [--in-process]\n       \
-         corral-host wait-job --cgroup-parent DIR -- COMMAND [ARGS...]"
+         corral-host wait-job [--pgroup] --cgroup-parent DIR -- COMMAND [ARGS...]"
     );
     ExitCode::from(2)
 }
 
 /// `wait-job --cgroup-parent DIR -- COMMAND...`: one cgroup job, waited for.
 fn wait_job(args: Vec<String>) -> ExitCode {
-    let [flag, parent, dashes, command @ ..] = args.as_slice() else {
+    let (mechanism, args) = match args.split_first() {
+        Some((first, rest)) if first == "--pgroup" => (MechanismRequest::Pgroup, rest),
+        _ => (MechanismRequest::Cgroup, args.as_slice()),
+    };
+    let [flag, parent, dashes, command @ ..] = args else {
         return usage();
     };
     if flag != "--cgroup-parent" || dashes != "--" || command.is_empty() {
         return usage();
     }
     let opts = Options {
-        mechanism: MechanismRequest::Cgroup,
+        mechanism,
         cgroup_parent: Some(PathBuf::from(parent)),
         ..Default::default()
     };

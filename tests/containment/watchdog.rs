@@ -297,9 +297,19 @@ struct Host {
 
 impl Host {
     fn spawn(sandbox: &Sandbox, dir: &Path) -> Host {
+        Host::spawn_with(sandbox, dir, false)
+    }
+
+    /// `pgroup`: a pgroup job under a supervisor process, the host leading a process group
+    /// of its own (created here, so the test may signal it).
+    fn spawn_with(sandbox: &Sandbox, dir: &Path, pgroup: bool) -> Host {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(HOST);
-        cmd.arg("wait-job")
-            .arg("--cgroup-parent")
+        cmd.arg("wait-job");
+        if pgroup {
+            cmd.arg("--pgroup").process_group(0);
+        }
+        cmd.arg("--cgroup-parent")
             .arg(sandbox.cgroup().jobs())
             .arg("--")
             .args(escapees(&dir.join("pids"), &dir.join("go")))
@@ -456,4 +466,69 @@ fn without_the_watchdog_the_job_is_not_covered() {
     fs::remove_dir(&cgroup).expect("remove the job cgroup");
     procs.assert_all_gone("after cgroup.kill");
     sandbox.assert_clean();
+}
+
+/// (6) pgroup under a supervisor process: the host SIGKILLed alone, or with its whole
+/// process group. The supervisor has a session of its own, so it outlives both, sees its
+/// host go, and kills the job; then it exits. Everything (host, supervisor, job) runs in the
+/// test's `corral/` cgroup, which must be empty within the bound.
+fn pgroup_host_killed(name: &str, whole_group: bool) {
+    let Some(sandbox) = Sandbox::with_cgroup(name) else {
+        return;
+    };
+    let dir = sandbox.dir.join("host");
+    fs::create_dir_all(&dir).expect("create the host's directory");
+    let mut host = Host::spawn_with(&sandbox, &dir, true);
+    let first = host.line();
+    assert_eq!(first, "cgroup ", "corral-host said {first:?}");
+    let procs = wait_listed(&dir.join("pids"), &host.fd);
+    let (host_group, host_session) = group_and_session(host.pid());
+    for role in ["setsid", "daemon"] {
+        let (group, session) = group_and_session(procs.pid(role));
+        assert!(
+            group != host_group && session != host_session,
+            "{role} did not leave the host's group and session"
+        );
+    }
+    if whole_group {
+        // The group this test created for the host (it leads it).
+        let group = Pid::from_raw(host.pid()).expect("a child's pid is positive");
+        rustix::process::kill_process_group(group, Signal::KILL).expect("SIGKILL the host's group");
+    } else {
+        host.child.kill().expect("SIGKILL corral-host");
+    }
+    let killed = Instant::now();
+    let status = host.child.wait().expect("reap corral-host");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let leaf = sandbox.cgroup().corral_leaf();
+    loop {
+        let alive: Vec<String> = procs
+            .procs
+            .iter()
+            .filter(|p| !procs.gone(p.pid))
+            .map(|p| format!("{} {}", p.role, describe_pid(p.pid)))
+            .collect();
+        let members = cgroup_procs(&leaf);
+        if alive.is_empty() && members.is_empty() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < BOUND,
+            "{BOUND:?} after the host was killed: still running: {alive:?}; in {}: {:?}",
+            leaf.display(),
+            members.iter().map(|&p| describe_pid(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sandbox.assert_clean();
+}
+
+#[test]
+fn pgroup_host_killed_takes_its_job_along() {
+    pgroup_host_killed("supervisor-host-kill", false);
+}
+
+#[test]
+fn pgroup_host_killed_with_its_process_group_takes_its_job_along() {
+    pgroup_host_killed("supervisor-host-killpg", true);
 }
