@@ -95,8 +95,8 @@ pub fn __systemd_scope_command() -> Option<Vec<std::ffi::OsString>> {
 pub enum Mechanism {
     /// A cgroup v2 leaf per job: complete containment.
     Cgroup,
-    /// Process group + child subreaper + `/proc` walk: weaker (a process that stops being a
-    /// descendant without being re-parented to corral is lost).
+    /// Process group + child subreaper + `/proc` walk: weaker (members are found by walks,
+    /// not by the kernel; no limits; see `docs/guarantees.md`).
     Pgroup,
 }
 
