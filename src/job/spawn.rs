@@ -54,6 +54,9 @@ struct Chosen {
     limits: Option<LimitsReport>,
     /// cgroup: the leaf registered with the watchdog, or why it is not.
     watch: Option<std::result::Result<Watch, String>>,
+    /// The job's registry record and control socket, or why there is none (`None`: not
+    /// asked for).
+    registration: Option<std::result::Result<registry::Registration, String>>,
 }
 
 impl Job {
@@ -89,7 +92,8 @@ impl Job {
                 reason,
                 limits,
             } => {
-                let (leaf, chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
+                let (leaf, mut chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
+                chosen.register(opts, &id, &command, Some(&leaf.path));
                 let child = {
                     let _hook = Hook::install(cmd, Action::JoinCgroup(leaf.procs_fd()));
                     cmd.spawn().map_err(|e| spawn_error(cmd, &program, e))?
@@ -109,7 +113,8 @@ impl Job {
                 )
             }
             linux::Choice::Pgroup { reason, degraded } => {
-                let chosen = Chosen::pgroup(reason, degraded);
+                let mut chosen = Chosen::pgroup(reason, degraded);
+                chosen.register(opts, &id, &command, None);
                 let started = match &opts.supervisor {
                     Supervisor::InProcess => {
                         let subreaper = pgroup::Subreaper::acquire()?;
@@ -196,6 +201,7 @@ impl Job {
             placement: Placement::NewProcessGroup,
             pid_namespace: opts.pid_namespace,
         };
+        let display = cmd.display();
         let (chosen, started) = match choice {
             linux::Choice::Cgroup {
                 parent,
@@ -203,6 +209,7 @@ impl Job {
                 limits,
             } => {
                 let (leaf, mut chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
+                chosen.register(opts, &id, &display, Some(&leaf.path));
                 spec.placement = Placement::Cgroup {
                     dir: leaf.dir_fd(),
                     procs: leaf.procs_fd(),
@@ -226,8 +233,9 @@ impl Job {
             }
             linux::Choice::Pgroup { reason, degraded } => {
                 let subreaper = pgroup::Subreaper::acquire()?;
-                let spawned = raw_spawn::spawn(&spec)?;
                 let mut chosen = Chosen::pgroup(reason, degraded);
+                chosen.register(opts, &id, &display, None);
+                let spawned = raw_spawn::spawn(&spec)?;
                 note_pid_namespace(&mut chosen, &spawned);
                 let method = spawned.method_name();
                 (
@@ -246,7 +254,7 @@ impl Job {
                 )
             }
         };
-        Ok(Job::assemble(id, cmd.display(), opts, chosen, started))
+        Ok(Job::assemble(id, display, opts, chosen, started))
     }
 
     fn assemble(
@@ -298,7 +306,12 @@ impl Job {
                     .to_string(),
             ),
         };
-        let mut job = Job {
+        let (registration, not_registered) = match chosen.registration {
+            Some(Ok(r)) => (Some(r), None),
+            Some(Err(why)) => (None, Some(why)),
+            None => (None, None),
+        };
+        Job {
             stdin,
             stdout,
             stderr,
@@ -334,39 +347,9 @@ impl Job {
             report: None,
             watch,
             on_supervisor_death,
-            registration: None,
-            not_registered: None,
+            registration,
+            not_registered,
             external: None,
-        };
-        if opts.register {
-            job.register();
-        }
-        job
-    }
-
-    /// Records the job in the job registry; on failure the job runs all the same and says
-    /// why in its report.
-    fn register(&mut self) {
-        let cgroup = match &self.backend {
-            Some(Backend::Cgroup(leaf)) => Some(leaf.path.clone()),
-            _ => None,
-        };
-        let limits = self
-            .limits
-            .as_ref()
-            .map(|l| l.applied.clone())
-            .unwrap_or_default();
-        let new = registry::NewRecord {
-            id: &self.id,
-            name: self.opts.name.as_deref(),
-            mechanism: self.mechanism.name(),
-            cgroup: cgroup.as_deref(),
-            command: &self.command,
-            limits,
-        };
-        match registry::register(&new) {
-            Ok(r) => self.registration = Some(r),
-            Err(why) => self.not_registered = Some(why),
         }
     }
 }
@@ -382,6 +365,36 @@ fn check_name(opts: &Options) -> Result<()> {
 }
 
 impl Chosen {
+    /// Records the job in the job registry (when `opts.register`), before its first
+    /// process starts, so `corral ps` and `corral kill` know it from its first instant. On
+    /// failure the job runs all the same and its report says why; on a failed spawn the
+    /// registration drops and removes its files.
+    fn register(
+        &mut self,
+        opts: &Options,
+        id: &str,
+        command: &[String],
+        cgroup: Option<&std::path::Path>,
+    ) {
+        if !opts.register {
+            return;
+        }
+        let limits = self
+            .limits
+            .as_ref()
+            .map(|l| l.applied.clone())
+            .unwrap_or_default();
+        let new = registry::NewRecord {
+            id,
+            name: opts.name.as_deref(),
+            mechanism: self.mechanism.name(),
+            cgroup,
+            command,
+            limits,
+        };
+        self.registration = Some(registry::register(&new));
+    }
+
     fn pgroup(reason: String, degraded: bool) -> Chosen {
         Chosen {
             mechanism: Mechanism::Pgroup,
@@ -390,6 +403,7 @@ impl Chosen {
             parent_source: None,
             limits: None,
             watch: None,
+            registration: None,
         }
     }
 }
@@ -430,6 +444,7 @@ fn new_leaf(
         parent_source: Some(parent_source),
         limits,
         watch: Some(watch(&leaf, opts)),
+        registration: None,
     };
     Ok((leaf, chosen))
 }
