@@ -314,6 +314,7 @@ impl Host {
             .arg("--")
             .args(escapees(&dir.join("pids"), &dir.join("go")))
             .env_remove("CORRAL_SUPERVISOR")
+            .env("CORRAL_RUNTIME_DIR", &sandbox.runtime)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -371,9 +372,21 @@ fn embedding_host_killed_takes_its_job_along() {
     assert_eq!(job_cgroup(&sandbox), cgroup);
     let watchdog = Watchdog::of(host.pid()).expect("the host runs a watchdog");
     check_before(&procs, &cgroup, &watchdog, host.pid());
+    assert_eq!(
+        registry_files(&sandbox).len(),
+        2,
+        "the job's record and socket: {:?}",
+        registry_files(&sandbox)
+    );
     host.child.kill().expect("SIGKILL corral-host");
     let killed = Instant::now();
     assert_job_gone(&procs, &cgroup, &watchdog, killed);
+    // The watchdog removed the dead host's registry record and socket too.
+    assert!(
+        registry_files(&sandbox).is_empty(),
+        "{:?}",
+        registry_files(&sandbox)
+    );
     let status = host.child.wait().expect("reap corral-host");
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     sandbox.assert_clean();
@@ -520,7 +533,36 @@ fn pgroup_host_killed(name: &str, whole_group: bool) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Without a cgroup nothing removes the dead host's record: it is stale, and
+    // `corral sweep` removes it.
+    assert_eq!(
+        registry_files(&sandbox).len(),
+        2,
+        "{:?}",
+        registry_files(&sandbox)
+    );
+    let mut sweep = sandbox.corral_bare();
+    sweep.arg("sweep");
+    let swept = sweep.run();
+    swept.assert_code(0);
+    assert!(
+        registry_files(&sandbox).is_empty(),
+        "after corral sweep: {:?}\n{}",
+        registry_files(&sandbox),
+        swept.stderr
+    );
     sandbox.assert_clean();
+}
+
+/// The files in the sandbox's job registry.
+fn registry_files(sandbox: &Sandbox) -> Vec<String> {
+    fs::read_dir(&sandbox.runtime)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
