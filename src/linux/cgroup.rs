@@ -698,48 +698,8 @@ impl Leaf {
     /// may act on.
     #[cfg_attr(not(feature = "serde"), allow(dead_code))]
     pub(crate) fn open_existing(path: &Path) -> Result<Leaf> {
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(OsStr::to_str))
-        else {
-            return Err(Error::cgroup(
-                "open",
-                path,
-                io::Error::new(io::ErrorKind::InvalidInput, "not a cgroup leaf path"),
-            ));
-        };
-        let open = |at: BorrowedFd<'_>, file: &Path, flags: OFlags| {
-            rustix::fs::openat(at, file, flags | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| Error::cgroup("open", path.join(file), e.into()))
-        };
-        let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW;
-        let parent_dir = open(rustix::fs::CWD, parent, dir_flags)?;
-        let dir = open(parent_dir.as_fd(), Path::new(name), dir_flags)?;
-        if !is_cgroup2(dir.as_fd()).map_err(|e| Error::cgroup("statfs", path, e))? {
-            return Err(Error::cgroup(
-                "use",
-                path,
-                io::Error::new(io::ErrorKind::InvalidInput, "not on a cgroup2 filesystem"),
-            ));
-        }
-        let events = File::from(open(dir.as_fd(), Path::new(EVENTS), OFlags::RDONLY)?);
-        let procs = open(dir.as_fd(), Path::new(PROCS), OFlags::WRONLY)?;
-        let default = find_mount()
-            .ok()
-            .flatten()
-            .is_some_and(|m| parent == m.path.join(DEFAULT_PARENT));
-        Ok(Leaf {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-            parent_dir,
-            parent_source: if default {
-                ParentSource::Default
-            } else {
-                ParentSource::Option
-            },
-            dir,
-            events,
-            procs,
-            removed: false,
-        })
+        let (parent_dir, dir) = open_existing(path).map_err(|e| Error::cgroup("open", path, e))?;
+        Leaf::adopt(path.to_path_buf(), parent_dir, dir)
     }
 
     /// The leaf's name (the job id).

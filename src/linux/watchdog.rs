@@ -75,6 +75,10 @@ struct Running {
     host: u32,
     socket: OwnedFd,
     pid: Pid,
+    /// A pidfd of the watchdog, only ever polled (never signalled): readable once it has
+    /// died. A failed send says so too, but not while another process holds a copy of the
+    /// watchdog's end of the socket (a child the host forked meanwhile, before its exec).
+    pidfd: Option<OwnedFd>,
     /// The `add` message of each cgroup registered and not forgotten, to give a new
     /// watchdog should this one die.
     watched: Vec<(PathBuf, Vec<u8>)>,
@@ -120,7 +124,12 @@ impl Watch {
                 Some(r) => r,
                 None => state.insert(Running::start(binary)?),
             };
-            match send(running.socket.as_fd(), &msg) {
+            let sent = if running.has_died() {
+                Err(io::Error::from(Errno::PIPE))
+            } else {
+                send(running.socket.as_fd(), &msg)
+            };
+            match sent {
                 Ok(()) => {
                     running.watched.push((cgroup.to_path_buf(), msg));
                     return Ok(Watch {
@@ -219,12 +228,29 @@ impl Running {
                 io::Error::other("the middle process did not name the watchdog"),
             )
         })?;
+        // Not our child (the middle process has exited): opened by PID and then checked
+        // by its command line, so the pidfd is this watchdog's or none.
+        let pidfd = pidfd::open(pid).ok().filter(|_| {
+            let argv = std::fs::read(format!("/proc/{}/cmdline", pid.get())).unwrap_or_default();
+            let ours = format!("{ARG}\0{host}\0");
+            argv.windows(ours.len()).any(|w| w == ours.as_bytes())
+        });
         Ok(Running {
             host,
             socket: ours,
             pid,
+            pidfd,
             watched: Vec::new(),
         })
+    }
+
+    /// Whether the watchdog is known to have died (its pidfd is readable).
+    fn has_died(&self) -> bool {
+        let Some(fd) = &self.pidfd else {
+            return false;
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        crate::linux::poll(&mut fds, Some(Duration::ZERO)).is_ok() && !fds[0].revents().is_empty()
     }
 
     /// Registers the cgroups a watchdog that died was watching.
