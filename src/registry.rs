@@ -972,23 +972,6 @@ fn clear_stale_id(record: &Path, socket: &Path, uid: u32) -> Result<(), String> 
 }
 
 /// Registers a job: binds its control socket, then writes its record atomically.
-/// The files the job `id` will have in this user's registry (its record and its control
-/// socket), for the watchdog to remove should this process die with the job running. The
-/// directory is not created or checked here: [`register`] does that.
-pub(crate) fn record_files(id: &str) -> Vec<PathBuf> {
-    let dir = match std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => match own_dir() {
-            Ok(dir) => dir,
-            Err(_) => return Vec::new(),
-        },
-    };
-    vec![
-        dir.join(format!("{id}.json")),
-        dir.join(format!("{id}.sock")),
-    ]
-}
-
 pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     let dir = own_dir()?;
     let uid = euid();
@@ -1061,6 +1044,12 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
 }
 
 impl Registration {
+    /// The job's record and control socket (for the watchdog to remove, should this
+    /// process die with the job running).
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
+        vec![self.record.clone(), self.socket.clone()]
+    }
+
     /// The listening socket (poll it for readability).
     pub(crate) fn listener(&self) -> &OwnedFd {
         &self.listener

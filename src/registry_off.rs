@@ -8,10 +8,6 @@ use std::time::Duration;
 
 use crate::options::Signal;
 
-pub(crate) fn record_files(_id: &str) -> Vec<std::path::PathBuf> {
-    Vec::new()
-}
-
 pub(crate) fn check_name(name: &str) -> crate::Result<()> {
     validate(name)
 }
@@ -54,6 +50,10 @@ pub(crate) fn register(_: &NewRecord<'_>) -> Result<Registration, String> {
 }
 
 impl Registration {
+    pub(crate) fn files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
     pub(crate) fn listener(&self) -> &OwnedFd {
         &self.0
     }

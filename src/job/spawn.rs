@@ -92,8 +92,7 @@ impl Job {
                 reason,
                 limits,
             } => {
-                let (leaf, mut chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
-                chosen.register(opts, &id, &command, Some(&leaf.path));
+                let (leaf, chosen) = new_leaf(parent, reason, limits, opts, &mut id, &command)?;
                 let child = {
                     let _hook = Hook::install(cmd, Action::JoinCgroup(leaf.procs_fd()));
                     cmd.spawn().map_err(|e| spawn_error(cmd, &program, e))?
@@ -208,8 +207,7 @@ impl Job {
                 reason,
                 limits,
             } => {
-                let (leaf, mut chosen) = new_leaf(parent, reason, limits, opts, &mut id)?;
-                chosen.register(opts, &id, &display, Some(&leaf.path));
+                let (leaf, mut chosen) = new_leaf(parent, reason, limits, opts, &mut id, &display)?;
                 spec.placement = Placement::Cgroup {
                     dir: leaf.dir_fd(),
                     procs: leaf.procs_fd(),
@@ -424,35 +422,48 @@ fn note_pid_namespace(chosen: &mut Chosen, spawned: &raw_spawn::Spawned) {
 }
 
 /// The job's fresh leaf under `parent`, named after `id` (which becomes the leaf's name),
-/// with the limits of `opts` written in it; and the choice as the report gives it. On
-/// failure the leaf removes itself.
+/// with the limits of `opts` written in it, recorded in the job registry and registered
+/// with the watchdog; and the choice as the report gives it. On failure the leaf removes
+/// itself.
 fn new_leaf(
     parent: crate::linux::cgroup::Parent,
     reason: String,
     enabled: Option<crate::linux::cgroup::Enabled>,
     opts: &Options,
     id: &mut String,
+    command: &[String],
 ) -> Result<(Leaf, Chosen)> {
     let parent_source = parent_source_name(parent.source);
     let leaf = Leaf::create(parent, id)?;
     *id = leaf.name().to_string();
     let limits = apply_limits(&leaf, opts, enabled)?;
-    let chosen = Chosen {
+    let mut chosen = Chosen {
         mechanism: Mechanism::Cgroup,
         reason,
         degraded: false,
         parent_source: Some(parent_source),
         limits,
-        watch: Some(watch(&leaf, opts)),
+        watch: None,
         registration: None,
     };
+    chosen.register(opts, id, command, Some(&leaf.path));
+    // Should this process die, the watchdog also removes the job's registry files.
+    let files = match &chosen.registration {
+        Some(Ok(r)) => r.files(),
+        _ => Vec::new(),
+    };
+    chosen.watch = Some(watch(&leaf, opts, &files));
     Ok((leaf, chosen))
 }
 
 /// Registers the fresh `leaf` with this process's watchdog, before anything runs in it,
 /// so the job is covered from its first instant. Where that fails the job still runs, and
 /// the report (and the CLI's summary) says it is not covered.
-fn watch(leaf: &Leaf, opts: &Options) -> std::result::Result<Watch, String> {
+fn watch(
+    leaf: &Leaf,
+    opts: &Options,
+    files: &[std::path::PathBuf],
+) -> std::result::Result<Watch, String> {
     if opts.debug.no_watchdog {
         return Err("the watchdog is turned off (--debug-no-watchdog)".into());
     }
@@ -460,13 +471,7 @@ fn watch(leaf: &Leaf, opts: &Options) -> std::result::Result<Watch, String> {
         Supervisor::Binary(path) => Some(path.as_path()),
         _ => None,
     };
-    // Should this process die, the watchdog also removes the job's registry files.
-    let files = if opts.register {
-        registry::record_files(leaf.name())
-    } else {
-        Vec::new()
-    };
-    Watch::add_using(binary, &leaf.path, &files).map_err(|e| {
+    Watch::add_using(binary, &leaf.path, files).map_err(|e| {
         format!(
             "the watchdog could not be started: {}",
             super::error_chain(&e)
