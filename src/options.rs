@@ -50,6 +50,11 @@ pub struct Options {
     /// [`Supervisor::InProcess`]), `clone3`, the main thread, and root or unprivileged user
     /// namespaces; cannot be combined with [`Leftovers::Wait`]. See `Job`'s `# Caveats`.
     pub pid_namespace: bool,
+    /// The unprivileged user a privileged helper (`corral-helper`) runs this job for: the
+    /// registry records it (`on_behalf_of`), and job names are unique per such user. Not
+    /// part of the stable API.
+    #[doc(hidden)]
+    pub on_behalf_of: Option<u32>,
     /// Testing and benchmarking knobs; not part of the stable API.
     #[doc(hidden)]
     pub debug: DebugKnobs,
@@ -71,6 +76,7 @@ impl Default for Options {
             name: None,
             register: true,
             pid_namespace: false,
+            on_behalf_of: None,
             debug: DebugKnobs::default(),
         }
     }

@@ -88,6 +88,10 @@ pub struct Record {
     pub limits: BTreeMap<String, String>,
     /// The job's control socket.
     pub socket: PathBuf,
+    /// The unprivileged user a privileged helper (`corral-helper`) runs the job for; `uid`
+    /// is then the helper's (root). Absent for other jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<u32>,
 }
 
 /// A process named so that a reused PID is not taken for it.
@@ -862,14 +866,13 @@ pub(crate) fn validate(name: &str) -> crate::Result<()> {
 }
 
 /// Before a job with `name` is spawned: the name is valid and no live job of this user
-/// has it.
-pub(crate) fn check_name(name: &str) -> crate::Result<()> {
+/// (or of the same caller, for a privileged helper's job) has it.
+pub(crate) fn check_name(name: &str, on_behalf_of: Option<u32>) -> crate::Result<()> {
     validate_name(name).map_err(crate::Error::InvalidOptions)?;
     let scan = scan_own();
-    if let Some(e) = scan
-        .entries
-        .iter()
-        .find(|e| e.live && e.record.name.as_deref() == Some(name))
+    if let Some(e) = scan.entries.iter().find(|e| {
+        e.live && e.record.name.as_deref() == Some(name) && e.record.on_behalf_of == on_behalf_of
+    })
     {
         return Err(crate::Error::InvalidOptions(format!(
             "a running job is already named `{name}` (id {}); pick another --name or stop it",
@@ -887,6 +890,7 @@ pub(crate) struct NewRecord<'a> {
     pub(crate) cgroup: Option<&'a Path>,
     pub(crate) command: &'a [String],
     pub(crate) limits: BTreeMap<String, String>,
+    pub(crate) on_behalf_of: Option<u32>,
 }
 
 /// A registered job's record and control socket; dropping it removes both and closes the
@@ -1013,6 +1017,7 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
             .unwrap_or(0),
         limits: new.limits.clone(),
         socket,
+        on_behalf_of: new.on_behalf_of,
     };
     let json = serde_json::to_string(&record).expect("a record serializes");
     let tmp = dir.join(format!(".{}.json.tmp-{}", new.id, std::process::id()));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::options::Signal;
 
-pub(crate) fn check_name(name: &str) -> crate::Result<()> {
+pub(crate) fn check_name(name: &str, _on_behalf_of: Option<u32>) -> crate::Result<()> {
     validate(name)
 }
 

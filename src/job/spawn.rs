@@ -356,7 +356,7 @@ impl Job {
 /// before anything is created.
 fn check_name(opts: &Options) -> Result<()> {
     match &opts.name {
-        Some(name) if opts.register => registry::check_name(name),
+        Some(name) if opts.register => registry::check_name(name, opts.on_behalf_of),
         Some(name) => registry::validate(name),
         None => Ok(()),
     }
@@ -389,6 +389,7 @@ impl Chosen {
             cgroup,
             command,
             limits,
+            on_behalf_of: opts.on_behalf_of,
         };
         self.registration = Some(registry::register(&new));
     }

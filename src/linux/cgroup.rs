@@ -627,7 +627,21 @@ pub(crate) struct Leaf {
     events: File,
     /// `cgroup.procs` opened for writing: the fork fallback moves the child through it.
     procs: OwnedFd,
+    /// `cgroup.kill` (Linux 5.14) and `cgroup.freeze`, opened for writing when the leaf is
+    /// made: a supervisor that gives up its privileges after the spawn (`corral-helper`)
+    /// can still stop the job through them, as write access is checked at open.
+    kill: Option<OwnedFd>,
+    freeze: Option<OwnedFd>,
     removed: bool,
+}
+
+/// Opens `file` of a leaf for writing; `None` where the kernel lacks it.
+fn open_control(dir: &OwnedFd, path: &Path, file: &str) -> Result<Option<OwnedFd>> {
+    match rustix::fs::openat(dir, file, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+        Err(e) => Err(Error::cgroup("open", path.join(file), e.into())),
+    }
 }
 
 impl Leaf {
@@ -672,9 +686,11 @@ impl Leaf {
             let dir = open(&parent.dir, name, OFlags::DIRECTORY | OFlags::RDONLY)?;
             let events = File::from(open(&dir, EVENTS, OFlags::RDONLY)?);
             let procs = open(&dir, PROCS, OFlags::WRONLY)?;
-            Ok::<_, Error>((dir, events, procs))
+            let kill = open_control(&dir, &path, KILL)?;
+            let freeze = open_control(&dir, &path, FREEZE)?;
+            Ok::<_, Error>((dir, events, procs, kill, freeze))
         })();
-        let (dir, events, procs) = match made {
+        let (dir, events, procs, kill, freeze) = match made {
             Ok(v) => v,
             Err(e) => {
                 let _ = rustix::fs::unlinkat(&parent.dir, name, AtFlags::REMOVEDIR);
@@ -689,6 +705,8 @@ impl Leaf {
             dir,
             events,
             procs,
+            kill,
+            freeze,
             removed: false,
         })
     }
@@ -955,20 +973,11 @@ impl Leaf {
     pub(crate) fn kill_start(&self, force_fallback: bool, deadline: Instant) -> Result<KillMethod> {
         let mut method = KillMethod::FreezeAndSignal;
         if !force_fallback {
-            match rustix::fs::openat(
-                &self.dir,
-                KILL,
-                OFlags::WRONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => {
-                    rustix::io::write(&fd, b"1")
-                        .map_err(|e| Error::cgroup("write 1 to", self.path.join(KILL), e.into()))?;
-                    method = KillMethod::CgroupKill;
-                }
-                // Linux < 5.14: no cgroup.kill.
-                Err(e) if e == rustix::io::Errno::NOENT => {}
-                Err(e) => return Err(Error::cgroup("open", self.path.join(KILL), e.into())),
+            // Linux < 5.14: no cgroup.kill.
+            if let Some(fd) = &self.kill {
+                rustix::io::write(fd, b"1")
+                    .map_err(|e| Error::cgroup("write 1 to", self.path.join(KILL), e.into()))?;
+                method = KillMethod::CgroupKill;
             }
         }
         if method == KillMethod::FreezeAndSignal {
@@ -1000,15 +1009,15 @@ impl Leaf {
     }
 
     fn set_frozen(&self, frozen: bool) -> Result<()> {
-        let fd = rustix::fs::openat(
-            &self.dir,
-            FREEZE,
-            OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::cgroup("open", self.path.join(FREEZE), e.into()))?;
+        let fd = self.freeze.as_ref().ok_or_else(|| {
+            Error::cgroup(
+                "open",
+                self.path.join(FREEZE),
+                io::Error::from_raw_os_error(libc::ENOENT),
+            )
+        })?;
         let v: &[u8] = if frozen { b"1" } else { b"0" };
-        rustix::io::write(&fd, v).map_err(|e| {
+        rustix::io::write(fd, v).map_err(|e| {
             Error::cgroup(
                 format!("write {} to", v[0] as char),
                 self.path.join(FREEZE),
@@ -1049,6 +1058,8 @@ impl Leaf {
         };
         let events = File::from(open(EVENTS, OFlags::RDONLY)?);
         let procs = open(PROCS, OFlags::WRONLY)?;
+        let kill = open_control(&dir, &path, KILL)?;
+        let freeze = open_control(&dir, &path, FREEZE)?;
         let default = find_mount()
             .ok()
             .flatten()
@@ -1065,6 +1076,8 @@ impl Leaf {
             dir,
             events,
             procs,
+            kill,
+            freeze,
             removed: false,
         })
     }
