@@ -48,8 +48,8 @@ pub mod tokio;
 pub use error::{Error, Result};
 pub use job::{Detached, Job, JobCommand, Output, SignalSource};
 pub use options::{
-    parse_duration, CpuMax, DebugKnobs, Leftovers, LimitValue, Limits, MechanismRequest, Options,
-    Signal, SignalSet, Supervisor,
+    parse_duration, CpuMax, DebugKnobs, HelperJob, Leftovers, LimitValue, Limits, MechanismRequest,
+    Options, Signal, SignalSet, Supervisor,
 };
 pub use report::{
     Cleanup, ExitInfo, LimitsReport, ProcessInfo, Report, Requester, StopOutcome, StopReason,
@@ -86,6 +86,14 @@ pub const __SCOPE_ENV: &str = linux::delegate::SCOPE_ENV;
 #[doc(hidden)]
 pub fn __systemd_scope_command() -> Option<Vec<std::ffi::OsString>> {
     linux::delegate::scope_command()
+}
+
+/// The cgroup2 mount point, found in `/proc/self/mountinfo` (`None`: no cgroup2 mount).
+/// For `corral-helper`, which resolves its policy's cgroup parents against it.
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub fn __cgroup2_mount() -> Option<std::path::PathBuf> {
+    linux::cgroup::find_mount().ok().flatten().map(|m| m.path)
 }
 
 /// The containment mechanism a job actually runs under.

@@ -50,11 +50,10 @@ pub struct Options {
     /// [`Supervisor::InProcess`]), `clone3`, the main thread, and root or unprivileged user
     /// namespaces; cannot be combined with [`Leftovers::Wait`]. See `Job`'s `# Caveats`.
     pub pid_namespace: bool,
-    /// The unprivileged user a privileged helper (`corral-helper`) runs this job for: the
-    /// registry records it (`on_behalf_of`), and job names are unique per such user. Not
+    /// Set by the privileged helper (`corral-helper`) for the jobs it runs for others. Not
     /// part of the stable API.
     #[doc(hidden)]
-    pub on_behalf_of: Option<u32>,
+    pub helper: Option<HelperJob>,
     /// Testing and benchmarking knobs; not part of the stable API.
     #[doc(hidden)]
     pub debug: DebugKnobs,
@@ -76,10 +75,24 @@ impl Default for Options {
             name: None,
             register: true,
             pid_namespace: false,
-            on_behalf_of: None,
+            helper: None,
             debug: DebugKnobs::default(),
         }
     }
+}
+
+/// A job the privileged helper (`corral-helper`) runs for an unprivileged caller. Not part
+/// of the stable API.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperJob {
+    /// The caller's uid: the registry records it (`on_behalf_of`), and job names are unique
+    /// per caller.
+    pub caller: u32,
+    /// The helper's privileged process, which kills the job and removes its cgroup when
+    /// the supervisor (this process, unprivileged by then) dies: it stands in for the
+    /// watchdog, so none is started.
+    pub guardian: u32,
 }
 
 /// Knobs that force fallback paths so tests and benchmarks can exercise them on a kernel

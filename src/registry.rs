@@ -872,8 +872,7 @@ pub(crate) fn check_name(name: &str, on_behalf_of: Option<u32>) -> crate::Result
     let scan = scan_own();
     if let Some(e) = scan.entries.iter().find(|e| {
         e.live && e.record.name.as_deref() == Some(name) && e.record.on_behalf_of == on_behalf_of
-    })
-    {
+    }) {
         return Err(crate::Error::InvalidOptions(format!(
             "a running job is already named `{name}` (id {}); pick another --name or stop it",
             e.record.id

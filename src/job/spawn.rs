@@ -285,7 +285,16 @@ impl Job {
                     .to_string(),
             ),
             (Backend::Cgroup(_), Some(Err(why))) => (None, format!("not covered: {why}")),
-            (Backend::Cgroup(_), None) => (None, "not covered: no watchdog".to_string()),
+            (Backend::Cgroup(_), None) => match &opts.helper {
+                Some(h) => (
+                    None,
+                    format!(
+                        "killed by corral-helper's privileged process (pid {})",
+                        h.guardian
+                    ),
+                ),
+                None => (None, "not covered: no watchdog".to_string()),
+            },
             (Backend::Supervised(_), _) => (
                 None,
                 "killed by its supervisor process when the host goes away".to_string(),
@@ -356,7 +365,9 @@ impl Job {
 /// before anything is created.
 fn check_name(opts: &Options) -> Result<()> {
     match &opts.name {
-        Some(name) if opts.register => registry::check_name(name, opts.on_behalf_of),
+        Some(name) if opts.register => {
+            registry::check_name(name, opts.helper.as_ref().map(|h| h.caller))
+        }
         Some(name) => registry::validate(name),
         None => Ok(()),
     }
@@ -389,7 +400,7 @@ impl Chosen {
             cgroup,
             command,
             limits,
-            on_behalf_of: opts.on_behalf_of,
+            on_behalf_of: opts.helper.as_ref().map(|h| h.caller),
         };
         self.registration = Some(registry::register(&new));
     }
@@ -453,7 +464,8 @@ fn new_leaf(
         Some(Ok(r)) => r.files(),
         _ => Vec::new(),
     };
-    chosen.watch = Some(watch(&leaf, opts, &files));
+    // The helper's privileged process stands in for the watchdog.
+    chosen.watch = opts.helper.is_none().then(|| watch(&leaf, opts, &files));
     Ok((leaf, chosen))
 }
 

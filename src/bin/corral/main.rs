@@ -232,7 +232,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         name: args.name.clone(),
         register: true,
-        on_behalf_of: None,
+        helper: None,
     };
     let mut signals =
         signals::Signals::install().context("failed to set up signal handling (signalfd)")?;
