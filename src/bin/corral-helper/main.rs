@@ -261,9 +261,18 @@ fn run_job(args: RunArgs, caller: Account, env: Env) -> anyhow::Result<ExitCode>
             policy.path.display()
         )
     })?;
-    let target = match &args.user {
+    let target = match args.user.as_deref() {
         None => caller.clone(),
-        Some(name) => policy::lookup_account_by_name(name).map_err(anyhow::Error::msg)?,
+        Some(user) => match user.strip_prefix('#') {
+            Some(uid) => {
+                let uid = uid
+                    .parse()
+                    .map_err(|_| anyhow!("--user {user}: not a uid; give a name or #uid"))?;
+                policy::lookup_account_by_uid(uid)
+            }
+            None => policy::lookup_account_by_name(user),
+        }
+        .map_err(|e| anyhow!("--user {user}: {e}"))?,
     };
     rule.may_run_as(&caller, &target)
         .map_err(anyhow::Error::msg)?;
@@ -274,7 +283,7 @@ fn run_job(args: RunArgs, caller: Account, env: Env) -> anyhow::Result<ExitCode>
         cpu_max: args.cpu_max,
         cpu_weight: args.cpu_weight,
     };
-    let limits = policy::apply_limits(rule, &requested).map_err(anyhow::Error::msg)?;
+    let limits = rule.apply_limits(&requested).map_err(anyhow::Error::msg)?;
     if let Some(name) = &args.name {
         corral::registry::validate_name(name).map_err(anyhow::Error::msg)?;
     }
@@ -389,9 +398,8 @@ impl Place {
             anyhow!("no cgroup2 filesystem is mounted; corral-helper needs one (an administrator's job)")
         })?;
         let rule_rel = if rule.cgroup_parent.is_absolute() {
-            beneath::relative_to(&mount, &rule.cgroup_parent).map_err(|e| {
-                anyhow!("rule {} of the policy: cgroup_parent: {e}", rule.index)
-            })?
+            beneath::relative_to(&mount, &rule.cgroup_parent)
+                .map_err(|e| anyhow!("{}: cgroup_parent {e}", rule.location()))?
         } else {
             rule.cgroup_parent.clone()
         };
@@ -402,7 +410,7 @@ impl Place {
             Mode::empty(),
         )
         .with_context(|| format!("open {}", mount.display()))?;
-        let rule_fd = beneath::open_dir_beneath(mount_fd.as_fd(), &rule_rel).with_context(|| {
+        let rule_fd = open_beneath_or_self(&mount_fd, &rule_rel).with_context(|| {
             format!(
                 "the policy's cgroup parent {} cannot be opened; an administrator must create it",
                 rule_path.display()
@@ -412,8 +420,8 @@ impl Place {
             None => (rule_fd, rule_path),
             Some(given) => {
                 let rel = beneath::relative_to(&rule_path, given)
-                    .map_err(|e| anyhow!("--cgroup-parent {}: {e}", given.display()))?;
-                let fd = beneath::open_dir_beneath(rule_fd.as_fd(), &rel).map_err(|e| {
+                    .map_err(|e| anyhow!("--cgroup-parent {e}"))?;
+                let fd = open_beneath_or_self(&rule_fd, &rel).map_err(|e| {
                     anyhow!(
                         "--cgroup-parent {}: cannot open {} beneath {} ({e}); give an existing \
                          cgroup under it, with no symlinks",
@@ -535,6 +543,19 @@ impl Place {
         rmdir_retry(&self.parent, self.name.as_str(), &mut problems, &self.path);
         problems
     }
+}
+
+/// `rel` beneath `dir` ([`beneath::open_dir_beneath`]), or `dir` itself for an empty `rel`.
+fn open_beneath_or_self(dir: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
+    if rel.as_os_str().is_empty() {
+        return Ok(rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+    }
+    beneath::open_dir_beneath(dir.as_fd(), rel)
 }
 
 /// rmdir that retries EBUSY briefly (exited tasks may still be leaving the cgroup).
@@ -841,7 +862,15 @@ fn check(caller: &Account) -> anyhow::Result<ExitCode> {
         Some(rule) => {
             println!("{}: rule {}", describe(caller), rule.index);
             println!("  cgroup parent: {}", rule.cgroup_parent.display());
-            println!("  --user may name: {}", if rule.run_as.is_empty() { "(only you)".to_string() } else { rule.run_as.join(", ") });
+            let run_as: Vec<String> = rule.run_as.iter().map(ToString::to_string).collect();
+            println!(
+                "  --user may name: {}",
+                if run_as.is_empty() {
+                    "(only yourself)".to_string()
+                } else {
+                    run_as.join(", ")
+                }
+            );
             for (name, file, value) in rule.max.files() {
                 println!("  {name} ({file}): at most {value}, and {value} when not asked for");
             }
