@@ -46,7 +46,7 @@ mod registry;
 pub mod tokio;
 
 pub use error::{Error, Result};
-pub use job::{Detached, Job, JobCommand, Output, SignalSource};
+pub use job::{Credentials, Detached, Job, JobCommand, Output, SignalSource};
 pub use options::{
     parse_duration, CpuMax, DebugKnobs, HelperJob, Leftovers, LimitValue, Limits, MechanismRequest,
     Options, Signal, SignalSet, Supervisor,

@@ -42,6 +42,9 @@ pub struct Report {
     /// ([`crate::Options::pid_namespace`]): when it exited, the kernel killed every process
     /// left in the namespace before corral could see it, so `leftovers` stays empty.
     pub pid_namespace: bool,
+    /// Who the main process ran as, with no capability and `no_new_privs`
+    /// ([`crate::JobCommand::credentials`]); `None`: as the caller.
+    pub credentials: Option<crate::Credentials>,
     /// The job's cgroup (cgroup mechanism only).
     pub cgroup: Option<PathBuf>,
     /// How the cgroup parent was chosen: `option`, `env` or `default`.
@@ -340,6 +343,7 @@ mod tests {
             spawn: "clone3".into(),
             on_supervisor_death: "killed by the watchdog (pid 3)".into(),
             pid_namespace: false,
+            credentials: None,
             cgroup: None,
             cgroup_parent_source: None,
             exit: Some(ExitInfo {
@@ -451,6 +455,7 @@ mod tests {
             "spawn",
             "on_supervisor_death",
             "pid_namespace",
+            "credentials",
             "cgroup",
             "cgroup_parent_source",
             "exit",

@@ -834,6 +834,7 @@ impl Job {
             spawn: self.spawn_method.to_string(),
             on_supervisor_death: self.on_supervisor_death.clone(),
             pid_namespace: self.opts.pid_namespace,
+            credentials: self.credentials.clone(),
             cgroup,
             cgroup_parent_source: self.parent_source.map(str::to_string),
             exit,

@@ -36,6 +36,19 @@ pub struct JobCommand {
     env: Option<Vec<(OsString, OsString)>>,
     cwd: Option<PathBuf>,
     signal_mask: Option<SignalSet>,
+    credentials: Option<Credentials>,
+}
+
+/// Who the job's first process runs as (see [`JobCommand::credentials`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Credentials {
+    /// The real, effective and saved user id.
+    pub uid: u32,
+    /// The real, effective and saved group id.
+    pub gid: u32,
+    /// The supplementary groups, exactly these (empty: none).
+    pub groups: Vec<u32>,
 }
 
 impl JobCommand {
@@ -78,6 +91,44 @@ impl JobCommand {
     /// own: a blocked SIGTERM would turn every polite stop into SIGKILL.
     pub fn signal_mask(mut self, mask: SignalSet) -> Self {
         self.signal_mask = Some(mask);
+        self
+    }
+
+    /// Starts the main process as `creds`, with no privilege left: for a privileged
+    /// program (root, or a setuid-root helper) that runs jobs for other users.
+    ///
+    /// The child switches between its placement and `exec`, so the job's cgroup (or
+    /// process group) is still joined with the spawner's privileges. In this order, each
+    /// a raw system call of the child's own thread:
+    /// 1. every capability leaves the bounding set (`prctl(PR_CAPBSET_DROP)`, up to the
+    ///    kernel's `cap_last_cap`);
+    /// 2. the ambient set is cleared (`prctl(PR_CAP_AMBIENT_CLEAR_ALL)`);
+    /// 3. `setgroups(creds.groups)`;
+    /// 4. `setresgid(gid, gid, gid)`;
+    /// 5. `setresuid(uid, uid, uid)`;
+    /// 6. `capset` with the effective, permitted and inheritable sets empty;
+    /// 7. `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
+    ///
+    /// Then the rest of the set-up (process group, stdio, [`JobCommand::current_dir`],
+    /// signals) and `exec`, all as the new user: the working directory and the program
+    /// must be reachable by it. The job ends up with no capability in any set, `uid` 0
+    /// included: its bounding set is empty, so not even an `exec` as root gains one, and
+    /// with `no_new_privs` neither does a setuid or file-capability program.
+    ///
+    /// Each step needs a privilege of the spawner's (`CAP_SETPCAP` for the bounding set,
+    /// `CAP_SETGID` for the groups, `CAP_SETUID` for the uid): without it the spawn fails
+    /// with [`crate::Error::Spawn`] naming the step, and nothing is left behind.
+    ///
+    /// Only the raw spawn of [`Job::spawn_command`] can do this: in the cgroup mechanism, or
+    /// the pgroup one with [`crate::Supervisor::InProcess`]; a pgroup job under a
+    /// supervisor process is refused. With [`Options::pid_namespace`] it needs
+    /// `CAP_SYS_ADMIN` (without it the job would get a user namespace of its own, where
+    /// these ids mean something else): refused otherwise. On x86_64 such a spawn copies the
+    /// caller's page tables (a `fork`) instead of sharing its memory until `exec`: a child
+    /// sharing it would change the dumpable flag of the caller's memory when it changes
+    /// its ids.
+    pub fn credentials(mut self, creds: Credentials) -> Self {
+        self.credentials = Some(creds);
         self
     }
 
@@ -182,6 +233,8 @@ pub struct Job {
     mechanism_reason: String,
     degraded: bool,
     spawn_method: &'static str,
+    /// Who the main process runs as ([`JobCommand::credentials`]).
+    credentials: Option<Credentials>,
     parent_source: Option<&'static str>,
     /// The limits applied to the job's cgroup.
     limits: Option<crate::report::LimitsReport>,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::machine::Phase;
-use super::{Backend, Job, JobCommand};
+use super::{Backend, Credentials, Job, JobCommand};
 use crate::error::{Error, Result};
 use crate::linux::cgroup::{Leaf, ParentSource};
 use crate::linux::pidfd::{self, Pid};
@@ -39,6 +39,8 @@ struct Started {
     own_group: bool,
     method: &'static str,
     stdio: Stdio,
+    /// Who the main process runs as, when not as the caller ([`JobCommand::credentials`]).
+    credentials: Option<Credentials>,
 }
 
 /// The main process's piped stdin, stdout and stderr.
@@ -108,6 +110,7 @@ impl Job {
                         own_group: false,
                         method: "std::process::Command (fork), joined the cgroup before exec",
                         stdio,
+                        credentials: None,
                     },
                 )
             }
@@ -132,6 +135,7 @@ impl Job {
                             own_group: true,
                             method: "std::process::Command (fork), in-process subreaper",
                             stdio,
+                            credentials: None,
                         }
                     }
                     Supervisor::Auto | Supervisor::Binary(_) => {
@@ -151,6 +155,7 @@ impl Job {
                             own_group: true,
                             method: "std::process::Command under a corral supervisor (subreaper)",
                             stdio,
+                            credentials: None,
                         }
                     }
                 };
@@ -187,6 +192,14 @@ impl Job {
                         .into(),
                 ));
             }
+            if cmd.credentials.is_some() {
+                return Err(Error::InvalidOptions(
+                    "credentials are not available under a supervisor process: use \
+                     Job::spawn_command with the cgroup mechanism or Supervisor::InProcess, or \
+                     drop credentials"
+                        .into(),
+                ));
+            }
             return Job::spawn(&mut cmd.to_std(), opts);
         }
         let mut id = new_id();
@@ -199,6 +212,7 @@ impl Job {
             sigmask: cmd.signal_mask,
             placement: Placement::NewProcessGroup,
             pid_namespace: opts.pid_namespace,
+            credentials: cmd.credentials.as_ref(),
         };
         let display = cmd.display();
         let (chosen, started) = match choice {
@@ -226,6 +240,7 @@ impl Job {
                         own_group: false,
                         method,
                         stdio: (None, None, None),
+                        credentials: cmd.credentials.clone(),
                     },
                 )
             }
@@ -248,6 +263,7 @@ impl Job {
                         own_group: true,
                         method,
                         stdio: (None, None, None),
+                        credentials: cmd.credentials.clone(),
                     },
                 )
             }
@@ -337,6 +353,7 @@ impl Job {
             mechanism_reason: chosen.reason,
             degraded: chosen.degraded,
             spawn_method: started.method,
+            credentials: started.credentials,
             parent_source: chosen.parent_source,
             limits: chosen.limits,
             sigkill_sent: AtomicBool::new(false),

@@ -36,6 +36,17 @@
 //! namespace, and an unprivileged process may map exactly its own ids, once `setgroups` is
 //! denied), so the job keeps its identity. There is no fork fallback: without `clone3` the
 //! spawn fails and says so.
+//!
+//! # Another user
+//! With [`crate::Credentials`] the child gives up every privilege after its placement (the
+//! write to `cgroup.procs` still needs ours) and before anything else: the capability
+//! bounding set, the ambient set, the supplementary groups, gid, uid, the remaining sets
+//! (`capset`), then `no_new_privs`. Each is a raw `syscall`, not a libc wrapper: glibc's
+//! `setuid` family applies the change to every thread it knows of, by signalling each and
+//! waiting for them, and in a child of our `clone3` the threads it knows of are ours.
+//! This comes before `PR_SET_PDEATHSIG`, which the kernel clears when the euid or egid
+//! changes. Such a child is never vfork-style: the kernel marks the memory of a process
+//! whose ids change not dumpable, and a child sharing ours would mark ours.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -46,6 +57,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::Error;
 use crate::linux::pidfd::{self, Pid};
+use crate::Credentials;
 
 /// Where the child goes.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +100,8 @@ pub(crate) struct SpawnSpec<'a> {
     pub(crate) placement: Placement<'a>,
     /// Make the child PID 1 of a new PID namespace (see the module docs).
     pub(crate) pid_namespace: bool,
+    /// Run the program as this user, with no privilege (see the module docs).
+    pub(crate) credentials: Option<&'a Credentials>,
 }
 
 /// How the child was created (reported).
@@ -187,6 +201,13 @@ const RECORD_DAEMON: u32 = 100;
 const STAGE_PDEATHSIG: u32 = 10;
 const STAGE_ID_MAPS: u32 = 11;
 const STAGE_PARENT_GONE: u32 = 12;
+const STAGE_CAP_BOUNDING: u32 = 13;
+const STAGE_CAP_AMBIENT: u32 = 14;
+const STAGE_SETGROUPS: u32 = 15;
+const STAGE_SETGID: u32 = 16;
+const STAGE_SETUID: u32 = 17;
+const STAGE_CAPSET: u32 = 18;
+const STAGE_NO_NEW_PRIVS: u32 = 19;
 
 /// Data the child reads; pointers into buffers owned by `Prepared`.
 struct ChildCtx {
@@ -212,6 +233,134 @@ struct ChildCtx {
     parent_proc_pid: i32,
     /// New user namespace: the lines for `uid_map` and `gid_map`.
     id_maps: Option<[CString; 2]>,
+    /// The user to become before anything but the placement.
+    credentials: Option<ChildCredentials>,
+}
+
+/// [`Credentials`] as the child uses them, prepared by the parent.
+struct ChildCredentials {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    /// The highest capability number to drop from the bounding set.
+    last_cap: libc::c_ulong,
+}
+
+/// Where the kernel says which capability number is its last (Linux 3.2).
+const CAP_LAST_CAP: &str = "/proc/sys/kernel/cap_last_cap";
+/// The guess when [`CAP_LAST_CAP`] cannot be read: as many as `capset` has bits for.
+/// Harmless when too high: the drop loop ends at the first number the kernel does not know.
+const CAP_LAST_CAP_GUESS: libc::c_ulong = 63;
+/// `_LINUX_CAPABILITY_VERSION_3` (include/uapi/linux/capability.h): 64-bit sets, given as
+/// two [`CapData`].
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`: 32 bits of each set.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+// The 32-bit ids' calls: on i386 and 32-bit arm the plain ones take 16-bit ids.
+#[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+use libc::{
+    SYS_setgroups as SYS_SETGROUPS, SYS_setresgid as SYS_SETRESGID, SYS_setresuid as SYS_SETRESUID,
+};
+#[cfg(any(target_arch = "x86", target_arch = "arm"))]
+use libc::{
+    SYS_setgroups32 as SYS_SETGROUPS, SYS_setresgid32 as SYS_SETRESGID,
+    SYS_setresuid32 as SYS_SETRESUID,
+};
+
+impl ChildCredentials {
+    fn prepare(creds: &Credentials) -> Result<ChildCredentials, Error> {
+        // NGROUPS_MAX (include/uapi/linux/limits.h); the kernel answers EINVAL above it.
+        const NGROUPS_MAX: usize = 65536;
+        if creds.groups.len() > NGROUPS_MAX {
+            return Err(Error::InvalidOptions(format!(
+                "{} supplementary groups given; the kernel takes at most {NGROUPS_MAX}, pass \
+                 fewer",
+                creds.groups.len()
+            )));
+        }
+        let last_cap = std::fs::read_to_string(CAP_LAST_CAP)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(CAP_LAST_CAP_GUESS);
+        Ok(ChildCredentials {
+            uid: creds.uid,
+            gid: creds.gid,
+            groups: creds.groups.clone(),
+            last_cap,
+        })
+    }
+
+    /// Becomes the user, with no capability left in any set and `no_new_privs` set.
+    /// Returns the stage that failed and its errno.
+    ///
+    /// # Safety
+    /// Only in the child between fork and exec (raw system calls on data prepared by the
+    /// parent, nothing allocates).
+    unsafe fn switch(&self) -> Result<(), (u32, i32)> {
+        let errno = || *libc::__errno_location();
+        for cap in 0..=self.last_cap {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                match errno() {
+                    // A number this kernel does not know: past its last capability.
+                    libc::EINVAL if cap > 0 => break,
+                    e => return Err((STAGE_CAP_BOUNDING, e)),
+                }
+            }
+        }
+        let clear_all = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        if libc::prctl(libc::PR_CAP_AMBIENT, clear_all, 0, 0, 0) != 0 {
+            match errno() {
+                // Linux < 4.3 has no ambient set: nothing to clear.
+                libc::EINVAL => {}
+                e => return Err((STAGE_CAP_AMBIENT, e)),
+            }
+        }
+        let (n, list) = (self.groups.len(), self.groups.as_ptr());
+        if libc::syscall(SYS_SETGROUPS, n, list) != 0 {
+            return Err((STAGE_SETGROUPS, errno()));
+        }
+        let gid = self.gid;
+        if libc::syscall(SYS_SETRESGID, gid, gid, gid) != 0 {
+            return Err((STAGE_SETGID, errno()));
+        }
+        let uid = self.uid;
+        if libc::syscall(SYS_SETRESUID, uid, uid, uid) != 0 {
+            return Err((STAGE_SETUID, errno()));
+        }
+        // Leaving uid 0 emptied the permitted and effective sets, but not the inheritable
+        // one; and staying uid 0 kept them all.
+        let mut header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let empty = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capset, &mut header, empty.as_ptr()) != 0 {
+            return Err((STAGE_CAPSET, errno()));
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err((STAGE_NO_NEW_PRIVS, errno()));
+        }
+        Ok(())
+    }
 }
 
 /// What a spawn into a new PID namespace needs, prepared before the clone.
@@ -228,7 +377,20 @@ struct PidNamespace {
 }
 
 impl PidNamespace {
-    fn prepare() -> Result<PidNamespace, Error> {
+    /// `credentials`: the child will switch to another user ([`ChildCredentials`]).
+    fn prepare(credentials: bool) -> Result<PidNamespace, Error> {
+        let privileged = rustix::thread::capabilities(None).is_ok_and(|c| {
+            c.effective
+                .contains(rustix::thread::CapabilitySet::SYS_ADMIN)
+        });
+        if credentials && !privileged {
+            return Err(Error::InvalidOptions(
+                "credentials cannot be combined with pid_namespace without CAP_SYS_ADMIN (the \
+                 job would get a user namespace of its own, mapping only this process's ids); \
+                 spawn it as root or drop one of them"
+                    .into(),
+            ));
+        }
         let pid = rustix::process::getpid();
         if rustix::thread::gettid() != pid {
             return Err(Error::InvalidOptions(
@@ -249,10 +411,6 @@ impl PidNamespace {
             .ok()
             .and_then(|p| p.to_str()?.parse().ok())
             .unwrap_or(0);
-        let privileged = rustix::thread::capabilities(None).is_ok_and(|c| {
-            c.effective
-                .contains(rustix::thread::CapabilitySet::SYS_ADMIN)
-        });
         if privileged {
             return Ok(PidNamespace {
                 flags: CLONE_NEWPID,
@@ -333,7 +491,19 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         stage: stage.to_string(),
         source: e,
     };
-    let pidns = spec.pid_namespace.then(PidNamespace::prepare).transpose()?;
+    let credentials = spec
+        .credentials
+        .map(ChildCredentials::prepare)
+        .transpose()?;
+    if credentials.is_some() && matches!(spec.placement, Placement::Detached { .. }) {
+        return Err(Error::InvalidOptions(
+            "credentials are not for a detached spawn".into(),
+        ));
+    }
+    let pidns = spec
+        .pid_namespace
+        .then(|| PidNamespace::prepare(credentials.is_some()))
+        .transpose()?;
 
     // Everything the child touches is built here, before the fork.
     let cstr = |s: &OsStr| {
@@ -401,6 +571,7 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         parent_pidfd: pidns.as_ref().map_or(-1, |n| n.own_pidfd.as_raw_fd()),
         parent_proc_pid: pidns.as_ref().map_or(0, |n| n.proc_pid),
         id_maps: pidns.as_ref().and_then(|n| n.id_maps.clone()),
+        credentials,
     };
     let ns_flags = pidns.as_ref().map_or(0, |n| n.flags);
     for (i, fd) in spec.stdio.iter().enumerate() {
@@ -587,6 +758,22 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         STAGE_KEEP => fail("pass descriptors", err),
         STAGE_PDEATHSIG => fail("set the parent-death signal (prctl)", err),
         STAGE_PARENT_GONE => fail("check that its parent (this process) is still there", err),
+        STAGE_CAP_BOUNDING => fail(
+            "drop the capability bounding set (prctl PR_CAPBSET_DROP; needs CAP_SETPCAP)",
+            err,
+        ),
+        STAGE_CAP_AMBIENT => fail(
+            "clear the ambient capabilities (prctl PR_CAP_AMBIENT_CLEAR_ALL)",
+            err,
+        ),
+        STAGE_SETGROUPS => fail(
+            "set the supplementary groups (setgroups; needs CAP_SETGID)",
+            err,
+        ),
+        STAGE_SETGID => fail("set the group id (setresgid; needs CAP_SETGID)", err),
+        STAGE_SETUID => fail("set the user id (setresuid; needs CAP_SETUID)", err),
+        STAGE_CAPSET => fail("empty the capability sets (capset)", err),
+        STAGE_NO_NEW_PRIVS => fail("set no_new_privs (prctl PR_SET_NO_NEW_PRIVS)", err),
         STAGE_ID_MAPS => fail(
             "map its uid and gid in the new user namespace (/proc/self/uid_map, gid_map)",
             err,
@@ -662,9 +849,22 @@ fn clone3(
 /// stack of its own, the parent suspended until the child has exec'd or exited. Nothing of
 /// our address space is copied, so the cost does not grow with the embedding program's
 /// memory (a full fork copies its page tables). Returns the child's PID in the parent.
+///
+/// Not for a child that changes its ids ([`ChildCtx::credentials`]): the kernel would mark
+/// the memory it shares with us not dumpable (`commit_creds` calls `set_dumpable` on the
+/// process's `mm`), so that one gets a copy, as with `fork`.
 #[cfg(target_arch = "x86_64")]
 fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
+    if ctx.credentials.is_some() {
+        return clone3_fork(args, ctx);
+    }
     clone3_vfork(args, ctx, child_entry)
+}
+
+/// Elsewhere: `clone3` with fork semantics.
+#[cfg(not(target_arch = "x86_64"))]
+fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
+    clone3_fork(args, ctx)
 }
 
 /// The vfork-style `clone3` of [`clone3_raw`], the child starting in `entry(ctx)`.
@@ -729,9 +929,8 @@ fn clone3_vfork(
     Ok(ret)
 }
 
-/// Elsewhere: `clone3` with fork semantics (the child gets a copy of our address space).
-#[cfg(not(target_arch = "x86_64"))]
-fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
+/// `clone3` with fork semantics (the child gets a copy of our address space).
+fn clone3_fork(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
     // SAFETY: `args` is a valid clone_args of the size we pass; no CLONE_VM, so the child
     // gets a copy of our address space and runs only `child_after_fork`, which never
     // returns.
@@ -962,6 +1161,20 @@ fn child_setup_and_exec(ctx: &ChildCtx) -> ! {
         let report = |stage: u32, errno: i32| -> ! { report_and_exit(ctx, stage, errno) };
         let errno = || *libc::__errno_location();
 
+        if ctx.move_via_procs >= 0 {
+            // "0" moves the writing process itself. (Never with a new PID namespace, which
+            // has no fork fallback.)
+            if libc::write(ctx.move_via_procs, b"0".as_ptr().cast(), 1) != 1 {
+                report(STAGE_CGROUP, errno());
+            }
+        }
+        if let Some(creds) = &ctx.credentials {
+            // Placed with our privileges; from here on the job's user, with none. Before
+            // PR_SET_PDEATHSIG, which a change of euid or egid clears.
+            if let Err((stage, e)) = creds.switch() {
+                report(stage, e);
+            }
+        }
         if ctx.parent_pidfd >= 0 {
             // PID 1 of a new namespace: die with the spawning thread. If corral died before
             // the prctl took effect, no signal will come: its pidfd says so.
@@ -1011,12 +1224,6 @@ fn child_setup_and_exec(ctx: &ChildCtx) -> ! {
                     report(STAGE_ID_MAPS, errno());
                 }
                 libc::close(fd);
-            }
-        }
-        if ctx.move_via_procs >= 0 {
-            // "0" moves the writing process itself.
-            if libc::write(ctx.move_via_procs, b"0".as_ptr().cast(), 1) != 1 {
-                report(STAGE_CGROUP, errno());
             }
         }
         if ctx.new_pgroup && libc::setpgid(0, 0) != 0 {

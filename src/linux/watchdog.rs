@@ -218,6 +218,7 @@ impl Running {
             sigmask: Some(SignalSet::empty()),
             placement: Placement::Detached { keep: &keep },
             pid_namespace: false,
+            credentials: None,
         };
         let spawned = spawn::spawn(&spec)?;
         // The middle process has exited (or is about to): reap it.
@@ -518,6 +519,7 @@ mod tests {
             sigmask: Some(SignalSet::empty()),
             placement: Placement::Detached { keep },
             pid_namespace: false,
+            credentials: None,
         };
         let spawned = spawn::spawn(&spec)?;
         pidfd::reap(spawned.pidfd.as_fd(), true).expect("reap the middle process");
