@@ -227,7 +227,7 @@ impl Limits {
     }
 
     /// `(controller, file, value)` for every limit asked for, in a fixed order.
-    pub(crate) fn files(&self) -> Vec<(&'static str, &'static str, String)> {
+    pub fn files(&self) -> Vec<(&'static str, &'static str, String)> {
         let mut out = Vec::new();
         if let Some(v) = self.memory_max {
             out.push(("memory", "memory.max", v.to_string()));

@@ -199,9 +199,10 @@ fn alters_loading(name: &OsString) -> bool {
 }
 
 fn run(env: Env) -> anyhow::Result<ExitCode> {
+    let caller_uid = privilege::caller_uid(&env)?;
     privilege::become_root()?;
     let cli = parse_cli()?;
-    let caller = privilege::caller(&env)?;
+    let caller = policy::lookup_account_by_uid(caller_uid).map_err(anyhow::Error::msg)?;
     match cli.command {
         Cmd::Run(args) => run_job(args, caller, env),
         Cmd::Ps(args) => ps(args, &caller),
@@ -239,7 +240,8 @@ fn parse_cli() -> anyhow::Result<Cli> {
 }
 
 fn load_policy() -> anyhow::Result<policy::Policy> {
-    let exe = std::fs::read_link("/proc/self/exe").context("cannot find the helper's own executable")?;
+    let exe =
+        std::fs::read_link("/proc/self/exe").context("cannot find the helper's own executable")?;
     let path = policy::policy_path_for(&exe).map_err(anyhow::Error::msg)?;
     policy::load(&path).map_err(anyhow::Error::msg)
 }
@@ -363,7 +365,10 @@ fn check_report_path(path: &Path) -> Result<(), String> {
         ));
     }
     if path.is_dir() {
-        return Err(format!("--report {} is a directory; give a file path", path.display()));
+        return Err(format!(
+            "--report {} is a directory; give a file path",
+            path.display()
+        ));
     }
     if rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err() {
         return Err(format!(
@@ -436,7 +441,11 @@ impl Place {
         let base = format!("helper-{}-{}", caller.uid, std::process::id());
         let mut n = 1;
         let name = loop {
-            let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+            let name = if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
             match rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o755)) {
                 Ok(()) => break name,
                 Err(rustix::io::Errno::EXIST) if n < 100 => n += 1,
@@ -458,12 +467,18 @@ impl Place {
             // Room for the job's leaf and nothing else: the supervisor owns this directory
             // later (to remove the leaf), and must not make cgroups of its own here.
             for file in ["cgroup.max.descendants", "cgroup.max.depth"] {
-                let fd = rustix::fs::openat(&dir, file, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
-                    .with_context(|| format!("open {}", path.join(file).display()))?;
+                let fd =
+                    rustix::fs::openat(&dir, file, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
+                        .with_context(|| format!("open {}", path.join(file).display()))?;
                 rustix::io::write(&fd, b"1")
                     .with_context(|| format!("write 1 to {}", path.join(file).display()))?;
             }
-            let kill = match rustix::fs::openat(&dir, "cgroup.kill", OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty()) {
+            let kill = match rustix::fs::openat(
+                &dir,
+                "cgroup.kill",
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
                 Ok(fd) => Some(fd),
                 Err(rustix::io::Errno::NOENT) => None,
                 Err(e) => return Err(e).context("open cgroup.kill"),
@@ -519,16 +534,29 @@ impl Place {
                 }
             }
             if Instant::now() >= deadline {
-                problems.push(format!("{} still has processes after 10 s", self.path.display()));
+                problems.push(format!(
+                    "{} still has processes after 10 s",
+                    self.path.display()
+                ));
                 break;
             }
-            let mut fds = [rustix::event::PollFd::new(&self.events, rustix::event::PollFlags::PRI)];
-            let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            let mut fds = [rustix::event::PollFd::new(
+                &self.events,
+                rustix::event::PollFlags::PRI,
+            )];
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
             let ts = rustix::event::Timespec::try_from(left).unwrap_or_default();
             let _ = rustix::event::poll(&mut fds, Some(&ts));
         }
         // The leaf, if the supervisor did not remove it, then the place.
-        if let Ok(dir) = rustix::fs::openat(&self.dir, ".", OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        if let Ok(dir) = rustix::fs::openat(
+            &self.dir,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             if let Ok(entries) = rustix::fs::Dir::read_from(&dir) {
                 for e in entries.flatten() {
                     if e.file_type() == rustix::fs::FileType::Directory {
@@ -573,7 +601,10 @@ fn rmdir_retry<P: rustix::path::Arg + Copy>(
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => {
-                problems.push(format!("could not remove a cgroup in {}: {e}", place.display()));
+                problems.push(format!(
+                    "could not remove a cgroup in {}: {e}",
+                    place.display()
+                ));
                 return;
             }
         }
@@ -586,7 +617,13 @@ fn block_stop_signals() -> anyhow::Result<libc::sigset_t> {
         let mut set: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE] {
+        for s in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGPIPE,
+        ] {
             libc::sigaddset(&mut set, s);
         }
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
@@ -630,7 +667,9 @@ fn guard(supervisor: libc::pid_t, from_sup: OwnedFd, place: Place) -> ExitCode {
                     match std::fs::remove_file(dir.join(&file)) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => problems.push(format!("remove {}: {e}", dir.join(file).display())),
+                        Err(e) => {
+                            problems.push(format!("remove {}: {e}", dir.join(file).display()))
+                        }
                     }
                 }
             }
@@ -679,7 +718,7 @@ fn supervise(job: JobSpec<'_>, place: &Place, to_guardian: OwnedFd) -> anyhow::R
         preserve_status: args.preserve_status,
         supervisor: corral::Supervisor::InProcess,
         move_self_for_limits: false,
-        limits: job.limits.clone(),
+        limits: job.limits,
         pid_namespace: args.pid_namespace,
         name: args.name.clone(),
         register: true,
@@ -832,7 +871,10 @@ fn kill(args: KillArgs, caller: &Account) -> anyhow::Result<ExitCode> {
         ),
         1 => hits.remove(0),
         _ if hits[0].live && !hits[1].live => hits.remove(0),
-        n => bail!("{n} of your jobs are named `{}`; give the id instead", args.job),
+        n => bail!(
+            "{n} of your jobs are named `{}`; give the id instead",
+            args.job
+        ),
     };
     let outcome = corral::registry::kill(&entry, args.signal, args.grace, KILL_MARGIN)
         .map_err(anyhow::Error::msg)?;
@@ -858,7 +900,10 @@ fn check(caller: &Account) -> anyhow::Result<ExitCode> {
     let policy = load_policy()?;
     println!("policy: {} (trusted: root's alone)", policy.path.display());
     match policy.rule_for(caller) {
-        None => println!("{}: no rule applies; corral-helper run is refused", describe(caller)),
+        None => println!(
+            "{}: no rule applies; corral-helper run is refused",
+            describe(caller)
+        ),
         Some(rule) => {
             println!("{}: rule {}", describe(caller), rule.index);
             println!("  cgroup parent: {}", rule.cgroup_parent.display());
@@ -871,8 +916,8 @@ fn check(caller: &Account) -> anyhow::Result<ExitCode> {
                     run_as.join(", ")
                 }
             );
-            for (name, file, value) in rule.max.files() {
-                println!("  {name} ({file}): at most {value}, and {value} when not asked for");
+            for (_, file, value) in rule.max.files() {
+                println!("  {file}: at most {value}, and {value} when not asked for");
             }
         }
     }

@@ -14,8 +14,9 @@ use caps::CapSet;
 
 use crate::policy::Account;
 
-/// The caller: the real uid; under `sudo` (real uid 0), the user sudo ran us for.
-pub fn caller(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> anyhow::Result<Account> {
+/// The caller's uid: the real uid; under `sudo` (real uid 0), the user sudo ran us for.
+/// Taken before [`become_root`] makes the real uid 0.
+pub fn caller_uid(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> anyhow::Result<u32> {
     let ruid = rustix::process::getuid().as_raw();
     let mut uid = ruid;
     if ruid == 0 {
@@ -28,7 +29,7 @@ pub fn caller(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> anyhow::Resul
                 .context("SUDO_UID is not a number")?;
         }
     }
-    crate::policy::lookup_account_by_uid(uid).map_err(anyhow::Error::msg)
+    Ok(uid)
 }
 
 /// Makes every uid and gid of the process 0, and the process not dumpable.
