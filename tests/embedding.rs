@@ -20,6 +20,8 @@ mod util;
 #[path = "embedding/common.rs"]
 mod common;
 
+#[path = "embedding/credentials.rs"]
+mod credentials;
 #[path = "embedding/drop_detach.rs"]
 mod drop_detach;
 #[path = "embedding/host.rs"]

@@ -17,6 +17,18 @@
 //! process), prints `cgroup <path>` (empty for pgroup) once it is spawned, and waits for
 //! it; the watchdog tests (`tests/containment/watchdog.rs`) kill the host meanwhile.
 //!
+//! ```text
+//! corral-host spawn-command [--cgroup-parent DIR | --in-process] [--pid-namespace]
+//!     [--no-watchdog] [--credentials UID:GID:GROUP,...] -- COMMAND [ARGS...]
+//! ```
+//!
+//! runs COMMAND through `Job::spawn_command` from the main thread: a cgroup job under DIR,
+//! or an in-process pgroup one (`Supervisor::InProcess`, which claims every child of the
+//! host: a fresh process is the point). It prints `pid <pid>` and `cgroup <path>` once
+//! spawned, then `credentials <uid>:<gid>:<groups>` (or `none`) and `exit_status <n>` from
+//! the report; `error <message>` if the spawn fails. The credentials tests
+//! (`tests/embedding/credentials.rs`) use it.
+//!
 //! It installs a SIGINT handler and starts a child of its own (`sh -c 'exit 42'`), records
 //! its process-wide state (child subreaper flag, signal dispositions 1..=31, blocked
 //! signals, thread count), runs a handful of jobs that end every way the API offers (wait
@@ -54,6 +66,7 @@ fn main() -> ExitCode {
         Some("pgroup") => (MechanismRequest::Pgroup, corral::Mechanism::Pgroup),
         Some("cgroup") => (MechanismRequest::Cgroup, corral::Mechanism::Cgroup),
         Some("wait-job") => return wait_job(args.collect()),
+        Some("spawn-command") => return spawn_command(args.collect()),
         _ => return usage(),
     };
     let mut cgroup_parent = None;
@@ -142,7 +155,9 @@ fn main() -> ExitCode {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: corral-host pgroup|cgroup [--cgroup-parent DIR] [--in-process]\n       \
-         corral-host wait-job [--pgroup] --cgroup-parent DIR -- COMMAND [ARGS...]"
+         corral-host wait-job [--pgroup] --cgroup-parent DIR -- COMMAND [ARGS...]\n       \
+         corral-host spawn-command [--cgroup-parent DIR | --in-process] [--pid-namespace] \
+         [--no-watchdog] [--credentials UID:GID:GROUP,...] -- COMMAND [ARGS...]"
     );
     ExitCode::from(2)
 }
@@ -186,6 +201,90 @@ fn wait_job(args: Vec<String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `spawn-command ... -- COMMAND...`: one job through `Job::spawn_command`, waited for.
+fn spawn_command(args: Vec<String>) -> ExitCode {
+    let Some(dashes) = args.iter().position(|a| a == "--") else {
+        return usage();
+    };
+    let (flags, command) = (&args[..dashes], &args[dashes + 1..]);
+    if command.is_empty() {
+        return usage();
+    }
+    let mut opts = Options {
+        mechanism: MechanismRequest::Cgroup,
+        grace: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let mut cmd = corral::JobCommand::new(&command[0]).args(&command[1..]);
+    let mut flags = flags.iter();
+    while let Some(flag) = flags.next() {
+        match flag.as_str() {
+            "--cgroup-parent" => match flags.next() {
+                Some(dir) => opts.cgroup_parent = Some(PathBuf::from(dir)),
+                None => return usage(),
+            },
+            "--in-process" => {
+                opts.mechanism = MechanismRequest::Pgroup;
+                opts.supervisor = Supervisor::InProcess;
+            }
+            "--pid-namespace" => opts.pid_namespace = true,
+            "--no-watchdog" => opts.debug.no_watchdog = true,
+            "--credentials" => match flags.next().and_then(|c| parse_credentials(c)) {
+                Some(creds) => cmd = cmd.credentials(creds),
+                None => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let mut job = match Job::spawn_command(&cmd, &opts) {
+        Ok(job) => job,
+        Err(e) => {
+            println!("error {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("pid {}", job.pid());
+    let cgroup = job.cgroup().map(|p| p.display().to_string());
+    println!("cgroup {}", cgroup.unwrap_or_default());
+    let _ = std::io::stdout().flush();
+    match job.wait() {
+        Ok(report) => {
+            let creds = match &report.credentials {
+                Some(c) => {
+                    let groups: Vec<String> = c.groups.iter().map(u32::to_string).collect();
+                    format!("{}:{}:{}", c.uid, c.gid, groups.join(","))
+                }
+                None => "none".to_string(),
+            };
+            println!("credentials {creds}");
+            println!("exit_status {}", report.exit_status);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("corral-host: wait: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `UID:GID:GROUP,...` (the groups may be empty).
+fn parse_credentials(text: &str) -> Option<corral::Credentials> {
+    let mut parts = text.split(':');
+    let uid = parts.next()?.parse().ok()?;
+    let gid = parts.next()?.parse().ok()?;
+    let groups = match parts.next()? {
+        "" => Vec::new(),
+        list => list
+            .split(',')
+            .map(|g| g.parse().ok())
+            .collect::<Option<_>>()?,
+    };
+    parts
+        .next()
+        .is_none()
+        .then_some(corral::Credentials { uid, gid, groups })
 }
 
 /// Runs jobs that end in each way the API offers, checking their reports, and checks the

@@ -113,17 +113,21 @@ impl JobCommand {
     /// signals) and `exec`, all as the new user: the working directory and the program
     /// must be reachable by it. The job ends up with no capability in any set, `uid` 0
     /// included: its bounding set is empty, so not even an `exec` as root gains one, and
-    /// with `no_new_privs` neither does a setuid or file-capability program.
+    /// with `no_new_privs` neither does a setuid or file-capability program. Nothing else
+    /// changes: the environment (`HOME`, `USER`, ...; see [`JobCommand::env_replace`]),
+    /// stdio and the resource limits are the caller's.
     ///
-    /// Each step needs a privilege of the spawner's (`CAP_SETPCAP` for the bounding set,
-    /// `CAP_SETGID` for the groups, `CAP_SETUID` for the uid): without it the spawn fails
-    /// with [`crate::Error::Spawn`] naming the step, and nothing is left behind.
+    /// The switch needs privileges of the spawner's (`CAP_SETPCAP` for the bounding set,
+    /// `CAP_SETGID` for the groups and gid, `CAP_SETUID` for the uid): without one the
+    /// spawn fails with [`crate::Error::Spawn`] naming the step, and nothing is left
+    /// behind.
     ///
     /// Only the raw spawn of [`Job::spawn_command`] can do this: in the cgroup mechanism, or
     /// the pgroup one with [`crate::Supervisor::InProcess`]; a pgroup job under a
-    /// supervisor process is refused. With [`Options::pid_namespace`] it needs
-    /// `CAP_SYS_ADMIN` (without it the job would get a user namespace of its own, where
-    /// these ids mean something else): refused otherwise. On x86_64 such a spawn copies the
+    /// supervisor process is refused ([`crate::Error::InvalidOptions`]). With
+    /// [`Options::pid_namespace`] it needs `CAP_SYS_ADMIN` (without it the job would get a
+    /// user namespace of its own, where these ids mean something else): refused otherwise,
+    /// before anything starts. On x86_64 such a spawn copies the
     /// caller's page tables (a `fork`) instead of sharing its memory until `exec`: a child
     /// sharing it would change the dumpable flag of the caller's memory when it changes
     /// its ids.
