@@ -102,6 +102,8 @@ pub struct Account {
     pub gid: u32,
     /// Every group the account belongs to, the primary one first.
     pub groups: Vec<Group>,
+    /// The home directory.
+    pub home: std::path::PathBuf,
 }
 
 /// A group an [`Account`] belongs to.
@@ -733,9 +735,9 @@ pub fn lookup_account_by_uid(uid: u32) -> Result<Account, String> {
         passwd_fields,
     )
     .map_err(|e| format!("cannot read the user database for uid {uid}: {e}"))?;
-    let (name, uid, gid) =
+    let (name, uid, gid, home) =
         entry.ok_or_else(|| format!("no user with uid {uid} in the user database"))?;
-    account(name, uid, gid)
+    account(name, uid, gid, home)
 }
 
 /// The account with this login name, from the user and group databases.
@@ -759,13 +761,13 @@ pub fn lookup_account_by_name(name: &str) -> Result<Account, String> {
         passwd_fields,
     )
     .map_err(|e| format!("cannot read the user database for `{name}`: {e}"))?;
-    let (name, uid, gid) = entry.ok_or_else(missing)?;
-    account(name, uid, gid)
+    let (name, uid, gid, home) = entry.ok_or_else(missing)?;
+    account(name, uid, gid, home)
 }
 
 /// Completes an account with its groups: the primary one first, then the supplementary
 /// ones from the group database.
-fn account(name: CString, uid: u32, gid: u32) -> Result<Account, String> {
+fn account(name: CString, uid: u32, gid: u32, home: PathBuf) -> Result<Account, String> {
     let shown = name.to_string_lossy().into_owned();
     let gids = group_list(&name, gid)
         .map_err(|e| format!("cannot read the groups of user `{shown}`: {e}"))?;
@@ -783,6 +785,7 @@ fn account(name: CString, uid: u32, gid: u32) -> Result<Account, String> {
         uid,
         gid,
         groups,
+        home,
     })
 }
 
@@ -803,12 +806,21 @@ fn group_name(gid: u32) -> io::Result<Option<String>> {
     Ok(name.and_then(|n| n.into_string().ok()))
 }
 
-/// The name, uid and primary gid of a user entry.
-fn passwd_fields(pw: &libc::passwd) -> (CString, u32, u32) {
-    // SAFETY: a user entry's name is a NUL-terminated string in the buffer that
-    // `lookup_entry` keeps alive while this runs.
+/// The name, uid, primary gid and home directory of a user entry.
+fn passwd_fields(pw: &libc::passwd) -> (CString, u32, u32, PathBuf) {
+    // SAFETY: a user entry's name and home are NUL-terminated strings in the buffer that
+    // `lookup_entry` keeps alive while this runs (the home may be null with some NSS
+    // modules).
     let name = unsafe { CStr::from_ptr(pw.pw_name) }.to_owned();
-    (name, pw.pw_uid, pw.pw_gid)
+    let home = if pw.pw_dir.is_null() {
+        PathBuf::from("/")
+    } else {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: as above.
+        let dir = unsafe { CStr::from_ptr(pw.pw_dir) };
+        PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes()))
+    };
+    (name, pw.pw_uid, pw.pw_gid, home)
 }
 
 /// Calls a reentrant lookup in the user or group database (`getpwuid_r`, `getpwnam_r`,
@@ -920,6 +932,7 @@ memory_max = "max"
             uid,
             gid: uid,
             groups,
+            home: PathBuf::from("/"),
         }
     }
 
