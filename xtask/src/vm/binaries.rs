@@ -15,7 +15,7 @@ pub struct Built {
 }
 
 /// The programs the tests run by path.
-const HELPERS: [&str; 3] = ["corral", "corral-testtree", "corral-host"];
+const HELPERS: [&str; 4] = ["corral", "corral-testtree", "corral-host", "corral-helper"];
 
 /// Builds the tests on the host and copies them into `bin` (`bin/vm-tests/<name>` for the
 /// test executables, named after their target: `containment`, `lib-corral`, ...).
