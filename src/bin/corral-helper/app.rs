@@ -321,7 +321,10 @@ fn run_job(args: RunArgs, caller: Account, env: Env) -> anyhow::Result<ExitCode>
                 rule: rule.index,
                 guardian,
             };
-            let code = match supervise(job, &place, to_guardian) {
+            // The supervisor keeps the place's directory (to hand it to the caller) and
+            // nothing else of the guardian's.
+            let Place { path, dir, .. } = place;
+            let code = match supervise(job, &path, &dir, to_guardian) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("corral-helper: error: {e:#}");
@@ -696,14 +699,19 @@ struct JobSpec<'a> {
 }
 
 /// The supervisor: spawns COMMAND while still root, gives root up, then runs the job.
-fn supervise(job: JobSpec<'_>, place: &Place, to_guardian: OwnedFd) -> anyhow::Result<u8> {
+fn supervise(
+    job: JobSpec<'_>,
+    place: &Path,
+    place_dir: &OwnedFd,
+    to_guardian: OwnedFd,
+) -> anyhow::Result<u8> {
     let args = job.args;
     let opts = corral::Options {
         grace: args.grace,
         signal: args.signal,
         leftovers: args.leftovers,
         mechanism: corral::MechanismRequest::Cgroup,
-        cgroup_parent: Some(place.path.clone()),
+        cgroup_parent: Some(place.to_path_buf()),
         timeout: args.timeout,
         preserve_status: args.preserve_status,
         supervisor: corral::Supervisor::InProcess,
@@ -733,7 +741,7 @@ fn supervise(job: JobSpec<'_>, place: &Place, to_guardian: OwnedFd) -> anyhow::R
     // The supervisor, unprivileged from here on, removes the leaf when the job is over: it
     // needs the place's directory (not its files) to be its own.
     rustix::fs::fchown(
-        &place.dir,
+        place_dir,
         Some(rustix::process::Uid::from_raw(job.caller.uid)),
         None,
     )
