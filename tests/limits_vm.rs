@@ -314,3 +314,113 @@ fn a_parent_not_delegated_for_controllers_is_an_error() {
     assert!(!done.tree_started());
     sandbox.assert_clean();
 }
+
+/// `corral-helper` (docs/security.md) applies the policy's maxima: a limit not asked for
+/// gets the maximum, a lower one is kept, a higher one is refused before anything runs.
+#[test]
+fn the_helper_applies_the_policys_maxima() {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Command;
+    let Some(sandbox) = vm_sandbox("vm-helper", &["pids"]) else {
+        return;
+    };
+    let jobs = sandbox.cgroup().jobs();
+    // The helper's place for the job (`helper-<uid>-<pid>`) sits in `jobs`, and corral
+    // enables the controller in that place: `jobs` must offer it.
+    fs::write(jobs.join("cgroup.subtree_control"), "+pids").expect("enable pids in jobs");
+    // The installed shape: a root-owned prefix with the setuid helper and its policy.
+    let prefix = std::env::temp_dir().join(format!("corral-helper-test-vm-{}", std::process::id()));
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _remove = Remove(prefix.clone());
+    fs::create_dir_all(prefix.join("bin")).unwrap();
+    fs::create_dir_all(prefix.join("etc/corral")).unwrap();
+    for d in [
+        &prefix,
+        &prefix.join("bin"),
+        &prefix.join("etc"),
+        &prefix.join("etc/corral"),
+    ] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let helper = prefix.join("bin/corral-helper");
+    fs::copy(env!("CARGO_BIN_EXE_corral-helper"), &helper).unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o4755)).unwrap();
+    assert_eq!(
+        fs::metadata(&helper).unwrap().uid(),
+        0,
+        "the test runs as root"
+    );
+    let policy = prefix.join("etc/corral/helper.toml");
+    fs::write(
+        &policy,
+        format!(
+            "[[allow]]\nusers = [\"#65534\"]\ncgroup_parent = \"{}\"\npids_max = 100\n",
+            jobs.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&policy, fs::Permissions::from_mode(0o644)).unwrap();
+    let mount = util::cgroup2_mount().expect("a cgroup2 mount");
+    let show = format!(
+        "cat \"{}$(sed -n 's/^0:://p' /proc/self/cgroup)/pids.max\"",
+        mount.display()
+    );
+    let run = |extra: &[&str]| {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(&helper)
+            .arg("run")
+            .args(extra)
+            .args(["--", "sh", "-c", &show])
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .expect("run setpriv");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    let (code, out, err) = run(&[]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "100"),
+        "no --pids-max: the maximum applies; stderr: {err}"
+    );
+    let (code, out, err) = run(&["--pids-max", "50"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "50"),
+        "--pids-max 50 is kept; stderr: {err}"
+    );
+    let (code, out, err) = run(&["--pids-max", "500"]);
+    assert_eq!(
+        code,
+        Some(125),
+        "--pids-max 500 is above the maximum; stdout {out}, stderr {err}"
+    );
+    assert!(err.contains("above"), "the refusal says why: {err}");
+    assert!(out.is_empty(), "nothing ran: {out}");
+    let places: Vec<_> = fs::read_dir(&jobs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    assert!(places.is_empty(), "the helper left cgroups: {places:?}");
+    sandbox.assert_clean();
+}
