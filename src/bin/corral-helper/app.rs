@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use crate::job_args::{self, JobArgs};
 use crate::policy::Account;
 use crate::privilege::Identity;
 use crate::{beneath, policy, privilege, signals};
@@ -47,55 +48,13 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Stop the job after DUR (e.g. 500ms, 10s, 1m30s); exit status 124.
-    #[arg(long, value_name = "DUR", value_parser = corral::parse_duration)]
-    timeout: Option<Duration>,
-    /// On timeout, exit with COMMAND's own status instead of 124.
-    #[arg(long)]
-    preserve_status: bool,
-    /// Time between the polite signal and SIGKILL; 0 kills at once.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = corral::parse_duration)]
-    grace: Duration,
-    /// The polite signal (name or number).
-    #[arg(long, value_name = "SIG", default_value = "TERM")]
-    signal: corral::Signal,
-    /// What happens to processes still running when COMMAND exits: kill or wait.
-    #[arg(long, value_name = "POLICY", default_value = "kill")]
-    leftovers: corral::Leftovers,
+    /// Limits are at most the policy's maxima, which also apply when a limit is omitted.
+    #[command(flatten)]
+    job: JobArgs,
     /// A cgroup under the one the policy gives you (relative to it, or absolute inside
     /// it); it must exist.
     #[arg(long, value_name = "PATH")]
     cgroup_parent: Option<PathBuf>,
-    /// memory.max for the job (at most the policy's maximum, which applies when omitted).
-    #[arg(long, value_name = "BYTES", value_parser = corral::LimitValue::parse_bytes)]
-    memory_max: Option<corral::LimitValue>,
-    /// memory.high for the job (at most the policy's maximum).
-    #[arg(long, value_name = "BYTES", value_parser = corral::LimitValue::parse_bytes)]
-    memory_high: Option<corral::LimitValue>,
-    /// pids.max for the job (at most the policy's maximum).
-    #[arg(long, value_name = "N", value_parser = corral::LimitValue::parse_count)]
-    pids_max: Option<corral::LimitValue>,
-    /// cpu.max for the job, QUOTA[/PERIOD] (at most the policy's maximum rate).
-    #[arg(long, value_name = "QUOTA[/PERIOD]")]
-    cpu_max: Option<corral::CpuMax>,
-    /// cpu.weight for the job, 1-10000 (at most the policy's maximum).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10000))]
-    cpu_weight: Option<u16>,
-    /// Write the JSON report to FILE (`-` for stdout); written with your permissions.
-    #[arg(long, value_name = "FILE")]
-    report: Option<PathBuf>,
-    /// Print nothing but errors.
-    #[arg(short, long, conflicts_with = "verbose")]
-    quiet: bool,
-    /// Always print the summary line.
-    #[arg(short, long)]
-    verbose: bool,
-    /// Run COMMAND as PID 1 of a new PID namespace.
-    #[arg(long)]
-    pid_namespace: bool,
-    /// Name the job (`corral-helper ps`, `corral-helper kill NAME`).
-    #[arg(long, value_name = "NAME")]
-    name: Option<String>,
     /// Run COMMAND as this account instead of you, where the policy's `run_as` allows it.
     #[arg(long, value_name = "USER")]
     user: Option<String>,
@@ -193,26 +152,14 @@ fn parse_cli() -> anyhow::Result<Cli> {
     match Cli::try_parse() {
         Ok(c) => Ok(c),
         Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                std::process::exit(0);
+            let sub = std::env::args()
+                .nth(1)
+                .filter(|a| ["ps", "kill", "check"].contains(&a.as_str()))
+                .unwrap_or_else(|| "run".into());
+            match job_args::usage_error(e, "corral-helper", &sub) {
+                Some(line) => bail!(line),
+                None => std::process::exit(0),
             }
-            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                bail!("no subcommand given; usage: corral-helper run [OPTIONS] -- COMMAND [ARGS...] (see `corral-helper --help`)");
-            }
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid usage")
-                .trim_start_matches("error: ");
-            let missing = text.lines().nth(1).map(str::trim).unwrap_or("");
-            let first = match first.strip_suffix(':') {
-                Some(head) if !missing.is_empty() => format!("{head}: {missing}"),
-                _ => first.to_string(),
-            };
-            bail!("{first}; see `corral-helper --help`");
         }
     }
 }
@@ -256,20 +203,15 @@ fn run_job(args: RunArgs, caller: Account, env: Env) -> anyhow::Result<ExitCode>
     };
     rule.may_run_as(&caller, &target)
         .map_err(anyhow::Error::msg)?;
-    let requested = corral::Limits {
-        memory_max: args.memory_max,
-        memory_high: args.memory_high,
-        pids_max: args.pids_max,
-        cpu_max: args.cpu_max,
-        cpu_weight: args.cpu_weight,
-    };
+    let requested = args.job.limits();
     let limits = rule.apply_limits(&requested).map_err(anyhow::Error::msg)?;
-    if let Some(name) = &args.name {
+    if let Some(name) = &args.job.name {
         corral::registry::validate_name(name).map_err(anyhow::Error::msg)?;
     }
     let me = Identity::of(&caller);
-    if let Some(path) = &args.report {
-        privilege::as_user(&me, || check_report_path(path))?.map_err(anyhow::Error::msg)?;
+    if let Some(path) = &args.job.report {
+        privilege::as_user(&me, || job_args::check_report_path(path))?
+            .map_err(anyhow::Error::msg)?;
     }
     let place = Place::make(rule, args.cgroup_parent.as_deref(), &caller)?;
 
@@ -339,43 +281,6 @@ fn run_job(args: RunArgs, caller: Account, env: Env) -> anyhow::Result<ExitCode>
             Ok(guard(pid, from_sup, place))
         }
     }
-}
-
-/// Fails early (before anything runs) when the caller could not write the report there.
-/// Runs as the caller.
-fn check_report_path(path: &Path) -> Result<(), String> {
-    if path == Path::new("-") {
-        return Ok(());
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(format!(
-            "report directory {} does not exist or is not yours to see; pick another --report path",
-            dir.display()
-        ));
-    }
-    if path.is_dir() {
-        return Err(format!(
-            "--report {} is a directory; give a file path",
-            path.display()
-        ));
-    }
-    if rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err() {
-        return Err(format!(
-            "report directory {} is not writable by you; pick another --report path",
-            dir.display()
-        ));
-    }
-    if path.exists() && rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_err() {
-        return Err(format!(
-            "--report {} is not writable by you; pick another --report path",
-            path.display()
-        ));
-    }
-    Ok(())
 }
 
 /// The job's place: `helper-<uid>-<pid>` under the parent the policy (and `--cgroup-parent`)
@@ -707,18 +612,18 @@ fn supervise(
 ) -> anyhow::Result<u8> {
     let args = job.args;
     let opts = corral::Options {
-        grace: args.grace,
-        signal: args.signal,
-        leftovers: args.leftovers,
+        grace: args.job.grace,
+        signal: args.job.signal,
+        leftovers: args.job.leftovers,
         mechanism: corral::MechanismRequest::Cgroup,
         cgroup_parent: Some(place.to_path_buf()),
-        timeout: args.timeout,
-        preserve_status: args.preserve_status,
+        timeout: args.job.timeout,
+        preserve_status: args.job.preserve_status,
         supervisor: corral::Supervisor::InProcess,
         move_self_for_limits: false,
         limits: job.limits,
-        pid_namespace: args.pid_namespace,
-        name: args.name.clone(),
+        pid_namespace: args.job.pid_namespace,
+        name: args.job.name.clone(),
         register: true,
         helper: Some(corral::HelperJob {
             caller: job.caller.uid,
@@ -753,7 +658,7 @@ fn supervise(
         let _ = spawned.kill();
         return Err(e.context("could not give up root after the spawn; the job was killed"));
     }
-    if args.verbose {
+    if args.job.verbose {
         eprintln!(
             "corral-helper: job {} pid {} as {} in cgroup {}",
             spawned.id(),
@@ -766,10 +671,10 @@ fn supervise(
         );
     }
     let report = spawned.run(Some(&mut signals))?;
-    if !args.quiet {
+    if !args.job.quiet {
         match report.summary() {
             Some(line) => eprintln!("{line}"),
-            None if args.verbose => eprintln!(
+            None if args.job.verbose => eprintln!(
                 "corral-helper: job {}: {} exited with status {}",
                 report.id,
                 report.command.first().map(String::as_str).unwrap_or(""),
@@ -778,7 +683,7 @@ fn supervise(
             None => {}
         }
     }
-    if let Some(path) = &args.report {
+    if let Some(path) = &args.job.report {
         let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
         value["helper"] = serde_json::json!({
             "caller": { "uid": job.caller.uid, "name": job.caller.name },
@@ -787,28 +692,10 @@ fn supervise(
             "rule": job.rule,
             "environment_removed": job.removed,
         });
-        write_report(path, &value.to_string())?;
+        // As the caller: the supervisor has given up root by now.
+        job_args::write_report(path, &value.to_string())?;
     }
     Ok(report.exit_status.clamp(0, 255) as u8)
-}
-
-/// Writes the report (as the caller: the supervisor has given up root by now) atomically.
-fn write_report(path: &Path, json: &str) -> anyhow::Result<()> {
-    if path == Path::new("-") {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{json}").context("failed to write the report to stdout")?;
-        return Ok(());
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result =
-        std::fs::write(&tmp, format!("{json}\n")).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("failed to write the report to {}", path.display()));
-    }
-    Ok(())
 }
 
 /// The caller's own helper jobs: records written by root (the helper's supervisor) for

@@ -22,6 +22,9 @@ mod app;
 #[cfg(target_os = "linux")]
 mod beneath;
 #[cfg(target_os = "linux")]
+#[path = "../shared/job_args.rs"]
+mod job_args;
+#[cfg(target_os = "linux")]
 mod policy;
 #[cfg(target_os = "linux")]
 mod privilege;
