@@ -671,18 +671,7 @@ fn supervise(
         );
     }
     let report = spawned.run(Some(&mut signals))?;
-    if !args.job.quiet {
-        match report.summary() {
-            Some(line) => eprintln!("{line}"),
-            None if args.job.verbose => eprintln!(
-                "corral-helper: job {}: {} exited with status {}",
-                report.id,
-                report.command.first().map(String::as_str).unwrap_or(""),
-                report.exit_status
-            ),
-            None => {}
-        }
-    }
+    job_args::print_summary(&report, &args.job, "corral-helper");
     if let Some(path) = &args.job.report {
         let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
         value["helper"] = serde_json::json!({

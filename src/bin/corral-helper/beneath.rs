@@ -181,20 +181,9 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, MetadataExt};
 
-    /// A directory under /tmp, removed with everything in it when dropped.
-    struct TempDir(PathBuf);
+    use crate::test_dir::TempDir;
 
     impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            let p = PathBuf::from(format!("/tmp/corral-{tag}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir(&p).unwrap();
-            TempDir(p)
-        }
-
         fn open(&self) -> OwnedFd {
             rustix::fs::open(
                 &self.0,
@@ -202,12 +191,6 @@ mod tests {
                 Mode::empty(),
             )
             .unwrap()
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 

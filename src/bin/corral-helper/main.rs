@@ -32,6 +32,32 @@ mod privilege;
 #[path = "../corral/signals.rs"]
 mod signals;
 
+/// A directory under /tmp for unit tests, removed with everything in it when dropped.
+#[cfg(all(test, target_os = "linux"))]
+mod test_dir {
+    use std::path::PathBuf;
+
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> TempDir {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let p = PathBuf::from(format!("/tmp/corral-{tag}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
     app::main()

@@ -1304,26 +1304,7 @@ memory_max = "max"
         assert!(lookup_account_by_name("a\0b").is_err());
     }
 
-    /// A directory under /tmp, removed with everything in it when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            let p = PathBuf::from(format!("/tmp/corral-{tag}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     #[test]
     fn load_trusts_only_what_root_alone_could_write() {

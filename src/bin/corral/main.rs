@@ -180,18 +180,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let report = job.run(Some(&mut signals))?;
-    if !args.job.quiet {
-        match report.summary() {
-            Some(line) => eprintln!("{line}"),
-            None if args.job.verbose => eprintln!(
-                "corral: job {}: {} exited with status {}",
-                report.id,
-                report.command.first().map(String::as_str).unwrap_or(""),
-                report.exit_status
-            ),
-            None => {}
-        }
-    }
+    job_args::print_summary(&report, &args.job, "corral");
     if let Some(path) = &args.job.report {
         job_args::write_report(path, &report.to_json())?;
     }

@@ -75,6 +75,23 @@ impl JobArgs {
     }
 }
 
+/// The summary line after the job, as `-q`/`-v` ask.
+pub fn print_summary(report: &corral::Report, args: &JobArgs, program: &str) {
+    if args.quiet {
+        return;
+    }
+    match report.summary() {
+        Some(line) => eprintln!("{line}"),
+        None if args.verbose => eprintln!(
+            "{program}: job {}: {} exited with status {}",
+            report.id,
+            report.command.first().map(String::as_str).unwrap_or(""),
+            report.exit_status
+        ),
+        None => {}
+    }
+}
+
 /// A clap error as one line, or `None` for `--help`/`--version` (printed here; exit 0).
 /// `sub` names the subcommand whose `--help` the line points to.
 pub fn usage_error(e: clap::Error, program: &str, sub: &str) -> Option<String> {
