@@ -86,6 +86,13 @@ struct KillArgs {
 type Env = Vec<(OsString, OsString)>;
 
 pub fn main() -> ExitCode {
+    // A caller who closed stdin, stdout or stderr would have the helper's first files
+    // opened there, and its output written into them: /dev/null takes their place (glibc
+    // does so too for a setuid program; not under sudo).
+    if let Err(e) = open_standard_fds() {
+        eprintln!("corral-helper: error: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
     // First of all: nothing the caller put in the environment steers the privileged part
     // (the library reads CORRAL_*, XDG_RUNTIME_DIR; others read RUST_LOG and the like).
     let env = take_environment();
@@ -104,6 +111,19 @@ fn exit_code_for(e: &anyhow::Error) -> u8 {
         Some(corral::Error::NotExecutable { .. }) => 126,
         _ => EXIT_FAILED,
     }
+}
+
+/// Opens /dev/null on whichever of descriptors 0, 1 and 2 is closed.
+fn open_standard_fds() -> std::io::Result<()> {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD on a descriptor number only asks whether it is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // The lowest free number: this one.
+            let null = rustix::fs::open("/dev/null", OFlags::RDWR, Mode::empty())?;
+            std::mem::forget(null);
+        }
+    }
+    Ok(())
 }
 
 /// Takes every variable out of the process's environment and returns them. Called first,
