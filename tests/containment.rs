@@ -45,6 +45,8 @@ mod fork_storm;
 mod graceful;
 #[path = "containment/grandchild.rs"]
 mod grandchild;
+#[path = "containment/helper.rs"]
+mod helper;
 #[path = "containment/leftovers_policy.rs"]
 mod leftovers_policy;
 #[path = "containment/library.rs"]
