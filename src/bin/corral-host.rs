@@ -19,7 +19,7 @@
 //!
 //! ```text
 //! corral-host spawn-command [--cgroup-parent DIR | --in-process] [--pid-namespace]
-//!     [--no-watchdog] [--credentials UID:GID:GROUP,...] -- COMMAND [ARGS...]
+//!     [--no-watchdog] [--ignore-sigchld] [--credentials UID:GID:GROUP,...] -- COMMAND [ARGS...]
 //! ```
 //!
 //! runs COMMAND through `Job::spawn_command` from the main thread: a cgroup job under DIR,
@@ -157,7 +157,7 @@ fn usage() -> ExitCode {
         "usage: corral-host pgroup|cgroup [--cgroup-parent DIR] [--in-process]\n       \
          corral-host wait-job [--pgroup] --cgroup-parent DIR -- COMMAND [ARGS...]\n       \
          corral-host spawn-command [--cgroup-parent DIR | --in-process] [--pid-namespace] \
-         [--no-watchdog] [--credentials UID:GID:GROUP,...] -- COMMAND [ARGS...]"
+         [--no-watchdog] [--ignore-sigchld] [--credentials UID:GID:GROUP,...] -- COMMAND [ARGS...]"
     );
     ExitCode::from(2)
 }
@@ -231,6 +231,10 @@ fn spawn_command(args: Vec<String>) -> ExitCode {
             }
             "--pid-namespace" => opts.pid_namespace = true,
             "--no-watchdog" => opts.debug.no_watchdog = true,
+            // SAFETY: sets a disposition; no handler. This process is the test's.
+            "--ignore-sigchld" => unsafe {
+                libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            },
             "--credentials" => match flags.next().and_then(|c| parse_credentials(c)) {
                 Some(creds) => cmd = cmd.credentials(creds),
                 None => return usage(),

@@ -76,6 +76,7 @@ impl Job {
     /// [`crate::Supervisor`]).
     pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
         check_name(opts)?;
+        check_sigchld()?;
         if opts.pid_namespace {
             return Err(Error::InvalidOptions(
                 "pid_namespace needs the clone3 spawn path: use Job::spawn_command with a \
@@ -174,6 +175,7 @@ impl Job {
     /// mode with [`crate::Supervisor::InProcess`], called from the main thread.
     pub fn spawn_command(cmd: &JobCommand, opts: &Options) -> Result<Job> {
         check_name(opts)?;
+        check_sigchld()?;
         if opts.pid_namespace && opts.leftovers == Leftovers::Wait {
             return Err(Error::InvalidOptions(
                 "--pid-namespace cannot be combined with --leftovers wait: when COMMAND exits, \
@@ -380,6 +382,36 @@ impl Job {
 
 /// A name asked for must be valid and not taken by a running job of this user; checked
 /// before anything is created.
+/// A process that ignores SIGCHLD (or sets `SA_NOCLDWAIT`) has its children reaped by the
+/// kernel: a job's exit status could never be known, and every wait would fail with
+/// ECHILD. Refused up front, with the fix; a disposition is the program's to choose, so the
+/// library does not change it. (The `corral` binaries reset it to the default first.)
+fn check_sigchld() -> Result<()> {
+    // SAFETY: reads the current disposition into a zeroed struct; changes nothing.
+    let (ignored, nocldwait) = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) != 0 {
+            return Ok(());
+        }
+        (
+            old.sa_sigaction == libc::SIG_IGN,
+            old.sa_flags & libc::SA_NOCLDWAIT != 0,
+        )
+    };
+    if ignored || nocldwait {
+        return Err(Error::InvalidOptions(format!(
+            "this process {} SIGCHLD, so the kernel reaps its children and a job's exit \
+             status cannot be known; restore SIGCHLD's default disposition before starting jobs",
+            if ignored {
+                "ignores"
+            } else {
+                "sets SA_NOCLDWAIT for"
+            }
+        )));
+    }
+    Ok(())
+}
+
 fn check_name(opts: &Options) -> Result<()> {
     match &opts.name {
         Some(name) if opts.register => {

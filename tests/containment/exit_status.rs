@@ -8,6 +8,7 @@ use crate::util::{both_mechanisms, Finished, Mechanism, Run, Sandbox};
 both_mechanisms!(
     exit_0,
     exit_3,
+    exit_3_with_sigchld_ignored_by_the_caller,
     exit_255,
     killed_by_sigkill_is_137,
     killed_by_sigterm_is_143,
@@ -77,6 +78,15 @@ fn exit_0(mechanism: Mechanism) {
 fn exit_3(mechanism: Mechanism) {
     let done = expect(mechanism, "exit-3", 3, &[], |run| {
         run.tree(&["exit", "3"]);
+    });
+    assert_exit(done, Some(3), None);
+}
+
+/// A caller that ignores SIGCHLD (inherited through exec) must not cost COMMAND's status:
+/// the kernel would reap corral's children itself, and every wait would fail.
+fn exit_3_with_sigchld_ignored_by_the_caller(mechanism: Mechanism) {
+    let done = expect(mechanism, "exit-3-sigchld", 3, &[], |run| {
+        run.ignore_sigchld().tree(&["exit", "3"]);
     });
     assert_exit(done, Some(3), None);
 }

@@ -501,6 +501,7 @@ impl Sandbox {
             uid: None,
             report: None,
             grace: Duration::ZERO,
+            ignore_sigchld: false,
         }
     }
 
@@ -615,9 +616,17 @@ pub struct Run {
     uid: Option<u32>,
     report: Option<PathBuf>,
     grace: Duration,
+    ignore_sigchld: bool,
 }
 
 impl Run {
+    /// Starts corral with SIGCHLD ignored (a disposition that survives exec), as a careless
+    /// parent might.
+    pub fn ignore_sigchld(&mut self) -> &mut Run {
+        self.ignore_sigchld = true;
+        self
+    }
+
     pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Run {
         self.args.push(arg.as_ref().to_os_string());
         self
@@ -727,6 +736,16 @@ impl Run {
         }
         if let Some(leaf) = &self.leaf {
             place_in_cgroup(&mut command, leaf);
+        }
+        if self.ignore_sigchld {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: signal(2) is async-signal-safe and touches nothing of the parent's.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
         }
         if let Some(uid) = self.uid {
             // After the move into the cgroup, which needs root.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
@@ -381,6 +381,38 @@ fn in_process_pgroup_job_runs_as_nobody() {
         .wait_within(DEADLINE)
         .expect("corral-host exits");
     assert!(status.success(), "corral-host: {status:?}");
+    sandbox.assert_clean();
+}
+
+/// A host that ignores SIGCHLD would have its jobs' processes reaped by the kernel and
+/// could never learn an exit status: the spawn is refused, saying why and how to fix it,
+/// before anything is made.
+#[test]
+fn a_host_that_ignores_sigchld_is_refused() {
+    let Some(sandbox) = Sandbox::with_cgroup("embed-sigchld-ignored") else {
+        return;
+    };
+    let jobs = sandbox.cgroup().jobs();
+    let jobs = jobs.to_str().expect("a UTF-8 path");
+    let mut host = Host::spawn(
+        &sandbox,
+        &["--ignore-sigchld", "--cgroup-parent", jobs, "--", "true"],
+    );
+    let error = host.value("error");
+    assert!(
+        error.contains("ignores SIGCHLD") && error.contains("default disposition"),
+        "the refusal names the problem and the fix: {error}"
+    );
+    assert!(!error.contains('\n'), "one line: {error}");
+    let status = host
+        .process
+        .wait_within(DEADLINE)
+        .expect("corral-host exits");
+    assert!(!status.success(), "corral-host: {status:?}");
+    assert!(
+        CgroupTree::children(Path::new(jobs)).is_empty(),
+        "a refused spawn left a job cgroup under {jobs}"
+    );
     sandbox.assert_clean();
 }
 

@@ -93,6 +93,13 @@ pub fn main() -> ExitCode {
         eprintln!("corral-helper: error: {e}");
         return ExitCode::from(EXIT_FAILED);
     }
+    // A caller may start us with SIGCHLD ignored (that survives exec): the kernel would
+    // then reap our children itself and every wait would fail with ECHILD, so the exit
+    // status would be lost.
+    // SAFETY: sets a signal's disposition to its default; no handler is involved.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
     // First of all: nothing the caller put in the environment steers the privileged part
     // (the library reads CORRAL_*, XDG_RUNTIME_DIR; others read RUST_LOG and the like).
     let env = take_environment();
@@ -566,12 +573,15 @@ fn guard(supervisor: libc::pid_t, from_sup: OwnedFd, place: Place) -> ExitCode {
     let mut id = Vec::new();
     let _ = File::from(from_sup).take(256).read_to_end(&mut id);
     let mut status = 0;
+    let mut wait_error = None;
     loop {
         // SAFETY: waits for our own child.
         if unsafe { libc::waitpid(supervisor, &mut status, 0) } >= 0 {
             break;
         }
-        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            wait_error = Some(e);
             break;
         }
     }
@@ -596,6 +606,13 @@ fn guard(supervisor: libc::pid_t, from_sup: OwnedFd, place: Place) -> ExitCode {
     }
     for p in &problems {
         eprintln!("corral-helper: warning: {p}");
+    }
+    if let Some(e) = wait_error {
+        eprintln!(
+            "corral-helper: error: cannot learn how the job's supervisor ended (waitpid: {e}); \
+             the job was killed and its cgroup removed"
+        );
+        return ExitCode::from(EXIT_FAILED);
     }
     match killed_by {
         Some(sig) => {

@@ -82,6 +82,12 @@ fn main() -> ExitCode {
     {
         corral::__watchdog();
     }
+    // SIGCHLD ignored by whoever started us survives exec; the kernel would reap the job's
+    // processes itself and its exit status would be lost.
+    // SAFETY: sets a signal's disposition to its default; no handler is involved.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
     match run() {
         Ok(code) => code,
         Err(e) => {
