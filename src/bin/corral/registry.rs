@@ -44,6 +44,9 @@ struct PsJob<'a> {
     id: &'a str,
     name: Option<&'a str>,
     uid: u32,
+    /// The caller a privileged helper (`corral-helper`) runs the job for; `uid` is root's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_behalf_of: Option<u32>,
     supervisor_pid: u32,
     stale: bool,
     mechanism: &'a str,
@@ -77,6 +80,7 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
             id: &e.record.id,
             name: e.record.name.as_deref(),
             uid: e.record.uid,
+            on_behalf_of: e.record.on_behalf_of,
             supervisor_pid: e.record.supervisor.pid,
             stale: !e.live,
             mechanism: &e.record.mechanism,
@@ -103,7 +107,10 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
         rows.push(vec![
             j.id.to_string(),
             j.name.map(str::to_string).unwrap_or_else(dash),
-            j.uid.to_string(),
+            match j.on_behalf_of {
+                Some(caller) => format!("{}>{caller}", j.uid),
+                None => j.uid.to_string(),
+            },
             j.supervisor_pid.to_string(),
             if j.stale { "stale" } else { "running" }.to_string(),
             j.mechanism.to_string(),
