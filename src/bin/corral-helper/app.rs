@@ -164,8 +164,9 @@ fn alters_loading(name: &OsString) -> bool {
 
 fn run(env: Env) -> anyhow::Result<ExitCode> {
     let caller_uid = privilege::caller_uid(&env)?;
-    privilege::become_root()?;
+    // Usage first: `--help` works before the helper is installed.
     let cli = parse_cli()?;
+    privilege::become_root()?;
     let caller = policy::lookup_account_by_uid(caller_uid).map_err(anyhow::Error::msg)?;
     match cli.command {
         Cmd::Run(args) => run_job(args, caller, env),
