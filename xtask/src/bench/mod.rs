@@ -13,6 +13,8 @@
 //!    memory and CPU while idle.
 //! 6. [`registry`]: a job registered vs not (ratio), and the start-up sweep's cost.
 //! 7. [`pidns`]: `corral run -- true` with `--pid-namespace` vs without.
+//! 8. [`helper`]: a job through the setuid helper `corral-helper`, as an unprivileged
+//!    caller, vs `corral run` as root (and vs `setpriv` alone).
 //!
 //! Safety: everything runs under one cgroup of the bench's own ([`cgroup::BenchRoot`]),
 //! removed at the end and on any error; processes are signalled only through pidfds; rounds
@@ -21,6 +23,7 @@
 
 mod cgroup;
 mod concurrent;
+mod helper;
 mod idle;
 mod machine;
 mod pidns;
@@ -56,6 +59,9 @@ pub struct Plan {
     /// Figure 7's warm-up rounds and rounds.
     pub pidns_warmup: usize,
     pub pidns_rounds: usize,
+    /// Figure 8's warm-up rounds and rounds.
+    pub helper_warmup: usize,
+    pub helper_rounds: usize,
     pub quick: bool,
 }
 
@@ -72,6 +78,8 @@ impl Plan {
             watchdog_warmup: 5,
             pidns_warmup: 5,
             pidns_rounds: 100,
+            helper_warmup: 5,
+            helper_rounds: 100,
             quick: false,
         }
     }
@@ -88,6 +96,8 @@ impl Plan {
             watchdog_warmup: 2,
             pidns_warmup: 1,
             pidns_rounds: 10,
+            helper_warmup: 1,
+            helper_rounds: 10,
             quick: true,
         }
     }
@@ -221,6 +231,13 @@ impl Bench {
     }
 }
 
+/// The three load averages from `/proc/loadavg` (empty if it cannot be read).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// The repository root (xtask's parent directory).
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -229,13 +246,35 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A figure `cargo xtask bench --only <name>` runs alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    /// Figure 6.
+    Registry,
+    /// Figure 8.
+    Helper,
+}
+
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--only registry|helper]";
+
 pub fn run(args: &[String]) -> Result<()> {
-    let (plan, only_registry) = match args {
-        [] => (Plan::full(), false),
-        [q] if q == "--quick" => (Plan::quick(), false),
-        [o, w] if o == "--only" && w == "registry" => (Plan::full(), true),
-        _ => bail!("usage: cargo xtask bench [--quick | --only registry]"),
-    };
+    let mut quick = false;
+    let mut only = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--only" => {
+                only = Some(match args.next().map(String::as_str) {
+                    Some("registry") => Only::Registry,
+                    Some("helper") => Only::Helper,
+                    _ => bail!(USAGE),
+                })
+            }
+            _ => bail!(USAGE),
+        }
+    }
+    let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = Instant::now();
     let date = SystemTime::now();
     install_interrupt_flag()?;
@@ -249,31 +288,49 @@ pub fn run(args: &[String]) -> Result<()> {
             .with_context(|| format!("failed to create {}", registry_dir.display()))?;
     }
     std::env::set_var(corral::registry::RUNTIME_DIR_ENV, &registry_dir);
-    let result = if only_registry {
-        run_registry_only(&plan)
-    } else {
-        run_figures(plan, started, date)
+    let result = match only {
+        Some(only) => run_only(only, &plan, date),
+        None => run_figures(plan, started, date),
     };
     let _ = std::fs::remove_dir_all(&registry_dir);
     result
 }
 
-/// `cargo xtask bench --only registry`: figure 5 alone, printed as its markdown section.
-fn run_registry_only(plan: &Plan) -> Result<()> {
+/// `cargo xtask bench --only registry|helper`: figure 6 or 8 alone, printed as its markdown
+/// section followed by a note of when, at which revision and under what load it was
+/// measured (the machine table of `docs/benchmarks.md` describes the full run's).
+fn run_only(only: Only, plan: &Plan, date: SystemTime) -> Result<()> {
+    build_cli()?;
     let mount = Mount::find()?;
+    let machine = machine::Machine::describe(&mount);
+    for (k, v) in &machine.facts {
+        eprintln!("{k:>22}: {v}");
+    }
     let root = BenchRoot::create(&mount)?;
     let mut bench = Bench {
         root,
         anomalies: Vec::new(),
         strays_reaped: 0,
     };
-    let figures = registry::run(&mut bench, plan);
+    let (section, figure, name) = match only {
+        Only::Registry => (
+            registry::run(&mut bench, plan).map(|f| report::registry_section(&f)),
+            6,
+            "registry",
+        ),
+        Only::Helper => (
+            helper::run(&mut bench, plan).map(|f| report::helper_section(&f)),
+            8,
+            "helper",
+        ),
+    };
+    let note = report::measured_alone(figure, name, &machine, &load_average(), date);
     let Bench {
         root, anomalies, ..
     } = bench;
     root.close()?;
-    let figures = figures?;
-    println!("{}", report::registry_section(&figures));
+    let section = section?;
+    println!("{section}\n{note}");
     if !anomalies.is_empty() {
         bail!("anomalies: {anomalies:?}");
     }
@@ -303,6 +360,7 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
     let watchdog = watchdog::run(&mut bench, &plan)?;
     let registry = registry::run(&mut bench, &plan)?;
     let pidns = pidns::run(&mut bench, &plan)?;
+    let helper = helper::run(&mut bench, &plan)?;
 
     let Bench {
         root,
@@ -320,9 +378,7 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
             root_path.display()
         ));
     }
-    let load_end = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let load_end = load_average();
     let results = report::Results {
         plan: &plan,
         machine: &machine,
@@ -333,6 +389,7 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
         watchdog: &watchdog,
         registry: &registry,
         pidns: &pidns,
+        helper: &helper,
         anomalies: &anomalies,
         strays_reaped,
         load_end,
@@ -372,23 +429,38 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
         .context("failed to start a tokio runtime")
 }
 
-/// The `corral` binary [`build_cli`] builds: figures 3 and 5 run it, figure 1's supervised
-/// jobs use it as their supervisor, and cgroup jobs as their watchdog.
+/// The `corral` binary [`build_cli`] builds: figures 3, 5, 7 and 8 run it, figure 1's
+/// supervised jobs use it as their supervisor, and cgroup jobs as their watchdog.
 fn corral_binary() -> PathBuf {
     workspace_root().join("target/release/corral")
 }
 
-/// Builds `target/release/corral`, which figures 1 and 3 run (a no-op when it is up to date).
+/// The `corral-helper` binary [`build_cli`] builds: figure 8 installs a setuid copy of it.
+fn helper_binary() -> PathBuf {
+    workspace_root().join("target/release/corral-helper")
+}
+
+/// Builds `target/release/corral` and `target/release/corral-helper`, which the figures
+/// run (a no-op when they are up to date).
 fn build_cli() -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("bench: cargo build --release --bin corral");
+    let args = [
+        "build",
+        "--release",
+        "--bin",
+        "corral",
+        "--bin",
+        "corral-helper",
+    ];
+    eprintln!("bench: cargo {}", args.join(" "));
     let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "--release", "--bin", "corral"])
+        .args(args)
+        .arg("--quiet")
         .current_dir(workspace_root())
         .status()
         .context("failed to run cargo")?;
     if !status.success() {
-        bail!("cargo build --release --bin corral failed: {status}");
+        bail!("cargo {} failed: {status}", args.join(" "));
     }
     Ok(())
 }

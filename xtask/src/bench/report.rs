@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::concurrent::{self, ConcurrentFigures};
+use super::helper::{self, HelperFigures};
 use super::idle::{IdleFigures, IdleRun};
 use super::machine::Machine;
 use super::pidns::{self, PidnsFigures};
@@ -32,6 +33,7 @@ pub struct Results<'a> {
     pub watchdog: &'a WatchdogFigures,
     pub registry: &'a RegistryFigures,
     pub pidns: &'a PidnsFigures,
+    pub helper: &'a HelperFigures,
     pub anomalies: &'a [String],
     pub strays_reaped: usize,
     pub load_end: String,
@@ -610,9 +612,14 @@ fn capitalise(s: &str) -> String {
 
 /// The CPU count as the machine facts give it.
 fn cpus(m: &Machine) -> &str {
+    fact(m, "CPUs online")
+}
+
+/// One of the machine facts, by its label.
+fn fact<'m>(m: &'m Machine, label: &str) -> &'m str {
     m.facts
         .iter()
-        .find(|(k, _)| *k == "CPUs online")
+        .find(|(k, _)| *k == label)
         .map(|(_, v)| v.as_str())
         .unwrap_or("unknown")
 }
@@ -903,6 +910,7 @@ pub fn render(r: &Results<'_>) -> String {
     for v in pidns::Variant::ALL {
         samples_row(&mut o, v.label(), p.get(v), v.baseline().map(|b| p.get(b)));
     }
+    o.push_str(&helper_section(r.helper));
 
     let _ = writeln!(o, "\n## Checks\n");
     let _ = writeln!(
@@ -1021,6 +1029,122 @@ pub fn registry_section(g: &RegistryFigures) -> String {
     o
 }
 
+/// Figure 8, the privileged helper (also printed alone by `cargo xtask bench --only helper`).
+pub fn helper_section(h: &HelperFigures) -> String {
+    use helper::Variant as V;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\n## 8. A job through the privileged helper `corral-helper`\n\n\
+         {} rounds (after {} warm-up rounds) of the four runs below, in an order rotated by \
+         one each round; a run is timed from spawning it to reaping it. `corral-helper` is a \
+         copy of the release build, installed setuid root under a prefix of the bench's own \
+         in `/tmp` with a policy that lets uid {uid} (`nobody`) run jobs under the bench's \
+         `jobs/` cgroup. B, C and D run as that user through `setpriv`, in `/`, with no \
+         environment but `PATH=/usr/bin:/bin`, as the helper's tests call it. A, the \
+         baseline, is `corral run` as root, run as in figure 7 (its job starts the \
+         watchdog, figure 5; a helper job has none, the helper's root process stands in \
+         for it). In C, `setpriv` execs the helper, which makes itself root through and \
+         through, looks the caller up in the user and group databases, reads the policy \
+         after checking every directory from `/` down to it, makes the job's place (a \
+         cgroup `helper-{uid}-<pid>` under `jobs/`, limited to one child) and forks; the \
+         child, the supervisor, spawns `true` as the caller into a leaf of the place, \
+         gives up root, waits for the job and removes the leaf and the job's record, and \
+         the helper's first process (the guardian) then removes the place and exits. \
+         B is the part of C that is `setpriv`'s, so C − B is what the helper itself \
+         costs.\n\n\
+         | Variant | median | min | p90 | ratio to A |\n|---|---|---|---|---|",
+        h.rounds,
+        h.warmup,
+        uid = helper::CALLER,
+    );
+    let a = h.get(V::CorralRun);
+    for v in [V::CorralRun, V::Setpriv, V::Helper] {
+        samples_row(
+            &mut o,
+            v.label(),
+            h.get(v),
+            (v != V::CorralRun).then_some(a),
+        );
+    }
+    let own = h.get(V::Helper).median() - h.get(V::Setpriv).median();
+    let _ = writeln!(
+        o,
+        "| the helper's own cost: C − B (of the medians) | {} | | | {} |",
+        fmt_secs(own),
+        fmt_ratio(own / a.median()),
+    );
+    let _ = writeln!(
+        o,
+        "\nWith a report (`--report`): the helper checks the path in a forked child that \
+         has become the caller (so the caller cannot have root look at a file it may not \
+         see), and the supervisor writes the report after it has given up root. Each \
+         round's report is checked (the caller's file, for the caller, status 0) and \
+         removed, so every run writes a new one.\n\n\
+         | Variant | median | min | p90 | ratio to C |\n|---|---|---|---|---|"
+    );
+    let c = h.get(V::Helper);
+    for v in [V::Helper, V::HelperReport] {
+        samples_row(&mut o, v.label(), h.get(v), (v != V::Helper).then_some(c));
+    }
+    let _ = writeln!(
+        o,
+        "\nWhere the helper's time goes, traced once outside the bench (at 64f5399, same \
+         machine: `perf record` of scheduler, cgroup and system-call tracepoints over 40 \
+         runs of C, medians; `strace -f` stops the process at every system call and made \
+         a run 90 ms long, too slow to apportion): of 6.9 ms from the helper's exec to its \
+         exit, start-up until it becomes root took 1.3 ms (its argument parsing included; \
+         `corral run` takes as long from its exec to its leaf's `mkdir`), looking the \
+         caller up 0.9 ms, the policy (the walk from `/`, the parse, the \
+         cgroup2 mount) 0.35 ms, making the place and forking the supervisor 0.45 ms, the \
+         supervisor's leaf, record and spawn until `true` runs 1.75 ms (the job changes \
+         ids, so its `clone3` copies the supervisor's memory as `fork` does, where \
+         `corral run` spawns vfork-style; `corral run` takes 1.3 ms from its leaf's \
+         `mkdir` until `true` runs, its watchdog's start included), and the teardown \
+         after `true` exits 1.3 ms (the supervisor removes the leaf and exits; the \
+         guardian reaps it, removes the place and the records) against 0.4 ms for \
+         `corral run`. So no one step \
+         dominates. The largest the helper adds is the look-up: Debian's \
+         `/etc/nsswitch.conf` says `group: files systemd`, so `getgrouplist` loads \
+         `libnss_systemd` (with `libcap` and `libm`) in every run, 0.55-0.7 ms of its \
+         first call (0.02 ms once loaded); next the second process (its fork and the \
+         two-step teardown, about 1 ms beyond `corral run`'s); the policy check is small. \
+         In D the report check is a fork of the guardian whose child takes the caller's \
+         identity, checks the path and exits (0.6-0.8 ms to its reaping), and writing the \
+         report 0.2-0.3 ms more."
+    );
+    let _ = writeln!(
+        o,
+        "\nAfter every run the bench also checked that the helper left no record of uid {} \
+         in root's registry (`/run/corral`, where helper jobs register) and no `helper-*` \
+         cgroup under `jobs/`.",
+        helper::CALLER
+    );
+    o
+}
+
+/// The note under a figure measured alone (`cargo xtask bench --only <name>`), which the
+/// machine table at the top of the file does not describe: when, at which revision, on
+/// which kernel, under what load.
+pub fn measured_alone(
+    figure: usize,
+    name: &str,
+    m: &Machine,
+    load_end: &str,
+    date: SystemTime,
+) -> String {
+    format!(
+        "Figure {figure} was measured on its own (`cargo xtask bench --only {name}`, {}, at \
+         {}; kernel {}, {} CPUs; load average {} at the start and {load_end} at the end), \
+         not in the run that made the other figures.",
+        utc(date),
+        fact(m, "corral revision"),
+        fact(m, "kernel"),
+        cpus(m),
+        fact(m, "load average at start"),
+    )
+}
+
 /// `docs/benchmarks.md`: how the file is made, then the report.
 pub fn with_doc_header(r: &Results<'_>, body: &str) -> String {
     format!(
@@ -1090,6 +1214,25 @@ pub fn summary(r: &Results<'_>) -> String {
             );
         }
     }
+    let h = r.helper;
+    let (a, b, c, d) = (
+        h.get(helper::Variant::CorralRun).median(),
+        h.get(helper::Variant::Setpriv).median(),
+        h.get(helper::Variant::Helper).median(),
+        h.get(helper::Variant::HelperReport).median(),
+    );
+    let _ = writeln!(
+        o,
+        "corral-helper run -- true as uid {}: C/A {} ({} vs corral run as root {}), (C - B)/A \
+         {} (setpriv alone {}); with --report: D/C {}",
+        helper::CALLER,
+        fmt_ratio(c / a),
+        fmt_secs(c),
+        fmt_secs(a),
+        fmt_ratio((c - b) / a),
+        fmt_secs(b),
+        fmt_ratio(d / c),
+    );
     let _ = writeln!(
         o,
         "wall time {:.0} s; anomalies: {}",
