@@ -138,6 +138,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn cgroup(
         op: impl Into<String>,
         path: impl Into<PathBuf>,
@@ -163,6 +164,7 @@ impl Error {
         }
     }
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn sys(op: impl Into<String>, source: impl Into<io::Error>) -> Self {
         Error::Sys {
             op: op.into(),

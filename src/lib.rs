@@ -29,9 +29,15 @@
 #![warn(missing_docs)]
 
 mod error;
+#[cfg(target_os = "linux")]
 mod job;
 mod options;
 mod report;
+
+#[cfg(target_os = "macos")]
+mod macos;
+#[cfg(windows)]
+mod windows;
 
 #[cfg(target_os = "linux")]
 mod linux;
@@ -46,15 +52,20 @@ mod registry;
 pub mod tokio;
 
 pub use error::{Error, Result};
-pub use job::{Credentials, Detached, Job, JobCommand, Output, SignalSource};
+#[cfg(target_os = "linux")]
+pub use job::{Detached, Job, JobCommand, Output, SignalSource};
+#[cfg(target_os = "macos")]
+pub use macos::Job;
 pub use options::{
-    parse_duration, CpuMax, DebugKnobs, HelperJob, Leftovers, LimitValue, Limits, MechanismRequest,
-    Options, Signal, SignalSet, Supervisor,
+    parse_duration, CpuMax, Credentials, DebugKnobs, HelperJob, Leftovers, LimitValue, Limits,
+    MechanismRequest, Options, Signal, SignalSet, Supervisor,
 };
 pub use report::{
     Cleanup, ExitInfo, LimitsReport, ProcessInfo, Report, Requester, StopOutcome, StopReason,
     StopReport, StopStep, Usage, REPORT_VERSION,
 };
+#[cfg(windows)]
+pub use windows::Job;
 
 /// The entry point of `corral __supervise`, the per-job supervisor process of a pgroup job
 /// (see `src/linux/supervise.rs`). Called by the `corral` binary; not for other programs.
@@ -101,11 +112,19 @@ pub fn __cgroup2_mount() -> Option<std::path::PathBuf> {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Mechanism {
-    /// A cgroup v2 leaf per job: complete containment.
+    /// A cgroup v2 leaf per job: complete containment (Linux).
     Cgroup,
     /// Process group + child subreaper + `/proc` walk: weaker (members are found by walks,
-    /// not by the kernel; no limits; see `docs/guarantees.md`).
+    /// not by the kernel; no limits; see `docs/guarantees.md`). On macOS: the process group
+    /// and `libproc`'s child lists (a descendant that leaves the group can escape).
     Pgroup,
+    /// A Windows Job Object with kill-on-close: complete containment (Windows).
+    #[cfg(windows)]
+    JobObject,
+    /// `taskkill /T /F` over parent links, where no Job Object could be had: weaker (a
+    /// descendant whose parent already exited is missed) (Windows).
+    #[cfg(windows)]
+    Taskkill,
 }
 
 impl Mechanism {
@@ -114,6 +133,10 @@ impl Mechanism {
         match self {
             Mechanism::Cgroup => "cgroup",
             Mechanism::Pgroup => "pgroup",
+            #[cfg(windows)]
+            Mechanism::JobObject => "job-object",
+            #[cfg(windows)]
+            Mechanism::Taskkill => "taskkill",
         }
     }
 }

@@ -211,6 +211,7 @@ impl Limits {
     }
 
     /// Checks the values the types do not rule out (ranges the kernel would refuse).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn validate(&self) -> Result<(), String> {
         if let Some(w) = self.cpu_weight {
             if !(1..=10_000).contains(&w) {
@@ -765,4 +766,16 @@ mod tests {
             assert!(bad.parse::<Signal>().is_err(), "{bad} should be rejected");
         }
     }
+}
+
+/// Who the job's first process runs as (see `JobCommand::credentials`, Linux).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Credentials {
+    /// The real, effective and saved user id.
+    pub uid: u32,
+    /// The real, effective and saved group id.
+    pub gid: u32,
+    /// The supplementary groups, exactly these (empty: none).
+    pub groups: Vec<u32>,
 }

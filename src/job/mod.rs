@@ -20,6 +20,7 @@ use crate::linux::supervise::Supervised;
 use crate::linux::{self, pgroup, procs};
 use crate::options::{Options, Signal, SignalSet};
 use crate::report::{ProcessInfo, Report, StopReport};
+use crate::Credentials;
 use crate::Mechanism;
 
 use machine::Phase;
@@ -37,18 +38,6 @@ pub struct JobCommand {
     cwd: Option<PathBuf>,
     signal_mask: Option<SignalSet>,
     credentials: Option<Credentials>,
-}
-
-/// Who the job's first process runs as (see [`JobCommand::credentials`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct Credentials {
-    /// The real, effective and saved user id.
-    pub uid: u32,
-    /// The real, effective and saved group id.
-    pub gid: u32,
-    /// The supplementary groups, exactly these (empty: none).
-    pub groups: Vec<u32>,
 }
 
 impl JobCommand {

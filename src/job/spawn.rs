@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::machine::Phase;
-use super::{Backend, Credentials, Job, JobCommand};
+use super::{Backend, Job, JobCommand};
 use crate::error::{Error, Result};
 use crate::linux::cgroup::{Leaf, ParentSource};
 use crate::linux::pidfd::{self, Pid};
@@ -26,6 +26,7 @@ use crate::linux::{self, pgroup, supervise};
 use crate::options::{Leftovers, Options, Supervisor};
 use crate::registry;
 use crate::report::LimitsReport;
+use crate::Credentials;
 use crate::Mechanism;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
