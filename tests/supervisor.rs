@@ -9,6 +9,7 @@
 //! the job's (their parent is the main process or the supervisor) or on the supervisor
 //! while it is our unreaped child. Waits are polls against deadlines. A guard kills what a
 //! test started and reaps the supervisor, also when the test fails.
+#![cfg(target_os = "linux")]
 
 use std::fs;
 use std::io::Read;

@@ -2,13 +2,16 @@
 
 #[path = "../shared/job_args.rs"]
 mod job_args;
+#[cfg(target_os = "linux")]
 mod registry;
+#[cfg(target_os = "linux")]
 mod signals;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(target_os = "linux")]
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use job_args::JobArgs;
@@ -32,10 +35,13 @@ enum Cmd {
     /// Run COMMAND as a job and return when it and every process it started is gone.
     Run(RunArgs),
     /// List running jobs (yours; root: everyone's) from the job registry.
+    #[cfg(target_os = "linux")]
     Ps(registry::PsArgs),
     /// Stop a running job from outside, with its stop sequence.
+    #[cfg(target_os = "linux")]
     Kill(registry::KillArgs),
     /// Clean up after jobs whose supervisor is gone.
+    #[cfg(target_os = "linux")]
     Sweep(registry::SweepArgs),
 }
 
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
     // SIGCHLD ignored by whoever started us survives exec; the kernel would reap the job's
     // processes itself and its exit status would be lost.
     // SAFETY: sets a signal's disposition to its default; no handler is involved.
+    #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
     }
@@ -121,12 +128,60 @@ fn run() -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Cmd::Run(args) => run_job(args),
+        #[cfg(target_os = "linux")]
         Cmd::Ps(args) => registry::ps(args),
+        #[cfg(target_os = "linux")]
         Cmd::Kill(args) => registry::kill(args),
+        #[cfg(target_os = "linux")]
         Cmd::Sweep(args) => registry::sweep(args),
     }
 }
 
+/// `corral run` on Windows and macOS: the same options where the OS has them (no
+/// registry, no PID namespace, no cgroup parent), the OS's own mechanism (a Job Object; a
+/// process group), and the same report and exit status.
+#[cfg(not(target_os = "linux"))]
+fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some((program, rest)) = args.command.split_first() else {
+        anyhow::bail!("no COMMAND given; usage: corral run [OPTIONS] -- COMMAND [ARGS...]");
+    };
+    if let Some(path) = &args.job.report {
+        job_args::check_report_path(path).map_err(anyhow::Error::msg)?;
+    }
+    if args.cgroup_parent.is_some() || args.job.pid_namespace || args.job.name.is_some() {
+        anyhow::bail!("--cgroup-parent, --pid-namespace and --name exist on Linux only; drop them");
+    }
+    let opts = corral::Options {
+        grace: args.job.grace,
+        signal: args.job.signal,
+        leftovers: args.job.leftovers,
+        mechanism: args.mechanism,
+        timeout: args.job.timeout,
+        preserve_status: args.job.preserve_status,
+        limits: args.job.limits(),
+        register: false,
+        ..Default::default()
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(rest);
+    let mut job = corral::Job::spawn(&mut cmd, &opts)?;
+    if args.job.verbose {
+        eprintln!(
+            "corral: job {} pid {} mechanism {}",
+            job.id(),
+            job.pid(),
+            job.mechanism().name()
+        );
+    }
+    let report = job.wait()?;
+    job_args::print_summary(&report, &args.job, "corral");
+    if let Some(path) = &args.job.report {
+        job_args::write_report(path, &report.to_json())?;
+    }
+    Ok(ExitCode::from(report.exit_status.clamp(0, 255) as u8))
+}
+
+#[cfg(target_os = "linux")]
 fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some((program, rest)) = args.command.split_first() else {
         anyhow::bail!("no COMMAND given; usage: corral run [OPTIONS] -- COMMAND [ARGS...]");
