@@ -115,7 +115,10 @@ mod win {
         if depth > 1 {
             let next = if role == "top" { "child" } else { "grandchild" };
             let mut cmd = Command::new(std::env::current_exe().expect("own path"));
-            cmd.arg("node").arg(next).arg("--depth").arg((depth - 1).to_string());
+            cmd.arg("node")
+                .arg(next)
+                .arg("--depth")
+                .arg((depth - 1).to_string());
             if let Some(b) = &on_break {
                 cmd.arg("--on-break").arg(b);
             }
@@ -194,7 +197,11 @@ mod win {
         }
         match job.kill() {
             Ok(r) => {
-                println!("killed {}\nsurvivors {}", r.mechanism_reason, r.survivors.len());
+                println!(
+                    "killed {}\nsurvivors {}",
+                    r.mechanism_reason,
+                    r.survivors.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

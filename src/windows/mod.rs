@@ -109,7 +109,10 @@ impl Job {
 
         let job = JobObject::create(job_limits);
         if let (Err(e), Some(_)) = (&job, &limits) {
-            return Err(limit_needs_job(&opts.limits, format!("CreateJobObjectW failed: {e}")));
+            return Err(limit_needs_job(
+                &opts.limits,
+                format!("CreateJobObjectW failed: {e}"),
+            ));
         }
         cmd.creation_flags(CREATE_SUSPENDED | CREATE_NEW_PROCESS_GROUP);
         let mut child = cmd.spawn().map_err(|source| match source.kind() {
@@ -306,9 +309,9 @@ impl Job {
     /// The running processes of the job (the main process included while it runs).
     fn members(&self) -> Result<Vec<u32>> {
         match &self.containment {
-            Containment::JobObject(job) => job
-                .pids()
-                .map_err(|e| Error::sys("QueryInformationJobObject(JobObjectBasicProcessIdList)", e)),
+            Containment::JobObject(job) => job.pids().map_err(|e| {
+                Error::sys("QueryInformationJobObject(JobObjectBasicProcessIdList)", e)
+            }),
             Containment::Taskkill => {
                 let all = process::list_processes()
                     .map_err(|e| Error::sys("CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS)", e))?;
@@ -329,7 +332,10 @@ impl Job {
         }
         match &self.containment {
             Containment::JobObject(job) => job.active_processes().map(|n| n == 0).map_err(|e| {
-                Error::sys("QueryInformationJobObject(JobObjectBasicAccountingInformation)", e)
+                Error::sys(
+                    "QueryInformationJobObject(JobObjectBasicAccountingInformation)",
+                    e,
+                )
             }),
             Containment::Taskkill => Ok(self.members()?.is_empty()),
         }
@@ -411,7 +417,14 @@ impl Job {
                 step: "grace".into(),
                 signal: None,
                 processes: None,
-                detail: Some(if emptied { "the job emptied" } else { "grace elapsed" }.into()),
+                detail: Some(
+                    if emptied {
+                        "the job emptied"
+                    } else {
+                        "grace elapsed"
+                    }
+                    .into(),
+                ),
                 at_ms: at(),
             });
             if emptied {
@@ -610,7 +623,9 @@ fn job_limits(limits: &Limits) -> Result<(JobLimits, Option<LimitsReport>)> {
                 Error::InvalidOptions(format!("memory max {bytes} does not fit this platform"))
             })?);
         }
-        report.applied.insert("JobMemoryLimit".into(), v.to_string());
+        report
+            .applied
+            .insert("JobMemoryLimit".into(), v.to_string());
     }
     if let Some(v) = limits.pids_max {
         if let LimitValue::Value(n) = v {
@@ -618,7 +633,9 @@ fn job_limits(limits: &Limits) -> Result<(JobLimits, Option<LimitsReport>)> {
                 Error::InvalidOptions(format!("pids max {n} is above a Job Object's 2^32-1"))
             })?);
         }
-        report.applied.insert("ActiveProcessLimit".into(), v.to_string());
+        report
+            .applied
+            .insert("ActiveProcessLimit".into(), v.to_string());
     }
     Ok((out, Some(report)))
 }

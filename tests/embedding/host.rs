@@ -1,5 +1,5 @@
 //! No process-wide side effects: a fresh program embedding the library (`corral-host`, see
-//! `src/bin/corral-host.rs`) runs jobs of each mechanism, pgroup ones under the default
+//! `src/bin/corral-host/linux.rs`) runs jobs of each mechanism, pgroup ones under the default
 //! supervisor (found next to `corral-host`), and checks that it is still no child
 //! subreaper, that its own child's exit status is still its to collect, that its SIGINT
 //! handler still runs, and that its thread count, signal dispositions and signal mask are
