@@ -3,6 +3,7 @@
 
 mod bench;
 mod vm;
+mod wine;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,10 @@ TASKS:
                       run the test binaries in it, as root and as a user with a user manager
                       (scripts/vm/payload.list, or the --payload lines). Needs root. The
                       image is cached in /var/cache/corral-vm/. See docs/vm.md.
+    wine-test [TEST ARGS...]
+                      Build tests/windows.rs for x86_64-pc-windows-gnu and run it under
+                      Wine (prefix in target/wine-prefix, made by scripts/wine/setup.sh).
+                      Needs wine64 and gcc-mingw-w64-x86-64. See docs/windows.md.
     help              Print this list.
 ";
 
@@ -44,6 +49,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]).map(|()| ExitCode::SUCCESS),
         Some("vm-test") => vm::run(&args[1..]),
+        Some("wine-test") => wine::run(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,52 @@
+//! `cargo xtask wine-test`: the Windows backend's tests (`tests/windows.rs`) built for
+//! `x86_64-pc-windows-gnu` and run under Wine (see `docs/windows.md`).
+//!
+//! `scripts/wine/setup.sh` makes the prefix (`target/wine-prefix`, with the
+//! `bcryptprimitives.dll` stand-in Rust's std needs under Wine 8); `scripts/wine/run.sh` is
+//! the cargo runner. `--no-default-features`: the `serde` feature's binaries (the CLI and
+//! corral-helper) are Linux programs, and cargo builds every binary for an integration test.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context};
+
+const TARGET: &str = "x86_64-pc-windows-gnu";
+
+pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask's parent directory")?;
+    let setup = root.join("scripts/wine/setup.sh");
+    let status = Command::new(&setup)
+        .status()
+        .with_context(|| format!("running {}", setup.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", setup.display());
+    }
+    let runner = root.join("scripts/wine/run.sh");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .env(
+            "CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER",
+            runner.as_os_str(),
+        )
+        .args([
+            "test",
+            "--target",
+            TARGET,
+            "--no-default-features",
+            "--test",
+            "windows",
+        ])
+        .args(["--", "--test-threads=2"])
+        .args(args)
+        .status()
+        .context("running cargo test")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
