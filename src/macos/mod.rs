@@ -323,7 +323,8 @@ impl Job {
                         continue;
                     }
                     if matches!(self.phase, Phase::Draining) {
-                        let wake = earliest(self.deadline, Instant::now() + REWALK);
+                        // Members' exits and forks wake the kqueue; the walk backs it up.
+                        let wake = earliest(self.deadline, self.next_track);
                         return Ok(Progress::Wait(wake));
                     }
                     self.leftovers = self.describe(&members);
@@ -512,9 +513,18 @@ impl Job {
     /// the report.
     fn finish_with(&mut self, stop: Option<StopReport>) {
         let mut cleanup = Cleanup::default();
-        match sys::reap(self.main) {
-            Ok(kind) => self.main_exit = self.main_exit.or(Some(kind)),
-            Err(e) => cleanup.error = Some(format!("waitpid({}): {e}", self.main.get())),
+        if self.main_exit.is_some() {
+            // It has exited: `waitpid` returns at once.
+            if let Err(e) = sys::reap(self.main) {
+                cleanup.error = Some(format!("waitpid({}): {e}", self.main.get()));
+            }
+        } else {
+            // Survived SIGKILL for KILL_WAIT (stuck in the kernel): not waited for here;
+            // `Drop` reaps it.
+            cleanup.error = Some(format!(
+                "the main process {} survived SIGKILL and was not reaped",
+                self.main.get()
+            ));
         }
         let exit = self.main_exit.map(|e| match e {
             ExitKind::Code(c) => ExitInfo {
@@ -582,6 +592,15 @@ impl Drop for Job {
     /// it, then the main process is reaped (it dies of the SIGKILL, so this is quick).
     fn drop(&mut self) {
         if matches!(self.phase, Phase::Over) {
+            // A main process that survived SIGKILL and has died since: reap it now. One that
+            // still has not stays our zombie rather than block here.
+            let unreaped = self
+                .report
+                .as_ref()
+                .is_some_and(|r| r.cleanup.error.is_some());
+            if unreaped && matches!(sys::peek_exit(self.main), Ok(Some(_))) {
+                let _ = sys::reap(self.main);
+            }
             return;
         }
         let members = self.track();
