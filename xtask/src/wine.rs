@@ -44,6 +44,24 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         .args(args)
         .status()
         .context("running cargo test")?;
+    // The prefix's wineserver lingers a few seconds after the last program: wait for it, so
+    // nothing of the tests outlives this command.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    for server in [
+        "/usr/lib/wine/wineserver64",
+        "/usr/lib/wine/wineserver",
+        "wineserver",
+    ] {
+        let waited = Command::new(server)
+            .arg("-w")
+            .env("WINEPREFIX", target.join("wine-prefix"))
+            .status();
+        if waited.is_ok() {
+            break;
+        }
+    }
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {
