@@ -33,8 +33,18 @@ pub const TESTTREE: &str = env!("CARGO_BIN_EXE_corral-testtree");
 pub const READY_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a process may take to be seen gone once corral has returned.
 pub const GONE_DEADLINE: Duration = Duration::from_secs(2);
-/// How long corral may take to return, on top of the grace a test asks for.
-pub const CORRAL_DEADLINE: Duration = Duration::from_secs(30);
+/// How long corral may take to return, on top of the grace a test asks for: a hang
+/// detector, not a performance bound. `CORRAL_TEST_SLOW=N` multiplies it by N, for an
+/// emulated machine (the VM suite under TCG, where stopping a 2000-process fork storm alone
+/// takes over 20 s).
+pub fn corral_deadline() -> Duration {
+    let scale = std::env::var("CORRAL_TEST_SLOW")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1);
+    Duration::from_secs(30) * scale
+}
 
 /// The containment mechanism a test forces with `--mechanism`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -786,7 +796,7 @@ impl Run {
             stdout,
             report: self.report.clone(),
             leads_group: self.process_group == Some(0),
-            deadline: CORRAL_DEADLINE + self.grace,
+            deadline: corral_deadline() + self.grace,
         }
     }
 
