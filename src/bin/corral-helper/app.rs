@@ -12,13 +12,11 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::job_args::{self, JobArgs};
+use crate::job_args::{self, exit_code_for, JobArgs, KillArgs, EXIT_FAILED};
 use crate::policy::Account;
 use crate::privilege::Identity;
 use crate::{beneath, policy, privilege, signals};
 
-/// Exit status when the helper itself fails (bad usage, refused request, setup error).
-const EXIT_FAILED: u8 = 125;
 /// How long a `corral-helper kill` waits, beyond the grace, for the job to be over.
 const KILL_MARGIN: Duration = Duration::from_secs(15);
 
@@ -70,19 +68,6 @@ struct PsArgs {
     json: bool,
 }
 
-#[derive(Args)]
-struct KillArgs {
-    /// The job: its id or its name (`corral-helper ps` lists them).
-    #[arg(value_name = "JOB")]
-    job: String,
-    /// Time between the polite signal and SIGKILL; 0 kills at once.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = corral::parse_duration)]
-    grace: Duration,
-    /// The polite signal (name or number).
-    #[arg(long, value_name = "SIG", default_value = "TERM")]
-    signal: corral::Signal,
-}
-
 type Env = Vec<(OsString, OsString)>;
 
 pub fn main() -> ExitCode {
@@ -109,14 +94,6 @@ pub fn main() -> ExitCode {
             eprintln!("corral-helper: error: {e:#}");
             ExitCode::from(exit_code_for(&e))
         }
-    }
-}
-
-fn exit_code_for(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<corral::Error>() {
-        Some(corral::Error::NotFound { .. }) => 127,
-        Some(corral::Error::NotExecutable { .. }) => 126,
-        _ => EXIT_FAILED,
     }
 }
 

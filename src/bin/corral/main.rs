@@ -16,9 +16,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use job_args::JobArgs;
 
-/// Exit status when corral itself fails (bad usage, setup error), as with `timeout`.
-const EXIT_CORRAL_FAILED: u8 = 125;
-
 #[derive(Parser)]
 #[command(
     name = "corral",
@@ -39,7 +36,7 @@ enum Cmd {
     Ps(registry::PsArgs),
     /// Stop a running job from outside, with its stop sequence.
     #[cfg(target_os = "linux")]
-    Kill(registry::KillArgs),
+    Kill(job_args::KillArgs),
     /// Clean up after jobs whose supervisor is gone.
     #[cfg(target_os = "linux")]
     Sweep(registry::SweepArgs),
@@ -99,16 +96,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("corral: error: {e:#}");
-            ExitCode::from(exit_code_for(&e))
+            ExitCode::from(job_args::exit_code_for(&e))
         }
-    }
-}
-
-fn exit_code_for(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<corral::Error>() {
-        Some(corral::Error::NotFound { .. }) => 127,
-        Some(corral::Error::NotExecutable { .. }) => 126,
-        _ => EXIT_CORRAL_FAILED,
     }
 }
 

@@ -19,19 +19,6 @@ pub struct PsArgs {
 }
 
 #[derive(Args)]
-pub struct KillArgs {
-    /// The job: its id or its name (`corral ps` lists them).
-    #[arg(value_name = "JOB")]
-    job: String,
-    /// Time between the polite signal and SIGKILL; 0 kills at once.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = corral::parse_duration)]
-    grace: Duration,
-    /// The polite signal (name or number).
-    #[arg(long, value_name = "SIG", default_value = "TERM")]
-    signal: corral::Signal,
-}
-
-#[derive(Args)]
 pub struct SweepArgs {
     /// Say what would be done; change nothing.
     #[arg(long)]
@@ -161,7 +148,7 @@ fn human_age(ms: u64) -> String {
     }
 }
 
-pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
+pub fn kill(args: crate::job_args::KillArgs) -> anyhow::Result<ExitCode> {
     let entry = registry::find(&args.job).map_err(anyhow::Error::msg)?;
     let label = match &entry.record.name {
         Some(n) => format!("{} ({n})", entry.record.id),

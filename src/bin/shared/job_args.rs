@@ -8,6 +8,34 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+/// Exit status when corral itself fails (bad usage, a refused request, a setup error), as
+/// with `timeout`.
+pub const EXIT_FAILED: u8 = 125;
+
+/// The exit status for an error: 127 and 126 when COMMAND cannot be found or executed, as
+/// a shell says; [`EXIT_FAILED`] otherwise.
+pub fn exit_code_for(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<corral::Error>() {
+        Some(corral::Error::NotFound { .. }) => 127,
+        Some(corral::Error::NotExecutable { .. }) => 126,
+        _ => EXIT_FAILED,
+    }
+}
+
+/// `kill JOB`: stop a job from outside with its stop sequence.
+#[derive(Args)]
+pub struct KillArgs {
+    /// The job: its id or its name (`ps` lists them).
+    #[arg(value_name = "JOB")]
+    pub job: String,
+    /// Time between the polite signal and SIGKILL; 0 kills at once.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = corral::parse_duration)]
+    pub grace: Duration,
+    /// The polite signal (name or number).
+    #[arg(long, value_name = "SIG", default_value = "TERM")]
+    pub signal: corral::Signal,
+}
+
 /// The options of a job that both `run` subcommands take.
 #[derive(Args)]
 pub struct JobArgs {
