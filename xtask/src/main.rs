@@ -1,7 +1,6 @@
 //! `cargo xtask`: project tasks that are programs rather than shell one-liners.
 //! Run `cargo xtask help` for the list.
 
-mod bench;
 mod vm;
 mod wine;
 
@@ -47,7 +46,7 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("bench") => bench::run(&args[1..]).map(|()| ExitCode::SUCCESS),
+        Some("bench") => corral_bench::run(&args[1..]).map(|()| ExitCode::SUCCESS),
         Some("vm-test") => vm::run(&args[1..]),
         Some("wine-test") => wine::run(&args[1..]),
         None | Some("help" | "--help" | "-h") => {

@@ -21,18 +21,18 @@
 //! run one at a time because a pgroup job claims every descendant of this process. Between
 //! rounds [`Bench::check_clean`] verifies nothing was left behind.
 
-mod cgroup;
+pub mod cgroup;
 mod concurrent;
 mod helper;
 mod idle;
-mod machine;
+pub mod machine;
 mod pidns;
-mod procs;
+pub mod procs;
 mod registry;
-mod report;
+pub mod report;
 mod spawn_wait;
-mod stats;
-mod stop_tree;
+pub mod stats;
+pub mod stop_tree;
 mod watchdog;
 
 use std::path::{Path, PathBuf};
@@ -232,14 +232,14 @@ impl Bench {
 }
 
 /// The three load averages from `/proc/loadavg` (empty if it cannot be read).
-fn load_average() -> String {
+pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
 /// The repository root (xtask's parent directory).
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -422,7 +422,7 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
 
 /// The runtime the tokio figures run on: multi-thread, one worker per CPU, IO and time
 /// drivers on (what `#[tokio::main]` makes).
-fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -431,7 +431,7 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
 
 /// The `corral` binary [`build_cli`] builds: figures 3, 5, 7 and 8 run it, figure 1's
 /// supervised jobs use it as their supervisor, and cgroup jobs as their watchdog.
-fn corral_binary() -> PathBuf {
+pub fn corral_binary() -> PathBuf {
     workspace_root().join("target/release/corral")
 }
 
@@ -442,7 +442,7 @@ fn helper_binary() -> PathBuf {
 
 /// Builds `target/release/corral` and `target/release/corral-helper`, which the figures
 /// run (a no-op when they are up to date).
-fn build_cli() -> Result<()> {
+pub fn build_cli() -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let args = [
         "build",
@@ -473,7 +473,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 
 /// SIGINT, SIGTERM and SIGHUP set a flag that the rounds check, so an interrupted bench
 /// still removes its cgroups and processes (the guard's drop) instead of dying mid-round.
-fn install_interrupt_flag() -> Result<()> {
+pub fn install_interrupt_flag() -> Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: `sa` is fully initialised (zeroed, then the handler and an empty mask);
         // the handler only stores to an atomic, which is async-signal-safe. No SA_RESTART:
@@ -493,7 +493,7 @@ fn install_interrupt_flag() -> Result<()> {
 }
 
 /// Fails once SIGINT/SIGTERM/SIGHUP arrived.
-fn check_interrupted() -> Result<()> {
+pub fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
