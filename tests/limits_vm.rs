@@ -424,3 +424,111 @@ fn the_helper_applies_the_policys_maxima() {
     assert!(places.is_empty(), "the helper left cgroups: {places:?}");
     sandbox.assert_clean();
 }
+
+/// The fork storm of the bench's figure 9 (`corral-testtree storm --interval 0ms --max
+/// 10000`: every process forks again at once), with and without `pids.max`, measured where
+/// the pids controller exists. The test asserts containment (the limit holds: `pids.peak`
+/// never exceeds it; nothing is left after `kill()`); the times are figures, not
+/// assertions, written to `$CORRAL_VM_RESULTS/fork-storm-limit.md` for `cargo xtask bench`
+/// (docs/benchmarks.md, figure 9b).
+#[test]
+fn a_fork_storm_stops_at_its_pids_limit() {
+    use std::time::Instant;
+
+    const LIMIT: u64 = 1000;
+    let Some(sandbox) = vm_sandbox("vm-storm", &["pids"]) else {
+        return;
+    };
+    let jobs = sandbox.cgroup().jobs();
+    let storm = || {
+        corral::JobCommand::new(util::TESTTREE).args([
+            "storm",
+            "--interval",
+            "0ms",
+            "--max",
+            "10000",
+        ])
+    };
+    let pids_current = |job: &corral::Job| -> u64 {
+        let path = job.cgroup().expect("a cgroup job").join("pids.current");
+        fs::read_to_string(path).map_or(0, |t| t.trim().parse().unwrap_or(0))
+    };
+    let deadline = util::corral_deadline();
+    // Waits until the storm has `want` processes: the storm is still forking when the
+    // unlimited one is stopped; the limited one stays at its limit.
+    let wait_for = |job: &corral::Job, want: u64| {
+        let until = Instant::now() + deadline;
+        while pids_current(job) < want {
+            assert!(
+                Instant::now() < until,
+                "the storm never reached {want} processes"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let mut rows = Vec::new();
+    for limited in [false, true] {
+        let mut options = corral::Options {
+            mechanism: corral::MechanismRequest::Cgroup,
+            cgroup_parent: Some(jobs.clone()),
+            ..corral::Options::default()
+        };
+        if limited {
+            options.limits.pids_max = Some(corral::LimitValue::Value(LIMIT));
+        }
+        let mut job = corral::Job::spawn_command(&storm(), &options).expect("spawn the storm");
+        wait_for(&job, LIMIT);
+        if limited {
+            // Give the storm time to try to go past its limit (a set-up pause, not a proof:
+            // the proof is pids.peak below).
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let at_stop = pids_current(&job);
+        let t = Instant::now();
+        let report = job.kill().expect("kill the storm");
+        let took = t.elapsed();
+        assert!(
+            report.survivors.is_empty(),
+            "survivors: {:?}",
+            report.survivors
+        );
+        let peak = report.usage.as_ref().and_then(|u| u.pids_peak);
+        if limited {
+            assert!(
+                peak.is_some_and(|p| p <= LIMIT),
+                "pids.peak {peak:?} must not exceed pids.max {LIMIT}"
+            );
+            assert!(
+                at_stop <= LIMIT,
+                "pids.current {at_stop} above pids.max {LIMIT}"
+            );
+        }
+        rows.push(format!(
+            "| {} | {at_stop} | {} | {:.1} ms |",
+            if limited {
+                format!("`pids.max` {LIMIT}")
+            } else {
+                "no limit".into()
+            },
+            peak.map_or("–".into(), |p| p.to_string()),
+            took.as_secs_f64() * 1e3,
+        ));
+    }
+    sandbox.assert_clean();
+    if let Some(dir) = std::env::var_os("CORRAL_VM_RESULTS") {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let text = format!(
+            "Measured in the systemd VM (`cargo xtask vm-test`: Debian 12, kernel {}, a qemu guest; \
+             under TCG every figure is many times slower than on the host, so compare the \
+             rows with each other, not with figure 9). The same storm, stopped with \
+             corral's `kill()` once `pids.current` reached {LIMIT}; the limited job also \
+             had 0.5 s to try to grow past its limit. `pids.peak` is the kernel's high-water \
+             mark of the job's cgroup.\n\n\
+             | Job | processes at the stop | `pids.peak` | `kill()` until the job is gone |\n\
+             |---|---|---|---|\n{}\n",
+            release.trim(),
+            rows.join("\n")
+        );
+        fs::write(Path::new(&dir).join("fork-storm-limit.md"), text).expect("write the figures");
+    }
+}

@@ -15,6 +15,12 @@
 //! 7. [`pidns`]: `corral run -- true` with `--pid-namespace` vs without.
 //! 8. [`helper`]: a job through the setuid helper `corral-helper`, as an unprivileged
 //!    caller, vs `corral run` as root (and vs `setpriv` alone).
+//! 9. [`fork_storm`]: a fork storm stopped while it forks: time to zero processes and the
+//!    peak, vs a raw `cgroup.kill`.
+//!
+//! Then the side-by-side figures against the peers (process-wrap, processkit, `timeout`,
+//! tini, bwrap): the `peers` bench target (`bench/benches/peers/`), run as its own process
+//! by [`run_peers`], whose sections follow these in `docs/benchmarks.md`.
 //!
 //! Safety: everything runs under one cgroup of the bench's own ([`cgroup::BenchRoot`]),
 //! removed at the end and on any error; processes are signalled only through pidfds; rounds
@@ -23,6 +29,7 @@
 
 pub mod cgroup;
 mod concurrent;
+mod fork_storm;
 mod helper;
 mod idle;
 pub mod machine;
@@ -62,6 +69,8 @@ pub struct Plan {
     /// Figure 8's warm-up rounds and rounds.
     pub helper_warmup: usize,
     pub helper_rounds: usize,
+    /// Figure 9's rounds.
+    pub storm_rounds: usize,
     pub quick: bool,
 }
 
@@ -80,6 +89,7 @@ impl Plan {
             pidns_rounds: 100,
             helper_warmup: 5,
             helper_rounds: 100,
+            storm_rounds: 5,
             quick: false,
         }
     }
@@ -98,6 +108,7 @@ impl Plan {
             pidns_rounds: 10,
             helper_warmup: 1,
             helper_rounds: 10,
+            storm_rounds: 1,
             quick: true,
         }
     }
@@ -253,9 +264,11 @@ enum Only {
     Registry,
     /// Figure 8.
     Helper,
+    /// Figure 9.
+    Storm,
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--only registry|helper]";
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--only registry|helper|storm]";
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut quick = false;
@@ -268,6 +281,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 only = Some(match args.next().map(String::as_str) {
                     Some("registry") => Only::Registry,
                     Some("helper") => Only::Helper,
+                    Some("storm") => Only::Storm,
                     _ => bail!(USAGE),
                 })
             }
@@ -323,6 +337,11 @@ fn run_only(only: Only, plan: &Plan, date: SystemTime) -> Result<()> {
             8,
             "helper",
         ),
+        Only::Storm => (
+            fork_storm::run(&mut bench, plan).map(|f| report::storm_section(&f, None)),
+            9,
+            "storm",
+        ),
     };
     let note = report::measured_alone(figure, name, &machine, &load_average(), date);
     let Bench {
@@ -361,6 +380,7 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
     let registry = registry::run(&mut bench, &plan)?;
     let pidns = pidns::run(&mut bench, &plan)?;
     let helper = helper::run(&mut bench, &plan)?;
+    let storm = fork_storm::run(&mut bench, &plan)?;
 
     let Bench {
         root,
@@ -379,6 +399,23 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
         ));
     }
     let load_end = load_average();
+    let wall_own = started.elapsed();
+    let peers = match run_peers(plan.quick) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            anomalies.push(format!("the peers' figures failed: {e:#}"));
+            None
+        }
+    };
+    let storm_vm = std::fs::read_to_string(
+        workspace_root().join("target/vm-test/share/results/fork-storm-limit.md"),
+    )
+    .ok();
+    eprintln!(
+        "bench: corral's own figures took {:.0} s, the peers' {:.0} s",
+        wall_own.as_secs_f64(),
+        (started.elapsed() - wall_own).as_secs_f64()
+    );
     let results = report::Results {
         plan: &plan,
         machine: &machine,
@@ -390,6 +427,9 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
         registry: &registry,
         pidns: &pidns,
         helper: &helper,
+        storm: &storm,
+        storm_vm: storm_vm.as_deref(),
+        peers: peers.as_deref(),
         anomalies: &anomalies,
         strays_reaped,
         load_end,
@@ -410,6 +450,14 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
         std::fs::write(&doc, report::with_doc_header(&results, &body))
             .with_context(|| format!("failed to write {}", doc.display()))?;
         eprintln!("bench: wrote {}", doc.display());
+        let chart = out_dir.join("peers").join(PEERS_CHART);
+        if chart.exists() {
+            let to = workspace_root().join("docs").join(PEERS_CHART);
+            std::fs::copy(&chart, &to).with_context(|| {
+                format!("failed to copy {} to {}", chart.display(), to.display())
+            })?;
+            eprintln!("bench: wrote {}", to.display());
+        }
     }
     if !anomalies.is_empty() {
         bail!(
@@ -435,6 +483,11 @@ pub fn corral_binary() -> PathBuf {
     workspace_root().join("target/release/corral")
 }
 
+/// The `corral-testtree` binary [`build_cli`] builds: figure 9's fork storm.
+pub fn testtree_binary() -> PathBuf {
+    workspace_root().join("target/release/corral-testtree")
+}
+
 /// The `corral-helper` binary [`build_cli`] builds: figure 8 installs a setuid copy of it.
 fn helper_binary() -> PathBuf {
     workspace_root().join("target/release/corral-helper")
@@ -451,6 +504,8 @@ pub fn build_cli() -> Result<()> {
         "corral",
         "--bin",
         "corral-helper",
+        "--bin",
+        "corral-testtree",
     ];
     eprintln!("bench: cargo {}", args.join(" "));
     let status = std::process::Command::new(cargo)
@@ -463,6 +518,41 @@ pub fn build_cli() -> Result<()> {
         bail!("cargo {} failed: {status}", args.join(" "));
     }
     Ok(())
+}
+
+/// The chart the `peers` target draws, copied to `docs/` by a full run.
+pub const PEERS_CHART: &str = "stop-latency.svg";
+
+/// Runs the `peers` bench target (`bench/benches/peers/`) as a process of its own, after
+/// corral's figures (its peers are dev-dependencies of this crate, so they can only be
+/// reached from a bench target), and returns its markdown sections.
+fn run_peers(quick: bool) -> Result<String> {
+    check_interrupted()?;
+    let out = workspace_root().join("target/bench/peers");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "bench",
+        "--quiet",
+        "-p",
+        "corral-bench",
+        "--bench",
+        "peers",
+        "--",
+    ])
+    .arg("--out")
+    .arg(&out)
+    .current_dir(workspace_root());
+    if quick {
+        cmd.arg("--quick");
+    }
+    eprintln!("bench: the peers: {cmd:?}");
+    let status = cmd.status().context("failed to run cargo bench")?;
+    if !status.success() {
+        bail!("the peers bench failed: {status}");
+    }
+    let md = out.join("peers.md");
+    std::fs::read_to_string(&md).with_context(|| format!("failed to read {}", md.display()))
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::concurrent::{self, ConcurrentFigures};
+use super::fork_storm::{self, StormFigures};
 use super::helper::{self, HelperFigures};
 use super::idle::{IdleFigures, IdleRun};
 use super::machine::Machine;
@@ -34,6 +35,11 @@ pub struct Results<'a> {
     pub registry: &'a RegistryFigures,
     pub pidns: &'a PidnsFigures,
     pub helper: &'a HelperFigures,
+    pub storm: &'a StormFigures,
+    /// The fork storm under a pids limit, measured in the VM (markdown), if a VM run left it.
+    pub storm_vm: Option<&'a str>,
+    /// The peers' sections (the `peers` bench target's `peers.md`).
+    pub peers: Option<&'a str>,
     pub anomalies: &'a [String],
     pub strays_reaped: usize,
     pub load_end: String,
@@ -152,12 +158,12 @@ fn targets(r: &Results<'_>) -> Vec<Target> {
             why: (!met).then(|| Why::own(why_concurrent(r, v))),
         });
     }
-    let worst = r.idle.corral.iter().map(|i| i.wakeups).max().unwrap_or(0);
+    let worst = r.idle.corral().iter().map(|i| i.wakeups).max().unwrap_or(0);
     out.push(Target {
         figure: "`corral run -- sleep 5`: wake-ups while waiting (0.5 s – 4.5 s)".into(),
         target: "0".into(),
-        result: format!("{worst} (worst of {} runs)", r.idle.corral.len()),
-        met: worst == 0 && !r.idle.corral.is_empty(),
+        result: format!("{worst} (worst of {} runs)", r.idle.corral().len()),
+        met: worst == 0 && !r.idle.corral().is_empty(),
         why: (worst > 0).then(|| {
             Why::own(
                 "corral woke up while it had nothing to do: something in its wait loop polls \
@@ -785,27 +791,38 @@ pub fn render(r: &Results<'_>) -> String {
     }
 
     let i = r.idle;
+    let header: Vec<&str> = i.supervisors.iter().map(|s| s.label).collect();
     let _ = writeln!(
         o,
-        "\n## 3. `corral run -- sleep 5` vs `timeout 10 sleep 5`\n\n\
-         {} runs of each, interleaved; medians over the runs. Peak RSS is the supervisor's \
-         own `VmHWM` from `/proc/<pid>/status` at 4.5 s (start-up and the wait). CPU is \
-         user + system time from `wait4`'s resource usage (which includes the `sleep` it \
-         reaped, for both). Wake-ups are the change in voluntary + involuntary context \
-         switches over all its threads between 0.5 s and 4.5 s.\n\n\
-         | | corral | timeout | ratio |\n|---|---|---|---|",
-        i.rounds
+        "\n## 3. The supervisor's footprint: `corral run` vs `timeout`, `tini`, `bwrap`\n\n\
+         Each supervisor runs `sleep 5`; {} runs of each, interleaved; medians over the \
+         runs, and in brackets the ratio to `timeout`. Peak RSS is the supervisor's own \
+         `VmHWM` from `/proc/<pid>/status` at 4.5 s (start-up and the wait). CPU is user + \
+         system time from `wait4`'s resource usage (which includes the `sleep` it reaped, \
+         for all). Idle CPU is the on-CPU time of its threads (`/proc/<pid>/task/*/schedstat`) \
+         between 0.5 s and 4.5 s, and wake-ups the change in voluntary + involuntary \
+         context switches over the same window. For `bwrap` the process measured is its \
+         monitor outside the namespaces; with `--unshare-pid` it also starts an init inside \
+         the new PID namespace, not counted here. `tini` runs with `-s` (a subreaper: it is \
+         not PID 1 here). `systemd-run --scope` is not in the figure: this machine's PID 1 \
+         is not systemd (see the missed targets).\n\n\
+         | | {} |\n|---|{}",
+        i.rounds,
+        header.join(" | "),
+        "---|".repeat(header.len()),
     );
     /// A row: label, the value of one run, how to print it.
     type Row = (&'static str, fn(&IdleRun) -> f64, fn(f64) -> String);
-    let rows: [Row; 5] = [
+    let rows: [Row; 7] = [
         ("peak RSS (own `VmHWM`)", |x| x.hwm_kib as f64, kib),
         ("CPU (user + system)", |x| x.cpu, fmt_secs),
+        ("CPU while idle (0.5 s – 4.5 s)", |x| x.idle_cpu, fmt_secs),
         (
             "wake-ups while waiting",
             |x| x.wakeups as f64,
             |v| format!("{v:.0}"),
         ),
+        ("threads", |x| x.threads as f64, |v| format!("{v:.0}")),
         ("wall time", |x| x.wall, fmt_secs),
         (
             "`ru_maxrss` from `wait4` (see below)",
@@ -814,28 +831,36 @@ pub fn render(r: &Results<'_>) -> String {
         ),
     ];
     for (label, pick, fmt) in rows {
-        let c = median_f64(i.corral.iter().map(pick));
-        let t = median_f64(i.timeout.iter().map(pick));
-        let ratio = if t > 0.0 {
-            fmt_ratio(c / t)
-        } else {
-            "–".into()
-        };
-        let _ = writeln!(o, "| {label} | {} | {} | {ratio} |", fmt(c), fmt(t));
+        let t = median_f64(i.timeout().iter().map(pick));
+        let cells: Vec<String> = i
+            .supervisors
+            .iter()
+            .map(|s| {
+                if !s.installed {
+                    return "not installed".into();
+                }
+                let v = median_f64(s.runs.iter().map(pick));
+                if s.label.contains("timeout") || t <= 0.0 || v <= 0.0 {
+                    fmt(v)
+                } else {
+                    format!("{} ({})", fmt(v), fmt_ratio(v / t))
+                }
+            })
+            .collect();
+        let _ = writeln!(o, "| {label} | {} |", cells.join(" | "));
     }
-    let _ = writeln!(
-        o,
-        "| threads | {} | {} | |",
-        median_u64(i.corral.iter().map(|x| x.threads as u64)),
-        median_u64(i.timeout.iter().map(|x| x.threads as u64))
+    let spawner = median_u64(
+        i.supervisors
+            .iter()
+            .flat_map(|s| &s.runs)
+            .map(|x| x.spawner_hwm_kib),
     );
-    let spawner = median_u64(i.corral.iter().chain(&i.timeout).map(|x| x.spawner_hwm_kib));
     let _ = writeln!(
         o,
         "\n`ru_maxrss` is not the supervisor's peak: Linux keeps the high-water mark of the \
          memory a process had before `exec` (`signal->maxrss`, updated in `exec_mmap`), \
          and a child of the bench runs on (`vfork`) or as a copy of (`fork`) the bench's \
-         memory until it execs, so for both supervisors it reports about the bench's own \
+         memory until it execs, so for every supervisor it reports about the bench's own \
          peak (`VmHWM` {} when it spawned them).",
         kib(spawner as f64)
     );
@@ -911,6 +936,14 @@ pub fn render(r: &Results<'_>) -> String {
         samples_row(&mut o, v.label(), p.get(v), v.baseline().map(|b| p.get(b)));
     }
     o.push_str(&helper_section(r.helper));
+    o.push_str(&storm_section(r.storm, r.storm_vm));
+    match r.peers {
+        Some(peers) => o.push_str(peers),
+        None => o.push_str(
+            "\n## Side by side with the peers\n\nNot measured in this run: the `peers` \
+             bench target did not run (see the run's output).\n",
+        ),
+    }
 
     let _ = writeln!(o, "\n## Checks\n");
     let _ = writeln!(
@@ -1150,7 +1183,9 @@ pub fn with_doc_header(r: &Results<'_>, body: &str) -> String {
     format!(
         "<!-- Generated by `cargo xtask bench` on {} (bench/); do not edit by hand.\n     \
          The run writes target/bench/benchmarks.md and copies it here; rerun it to refresh\n     \
-         the figures. Needs root and a cgroup2 mount; takes about {:.0} s. -->\n\n{body}",
+         the figures. Needs root, a cgroup2 mount, and the peers on PATH (`timeout`, `tini`,\n     \
+         `bwrap`: apt-get install tini bubblewrap); the peer crates come from crates.io as\n     \
+         the bench crate's dev-dependencies. Took {:.0} s of wall time after the build. -->\n\n{body}",
         utc(r.date),
         r.wall.as_secs_f64()
     )
@@ -1184,10 +1219,10 @@ pub fn summary(r: &Results<'_>) -> String {
     let _ = writeln!(
         o,
         "\ncorral run -- sleep 5: peak RSS {:.0} KiB (timeout: {:.0} KiB), CPU {} (timeout: {})",
-        med(&i.corral, |x| x.hwm_kib as f64),
-        med(&i.timeout, |x| x.hwm_kib as f64),
-        fmt_secs(med(&i.corral, |x| x.cpu)),
-        fmt_secs(med(&i.timeout, |x| x.cpu)),
+        med(i.corral(), |x| x.hwm_kib as f64),
+        med(i.timeout(), |x| x.hwm_kib as f64),
+        fmt_secs(med(i.corral(), |x| x.cpu)),
+        fmt_secs(med(i.timeout(), |x| x.cpu)),
     );
     let w = r.watchdog;
     let rt =
@@ -1239,6 +1274,66 @@ pub fn summary(r: &Results<'_>) -> String {
         r.wall.as_secs_f64(),
         r.anomalies.len()
     );
+    o
+}
+
+/// Figure 9: the fork storm, and its pids-limited counterpart from the VM.
+pub fn storm_section(f: &StormFigures, vm: Option<&str>) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\n## 9. A fork storm, stopped while it forks\n\n\
+         `corral-testtree storm --interval 0ms --max {max}`: every process ignores SIGTERM \
+         and forks again at once, until {max} processes were created in all. A watcher \
+         thread reads the processes of the round's measuring cgroup (and of the cgroups \
+         below it) over and over; when it first sees {at}, the stop is called, and the \
+         clock runs until the measuring cgroup reports `populated 0`. The peak is the most \
+         processes the watcher saw at once (sampled: a lower bound). {} rounds of each \
+         variant, interleaved. No pids limit here: this machine's cgroup v2 has no pids \
+         controller (the limited storm follows, from the VM).\n\n\
+         | Variant | stop: median | min | p90 | ratio | peak processes: median | max |\n\
+         |---|---|---|---|---|---|---|",
+        f.rounds,
+        max = fork_storm::MAX,
+        at = fork_storm::STOP_AT,
+    );
+    let raw = f.stop_samples(0);
+    for (k, v) in fork_storm::Variant::ALL.into_iter().enumerate() {
+        let st = f.stop_samples(k);
+        let r = if k == 0 {
+            "1 (baseline)".to_string()
+        } else {
+            fmt_ratio(ratio(&st, &raw))
+        };
+        let peaks = &f.variants[k];
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {r} | {} | {} |",
+            v.label(),
+            fmt_secs(st.median()),
+            fmt_secs(st.min()),
+            fmt_secs(st.p90()),
+            median_u64(peaks.iter().map(|p| p.peak as u64)),
+            peaks.iter().map(|p| p.peak).max().unwrap_or(0),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nThe peak grows with the stop's latency: the storm keeps forking until the stop \
+         takes hold. `cgroup.kill` takes hold at once for every member, including a child \
+         still being forked (the kernel marks the cgroup as dying and fails or kills \
+         forks into it); the pgroup mechanism must find and signal the processes one walk \
+         at a time while new ones appear."
+    );
+    o.push_str("\n### 9b. The same storm under a pids limit (VM)\n\n");
+    match vm {
+        Some(text) => o.push_str(text),
+        None => o.push_str(
+            "Not in this run: no results from the VM were found \
+             (`target/vm-test/share/results/fork-storm-limit.md`). Run `cargo xtask vm-test` \
+             (which runs `limits_vm::a_fork_storm_stops_at_its_pids_limit`), then the bench.\n",
+        ),
+    }
     o
 }
 

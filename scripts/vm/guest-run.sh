@@ -31,7 +31,7 @@ d=$T; while [ "$d" != / ]; do chmod a+x "$d"; d=$(dirname "$d"); done
 
 per_test=${CORRAL_VM_PER_TEST:-$(cat "$S/per-test-timeout" 2>/dev/null || echo 900)}
 path="$T/vm-tests:$T:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-export CORRAL_REQUIRE_ALL=1 PATH="$path"
+export CORRAL_REQUIRE_ALL=1 PATH="$path" CORRAL_VM_RESULTS="$R"
 uenv="XDG_RUNTIME_DIR=/run/user/1000 DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1000/bus CORRAL_REQUIRE_ALL=1 PATH=$path HOME=/home/corral"
 cd /tmp
 

@@ -13,13 +13,18 @@ USAGE:
     cargo xtask <TASK> [OPTIONS]
 
 TASKS:
-    bench [--quick]   Measure corral against same-run baselines (spawn + wait of /bin/true
-                      through each library path, std and tokio; stopping trees of
-                      10/100/1000 processes; `corral run` idle cost vs `timeout`; 100
-                      concurrent jobs; the watchdog's cost). Needs root and a cgroup2
-                      mount. Writes
-                      target/bench/benchmarks.md and copies it to docs/benchmarks.md.
+    bench [--quick] [--only registry|helper|storm]
+                      Measure corral against same-run baselines (bench/, the corral-bench
+                      crate): spawn + wait of /bin/true through each library path, std and
+                      tokio; stopping trees; the supervisor's footprint vs timeout, tini and
+                      bwrap; concurrent jobs; the watchdog; the registry; --pid-namespace;
+                      the helper; a fork storm. Then the peers side by side (the `peers`
+                      bench target: process-wrap, processkit, timeout; spawn, stop latency
+                      vs tree size with a chart, throughput, containment, real programs).
+                      Needs root, a cgroup2 mount, tini and bwrap. Writes target/bench/ and
+                      copies the report to docs/benchmarks.md (and the chart to docs/).
                       --quick: few rounds, a smoke test; writes only target/bench/.
+                      --only: one of corral's figures alone, printed.
     vm-test [--payload 'TAG: CMD']... [--accel auto|kvm|tcg] [--timeout SECS] [--keep]
             [--rebuild-image]
                       Boot a Debian 12 VM (systemd as PID 1, pure cgroup v2) under qemu and
