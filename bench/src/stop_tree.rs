@@ -130,7 +130,11 @@ fn tree_script(n: usize) -> String {
 }
 
 /// Polls `count` until it reaches `want` (a measurement set-up, bounded by a deadline).
-pub fn wait_for_count(what: &str, want: usize, mut count: impl FnMut() -> Result<usize>) -> Result<()> {
+pub fn wait_for_count(
+    what: &str,
+    want: usize,
+    mut count: impl FnMut() -> Result<usize>,
+) -> Result<()> {
     let deadline = Instant::now() + TREE_DEADLINE;
     let mut pause = Duration::from_micros(500);
     loop {

@@ -68,7 +68,12 @@ fn esc(s: &str) -> String {
 
 /// The chart: `title` on top, the panels side by side sharing the y range, one legend.
 pub fn svg(title: &str, x_label: &str, y_label: &str, panels: &[Panel]) -> String {
-    let all = || panels.iter().flat_map(|p| p.series.iter()).flat_map(|s| s.points.iter());
+    let all = || {
+        panels
+            .iter()
+            .flat_map(|p| p.series.iter())
+            .flat_map(|s| s.points.iter())
+    };
     let (x_lo, x_hi) = decades(all().map(|p| p.0));
     let (y_lo, y_hi) = decades(all().map(|p| p.1));
     let labels: Vec<&str> = panels
@@ -77,7 +82,7 @@ pub fn svg(title: &str, x_label: &str, y_label: &str, panels: &[Panel]) -> Strin
         .unwrap_or_default();
     let legend_rows = labels.len().div_ceil(4);
     let width = PANEL_W * panels.len().max(1) as f64;
-    let height = PANEL_H + 40.0 + LEGEND_H * legend_rows as f64;
+    let height = PANEL_H + 10.0 + LEGEND_H * legend_rows as f64;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -174,7 +179,10 @@ pub fn svg(title: &str, x_label: &str, y_label: &str, panels: &[Panel]) -> Strin
             );
             for p in &pts {
                 let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
-                let _ = writeln!(out, r#"<circle cx="{px}" cy="{py}" r="2.5" fill="{colour}"/>"#);
+                let _ = writeln!(
+                    out,
+                    r#"<circle cx="{px}" cy="{py}" r="2.5" fill="{colour}"/>"#
+                );
             }
         }
     }

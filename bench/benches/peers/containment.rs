@@ -44,7 +44,11 @@ const PEERS: [Peer; 6] = [
 
 /// (label, `corral-testtree` mode, the role of the process that escapes).
 const SCENARIOS: [(&str, &str, &str); 4] = [
-    ("grandchild (no escape; control)", "grandchild", "grandchild"),
+    (
+        "grandchild (no escape; control)",
+        "grandchild",
+        "grandchild",
+    ),
     ("child calls `setsid()`", "setsid", "setsid"),
     ("double-forked daemon", "daemon", "daemon"),
     ("child calls `setpgid(0, 0)`", "setpgid", "setpgid"),

@@ -10,6 +10,14 @@
 //! charts beside it (`DIR/stop-latency.svg`). Rounds are interleaved (A B C A B C ...);
 //! ratios are of medians against a baseline measured in the same run.
 //!
+//! The figures (`--only NAME`):
+//! 1. `spawn` ([`spawn`]): spawn + wait + cleanup of `/bin/true`, against bare std/tokio;
+//! 2. `stop` ([`stop`]): stop latency against tree size (flat and chain, N up to 5000),
+//!    against raw `cgroup.kill`; draws `stop-latency.svg`;
+//! 3. `throughput` ([`throughput`]): short jobs per second with 2 workers;
+//! 4. `containment` ([`containment`]): which escapes (`setsid`, daemon, `setpgid`) each
+//!    peer's stop leaves alive.
+//!
 //! Each figure is a module with `pub fn run(ctx: &mut Ctx) -> Result<String>` returning its
 //! markdown section; [`FIGURES`] lists them in report order, and `--only NAME` picks some.
 //! Everything a figure starts lives under the bench's own cgroup ([`BenchRoot`]), which is
@@ -35,8 +43,11 @@ use corral_bench::Bench;
 
 const USAGE: &str = "usage: peers [--quick] [--only FIGURE]... --out DIR";
 
+/// A figure: runs its rounds and returns its markdown section.
+type Figure = fn(&mut Ctx) -> Result<String>;
+
 /// The figures, in report order: the name `--only` takes, and the function that runs it.
-const FIGURES: &[(&str, fn(&mut Ctx) -> Result<String>)] = &[
+const FIGURES: &[(&str, Figure)] = &[
     ("spawn", spawn::run),
     ("stop", stop::run),
     ("throughput", throughput::run),
@@ -112,6 +123,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
+    // `cargo test --all-targets` runs bench targets without arguments: the peers bench is
+    // no test (it needs root and minutes), so it says so and succeeds.
+    if std::env::args().len() == 1 {
+        eprintln!("peers: nothing to do without arguments; {USAGE}");
+        return Ok(());
+    }
     let args = Args::parse()?;
     let started = Instant::now();
     let date = SystemTime::now();
@@ -164,7 +181,10 @@ fn run_figures(args: Args, started: Instant, date: SystemTime) -> Result<()> {
                 break;
             }
         }
-        eprintln!("peers: figure `{name}` took {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "peers: figure `{name}` took {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     let Ctx { args, bench, .. } = ctx;
     let (root, anomalies, strays_reaped) = bench.finish();
@@ -174,7 +194,10 @@ fn run_figures(args: Args, started: Instant, date: SystemTime) -> Result<()> {
         .map(|(a, n)| if n > 1 { format!("{a} ({n} times)") } else { a })
         .collect();
     if root_path.exists() {
-        anomalies.push(format!("{} still exists after cleanup", root_path.display()));
+        anomalies.push(format!(
+            "{} still exists after cleanup",
+            root_path.display()
+        ));
     }
     if let Some(e) = failed {
         return Err(e);

@@ -102,7 +102,10 @@ impl Variant {
     }
 
     fn index(self) -> usize {
-        Variant::ALL.iter().position(|v| *v == self).expect("in ALL")
+        Variant::ALL
+            .iter()
+            .position(|v| *v == self)
+            .expect("in ALL")
     }
 }
 
@@ -175,7 +178,8 @@ pub fn run(ctx: &mut Ctx) -> Result<String> {
             target,
         ]);
     }
-    let mut s = String::from("### Peers 1: spawn overhead (`/bin/true`, spawn + wait + cleanup)\n\n");
+    let mut s =
+        String::from("### Peers 1: spawn overhead (`/bin/true`, spawn + wait + cleanup)\n\n");
     s += &format!(
         "{rounds} rounds (+{warmup} warm-up), variants interleaved. Ratios: std rows to bare \
          `Command::status()`, tokio rows to bare `tokio::process`. processkit chose \
@@ -199,12 +203,20 @@ fn once(ctx: &mut Ctx, s: &Setup, v: Variant) -> Result<Duration> {
             (d, None)
         }
         Variant::SpawnCgroup | Variant::SpawnPgroup => {
-            let opts = if v == Variant::SpawnCgroup { &s.cgroup } else { &s.pgroup };
+            let opts = if v == Variant::SpawnCgroup {
+                &s.cgroup
+            } else {
+                &s.pgroup
+            };
             let r = corral::Job::spawn(&mut Command::new("/bin/true"), opts)?.wait()?;
             (t.elapsed(), Some(r))
         }
         Variant::CommandCgroup | Variant::CommandPgroup => {
-            let opts = if v == Variant::CommandCgroup { &s.cgroup } else { &s.pgroup };
+            let opts = if v == Variant::CommandCgroup {
+                &s.cgroup
+            } else {
+                &s.pgroup
+            };
             let r = corral::Job::spawn_command(&s.cmd, opts)?.wait()?;
             (t.elapsed(), Some(r))
         }
@@ -261,7 +273,10 @@ fn once(ctx: &mut Ctx, s: &Setup, v: Variant) -> Result<Duration> {
         let mech = v.mechanism().expect("a corral variant");
         ctx.bench.check_report(&r, mech, &what);
         ctx.bench.check_alone(&r, &what);
-        ctx.bench.expect(r.exit_status == 0, format!("{what}: exit {}", r.exit_status));
+        ctx.bench.expect(
+            r.exit_status == 0,
+            format!("{what}: exit {}", r.exit_status),
+        );
         if mech == corral::Mechanism::Pgroup {
             ctx.bench.after_pgroup_job()?;
         }

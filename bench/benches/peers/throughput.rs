@@ -73,7 +73,10 @@ impl Variant {
     }
 
     fn index(self) -> usize {
-        Variant::ALL.iter().position(|v| *v == self).expect("in ALL")
+        Variant::ALL
+            .iter()
+            .position(|v| *v == self)
+            .expect("in ALL")
     }
 }
 
@@ -141,7 +144,8 @@ pub fn run(ctx: &mut Ctx) -> Result<String> {
                 })?,
             };
             samples[v.index()].push(d);
-            ctx.bench.check_clean(&format!("throughput: {}", v.label()))?;
+            ctx.bench
+                .check_clean(&format!("throughput: {}", v.label()))?;
         }
         eprint!(".");
     }

@@ -93,11 +93,12 @@ impl Peer {
 enum Handle {
     Plain(Child),
     Bare(std::process::Child),
-    Corral(corral::Job),
+    // Boxed where large, so that the enum stays small.
+    Corral(Box<corral::Job>),
     ProcessWrap(Box<dyn process_wrap::std::ChildWrapper>),
     Processkit {
-        group: processkit::ProcessGroup,
-        child: tokio::process::Child,
+        group: Box<processkit::ProcessGroup>,
+        child: Box<tokio::process::Child>,
     },
 }
 
@@ -153,11 +154,11 @@ impl Running {
                     ..bench.job_options(corral::MechanismRequest::Cgroup)
                 };
                 let cmd = corral::JobCommand::new(&argv[0]).args(&argv[1..]);
-                Handle::Corral(corral::Job::spawn_command(&cmd, &opts)?)
+                Handle::Corral(Box::new(corral::Job::spawn_command(&cmd, &opts)?))
             }
             Peer::PgroupStop | Peer::PgroupKill => {
                 let opts = bench.job_options(corral::MechanismRequest::Pgroup);
-                Handle::Corral(corral::Job::spawn(&mut placed(), &opts)?)
+                Handle::Corral(Box::new(corral::Job::spawn(&mut placed(), &opts)?))
             }
             Peer::ProcessWrap => {
                 let mut cmd = process_wrap::std::CommandWrap::from(placed());
@@ -179,7 +180,10 @@ impl Running {
                 let child = group
                     .spawn(tokio::process::Command::from(placed()))
                     .context("processkit: spawn failed")?;
-                Handle::Processkit { group, child }
+                Handle::Processkit {
+                    group: Box::new(group),
+                    child: Box::new(child),
+                }
             }
         };
         Ok(Running {
@@ -352,7 +356,12 @@ pub fn processes_now() -> usize {
     std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
                 .count()
         })
         .unwrap_or(0)
