@@ -239,12 +239,9 @@ fn footer(
     date: SystemTime,
 ) -> String {
     let mut s = String::from("### How the peer figures were measured\n\n");
-    let secs = date
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     s += &format!(
-        "Run at Unix time {secs}{}, wall time {:.0} s, load average at the end {}.\n\n",
+        "Run {}{}, wall time {:.0} s, load average at the end {}.\n\n",
+        corral_bench::report::utc(date),
         if args.quick { " with `--quick`" } else { "" },
         started.elapsed().as_secs_f64(),
         corral_bench::load_average()
