@@ -17,7 +17,7 @@
 //! what makes the count fair to every peer.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -128,7 +128,7 @@ fn matrix(ctx: &mut Ctx, rt: &tokio::runtime::Runtime, dir: &Path) -> Result<Vec
 
 /// Waits until the `--pids` file lists every role in `roles` (each process writes its line
 /// once it is ready: its escape made).
-fn wait_ready(pids: &PathBuf, roles: &[&str], what: &str) -> Result<()> {
+fn wait_ready(pids: &Path, roles: &[&str], what: &str) -> Result<()> {
     let deadline = Instant::now() + READY_DEADLINE;
     let mut pause = Duration::from_micros(500);
     loop {

@@ -173,8 +173,17 @@ impl Running {
                     .into_iter()
                     .filter(|p| !before.contains(p))
                     .collect();
-                if let [dir] = made.as_slice() {
-                    own = Some((dir.clone(), Events::open(dir)?));
+                // On the cgroup mechanism the tree lives in the one leaf the group just
+                // made; on its process-group fallback it stays in our leaf.
+                match (group.mechanism(), made.as_slice()) {
+                    (processkit::Mechanism::CgroupV2, [dir]) => {
+                        own = Some((dir.clone(), Events::open(dir)?));
+                    }
+                    (processkit::Mechanism::CgroupV2, _) => bail!(
+                        "processkit: a new group made {made:?} under {}, not one leaf",
+                        bench.root().self_dir().display()
+                    ),
+                    _ => {}
                 }
                 let _in_rt = rt.enter();
                 let child = group
