@@ -316,6 +316,34 @@ fn remove_tree(dir: &Path, deadline: Instant) -> Result<()> {
     rmdir_retry(dir, deadline)
 }
 
+/// The `cgroup.events` of a cgroup the bench did not make (a peer's own leaf, such as
+/// processkit's under `self/`), open so that the bench can wait for it to empty exactly as
+/// it waits for its own leaves.
+pub struct Events {
+    path: PathBuf,
+    file: File,
+}
+
+impl Events {
+    /// Opens `<dir>/cgroup.events`.
+    pub fn open(dir: &Path) -> Result<Events> {
+        let path = dir.join(EVENTS);
+        let file =
+            File::open(&path).with_context(|| format!("failed to open {}", path.display()))?;
+        Ok(Events { path, file })
+    }
+
+    /// Whether any process is in the cgroup or below it.
+    pub fn populated(&self) -> Result<bool> {
+        read_populated(&self.file, &self.path)
+    }
+
+    /// Waits for `populated 0`, or fails at `deadline`.
+    pub fn wait_empty(&self, deadline: Instant) -> Result<()> {
+        wait_unpopulated(&self.file, &self.path, deadline)
+    }
+}
+
 /// A cgroup leaf of the bench, with its control files open: the raw `cgroup.kill` baseline.
 pub struct RawCgroup {
     pub path: PathBuf,

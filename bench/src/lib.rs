@@ -126,8 +126,29 @@ pub struct Bench {
 }
 
 impl Bench {
+    /// The state of a run that has just created `root` (the peers bench builds its own
+    /// context around one).
+    pub fn new(root: BenchRoot) -> Bench {
+        Bench {
+            root,
+            anomalies: Vec::new(),
+            strays_reaped: 0,
+        }
+    }
+
+    /// The bench's cgroup.
+    pub fn root(&self) -> &BenchRoot {
+        &self.root
+    }
+
+    /// Ends the run: the root (to close), each distinct anomaly with how many times it
+    /// came up, and how many strays were reaped.
+    pub fn finish(self) -> (BenchRoot, Vec<(String, usize)>, usize) {
+        (self.root, self.anomalies, self.strays_reaped)
+    }
+
     /// Options for a job under the bench's `jobs/` cgroup.
-    fn job_options(&self, mechanism: corral::MechanismRequest) -> corral::Options {
+    pub fn job_options(&self, mechanism: corral::MechanismRequest) -> corral::Options {
         corral::Options {
             mechanism,
             cgroup_parent: Some(self.root.jobs()),
@@ -143,7 +164,7 @@ impl Bench {
     }
 
     /// Records an anomaly unless `ok` (printed the first time it comes up, counted after).
-    fn expect(&mut self, ok: bool, what: impl Into<String>) {
+    pub fn expect(&mut self, ok: bool, what: impl Into<String>) {
         if !ok {
             let what = what.into();
             match self.anomalies.iter_mut().find(|(a, _)| *a == what) {
@@ -157,7 +178,7 @@ impl Bench {
     }
 
     /// The checks of a job whose main process starts nothing: no leftovers, so no stop.
-    fn check_alone(&mut self, r: &corral::Report, what: &str) {
+    pub fn check_alone(&mut self, r: &corral::Report, what: &str) {
         let stop = match &r.stop {
             Some(s) => format!("a stop (reason {:?})", s.reason),
             None => "no stop".into(),
@@ -172,7 +193,7 @@ impl Bench {
     }
 
     /// The checks every job report must pass.
-    fn check_report(&mut self, r: &corral::Report, mechanism: corral::Mechanism, what: &str) {
+    pub fn check_report(&mut self, r: &corral::Report, mechanism: corral::Mechanism, what: &str) {
         self.expect(
             r.mechanism == mechanism,
             format!(
@@ -204,7 +225,7 @@ impl Bench {
 
     /// After a pgroup job: drop the subreaper role the library took (so the other variants
     /// run as in a process that never used pgroup) and reap anything re-parented meanwhile.
-    fn after_pgroup_job(&mut self) -> Result<()> {
+    pub fn after_pgroup_job(&mut self) -> Result<()> {
         rustix::process::set_child_subreaper(None)
             .context("prctl(PR_SET_CHILD_SUBREAPER, 0) failed")?;
         self.strays_reaped += procs::reap_strays();
@@ -213,7 +234,7 @@ impl Bench {
 
     /// Between rounds: reaps exited orphans, kills (and records) any process left in the
     /// bench's own cgroup, and records job leaves left under `jobs/`.
-    fn check_clean(&mut self, after: &str) -> Result<()> {
+    pub fn check_clean(&mut self, after: &str) -> Result<()> {
         self.strays_reaped += procs::reap_strays();
         let left = procs::kill_strays(
             self.root.self_dir(),

@@ -75,6 +75,13 @@ impl Child {
         self.pid.as_raw_nonzero().get()
     }
 
+    /// Sends `sig` through the pidfd (so never to another process, even once it exited).
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        rustix::process::pidfd_send_signal(&self.pidfd, sig)
+            .map_err(io::Error::from)
+            .with_context(|| format!("pidfd_send_signal({}, {sig:?}) failed", self.pid()))
+    }
+
     /// Waits for the child to exit and reaps it with `wait4`, returning its status and usage.
     pub fn wait(mut self) -> Result<Exit> {
         let mut status = 0;

@@ -573,7 +573,7 @@ fn why_stop(t: &TreeFigures, v: Variant) -> Why {
 }
 
 /// `2025-11-25 12:34 UTC`.
-fn utc(t: SystemTime) -> String {
+pub fn utc(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

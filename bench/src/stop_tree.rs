@@ -27,7 +27,7 @@ const TREE_DEADLINE: Duration = Duration::from_secs(60);
 /// right after it became populated reports `populated 0` up to ~20 ms late, which on a small
 /// tree would measure that delay instead of the stop. It also lets the last children finish
 /// `exec`ing `sleep`.
-const SETTLE: Duration = Duration::from_millis(50);
+pub const SETTLE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -130,7 +130,11 @@ fn tree_script(n: usize) -> String {
 }
 
 /// Polls `count` until it reaches `want` (a measurement set-up, bounded by a deadline).
-fn wait_for_count(what: &str, want: usize, mut count: impl FnMut() -> Result<usize>) -> Result<()> {
+pub fn wait_for_count(
+    what: &str,
+    want: usize,
+    mut count: impl FnMut() -> Result<usize>,
+) -> Result<()> {
     let deadline = Instant::now() + TREE_DEADLINE;
     let mut pause = Duration::from_micros(500);
     loop {
