@@ -30,8 +30,15 @@ use crate::Mechanism;
 const SETTLE: Duration = Duration::from_millis(250);
 /// pgroup: how often the grace walks the tree again for members the freeze missed.
 const GRACE_REWALK: Duration = Duration::from_millis(50);
-/// How long the kill stage waits for the job to empty before reporting survivors.
+/// How long the kill stage waits for the job to empty before reporting survivors, unless
+/// it is making progress (see [`KILL_WAIT_MAX`]).
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// A kill that is making progress (fewer live members than at the last check, every
+/// [`KILL_WAIT`]) is waited for up to this long in all: on a slow machine (an emulated VM,
+/// thousands of processes) dying processes can take longer than one `KILL_WAIT` to exit,
+/// and reporting them as survivors would be wrong. A member that does not die (stuck in
+/// uninterruptible sleep) stops the progress and is reported after one more `KILL_WAIT`.
+const KILL_WAIT_MAX: Duration = Duration::from_secs(120);
 /// cgroup: how soon after `cgroup.kill` the members it missed get SIGKILL through pidfds.
 const CGROUP_RESIGNAL: Duration = Duration::from_millis(100);
 /// pgroup: how often the kill stage walks `/proc` again (descendants that are not our
@@ -85,6 +92,10 @@ enum Stage {
         step: usize,
         method: Option<KillMethod>,
         killed: HashSet<Pid>,
+        /// When SIGKILL went out, and the live members at the last progress check
+        /// (`None` before the first check).
+        since: Instant,
+        live: Option<usize>,
     },
 }
 
@@ -474,12 +485,22 @@ impl Job {
                     next,
                     killed,
                     method,
+                    since,
+                    live,
                     ..
                 } => {
                     if self.is_empty()? {
                         return Ok(None);
                     }
                     if now >= *until {
+                        // Still dying, only slowly: wait another KILL_WAIT.
+                        let left = self.snapshot().len();
+                        let progress = live.map_or(true, |before| left < before);
+                        if progress && now + KILL_WAIT <= *since + KILL_WAIT_MAX {
+                            *live = Some(left);
+                            *until = now + KILL_WAIT;
+                            continue;
+                        }
                         return Ok(None);
                     }
                     if now >= *next {
@@ -543,12 +564,17 @@ impl Job {
         let mut kill_step = step("kill", Some(Signal::KILL), present, None, s.t0);
         kill_step.at_ms = at_ms;
         s.steps.push(kill_step);
+        // What the progress checks compare with: the members at the kill (cgroup), or the
+        // processes the first pass signalled (pgroup).
+        let live = present.or(Some(killed.len()));
         s.stage = Stage::Kill {
             until: now + KILL_WAIT,
             next,
             step: s.steps.len() - 1,
             method,
             killed,
+            since: now,
+            live,
         };
         Ok(())
     }
