@@ -14,6 +14,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
+mod workloads;
+
 const USAGE: &str = "usage: peers [--quick] [--only FIGURE]... --out DIR";
 
 /// What the command line asked for.
@@ -65,7 +67,10 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     let args = Args::parse()?;
     std::fs::create_dir_all(&args.out)?;
-    let sections: Vec<String> = Vec::new();
+    let mut sections: Vec<String> = Vec::new();
+    if args.wants("workloads") {
+        sections.push(workloads::run(args.quick)?);
+    }
     std::fs::write(args.out.join("peers.md"), sections.join("\n"))?;
     Ok(())
 }
