@@ -19,9 +19,9 @@
 //! is their subreaper) and held by pidfds while alive, so the test can check that each one
 //! is gone; the subtree being empty afterwards catches anything that escaped both.
 //!
-//! Each test needs root (nginx's workers switch to `nobody`; PostgreSQL runs as the user
-//! `postgres`) and the program installed (`.ci/run` installs them); otherwise it is
-//! skipped with the reason.
+//! The nginx and PostgreSQL tests need root (nginx's workers switch to `nobody`;
+//! PostgreSQL runs as the user `postgres`); each test needs its program installed
+//! (`.ci/run` installs them). Otherwise the test is skipped with the reason.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -76,10 +76,10 @@ fn find_program(names: &[&str]) -> Option<PathBuf> {
     })
 }
 
-/// Whether the test can run: root, and every program in `needs` installed. Skips (or fails
-/// under `CORRAL_REQUIRE_ALL=1`) with the reason otherwise.
-fn can_run(test: &str, needs: &[(&str, &[&str])]) -> bool {
-    if !rustix::process::geteuid().is_root() {
+/// Whether the test can run: root if `needs_root`, and every program in `needs` installed.
+/// Skips (or fails under `CORRAL_REQUIRE_ALL=1`) with the reason otherwise.
+fn can_run(test: &str, needs_root: bool, needs: &[(&str, &[&str])]) -> bool {
+    if needs_root && !rustix::process::geteuid().is_root() {
         skip(format!(
             "{test}: needs root (the program drops privileges to a user of its own)"
         ));
@@ -359,7 +359,7 @@ fn leftovers(done: &Finished) -> Vec<(i32, String)> {
 /// detached master and its workers, stop them and name them in the report.
 fn nginx_daemon_serves_and_is_stopped_by_corral_kill(mechanism: Mechanism) {
     let test = format!("workloads::nginx ({})", mechanism.name());
-    if !can_run(&test, &[("nginx-light", &["nginx"])]) {
+    if !can_run(&test, true, &[("nginx-light", &["nginx"])]) {
         return;
     }
     let Some(sandbox) = Sandbox::for_mechanism("wl-nginx", mechanism) else {
@@ -379,17 +379,11 @@ fn nginx_daemon_serves_and_is_stopped_by_corral_kill(mechanism: Mechanism) {
         http_get(port).ok()
     });
     assert_eq!(status, 200, "GET / on nginx's port");
-    let mut nginx = Members::default();
-    wait_for("nginx's master and 2 workers", &job, READY_DEADLINE, || {
-        nginx.add(&sandbox, &job, |comm| comm == "nginx");
-        (nginx.count("nginx") >= 3).then_some(())
-    });
-
-    // nginx's command (the process that forked the master) has exited; wait until corral
-    // has reaped it too, which it does as it takes the leftovers' list: a stop that arrived
-    // before would find a job whose command still ran, with no leftovers yet.
-    // In pgroup mode corral, the subreaper, is the master's parent now: it is told apart by
-    // the pid file it wrote once it had detached.
+    // nginx's command (the process that forked the master) exits at once; wait until
+    // corral has reaped it too, which it does as it takes the leftovers' list: a stop that
+    // came before would find a job whose command still ran, with no leftovers yet. In
+    // pgroup mode corral, the subreaper, is the master's parent by then: the master is told
+    // apart by the pid file it writes once it has detached.
     let master: i32 = wait_for("nginx's pid file", &job, READY_DEADLINE, || {
         fs::read_to_string(scratch.0.join("nginx.pid"))
             .ok()
@@ -401,8 +395,25 @@ fn nginx_daemon_serves_and_is_stopped_by_corral_kill(mechanism: Mechanism) {
         READY_DEADLINE,
         || (!has_child_named(job.pid(), "nginx", master)).then_some(()),
     );
-    let alive = nginx.alive_pids();
-    assert_eq!(alive.len(), 3, "nginx's master and 2 workers");
+    // A worker is a copy of the master until it renames itself (its cmdline): wait until
+    // both have, so that the names in the report are nginx's final ones.
+    let mut nginx = Members::default();
+    let alive = wait_for("nginx's master and 2 workers", &job, READY_DEADLINE, || {
+        nginx.add(&sandbox, &job, |comm| comm == "nginx");
+        let alive = nginx.alive_pids();
+        let workers = alive
+            .iter()
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"nginx: worker process"))
+            })
+            .count();
+        (alive.len() >= 3 && workers >= 2).then_some(alive)
+    });
+    assert!(
+        alive.len() == 3 && alive.contains(&master),
+        "nginx's master ({master}) and 2 workers, found {alive:?}"
+    );
 
     let mut kill = sandbox.corral_bare();
     kill.args(["kill", &name]);
@@ -468,6 +479,7 @@ fn postgres_server_answers_and_its_leftovers_are_stopped(mechanism: Mechanism) {
     let pg = |program: &str| format!("{PG_BIN}/{program}");
     if !can_run(
         &test,
+        true,
         &[
             (
                 "postgresql-15",
@@ -592,7 +604,7 @@ fn postgres_server_answers_and_its_leftovers_are_stopped(mechanism: Mechanism) {
 /// of it must go. make dies of the SIGTERM corral passes on, so corral exits 143.
 fn parallel_make_is_interrupted_mid_build(mechanism: Mechanism) {
     let test = format!("workloads::make ({})", mechanism.name());
-    if !can_run(&test, &[("make", &["make"]), ("gcc", &["cc"])]) {
+    if !can_run(&test, false, &[("make", &["make"]), ("gcc", &["cc"])]) {
         return;
     }
     let Some(sandbox) = Sandbox::for_mechanism("wl-make", mechanism) else {
