@@ -601,7 +601,10 @@ fn postgres_server_answers_and_its_leftovers_are_stopped(mechanism: Mechanism) {
 
 /// `make -j8` of 40 C files, interrupted by SIGTERM to corral once the first objects are
 /// built: the tree (make, `cc`, `cc1`, `as`, ...) changes all the time, and every process
-/// of it must go. make dies of the SIGTERM corral passes on, so corral exits 143.
+/// of it must go. make dies of the SIGTERM corral passes on, so corral exits 143. The test
+/// stops the build when it sees objects rather than with `--timeout`, which would have to
+/// be guessed: too short and nothing is built yet on a loaded machine, too long and the
+/// build is over on a fast one.
 fn parallel_make_is_interrupted_mid_build(mechanism: Mechanism) {
     let test = format!("workloads::make ({})", mechanism.name());
     if !can_run(&test, false, &[("make", &["make"]), ("gcc", &["cc"])]) {
