@@ -59,7 +59,10 @@ pub struct Report {
     pub signals_received: Vec<String>,
     /// The stop sequence, if one ran.
     pub stop: Option<StopReport>,
-    /// Processes still running when the main process exited.
+    /// Processes still running when the main process exited. With `Leftovers::Wait`, a
+    /// stop that ends the wait (timeout, signal, outside stop) brings the list up to date:
+    /// processes started since are added, and those still running get their current
+    /// command line (a daemon renames itself after it forks).
     pub leftovers: Vec<ProcessInfo>,
     /// Processes still present after the stop sequence (must be empty).
     pub survivors: Vec<ProcessInfo>,

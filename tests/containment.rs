@@ -75,5 +75,7 @@ mod sigterm;
 mod stopped;
 #[path = "containment/watchdog.rs"]
 mod watchdog;
+#[path = "containment/workloads.rs"]
+mod workloads;
 #[path = "containment/zombie_leader.rs"]
 mod zombie_leader;

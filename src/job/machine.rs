@@ -342,6 +342,9 @@ impl Job {
         polite: Signal,
         group_delivered: bool,
     ) -> Result<()> {
+        if matches!(self.phase, Phase::Draining) {
+            self.refresh_leftovers();
+        }
         let t0 = Instant::now();
         let grace = self.opts.grace;
         let gentle = !grace.is_zero() && polite != Signal::KILL;
@@ -756,6 +759,21 @@ impl Job {
                 left_session: s.sid != self.main_sid,
             })
             .collect()
+    }
+
+    /// A job that waited for its leftovers (`Leftovers::Wait`) is being stopped: the list
+    /// taken when the main process exited is brought up to date with what the stop acts on.
+    /// A daemon forks its workers and renames itself after the command that started it
+    /// exits (nginx's master becomes `nginx: master process ...` after `setsid`), so an
+    /// entry still running gets its current name and sessions, and processes started since
+    /// are added; an entry that exited meanwhile stays as it was.
+    fn refresh_leftovers(&mut self) {
+        for now in self.snapshot() {
+            match self.leftovers.iter_mut().find(|l| l.pid == now.pid) {
+                Some(entry) => *entry = now,
+                None => self.leftovers.push(now),
+            }
+        }
     }
 
     /// Reaps the main process, removes the cgroup (or reaps orphans), and builds the report.

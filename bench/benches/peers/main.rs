@@ -31,6 +31,7 @@ mod stop;
 mod table;
 mod throughput;
 mod tree;
+mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
@@ -52,6 +53,7 @@ const FIGURES: &[(&str, Figure)] = &[
     ("stop", stop::run),
     ("throughput", throughput::run),
     ("containment", containment::run),
+    ("workloads", workloads::run),
 ];
 
 /// What the command line asked for.
