@@ -528,7 +528,7 @@ fn a_fork_storm_stops_at_its_pids_limit() {
             "Measured in the systemd VM (`cargo xtask vm-test`: Debian 12, kernel {}, a qemu guest; \
              under TCG every figure is many times slower than on the host, so compare the \
              rows with each other, not with figure 9). The same storm, stopped with \
-             corral's `kill()` once `pids.current` reached {LIMIT}; the limited job also \
+             corral's `kill()` once the job had {LIMIT} processes; the limited job also \
              had 0.5 s to try to grow past its limit. `pids.peak` is the kernel's high-water \
              mark of the job's cgroup.\n\n\
              | Job | processes at the stop | `pids.peak` | `kill()` until the job is gone |\n\
