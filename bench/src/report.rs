@@ -805,7 +805,7 @@ pub fn render(r: &Results<'_>) -> String {
          monitor outside the namespaces; with `--unshare-pid` it also starts an init inside \
          the new PID namespace, not counted here. `tini` runs with `-s` (a subreaper: it is \
          not PID 1 here). `systemd-run --scope` is not in the figure: this machine's PID 1 \
-         is not systemd (see the missed targets).\n\n\
+         is not systemd (see figure 10).\n\n\
          | | {} |\n|---|{}",
         i.rounds,
         header.join(" | "),
@@ -938,7 +938,24 @@ pub fn render(r: &Results<'_>) -> String {
     o.push_str(&helper_section(r.helper));
     o.push_str(&storm_section(r.storm, r.storm_vm));
     match r.peers {
-        Some(peers) => o.push_str(peers),
+        Some(peers) => {
+            let _ = writeln!(
+                o,
+                "\n## 10. Side by side with the peers\n\n\
+                 What users already have, measured in the same run on the same machine by the \
+                 `peers` bench target (`bench/benches/peers/`; the peer crates are \
+                 dev-dependencies of the bench crate only): bare `std::process::Command`, \
+                 [process-wrap](https://crates.io/crates/process-wrap) (a process group), \
+                 [processkit](https://crates.io/crates/processkit) (its default mechanism, a \
+                 cgroup v2 here), coreutils `timeout`; `tini` and `bwrap` are in figure 3. \
+                 What each one contains is in the containment table (peers 4): corral's \
+                 cost is worth reading next to it. The chart of stop latency against tree \
+                 size is [stop-latency.svg](stop-latency.svg). `systemd-run --scope` is not \
+                 measured: this machine's PID 1 is not systemd, and the systemd VM runs \
+                 emulated here, so its figures would not compare with these.\n"
+            );
+            o.push_str(peers);
+        }
         None => o.push_str(
             "\n## Side by side with the peers\n\nNot measured in this run: the `peers` \
              bench target did not run (see the run's output).\n",
@@ -1327,7 +1344,10 @@ pub fn storm_section(f: &StormFigures, vm: Option<&str>) -> String {
     );
     o.push_str("\n### 9b. The same storm under a pids limit (VM)\n\n");
     match vm {
-        Some(text) => o.push_str(text),
+        Some(text) => {
+            o.push_str(text.trim_end());
+            o.push('\n');
+        }
         None => o.push_str(
             "Not in this run: no results from the VM were found \
              (`target/vm-test/share/results/fork-storm-limit.md`). Run `cargo xtask vm-test` \

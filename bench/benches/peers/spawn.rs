@@ -188,8 +188,87 @@ pub fn run(ctx: &mut Ctx) -> Result<String> {
         fmt_ratio(TARGET)
     );
     s += &t.render();
+    s += &why(&|v| ratio(v), &|v| samples[v.index()].median(), best_peer);
     eprint!("{s}");
     Ok(s)
+}
+
+/// The missed targets, why, and what would close them (figures from this run).
+fn why(ratio: &dyn Fn(Variant) -> f64, median: &dyn Fn(Variant) -> f64, best_peer: f64) -> String {
+    let missed: Vec<Variant> = Variant::ALL
+        .into_iter()
+        .filter(|v| v.is_corral() && (ratio(*v) > TARGET || ratio(*v) > best_peer))
+        .collect();
+    if missed.is_empty() {
+        return "\nEvery corral variant met the target in this run.\n".into();
+    }
+    let r = |v: Variant| fmt_ratio(ratio(v));
+    let extra =
+        |v: Variant| fmt_secs(median(v) - median(v.baseline().expect("compared with a baseline")));
+    let mut o = String::from("\n#### Missed targets: why, and what would close them\n\n");
+    o += &format!(
+        "- **Below every other containment peer.** The lowest peer is process-wrap ({}): its \
+         `ProcessGroup::leader()` is std's `process_group(0)`, which std hands to \
+         `posix_spawn` (`POSIX_SPAWN_SETPGROUP`): a `vfork`-style spawn with one more \
+         attribute and no other work. That is the whole of its containment, and the \
+         containment figure shows what it lets escape (a `setsid`, `setpgid` or daemonized \
+         child). Compared within a mechanism: corral's cgroup `spawn_command` ({}) against \
+         processkit's cgroup ({}); corral's in-process pgroup `spawn_command` ({}) against \
+         process-wrap ({}). A mechanism that catches escapees needs more than one \
+         `posix_spawn` (a cgroup, or a subreaper that waits for orphans), so this half of \
+         the target cannot be met without giving up what corral is for; we keep it in the \
+         table rather than move it.\n",
+        r(Variant::ProcessWrap),
+        r(Variant::CommandCgroup),
+        r(Variant::Processkit),
+        r(Variant::CommandPgroup),
+        r(Variant::ProcessWrap),
+    );
+    if missed.contains(&Variant::CommandPgroup) {
+        o += &format!(
+            "- **corral pgroup, `spawn_command`** ({}, {} more than bare): the spawn itself is \
+             std's kind (`clone3` with `CLONE_VM | CLONE_VFORK`); the rest is the \
+             subreaper's bookkeeping: `PR_SET_CHILD_SUBREAPER` taken and dropped, a pidfd \
+             for the main process, and the emptiness test (`waitid` until `ECHILD`). What \
+             would close it: taking the subreaper role once per process instead of per job \
+             (it is process-wide, so only for a host whose children are all jobs).\n",
+            r(Variant::CommandPgroup),
+            extra(Variant::CommandPgroup),
+        );
+    }
+    if missed.contains(&Variant::CommandCgroup) {
+        o += &format!(
+            "- **corral cgroup, `spawn_command`** ({}, {} more): the spawn is the same \
+             `vfork`-style `clone3`, plus `CLONE_INTO_CGROUP`; the difference is the fresh \
+             cgroup per job (`mkdir`, the kernel's work for the first task of a new cgroup, \
+             the `populated` notifications, `rmdir`; figure 1 of corral's own figures splits \
+             it). What would close it: a leaf made ahead of time or an emptied one reused, \
+             which gives up the fresh, empty cgroup per job that the design promises; we \
+             keep the promise.\n",
+            r(Variant::CommandCgroup),
+            extra(Variant::CommandCgroup),
+        );
+    }
+    let forked: Vec<String> = [
+        Variant::SpawnCgroup,
+        Variant::SpawnPgroup,
+        Variant::TokioCorral,
+    ]
+    .into_iter()
+    .filter(|v| missed.contains(v))
+    .map(|v| format!("{} {}", v.label(), r(v)))
+    .collect();
+    if !forked.is_empty() {
+        o += &format!(
+            "- **`Job::spawn(&mut Command)`** ({}): std runs the `pre_exec` hook that places \
+             the child (in its cgroup or process group) only in a real `fork`, which copies \
+             the caller's page tables, where a bare spawn uses `vfork`; on top of that, the \
+             mechanism's own cost as above. What would close it: `JobCommand` growing piped \
+             stdio, so that embedders who need pipes can take the `vfork` path.\n",
+            forked.join(", ")
+        );
+    }
+    o
 }
 
 /// One run of `v`; returns its time.
