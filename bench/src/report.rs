@@ -949,10 +949,11 @@ pub fn render(r: &Results<'_>) -> String {
                  [processkit](https://crates.io/crates/processkit) (its default mechanism, a \
                  cgroup v2 here), coreutils `timeout`; `tini` and `bwrap` are in figure 3. \
                  What each one contains is in the containment table (peers 4): corral's \
-                 cost is worth reading next to it. The chart of stop latency against tree \
-                 size is [stop-latency.svg](stop-latency.svg). `systemd-run --scope` is not \
-                 measured: this machine's PID 1 is not systemd, and the systemd VM runs \
-                 emulated here, so its figures would not compare with these.\n"
+                 cost is worth reading next to it. `systemd-run --scope` is not measured: \
+                 this machine's PID 1 is not systemd, and the systemd VM runs emulated \
+                 here, so its figures would not compare with these.\n\n\
+                 ![Stop latency against tree size, per peer: flat fan-out and deep chain, \
+                 log-log (peers 2)](stop-latency.svg)\n"
             );
             o.push_str(peers);
         }

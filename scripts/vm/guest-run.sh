@@ -31,7 +31,7 @@ d=$T; while [ "$d" != / ]; do chmod a+x "$d"; d=$(dirname "$d"); done
 
 per_test=${CORRAL_VM_PER_TEST:-$(cat "$S/per-test-timeout" 2>/dev/null || echo 900)}
 path="$T/vm-tests:$T:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-export CORRAL_REQUIRE_ALL=1 PATH="$path" CORRAL_VM_RESULTS="$R"
+export CORRAL_REQUIRE_ALL=1 PATH="$path"
 uenv="XDG_RUNTIME_DIR=/run/user/1000 DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1000/bus CORRAL_REQUIRE_ALL=1 PATH=$path HOME=/home/corral"
 cd /tmp
 
@@ -53,7 +53,9 @@ while IFS= read -r line || [ -n "$line" ]; do
     root)
       # A delegated scope of the system manager: the cgroup subtree is ours to write.
       # No task limit: the suites run many process trees in parallel.
-      timeout -k 10 "$per_test" systemd-run --quiet --scope -p Delegate=yes -p TasksMax=infinity --unit="corral-vm-$id" \
+      # CORRAL_VM_RESULTS: where a test may leave figures for the bench (root's lines only:
+      # the user cannot write the share).
+      CORRAL_VM_RESULTS="$R" timeout -k 10 "$per_test" systemd-run --quiet --scope -p Delegate=yes -p TasksMax=infinity --unit="corral-vm-$id" \
         -- sh -c "$cmd" ;;
     root-plain)
       # Where the payload unit runs: a cgroup systemd manages, nothing delegated.
