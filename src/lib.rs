@@ -95,7 +95,7 @@ pub const __SCOPE_ENV: &str = linux::delegate::SCOPE_ENV;
 /// See [`__systemd_scope_command`]'s caller in the CLI.
 #[cfg(target_os = "linux")]
 #[doc(hidden)]
-pub fn __systemd_scope_command() -> Option<Vec<std::ffi::OsString>> {
+pub fn __systemd_scope_command() -> Option<(Vec<std::ffi::OsString>, String)> {
     linux::delegate::scope_command()
 }
 

@@ -92,6 +92,11 @@ pub struct Record {
     /// is then the helper's (root). Absent for other jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<u32>,
+    /// The cgroup the supervisor ran in when it started the job, as `/proc/<pid>/cgroup`
+    /// names it (`/` is the root): a job whose supervisor ran inside another job's cgroup
+    /// is nested in that job ([`outer_jobs`]). Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<String>,
 }
 
 /// A process named so that a reused PID is not taken for it.
@@ -838,6 +843,84 @@ fn sweep_default_parent(dry_run: bool, named: &[&Path], lines: &mut Vec<String>)
     }
 }
 
+/// The cgroup2 line of `/proc/self/cgroup` (`0::<path>`): the cgroup this process runs in.
+fn own_cgroup() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// For each entry, the index of the job it is nested in, if any: the job whose cgroup
+/// holds the cgroup the entry's supervisor ran in (the deepest such cgroup), else the job
+/// whose supervisor is the nearest live ancestor of the entry's supervisor (a job inside a
+/// pgroup job). `corral ps` draws the jobs as a tree with it.
+pub fn outer_jobs(entries: &[Entry]) -> Vec<Option<usize>> {
+    let mount = cgroup::find_mount().ok().flatten();
+    let within: Vec<Option<PathBuf>> = entries
+        .iter()
+        .map(|e| {
+            let rel = Path::new(e.record.within.as_deref()?);
+            let m = mount.as_ref()?;
+            Some(m.path.join(rel.strip_prefix(&m.root).ok()?))
+        })
+        .collect();
+    let by_cgroup = |i: usize| -> Option<usize> {
+        let inner = within[i].as_deref()?;
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(j, e)| Some((j, e.record.cgroup.as_deref()?)))
+            .filter(|(_, cg)| inner.starts_with(cg))
+            .max_by_key(|(_, cg)| cg.components().count())
+            .map(|(j, _)| j)
+    };
+    let by_ancestry = |i: usize| -> Option<usize> {
+        let me = &entries[i].record.supervisor;
+        let mut pid = Pid::from_raw(i32::try_from(me.pid).ok()?)?;
+        let stat = procs::stat(pid).filter(|s| s.starttime == me.start_time)?;
+        let mut ppid = stat.ppid;
+        // A chain of parents, bounded: PIDs can form no cycle, but a racing reuse could.
+        for _ in 0..64 {
+            pid = Pid::from_raw(ppid)?;
+            if pid.get() <= 1 {
+                return None;
+            }
+            let s = procs::stat(pid)?;
+            if let Some(j) = entries.iter().position(|e| {
+                e.record.supervisor.pid == pid.get() as u32
+                    && e.record.supervisor.start_time == s.starttime
+                    && e.record.supervisor != *me
+            }) {
+                return Some(j);
+            }
+            ppid = s.ppid;
+        }
+        None
+    };
+    (0..entries.len())
+        .map(|i| by_cgroup(i).or_else(|| by_ancestry(i)))
+        .collect()
+}
+
+/// After a job that was killed (its processes may include corrals of nested jobs, killed
+/// before they could remove their records): sweeps the stale records of the registry
+/// directory `dir`, as the start-up sweep of `corral run` would. Returns what it did.
+pub(crate) fn sweep_stale_in(dir: &Path) -> Vec<String> {
+    let scan = scan_dirs(&[dir.to_path_buf()]);
+    let uid = euid();
+    let mut lines = Vec::new();
+    for e in scan
+        .entries
+        .iter()
+        .filter(|e| !e.live && (uid == 0 || e.record.uid == uid))
+    {
+        clean_stale(e, false, &mut lines);
+    }
+    lines
+}
+
 /// Whether the process that made a leaf at `made` (Unix seconds) may still be alive: a
 /// process has PID `pid` and started no later than the leaf was made (one second's slack
 /// for the rounding of the two clocks). A process that started later is a reused PID.
@@ -1017,6 +1100,7 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
         limits: new.limits.clone(),
         socket,
         on_behalf_of: new.on_behalf_of,
+        within: own_cgroup(),
     };
     let json = serde_json::to_string(&record).expect("a record serializes");
     let tmp = dir.join(format!(".{}.json.tmp-{}", new.id, std::process::id()));
@@ -1048,6 +1132,11 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
 }
 
 impl Registration {
+    /// The registry directory the job is recorded in.
+    pub(crate) fn dir(&self) -> Option<&Path> {
+        self.socket.parent()
+    }
+
     /// The job's record and control socket (for the watchdog to remove, should this
     /// process die with the job running).
     pub(crate) fn files(&self) -> Vec<PathBuf> {

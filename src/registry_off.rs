@@ -49,7 +49,16 @@ pub(crate) fn register(_: &NewRecord<'_>) -> Result<Registration, String> {
     Err("corral was built without the `serde` feature (records are JSON)".into())
 }
 
+/// Without the registry there are no records to sweep.
+pub(crate) fn sweep_stale_in(_: &std::path::Path) -> Vec<String> {
+    Vec::new()
+}
+
 impl Registration {
+    pub(crate) fn dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     pub(crate) fn files(&self) -> Vec<std::path::PathBuf> {
         Vec::new()
     }

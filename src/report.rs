@@ -229,6 +229,15 @@ pub struct Cleanup {
     pub reaped: Option<usize>,
     /// An error during cleanup, if any.
     pub error: Option<String>,
+    /// What the sweep after a killed job did, one line per action: the records (and any
+    /// cgroups left) of jobs whose corral ran inside this job and was killed with it
+    /// before it could clean up, and any other stale job of the same registry. Empty when
+    /// the job was not killed or nothing was stale.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Vec::is_empty")
+    )]
+    pub swept: Vec<String>,
 }
 
 impl Report {

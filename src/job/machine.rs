@@ -897,7 +897,19 @@ impl Job {
         self.phase = Phase::Over;
         // The record and the control socket go; requesters waiting see their connection
         // close.
-        drop(self.registration.take());
+        let registration = self.registration.take();
+        let dir = registration
+            .as_ref()
+            .and_then(|r| r.dir().map(std::path::Path::to_path_buf));
+        drop(registration);
+        // A killed job may have held corrals of nested jobs, killed before they could
+        // remove their records: sweep them now rather than at the next `corral run`.
+        if let (true, Some(dir)) = (self.sigkill_sent.load(Ordering::Relaxed), dir) {
+            let swept = crate::registry::sweep_stale_in(&dir);
+            if let Some(report) = self.report.as_mut() {
+                report.cleanup.swept = swept;
+            }
+        }
         Ok(())
     }
 }

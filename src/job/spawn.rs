@@ -18,7 +18,7 @@ use std::time::Instant;
 use super::machine::Phase;
 use super::{Backend, Job, JobCommand};
 use crate::error::{Error, Result};
-use crate::linux::cgroup::{Leaf, ParentSource};
+use crate::linux::cgroup::Leaf;
 use crate::linux::pidfd::{self, Pid};
 use crate::linux::spawn::{self as raw_spawn, Placement, SpawnSpec};
 use crate::linux::watchdog::Watch;
@@ -495,14 +495,15 @@ fn new_leaf(
     id: &mut String,
     command: &[String],
 ) -> Result<(Leaf, Chosen)> {
-    let parent_source = parent_source_name(parent.source);
+    let parent_source = parent.source.name();
+    let degraded = parent.bound_to.is_some();
     let leaf = Leaf::create(parent, id)?;
     *id = leaf.name().to_string();
     let limits = apply_limits(&leaf, opts, enabled)?;
     let mut chosen = Chosen {
         mechanism: Mechanism::Cgroup,
         reason,
-        degraded: false,
+        degraded,
         parent_source: Some(parent_source),
         limits,
         watch: None,
@@ -569,15 +570,6 @@ fn apply_limits(
 fn new_id() -> String {
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     format!("corral-{}-{}", std::process::id(), seq)
-}
-
-fn parent_source_name(source: ParentSource) -> &'static str {
-    match source {
-        ParentSource::Option => "option",
-        ParentSource::Env => "env",
-        ParentSource::Default => "default",
-        ParentSource::Delegated => "delegated",
-    }
 }
 
 /// Takes a freshly spawned child's PID, pidfd and stdio. The child is ours and unreaped, so

@@ -136,6 +136,23 @@ pub(crate) enum ParentSource {
     Default,
     /// The cgroup corral runs in, delegated to us (see [`super::delegate`]).
     Delegated,
+    /// The cgroup corral runs in, not delegated but writable, on a host whose tree systemd
+    /// does not manage (inside another corral's job, a Slurm step, a container): a job stays
+    /// inside what contains its caller.
+    Caller,
+}
+
+impl ParentSource {
+    /// The name the report gives it (`cgroup_parent_source`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ParentSource::Option => "option",
+            ParentSource::Env => "env",
+            ParentSource::Default => "default",
+            ParentSource::Delegated => "delegated",
+            ParentSource::Caller => "caller",
+        }
+    }
 }
 
 /// An open directory under which job leaves are created.
@@ -146,6 +163,9 @@ pub(crate) struct Parent {
     pub(crate) source: ParentSource,
     /// For a delegated parent: why it counts as delegated.
     pub(crate) how: Option<&'static str>,
+    /// Set when the parent is outside the cgroup corral was started in (a scope the CLI
+    /// obtained from systemd): the unit it is bound to. Reported as degraded.
+    pub(crate) bound_to: Option<String>,
 }
 
 /// Why no cgroup parent could be had; `auto` falls back with this as the reason.
@@ -240,6 +260,7 @@ fn open_named_parent(path: &Path, source: ParentSource) -> Result<Parent> {
         dir,
         source,
         how: None,
+        bound_to: None,
     })
 }
 
@@ -263,11 +284,18 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
             ))
         }
     };
+    let own = super::delegate::own_cgroup_dir(&mount).map_err(|why| {
+        none(
+            why,
+            "check that /proc is mounted, or pass --cgroup-parent with a writable cgroup",
+        )
+    })?;
     let not_delegated = match super::delegate::own_cgroup(&mount) {
         Ok(d) => {
             return open_named_parent(&d.path, ParentSource::Delegated)
                 .map(|p| Parent {
                     how: Some(d.how),
+                    bound_to: d.obtained.clone(),
                     ..p
                 })
                 .map_err(|e| {
@@ -284,17 +312,48 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
     };
     if systemd_manages(&mount) {
         let user = !rustix::process::geteuid().is_root();
+        let stays = if own.is_some() {
+            "; the job stays inside it"
+        } else {
+            ""
+        };
         return Err(none(
             format!(
-                "systemd manages the cgroup tree at {} and {not_delegated}",
+                "systemd manages the cgroup tree at {} and {not_delegated}{stays}",
                 mount.path.display()
             ),
             &format!(
-                "run corral in a delegated scope: `systemd-run{} --scope -p Delegate=yes -- corral run ...`, \
-                 or pass --cgroup-parent with a delegated cgroup",
+                "give the unit corral runs in Delegate=yes, or run corral in a delegated scope: \
+                 `systemd-run{} --scope -p Delegate=yes -- corral run ...`, or pass \
+                 --cgroup-parent with a delegated cgroup",
                 if user { " --user" } else { "" }
             ),
         ));
+    }
+    if let Some(own) = own {
+        // Something contains corral (another corral's job, a Slurm step, a container's
+        // cgroup): its jobs go inside it, never beside it, or that container's stop, limits
+        // and accounting would miss them.
+        let home = super::delegate::jobs_home(&mount, &own);
+        return open_named_parent(&home, ParentSource::Caller)
+            .map(|p| Parent {
+                how: Some("the cgroup corral runs in"),
+                ..p
+            })
+            .map_err(|e| {
+                let why = match &e {
+                    Error::CgroupParent { problem, .. } => problem.clone(),
+                    other => other.to_string(),
+                };
+                none(
+                    format!(
+                        "{not_delegated}, and as it {why}, a job's cgroup cannot be made \
+                         inside it (it must not leave it)",
+                    ),
+                    "give corral a cgroup delegated to its user (systemd's Delegate=yes, or \
+                     the chown in docs/delegation.md), or pass --cgroup-parent",
+                )
+            });
     }
     let path = mount.path.join(DEFAULT_PARENT);
     let mount_dir = rustix::fs::open(
@@ -355,6 +414,7 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
         dir,
         source: ParentSource::Default,
         how: None,
+        bound_to: None,
     })
 }
 
@@ -1353,6 +1413,7 @@ mod tests {
             dir,
             source: ParentSource::Option,
             how: None,
+            bound_to: None,
         }
     }
 

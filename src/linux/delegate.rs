@@ -21,10 +21,14 @@ pub(crate) struct Delegated {
     pub(crate) path: PathBuf,
     /// Why it counts as delegated (for the report).
     pub(crate) how: &'static str,
+    /// A scope the CLI obtained from systemd, outside the cgroup it was started in: the
+    /// unit it is bound to (it stops with that unit), or `None` when it is bound to none.
+    pub(crate) obtained: Option<String>,
 }
 
-/// The cgroup this process runs in, if it is delegated to us; else why not.
-pub(crate) fn own_cgroup(mount: &Mount) -> Result<Delegated, String> {
+/// The cgroup this process runs in: its directory under `mount`. `Ok(None)`: the root
+/// cgroup of the mount (nothing contains us, or a cgroup namespace's root).
+pub(crate) fn own_cgroup_dir(mount: &Mount) -> Result<Option<PathBuf>, String> {
     let text = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| format!("cannot read /proc/self/cgroup ({e})"))?;
     let rel = cgroup2_path(&text).ok_or("corral is in no cgroup2 cgroup")?;
@@ -35,39 +39,80 @@ pub(crate) fn own_cgroup(mount: &Mount) -> Result<Delegated, String> {
             mount.path.display()
         )
     })?;
-    if path == mount.path {
-        return Err("corral runs in the root cgroup".into());
-    }
-    let euid = rustix::process::geteuid().as_raw();
-    // To enable controllers, corral moves itself into `<delegated>/supervisor`
-    // (`cgroup::move_self_to_leaf`): the delegated cgroup is then the one above, and jobs
-    // go beside the supervisor leaf, not inside it.
-    if path.file_name() == Some(std::ffi::OsStr::new(super::cgroup::SUPERVISOR_LEAF)) {
-        if let Some(parent) = path.parent().filter(|p| *p != mount.path) {
-            if let Ok(delegated) = judge(parent, euid) {
-                return Ok(delegated);
-            }
+    Ok((path != mount.path).then_some(path))
+}
+
+/// Where job cgroups go when they go inside the cgroup we run in: that cgroup, or the one
+/// above when we are in the `supervisor` leaf we moved ourselves into to enable controllers
+/// (`cgroup::move_self_to_leaf`): jobs then go beside the supervisor leaf, not inside it.
+pub(crate) fn jobs_home(mount: &Mount, own: &Path) -> PathBuf {
+    if own.file_name() == Some(std::ffi::OsStr::new(super::cgroup::SUPERVISOR_LEAF)) {
+        if let Some(parent) = own.parent().filter(|p| *p != mount.path) {
+            return parent.to_owned();
         }
     }
-    let mut delegated = judge(&path, euid)?;
-    if std::env::var_os(SCOPE_ENV).is_some() {
+    own.to_owned()
+}
+
+/// The cgroup this process runs in, if it is delegated to us; else why not.
+pub(crate) fn own_cgroup(mount: &Mount) -> Result<Delegated, String> {
+    let path = own_cgroup_dir(mount)?.ok_or("corral runs in the root cgroup")?;
+    let euid = rustix::process::geteuid().as_raw();
+    let home = jobs_home(mount, &path);
+    if home != path {
+        if let Ok(delegated) = judge(mount, &home, euid) {
+            return Ok(delegated);
+        }
+    }
+    let mut delegated = judge(mount, &path, euid)?;
+    if let Some(bound) = std::env::var_os(SCOPE_ENV) {
         // The CLI re-ran itself under systemd-run (systemd 252's user manager marks its
         // scopes with no xattr, so ownership is what shows the delegation there).
+        delegated.obtained = Some(bound.to_string_lossy().into_owned()).filter(|u| u != "1");
         delegated.how =
             "a scope corral obtained from systemd (systemd-run --scope -p Delegate=yes)";
     }
     Ok(delegated)
 }
 
-/// Set by the `corral` CLI on itself when it re-runs under `systemd-run --scope`, so that
-/// the delegated scope is reported as obtained, and so that it never re-runs twice.
+/// Set by the `corral` CLI on itself when it re-runs under `systemd-run --scope`, to the
+/// unit the scope is bound to, so that the delegated scope is reported as obtained (and as
+/// outside the caller's cgroup), and so that it never re-runs twice.
 pub(crate) const SCOPE_ENV: &str = "CORRAL_IN_SYSTEMD_SCOPE";
 
-/// `systemd-run [--user] --scope -p Delegate=yes --quiet --collect --`, when this process
-/// needs a delegated scope and can get one: systemd manages the tree, our cgroup is not
-/// delegated, the manager of our user is reachable, `systemd-run` exists, and we have not
-/// re-run already.
-pub(crate) fn scope_command() -> Option<Vec<std::ffi::OsString>> {
+/// The systemd unit whose cgroup `path` is in (the deepest `.service` or `.scope` component
+/// below `mount`), and whether it is a unit of a user manager (below `user@UID.service`).
+pub(crate) fn unit_of(mount: &Path, path: &Path) -> Option<(String, bool)> {
+    let below = path.strip_prefix(mount).ok()?;
+    let mut unit = None;
+    let mut in_user_manager = false;
+    for c in below.components() {
+        let name = c.as_os_str().to_str()?;
+        if unit.as_deref().is_some_and(is_user_manager) {
+            in_user_manager = true;
+        }
+        if name.ends_with(".service") || name.ends_with(".scope") {
+            unit = Some(name.to_string());
+        }
+    }
+    let unit = unit.filter(|u| !is_user_manager(u))?;
+    Some((unit, in_user_manager))
+}
+
+fn is_user_manager(unit: &str) -> bool {
+    unit.strip_prefix("user@")
+        .and_then(|r| r.strip_suffix(".service"))
+        .is_some_and(|uid| uid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `systemd-run [--user] --scope -p Delegate=yes -p BindsTo=UNIT --quiet --collect --`, and
+/// UNIT, when this process needs a delegated scope and can get one that stops with the unit
+/// it runs in: systemd manages the tree, our cgroup is not delegated, it belongs to a unit
+/// of the manager of our user (a user manager cannot bind a scope to a system unit, nor the
+/// system manager to a user's), that manager is reachable, `systemd-run` exists, and we have
+/// not re-run already. A job that could only leave its caller's unit unbound stays inside
+/// it (the pgroup fallback) instead.
+pub(crate) fn scope_command() -> Option<(Vec<std::ffi::OsString>, String)> {
     if std::env::var_os(SCOPE_ENV).is_some() {
         return None;
     }
@@ -76,6 +121,11 @@ pub(crate) fn scope_command() -> Option<Vec<std::ffi::OsString>> {
         return None;
     }
     let root = rustix::process::geteuid().is_root();
+    let own = own_cgroup_dir(&mount).ok()??;
+    let (unit, user_unit) = unit_of(&mount.path, &own)?;
+    if user_unit == root {
+        return None;
+    }
     let manager = if root {
         PathBuf::from("/run/systemd/private")
     } else {
@@ -91,21 +141,18 @@ pub(crate) fn scope_command() -> Option<Vec<std::ffi::OsString>> {
     if !root {
         cmd.push("--user".into());
     }
-    for arg in [
-        "--scope",
-        "-p",
-        "Delegate=yes",
-        "--quiet",
-        "--collect",
-        "--",
-    ] {
+    for arg in ["--scope", "-p", "Delegate=yes", "-p"] {
         cmd.push(arg.into());
     }
-    Some(cmd)
+    cmd.push(format!("BindsTo={unit}").into());
+    for arg in ["--quiet", "--collect", "--"] {
+        cmd.push(arg.into());
+    }
+    Some((cmd, unit))
 }
 
 /// Whether `path` is delegated to the user `euid`.
-fn judge(path: &Path, euid: u32) -> Result<Delegated, String> {
+fn judge(mount: &Mount, path: &Path, euid: u32) -> Result<Delegated, String> {
     let writable = |name: &str| {
         rustix::fs::accessat(
             rustix::fs::CWD,
@@ -117,13 +164,21 @@ fn judge(path: &Path, euid: u32) -> Result<Delegated, String> {
     };
     let all_writable =
         writable(".") && writable("cgroup.procs") && writable("cgroup.subtree_control");
-    let marked = ["trusted.delegate", "user.delegate"]
-        .iter()
-        .any(|name| xattr_is_one(path, name));
+    // systemd marks the top of what it delegates; a cgroup below it (a job's leaf, where a
+    // nested corral runs) is just as much ours.
+    let marked = path
+        .ancestors()
+        .take_while(|p| p.starts_with(&mount.path) && *p != mount.path)
+        .any(|p| {
+            ["trusted.delegate", "user.delegate"]
+                .iter()
+                .any(|name| xattr_is_one(p, name))
+        });
     if marked && all_writable {
         return Ok(Delegated {
             path: path.to_owned(),
             how: "the cgroup corral runs in, marked delegated by systemd",
+            obtained: None,
         });
     }
     let owner = rustix::fs::stat(path)
@@ -134,6 +189,7 @@ fn judge(path: &Path, euid: u32) -> Result<Delegated, String> {
         return Ok(Delegated {
             path: path.to_owned(),
             how: "the cgroup corral runs in, owned by our user and writable",
+            obtained: None,
         });
     }
     Err(format!(
@@ -199,5 +255,53 @@ mod tests {
         };
         assert_eq!(resolve(&bind, "/a/b"), Some(PathBuf::from("/mnt/cg/b")));
         assert_eq!(resolve(&bind, "/other"), None);
+    }
+
+    #[test]
+    fn the_unit_a_cgroup_belongs_to_is_its_deepest_service_or_scope() {
+        let mount = Path::new("/sys/fs/cgroup");
+        let unit = |rel: &str| unit_of(mount, &mount.join(rel));
+        assert_eq!(
+            unit("system.slice/ci.service"),
+            Some(("ci.service".into(), false))
+        );
+        // A job's leaf inside a unit belongs to that unit.
+        assert_eq!(
+            unit("system.slice/ci.service/corral-1-0"),
+            Some(("ci.service".into(), false))
+        );
+        assert_eq!(
+            unit("user.slice/user-1000.slice/session-3.scope"),
+            Some(("session-3.scope".into(), false))
+        );
+        assert_eq!(
+            unit("user.slice/user-1000.slice/user@1000.service/app.slice/build.service"),
+            Some(("build.service".into(), true))
+        );
+        // The user manager itself is no unit to bind a scope to.
+        assert_eq!(unit("user.slice/user-1000.slice/user@1000.service"), None);
+        assert_eq!(unit("user.slice"), None);
+        assert_eq!(unit_of(mount, Path::new("/elsewhere/x.service")), None);
+    }
+
+    #[test]
+    fn jobs_go_beside_the_supervisor_leaf() {
+        let mount = Mount {
+            path: PathBuf::from("/sys/fs/cgroup"),
+            root: PathBuf::from("/"),
+        };
+        assert_eq!(
+            jobs_home(&mount, Path::new("/sys/fs/cgroup/ci/supervisor")),
+            PathBuf::from("/sys/fs/cgroup/ci")
+        );
+        assert_eq!(
+            jobs_home(&mount, Path::new("/sys/fs/cgroup/ci")),
+            PathBuf::from("/sys/fs/cgroup/ci")
+        );
+        // Nothing above the mount.
+        assert_eq!(
+            jobs_home(&mount, Path::new("/sys/fs/cgroup/supervisor")),
+            PathBuf::from("/sys/fs/cgroup/supervisor")
+        );
     }
 }

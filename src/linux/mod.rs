@@ -127,10 +127,25 @@ fn choose_mechanism(opts: &Options) -> Result<Choice> {
                         cgroup::ParentSource::Default => {
                             format!("cgroup parent {} (default)", parent.path.display())
                         }
-                        cgroup::ParentSource::Delegated => format!(
-                            "cgroup parent {} (delegated: {})",
-                            parent.path.display(),
-                            parent.how.unwrap_or("the cgroup corral runs in")
+                        cgroup::ParentSource::Delegated => match &parent.bound_to {
+                            None => format!(
+                                "cgroup parent {} (delegated: {})",
+                                parent.path.display(),
+                                parent.how.unwrap_or("the cgroup corral runs in")
+                            ),
+                            Some(unit) => format!(
+                                "cgroup parent {} (delegated: {}); outside the unit corral \
+                                 was started in, {unit}, which is not delegated: the scope \
+                                 is bound to it and stops with it, but {unit}'s limits and \
+                                 accounting do not cover the job (give {unit} Delegate=yes \
+                                 to keep jobs inside it)",
+                                parent.path.display(),
+                                parent.how.unwrap_or("a scope corral obtained from systemd")
+                            ),
+                        },
+                        cgroup::ParentSource::Caller => format!(
+                            "cgroup parent {} (inside the cgroup corral runs in)",
+                            parent.path.display()
                         ),
                     };
                     Ok(Choice::Cgroup {

@@ -486,6 +486,7 @@ impl Watchdog {
                 Err(_) => leaves.push((None, entry.files)),
             }
         }
+        let mut registries: Vec<PathBuf> = Vec::new();
         for (leaf, files) in leaves {
             let removed = match leaf {
                 Some(leaf) => {
@@ -496,9 +497,18 @@ impl Watchdog {
             };
             if removed {
                 for file in files {
-                    let _ = std::fs::remove_file(file);
+                    let _ = std::fs::remove_file(&file);
+                    if let Some(dir) = file.parent().filter(|d| !registries.iter().any(|r| r == d))
+                    {
+                        registries.push(dir.to_path_buf());
+                    }
                 }
             }
+        }
+        // Corrals of nested jobs ran in these cgroups and died with them, before they
+        // could remove their records: sweep the registries our jobs were recorded in.
+        for dir in registries {
+            let _ = crate::registry::sweep_stale_in(&dir);
         }
     }
 }

@@ -239,8 +239,10 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// On a systemd host where the cgroup corral runs in is not delegated to it, a cgroup job
 /// needs a delegated scope: corral re-runs this very command line under `systemd-run
-/// [--user] --scope -p Delegate=yes` (same process: `systemd-run --scope` execs it), and
-/// the report then names the scope as obtained from systemd. Only when nothing else was
+/// [--user] --scope -p Delegate=yes -p BindsTo=<the unit it runs in>` (same process:
+/// `systemd-run --scope` execs it), so the job still stops with that unit, and the report
+/// names the scope as obtained from systemd and the job as degraded (outside the unit's
+/// limits and accounting). Where no such binding is possible the job stays in the unit. Only when nothing else was
 /// asked for: an explicit parent, `--mechanism pgroup`, or a second round skip it. If
 /// `systemd-run` cannot be executed, corral goes on without a scope.
 #[cfg(target_os = "linux")]
@@ -252,7 +254,7 @@ fn reexec_in_systemd_scope(args: &RunArgs) -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    let Some(scope) = corral::__systemd_scope_command() else {
+    let Some((scope, bound_to)) = corral::__systemd_scope_command() else {
         return Ok(());
     };
     let exe = std::env::current_exe().context("cannot find corral's own executable")?;
@@ -260,7 +262,7 @@ fn reexec_in_systemd_scope(args: &RunArgs) -> anyhow::Result<()> {
     cmd.args(&scope[1..])
         .arg(exe)
         .args(std::env::args_os().skip(1))
-        .env(corral::__SCOPE_ENV, "1");
+        .env(corral::__SCOPE_ENV, bound_to);
     let err = cmd.exec();
     if args.job.verbose {
         eprintln!(

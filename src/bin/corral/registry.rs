@@ -35,6 +35,8 @@ struct PsJob<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     on_behalf_of: Option<u32>,
     supervisor_pid: u32,
+    /// The job this one is nested in (its corral runs inside that job), if any.
+    outer: Option<&'a str>,
     stale: bool,
     mechanism: &'a str,
     cgroup: Option<&'a std::path::Path>,
@@ -59,16 +61,19 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
     }
     let now = now_ms();
     let stats: Vec<registry::Stats> = scan.entries.iter().map(registry::stats).collect();
+    let outer = registry::outer_jobs(&scan.entries);
     let jobs: Vec<PsJob<'_>> = scan
         .entries
         .iter()
         .zip(&stats)
-        .map(|(e, s): (&Entry, _)| PsJob {
+        .zip(&outer)
+        .map(|((e, s), o): ((&Entry, _), &Option<usize>)| PsJob {
             id: &e.record.id,
             name: e.record.name.as_deref(),
             uid: e.record.uid,
             on_behalf_of: e.record.on_behalf_of,
             supervisor_pid: e.record.supervisor.pid,
+            outer: o.map(|i| scan.entries[i].record.id.as_str()),
             stale: !e.live,
             mechanism: &e.record.mechanism,
             cgroup: e.record.cgroup.as_deref(),
@@ -90,9 +95,9 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
     .map(str::to_string)
     .to_vec()];
     let mut commands = vec!["COMMAND".to_string()];
-    for j in &jobs {
+    for (j, depth) in tree_order(&outer).into_iter().map(|(i, d)| (&jobs[i], d)) {
         rows.push(vec![
-            j.id.to_string(),
+            format!("{}{}", "  ".repeat(depth), j.id),
             j.name.map(str::to_string).unwrap_or_else(dash),
             match j.on_behalf_of {
                 Some(caller) => format!("{}>{caller}", j.uid),
@@ -122,6 +127,31 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The jobs in the order `corral ps` lists them, each with its depth: every job right
+/// after the job it is nested in, in registry order otherwise. `outer[i]` is the index of
+/// the job that job `i` is nested in.
+fn tree_order(outer: &[Option<usize>]) -> Vec<(usize, usize)> {
+    fn visit(i: usize, depth: usize, outer: &[Option<usize>], out: &mut Vec<(usize, usize)>) {
+        // A cycle (records naming each other through reused PIDs) cannot recurse forever.
+        if out.iter().any(|(j, _)| *j == i) {
+            return;
+        }
+        out.push((i, depth));
+        for child in (0..outer.len()).filter(|c| outer[*c] == Some(i)) {
+            visit(child, depth + 1, outer, out);
+        }
+    }
+    let mut out = Vec::new();
+    for top in (0..outer.len()).filter(|i| outer[*i].is_none()) {
+        visit(top, 0, outer, &mut out);
+    }
+    // Jobs only reachable through a cycle are listed at the top.
+    for i in 0..outer.len() {
+        visit(i, 0, outer, &mut out);
+    }
+    out
 }
 
 fn human_bytes(b: u64) -> String {
@@ -195,4 +225,23 @@ pub fn sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         println!("{a}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tree_order;
+
+    #[test]
+    fn nested_jobs_follow_their_outer_job() {
+        // 0 <- 2 <- 3, 1 alone.
+        let outer = [None, None, Some(0), Some(2)];
+        assert_eq!(tree_order(&outer), vec![(0, 0), (2, 1), (3, 2), (1, 0)]);
+    }
+
+    #[test]
+    fn a_cycle_is_listed_once() {
+        let outer = [Some(1), Some(0)];
+        let order = tree_order(&outer);
+        assert_eq!(order.len(), 2);
+    }
 }
