@@ -55,6 +55,8 @@ mod library;
 mod limits;
 #[path = "containment/nested_cgroups.rs"]
 mod nested_cgroups;
+#[path = "containment/nesting.rs"]
+mod nesting;
 #[path = "containment/parallel.rs"]
 mod parallel;
 #[path = "containment/pid_namespace.rs"]

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::util::{executable_by_others, skip, Run, Sandbox, CORRAL};
+use crate::util::{delegate_to, executable_by_others, skip, Run, Sandbox, CORRAL};
 
 const NOBODY: u32 = 65534;
 
@@ -33,23 +33,6 @@ fn run_as_nobody(sandbox: &Sandbox, mechanism: &str) -> (Run, PathBuf) {
     run.args(["run", "--mechanism", mechanism, "--report"])
         .arg(&report);
     (run, report)
-}
-
-fn delegate_to(dir: &Path, uid: u32) {
-    for name in [
-        "",
-        "cgroup.procs",
-        "cgroup.subtree_control",
-        "cgroup.threads",
-    ] {
-        let path = if name.is_empty() {
-            dir.to_path_buf()
-        } else {
-            dir.join(name)
-        };
-        std::os::unix::fs::chown(&path, Some(uid), Some(uid))
-            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
-    }
 }
 
 #[test]

@@ -1604,6 +1604,40 @@ pub fn sigterm_stops_tree(mechanism: Mechanism, name: &str, mode: &str, roles: &
     );
 }
 
+/// Polls `check` until it returns `Ok`, panicking with `what` and its last error once
+/// `deadline` has passed.
+pub fn wait_until(deadline: Instant, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    loop {
+        let err = match check() {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            panic!("{what}: not by the deadline: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Delegates the cgroup `dir` to `uid` as systemd's `Delegate=yes` does: the directory and
+/// its `cgroup.procs`, `cgroup.subtree_control` and `cgroup.threads` chowned to the user.
+pub fn delegate_to(dir: &Path, uid: u32) {
+    for name in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        let path = if name.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(name)
+        };
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    }
+}
+
 /// Whether every directory on the way to `path` is searchable, and `path` executable, by
 /// "others".
 pub fn executable_by_others(path: &std::path::Path) -> bool {

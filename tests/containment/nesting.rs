@@ -1,0 +1,326 @@
+//! Jobs inside jobs: a `corral run` started inside another corral's job makes its job's
+//! cgroup inside the cgroup it runs in (`cgroup_parent_source` `caller`, or `delegated`),
+//! never beside it, so whatever stops the outer job stops the inner ones too.
+//!
+//! Three deep, `outer -> middle -> inner`, the inner job holding a `setsid` escapee and a
+//! child that ignores SIGTERM, and the middle and inner corrals given a 30 s grace (longer
+//! than the outer one's: the outer corral must not wait for them). While it runs, each
+//! job's cgroup is inside the one above and `corral ps` shows each job under its outer job.
+//! Then either the outer job is stopped and escalates to SIGKILL, or the outermost corral
+//! itself is SIGKILLed (its watchdog acts). Within 2 s: no process of the tree, no job
+//! cgroup, no record or socket in the registry, and no watchdog (they run inside the
+//! test's cgroup subtree, whose emptiness `assert_clean` checks).
+//!
+//! Run as root with the outer job under each mechanism (a cgroup job inside a pgroup job
+//! too: the middle corral then runs in the test's own cgroup and nests its job there), and
+//! as a user in a delegated cgroup. The systemd VM runs the same tests as a user in a
+//! delegated scope (`user-scope` in scripts/vm/payload.list).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use crate::util::{
+    both_mechanisms, delegate_to, executable_by_others, skip, wait_until, CgroupTree, Job,
+    Mechanism, Procs, Run, Sandbox, CORRAL, TESTTREE,
+};
+
+/// Roles of the inner tree: two testtree tops, the escapee and the TERM-ignorer.
+const ROLES: &[&str] = &["top", "top", "setsid", "ignore-term"];
+/// Everything gone and nothing left, from the kill (the issue's bound).
+const BOUND: Duration = Duration::from_secs(2);
+const NOBODY: u32 = 65534;
+
+both_mechanisms!(
+    an_outer_job_killed_at_once_takes_nested_jobs_along,
+    an_outer_job_stopped_with_a_grace_takes_nested_jobs_along
+);
+
+/// `--grace 0`: the outer job goes straight to SIGKILL (`cgroup.kill` of its subtree, or
+/// SIGKILL to every descendant), with the nested corrals given no time to clean up.
+fn an_outer_job_killed_at_once_takes_nested_jobs_along(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("nesting-kill", mechanism) else {
+        return;
+    };
+    let mut run = sandbox.corral(mechanism);
+    run.args(["--grace", "0"]);
+    let (job, procs, registry) = start(run, &sandbox.runtime);
+    check_nesting(&job, &registry, outer_home(&sandbox, mechanism));
+    job.signal(Signal::TERM);
+    let stopped = Instant::now();
+    let done = job.finish();
+    // The outer job's command (the middle corral) died of the SIGKILL.
+    done.assert_code(137);
+    assert_eq!(
+        done.stop_outcome().as_deref(),
+        Some("killed"),
+        "{}",
+        done.report_text()
+    );
+    assert_nothing_left(&sandbox, &procs, &registry, stopped);
+    let swept = done.report()["cleanup"]["swept"].to_string();
+    assert!(
+        swept.contains("removed record"),
+        "the outer corral removes the records of the jobs it killed: {swept}"
+    );
+}
+
+/// A grace shorter than the nested corrals' (30 s): the outer corral's SIGTERM reaches
+/// them too (and a second SIGTERM, from the middle corral's own stop, makes the inner one
+/// kill at once: the outcome is a race), and whatever way it goes nothing is left.
+fn an_outer_job_stopped_with_a_grace_takes_nested_jobs_along(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("nesting-grace", mechanism) else {
+        return;
+    };
+    let mut run = sandbox.corral(mechanism);
+    run.grace("300ms", Duration::from_millis(300));
+    let (job, procs, registry) = start(run, &sandbox.runtime);
+    check_nesting(&job, &registry, outer_home(&sandbox, mechanism));
+    job.signal(Signal::TERM);
+    let stopped = Instant::now();
+    let done = job.finish();
+    // 143: the middle corral stopped its job and exited as stopped by SIGTERM; 137: the
+    // outer grace ran out first and the middle corral died of SIGKILL.
+    done.assert_code_in(&[137, 143]);
+    assert_nothing_left(&sandbox, &procs, &registry, stopped);
+}
+
+#[test]
+fn the_outermost_corral_killed_takes_nested_jobs_along() {
+    let Some(sandbox) = Sandbox::with_cgroup("nesting-sigkill") else {
+        return;
+    };
+    let run = sandbox.corral(Mechanism::Cgroup);
+    let (job, procs, registry) = start(run, &sandbox.runtime);
+    check_nesting(&job, &registry, outer_home(&sandbox, Mechanism::Cgroup));
+    job.signal(Signal::KILL);
+    let killed = Instant::now();
+    // The watchdog, not corral, cleans up: wait for the tree before corral's status.
+    procs.assert_all_gone_by(killed + BOUND, "nested jobs after corral was SIGKILLed");
+    assert_nothing_left(&sandbox, &procs, &registry, killed);
+    let done = job.finish();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&done.status),
+        Some(libc::SIGKILL)
+    );
+}
+
+/// As a user, in a cgroup delegated to it: every level nests in the one above without
+/// `--cgroup-parent`, and the outer job's stop, and the outermost corral's SIGKILL, each
+/// leave nothing.
+#[test]
+fn a_delegated_user_nests_and_leaves_nothing() {
+    for kill_outermost in [false, true] {
+        let Some(sandbox) = Sandbox::with_cgroup("nesting-user") else {
+            return;
+        };
+        if !rustix::process::geteuid().is_root() {
+            skip("nesting-user: needs root to switch to nobody");
+            return;
+        }
+        if !executable_by_others(Path::new(CORRAL)) {
+            skip(format!("nesting-user: user nobody cannot execute {CORRAL}"));
+            return;
+        }
+        let own = sandbox.cgroup().corral_leaf();
+        delegate_to(&own, NOBODY);
+        let mut run = sandbox.corral_bare();
+        fs::set_permissions(&run.dir, fs::Permissions::from_mode(0o777)).unwrap();
+        run.uid(NOBODY);
+        run.args(["run", "--grace", "300ms"]);
+        let registry = PathBuf::from(format!("{}-u{NOBODY}", sandbox.runtime.display()));
+        let (job, procs, registry) = start(run, &registry);
+        check_nesting(&job, &registry, own.clone());
+        let at = Instant::now();
+        if kill_outermost {
+            job.signal(Signal::KILL);
+            procs.assert_all_gone_by(at + BOUND, "nested user jobs after corral was SIGKILLed");
+        } else {
+            job.signal(Signal::TERM);
+        }
+        assert_nothing_left(&sandbox, &procs, &registry, at);
+        let done = job.finish();
+        if !kill_outermost {
+            // As in the grace test above: which corral acts first is a race.
+            done.assert_code_in(&[137, 143]);
+        }
+    }
+}
+
+/// Adds `-- corral run --grace 30s -- corral run --grace 30s -- sh -c '<tree>'` to the
+/// outer `run`, starts it, and waits for the tree. Returns the job, the tree's processes
+/// and the registry directory the corrals record their jobs in.
+fn start(mut run: Run, registry: &Path) -> (Job, Procs, PathBuf) {
+    let pids = run.pids_file();
+    run.arg("--");
+    for _ in 0..2 {
+        run.args([CORRAL, "run", "--grace", "30s", "--"]);
+    }
+    run.args([
+        "sh",
+        "-c",
+        r#""$0" --pids "$1" setsid & "$0" --pids "$1" ignore-term & wait"#,
+        TESTTREE,
+    ])
+    .arg(&pids);
+    let job = run.spawn();
+    let procs = job.wait_ready(ROLES);
+    (job, procs, registry.to_path_buf())
+}
+
+/// Where the outer job's corral makes the middle job's cgroup when the outer job has none
+/// (pgroup): the cgroup it runs in, the test's `corral` leaf.
+fn outer_home(sandbox: &Sandbox, mechanism: Mechanism) -> PathBuf {
+    match mechanism {
+        Mechanism::Cgroup => sandbox.cgroup().jobs(),
+        Mechanism::Pgroup => sandbox.cgroup().corral_leaf(),
+    }
+}
+
+/// The three records: each job's cgroup is inside the one above (the middle one inside
+/// the outer job's cgroup, or `home` when the outer job has none), and `corral ps --json`
+/// names each job's outer job.
+fn check_nesting(job: &Job, registry: &Path, home: PathBuf) {
+    let records = records(registry);
+    assert_eq!(records.len(), 3, "three jobs are recorded: {records:#?}");
+    let (outer, mut nested): (Vec<_>, Vec<_>) = records
+        .iter()
+        .partition(|r| r["supervisor"]["pid"] == job.pid());
+    assert_eq!(
+        outer.len(),
+        1,
+        "one record is the outer job's: {records:#?}"
+    );
+    // The inner job's cgroup is the deeper one.
+    nested.sort_by_key(|r| r["cgroup"].as_str().map_or(0, str::len));
+    let ps = ps_json(registry);
+    let levels = [outer[0], nested[0], nested[1]];
+    for pair in levels.windows(2) {
+        let (above, below) = (pair[0], pair[1]);
+        let cgroup = PathBuf::from(below["cgroup"].as_str().unwrap_or_default());
+        let expected_in = above["cgroup"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.clone());
+        assert_eq!(
+            cgroup.parent(),
+            Some(expected_in.as_path()),
+            "a nested job's cgroup is inside the cgroup its corral runs in: {records:#?}"
+        );
+        let id = below["id"].as_str().unwrap();
+        let listed = ps
+            .iter()
+            .find(|j| j["id"] == id)
+            .unwrap_or_else(|| panic!("corral ps lists {id}: {ps:#?}"));
+        assert_eq!(
+            listed["outer"], above["id"],
+            "corral ps shows {id} under its outer job: {ps:#?}"
+        );
+    }
+}
+
+/// A job started inside another job says where its cgroup is and why: inside the cgroup
+/// its corral runs in (`caller`, as root; a user's is `delegated`).
+#[test]
+fn a_nested_job_reports_its_cgroup_inside_its_caller() {
+    let Some(sandbox) = Sandbox::with_cgroup("nesting-report") else {
+        return;
+    };
+    let mut run = sandbox.corral(Mechanism::Cgroup);
+    let inner = run.dir.join("inner.json");
+    run.args(["--", CORRAL, "run", "--report"])
+        .arg(&inner)
+        .args(["--", "true"]);
+    let done = run.run();
+    done.assert_code(0);
+    let outer_cgroup = PathBuf::from(done.report()["cgroup"].as_str().unwrap());
+    let text = fs::read_to_string(&inner).expect("the inner corral writes its report");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["cgroup_parent_source"], "caller", "{text}");
+    assert_eq!(report["degraded"], false, "{text}");
+    let cgroup = PathBuf::from(report["cgroup"].as_str().unwrap());
+    assert_eq!(cgroup.parent(), Some(outer_cgroup.as_path()), "{text}");
+    assert!(
+        report["mechanism_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("inside the cgroup corral runs in"),
+        "{text}"
+    );
+    sandbox.assert_clean();
+}
+
+/// By `from + BOUND`: every process of the tree gone, no job cgroup left anywhere in the
+/// test's subtree (and nothing running in it: no corral, no watchdog), and no record,
+/// socket or temporary file in the registry.
+fn assert_nothing_left(sandbox: &Sandbox, procs: &Procs, registry: &Path, from: Instant) {
+    let deadline = from + BOUND;
+    procs.assert_all_gone_by(deadline, "the nested jobs' processes");
+    let cgroup = sandbox.cgroup();
+    wait_until(deadline, "no job cgroup and no process left", || {
+        let left: Vec<PathBuf> = [cgroup.jobs(), cgroup.corral_leaf()]
+            .iter()
+            .flat_map(|d| CgroupTree::children(d))
+            .collect();
+        let running = CgroupTree::procs_recursive(cgroup.root());
+        // corral itself may still be on its way out (the SIGKILL case).
+        if left.is_empty() && running.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("cgroups {left:?}, processes {running:?}"))
+        }
+    });
+    wait_until(deadline, "an empty registry", || {
+        let files: Vec<String> = fs::read_dir(registry)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if files.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} holds {files:?}", registry.display()))
+        }
+    });
+    sandbox.assert_clean();
+}
+
+/// The records in `registry`.
+fn records(registry: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(registry)
+        .unwrap_or_else(|e| panic!("read {}: {e}", registry.display()))
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            out.push(
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{} ({e}): {text}", path.display())),
+            );
+        }
+    }
+    out
+}
+
+/// `corral ps --json` over `registry` (as root: it reads a user's registry too).
+fn ps_json(registry: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(CORRAL)
+        .args(["ps", "--json"])
+        .env("CORRAL_RUNTIME_DIR", registry)
+        .output()
+        .expect("run corral ps");
+    assert!(
+        out.status.success(),
+        "corral ps: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("corral ps --json prints JSON")
+}
