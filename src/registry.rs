@@ -774,51 +774,80 @@ pub fn sweep_own() -> Vec<String> {
 
 /// Leftover cgroups under the default parent whose creator (named by the leaf,
 /// `corral-<pid>-<seq>`) is gone or whose PID now belongs to a process started after the
-/// leaf was made.
+/// leaf was made; and, inside the leaves of live jobs, leftover leaves of jobs nested in
+/// them (a corral that ran inside a job and died with its watchdog).
 fn sweep_default_parent(dry_run: bool, named: &[&Path], lines: &mut Vec<String>) {
     let Ok(Some(mount)) = cgroup::find_mount() else {
         return;
     };
-    let parent = mount.path.join("corral");
-    let Ok(list) = std::fs::read_dir(&parent) else {
-        return;
+    let ctx = LeafSweep {
+        uid: euid(),
+        boot: boot_time(),
+        tick: procfs::ticks_per_second(),
+        named,
+        dry_run,
     };
-    let uid = euid();
-    let boot = boot_time();
-    let tick = procfs::ticks_per_second();
-    for d in list.flatten() {
-        let path = d.path();
-        let Some(name) = d.file_name().to_str().map(str::to_string) else {
-            continue;
+    ctx.sweep(&mount.path.join("corral"), 0, lines);
+}
+
+/// How deep [`LeafSweep`] looks for nested leaves (the kernel's own limit,
+/// `cgroup.max.depth`, is unlimited by default).
+const NESTED_SWEEP_DEPTH: usize = 16;
+
+struct LeafSweep<'a> {
+    uid: u32,
+    boot: Option<u64>,
+    tick: u64,
+    named: &'a [&'a Path],
+    dry_run: bool,
+}
+
+impl LeafSweep<'_> {
+    fn sweep(&self, parent: &Path, depth: usize, lines: &mut Vec<String>) {
+        let Ok(list) = std::fs::read_dir(parent) else {
+            return;
         };
-        let Some(pid) = name
-            .strip_prefix("corral-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if !meta.file_type().is_dir() || (uid != 0 && meta.uid() != uid) {
-            continue;
+        for d in list.flatten() {
+            let path = d.path();
+            let Some(pid) = d
+                .file_name()
+                .to_str()
+                .filter(|n| valid_id(n))
+                .and_then(|n| n.strip_prefix("corral-"))
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.file_type().is_dir() || (self.uid != 0 && meta.uid() != self.uid) {
+                continue;
+            }
+            if self.named.contains(&path.as_path())
+                || creator_alive(pid, meta.ctime().max(0) as u64, self.boot, self.tick)
+            {
+                // A live job: look inside it for leaves of nested jobs that are gone.
+                if depth < NESTED_SWEEP_DEPTH {
+                    self.sweep(&path, depth + 1, lines);
+                }
+                continue;
+            }
+            self.clean(&path, lines);
         }
-        if named.contains(&path.as_path()) {
-            continue;
-        }
-        if creator_alive(pid, meta.ctime().max(0) as u64, boot, tick) {
-            continue;
-        }
-        if dry_run {
-            let n = read_procs_recursive(&path).map(|p| p.len()).unwrap_or(0);
+    }
+
+    fn clean(&self, path: &Path, lines: &mut Vec<String>) {
+        if self.dry_run {
+            let n = read_procs_recursive(path).map(|p| p.len()).unwrap_or(0);
             lines.push(format!(
                 "leftover cgroup {}: would kill {n} process(es) and remove it",
                 path.display()
             ));
-            continue;
+            return;
         }
-        match cgroup::Leaf::open_existing(&path) {
+        match cgroup::Leaf::open_existing(path) {
             Ok(leaf) => {
                 let n = leaf.members().map(|m| m.len()).unwrap_or(0);
                 let killed = leaf.kill_all(false, Instant::now() + Duration::from_secs(5));

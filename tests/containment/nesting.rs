@@ -17,6 +17,7 @@
 //! delegated scope (`user-scope` in scripts/vm/payload.list).
 
 use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -224,7 +225,7 @@ fn check_nesting(job: &Job, registry: &Path, home: PathBuf) {
 }
 
 /// A job started inside another job says where its cgroup is and why: inside the cgroup
-/// its corral runs in (`caller`, as root; a user's is `delegated`).
+/// its corral runs in (`caller`; `delegated` below a cgroup systemd delegated).
 #[test]
 fn a_nested_job_reports_its_cgroup_inside_its_caller() {
     let Some(sandbox) = Sandbox::with_cgroup("nesting-report") else {
@@ -240,7 +241,10 @@ fn a_nested_job_reports_its_cgroup_inside_its_caller() {
     let outer_cgroup = PathBuf::from(done.report()["cgroup"].as_str().unwrap());
     let text = fs::read_to_string(&inner).expect("the inner corral writes its report");
     let report: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(report["cgroup_parent_source"], "caller", "{text}");
+    // Inside a cgroup systemd delegated (the VM's scopes), the nesting is delegated too.
+    let systemd = fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd");
+    let expected = if systemd { "delegated" } else { "caller" };
+    assert_eq!(report["cgroup_parent_source"], expected, "{text}");
     assert_eq!(report["degraded"], false, "{text}");
     let cgroup = PathBuf::from(report["cgroup"].as_str().unwrap());
     assert_eq!(cgroup.parent(), Some(outer_cgroup.as_path()), "{text}");
@@ -248,7 +252,11 @@ fn a_nested_job_reports_its_cgroup_inside_its_caller() {
         report["mechanism_reason"]
             .as_str()
             .unwrap_or_default()
-            .contains("inside the cgroup corral runs in"),
+            .contains(if systemd {
+                "delegated"
+            } else {
+                "inside the cgroup corral runs in"
+            }),
         "{text}"
     );
     sandbox.assert_clean();
@@ -323,4 +331,73 @@ fn ps_json(registry: &Path) -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("corral ps --json prints JSON")
+}
+
+/// A nested job whose corral died with no watchdog to act (`--debug-no-watchdog`) while
+/// the outer job lives on (`--leftovers wait`): its leaf, inside the outer job's, still
+/// runs the escapee; `corral sweep` finds it through the record, kills it and removes the
+/// leaf, and the outer job then ends by itself.
+#[test]
+fn sweep_finds_a_nested_jobs_leftovers() {
+    let Some(sandbox) = Sandbox::with_cgroup("nesting-sweep") else {
+        return;
+    };
+    let mut run = sandbox.corral(Mechanism::Cgroup);
+    let pids = run.pids_file();
+    run.args(["--leftovers", "wait", "--"])
+        .args([CORRAL, "run", "--debug-no-watchdog", "--grace", "30s", "--"])
+        .args([TESTTREE, "--pids"])
+        .arg(&pids)
+        .arg("setsid");
+    let job = run.spawn();
+    let procs = job.wait_ready(&["top", "setsid"]);
+    let records = records(&sandbox.runtime);
+    let inner = records
+        .iter()
+        .find(|r| r["supervisor"]["pid"] != job.pid())
+        .unwrap_or_else(|| panic!("no record of the nested job: {records:#?}"));
+    let leaf = PathBuf::from(inner["cgroup"].as_str().unwrap());
+    let corral = verified_pidfd(&inner["supervisor"]).expect("the nested corral runs");
+    rustix::process::pidfd_send_signal(&corral, Signal::KILL).expect("SIGKILL the nested corral");
+    assert!(
+        crate::util::wait_exited(corral.as_fd(), Instant::now() + BOUND),
+        "the nested corral dies"
+    );
+    procs.assert_alive("setsid");
+    assert!(leaf.exists(), "nothing has removed {} yet", leaf.display());
+    let out = Command::new(CORRAL)
+        .arg("sweep")
+        .env("CORRAL_RUNTIME_DIR", &sandbox.runtime)
+        .output()
+        .expect("run corral sweep");
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "corral sweep: {said}");
+    assert!(
+        said.contains(&format!("in {} and removed it", leaf.display())),
+        "the sweep names the nested leaf it cleaned: {said}"
+    );
+    let swept = Instant::now();
+    procs.assert_all_gone_by(swept + BOUND, "the nested job's escapee after the sweep");
+    let done = job.finish();
+    // The outer job's command, the nested corral, died of SIGKILL.
+    done.assert_code(137);
+    assert_nothing_left(&sandbox, &procs, &sandbox.runtime, swept);
+}
+
+/// A pidfd of the process a record names as its supervisor, if that very process (PID and
+/// start time) still runs: opened first, then checked, so the pidfd cannot be a reused PID's.
+fn verified_pidfd(supervisor: &serde_json::Value) -> Option<OwnedFd> {
+    let pid = i32::try_from(supervisor["pid"].as_u64()?).ok()?;
+    let start = supervisor["start_time"].as_u64()?;
+    let fd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).filter(|p| p.as_raw_nonzero().get() > 1)?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok()?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(") ")?.1;
+    // Field 22 (starttime) is the 20th after `(comm) `.
+    let started: u64 = after.split(' ').nth(19)?.parse().ok()?;
+    (started == start).then_some(fd)
 }
