@@ -729,6 +729,22 @@ impl Leaf {
                     })?;
                     return Leaf::create(again, base);
                 }
+                // Linux says EAGAIN when `cgroup.max.depth` or `cgroup.max.descendants` of
+                // the parent or a cgroup above it is reached.
+                Err(e) if e == rustix::io::Errno::AGAIN => {
+                    let err = Error::NoCgroup {
+                        reason: format!(
+                            "no cgroup can be made in {}: the cgroup.max.depth or \
+                             cgroup.max.descendants of it or of a cgroup above it is reached",
+                            parent.path.display()
+                        ),
+                        fix: "raise that limit, or use --mechanism pgroup (the job then stays \
+                              in the cgroup corral runs in)"
+                            .into(),
+                    };
+                    parent.release();
+                    return Err(err);
+                }
                 Err(e) => {
                     let err = Error::cgroup("create", parent.path.join(&name), e.into());
                     parent.release();

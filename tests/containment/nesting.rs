@@ -401,3 +401,27 @@ fn verified_pidfd(supervisor: &serde_json::Value) -> Option<OwnedFd> {
     let started: u64 = after.split(' ').nth(19)?.parse().ok()?;
     (started == start).then_some(fd)
 }
+
+/// A parent whose `cgroup.max.depth` forbids another level (a nesting limit an
+/// administrator set): a one-line error that names the limit, exit status 125, nothing
+/// started, nothing left.
+#[test]
+fn a_depth_limit_is_a_one_line_error() {
+    let Some(sandbox) = Sandbox::with_cgroup("nesting-depth") else {
+        return;
+    };
+    let jobs = sandbox.cgroup().jobs();
+    fs::write(jobs.join("cgroup.max.depth"), "0").expect("set cgroup.max.depth");
+    let mut run = sandbox.corral(Mechanism::Cgroup);
+    run.tree(&["--exit", "0", "sleep"]);
+    let done = run.run();
+    done.assert_code(125);
+    done.assert_one_line_error();
+    assert!(
+        done.stderr.contains("cgroup.max.depth") && done.stderr.contains("--mechanism pgroup"),
+        "the error names the limit and the way out: {}",
+        done.stderr
+    );
+    assert!(!done.tree_started(), "nothing may run");
+    sandbox.assert_clean();
+}
