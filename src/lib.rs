@@ -84,6 +84,14 @@ pub fn __watchdog() -> ! {
     linux::watchdog::main()
 }
 
+/// Ends this process's watchdog once no job needs it, waiting briefly for it to exit: the
+/// CLI calls it before it exits (see `linux::watchdog::release`).
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub fn __release_watchdog() {
+    linux::watchdog::release(std::time::Duration::from_millis(200));
+}
+
 /// The `systemd-run` command line (program first) that would give this process a delegated
 /// scope, when it needs one: systemd manages the cgroup tree, the cgroup this process runs
 /// in is not delegated to it, and the systemd manager for its user can be reached. Used by

@@ -663,7 +663,13 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 /// Reads `populated` from a `cgroup.events` file.
 fn read_populated(events: &File) -> io::Result<bool> {
     let mut buf = [0u8; 256];
-    let n = events.read_at(&mut buf, 0)?;
+    let n = match events.read_at(&mut buf, 0) {
+        Ok(n) => n,
+        // ENODEV: the cgroup was removed (by another cleaner: an outer job's cleanup and a
+        // sweep may race for a nested job's leaf). Only an empty cgroup can be removed.
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(false),
+        Err(e) => return Err(e),
+    };
     let text = std::str::from_utf8(&buf[..n]).unwrap_or("");
     Ok(text.lines().any(|l| l == "populated 1"))
 }

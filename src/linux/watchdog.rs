@@ -183,6 +183,30 @@ impl Drop for Watch {
     }
 }
 
+/// Ends this process's watchdog if it watches nothing (every job is over, detached or
+/// dropped): closes our end of the socket, whose end of file makes an idle watchdog exit,
+/// and waits up to `timeout` for it to be gone. The CLI calls it before it exits, so that a
+/// `corral run` nested in another corral's job leaves no watchdog running in that job's
+/// cgroup for a moment after it (the outer corral would stop it as a leftover). A later
+/// job starts a new watchdog.
+pub(crate) fn release(timeout: Duration) {
+    let running = {
+        let mut state = WATCHDOG.lock().unwrap_or_else(|e| e.into_inner());
+        match state.as_ref() {
+            Some(r) if r.host == std::process::id() && r.watched.is_empty() => state.take(),
+            _ => None,
+        }
+    };
+    let Some(Running { socket, pidfd, .. }) = running else {
+        return;
+    };
+    drop(socket);
+    if let Some(pidfd) = pidfd {
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        let _ = crate::linux::poll(&mut fds, Some(timeout));
+    }
+}
+
 impl Running {
     /// Starts a watchdog for this process.
     fn start(binary: Option<&Path>) -> Result<Running> {

@@ -230,6 +230,10 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let report = job.run(Some(&mut signals))?;
+    drop(job);
+    // The job is over: so is the watchdog's work. It exits before we do, so a corral nested
+    // in another corral's job leaves nothing behind in that job.
+    corral::__release_watchdog();
     job_args::print_summary(&report, &args.job, "corral");
     if let Some(path) = &args.job.report {
         job_args::write_report(path, &report.to_json())?;
