@@ -35,6 +35,7 @@ pub(crate) struct NewRecord<'a> {
     pub(crate) cgroup: Option<&'a Path>,
     pub(crate) command: &'a [String],
     pub(crate) limits: std::collections::BTreeMap<String, String>,
+    pub(crate) on_behalf_of: Option<u32>,
 }
 
 pub(crate) struct Registration(OwnedFd);
