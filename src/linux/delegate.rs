@@ -195,12 +195,13 @@ fn judge(mount: &Mount, path: &Path, euid: u32) -> Result<Delegated, String> {
     Err(format!(
         "the cgroup corral runs in ({}) is not delegated to us ({})",
         path.display(),
-        if marked {
+        if owner != euid {
+            // Below a cgroup systemd delegated to someone else, say whose it is.
+            format!("owned by uid {owner}, we are uid {euid}")
+        } else if marked {
             "marked delegated, but not writable by us".to_string()
         } else if euid == 0 {
             "no delegate mark from systemd".to_string()
-        } else if owner != euid {
-            format!("owned by uid {owner}, we are uid {euid}")
         } else {
             "its cgroup.procs or cgroup.subtree_control is not writable".to_string()
         }
