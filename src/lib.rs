@@ -89,7 +89,7 @@ pub fn __watchdog() -> ! {
 #[cfg(target_os = "linux")]
 #[doc(hidden)]
 pub fn __release_watchdog() {
-    linux::watchdog::release(std::time::Duration::from_millis(200));
+    linux::watchdog::release(std::time::Duration::from_secs(2));
 }
 
 /// The `systemd-run` command line (program first) that would give this process a delegated

@@ -73,6 +73,8 @@ mod setsid;
 mod signal_option;
 #[path = "containment/sigterm.rs"]
 mod sigterm;
+#[path = "containment/slurm.rs"]
+mod slurm;
 #[path = "containment/stopped.rs"]
 mod stopped;
 #[path = "containment/watchdog.rs"]

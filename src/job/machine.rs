@@ -41,6 +41,12 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const KILL_WAIT_MAX: Duration = Duration::from_secs(120);
 /// cgroup: how soon after `cgroup.kill` the members it missed get SIGKILL through pidfds.
 const CGROUP_RESIGNAL: Duration = Duration::from_millis(100);
+/// A second SIGINT or SIGTERM cuts the grace short, but only when it comes at least this
+/// long after the first signal of the stop: a service manager or batch system often
+/// delivers one stop twice at once (systemd to the main process and to a bound scope's
+/// cgroup, Slurm's linuxproc to each process in turn), and no person presses Ctrl+C twice
+/// in under a tenth of a second.
+pub(crate) const SECOND_SIGNAL_AFTER: Duration = Duration::from_millis(100);
 /// pgroup: how often the kill stage walks `/proc` again (descendants that are not our
 /// children give no event when they exit).
 const PGROUP_REWALK: Duration = Duration::from_millis(20);
@@ -68,6 +74,9 @@ pub(super) struct Stopping {
     requested_by: Option<Requester>,
     t0: Instant,
     steps: Vec<StopStep>,
+    /// When the first SIGINT or SIGTERM of this stop arrived (the one that began it, for a
+    /// stop of reason `signal`): a second one cuts the grace short.
+    first_signal: Option<Instant>,
     /// pgroup: the processes stopped with SIGSTOP before the polite signal.
     held: Option<pgroup::Frozen>,
     stage: Stage,
@@ -192,13 +201,8 @@ impl Job {
                         // SIGINT/SIGQUIT are the terminal's signals: members still in our
                         // process group got them from the terminal (or whoever signalled it).
                         let group_delivered = matches!(first, Signal::INT | Signal::QUIT);
-                        if sigs
-                            .iter()
-                            .skip(1)
-                            .any(|s| matches!(*s, Signal::INT | Signal::TERM))
-                        {
-                            self.opts.grace = Duration::ZERO;
-                        }
+                        // Signals read together arrived together: one request (see
+                        // `SECOND_SIGNAL_AFTER`).
                         self.begin_stop(StopReason::Signal, first, group_delivered)?;
                         continue;
                     }
@@ -353,6 +357,7 @@ impl Job {
             requested_by: None,
             t0,
             steps: Vec::new(),
+            first_signal: (reason == StopReason::Signal).then_some(t0),
             held: None,
             stage: Stage::Grace {
                 end: t0,
@@ -434,9 +439,19 @@ impl Job {
         if !signals.is_empty() {
             self.signals.extend(signals.iter().map(|s| s.to_string()));
         }
-        let cut_short = signals
+        let stop_signal = signals
             .iter()
             .any(|s| matches!(*s, Signal::INT | Signal::TERM));
+        let cut_short = stop_signal
+            && match s.first_signal {
+                Some(first) => first.elapsed() >= SECOND_SIGNAL_AFTER,
+                // The stop began for another reason (leftovers, a timeout, `corral kill`):
+                // this is the first signal, not a second one.
+                None => {
+                    s.first_signal = Some(Instant::now());
+                    false
+                }
+            };
         loop {
             let now = Instant::now();
             match &mut s.stage {

@@ -411,8 +411,9 @@ impl Job {
     }
 
     /// Like [`Job::wait`], also watching `signals`: a signal received starts the stop
-    /// sequence with that signal as the polite one; a second SIGINT or SIGTERM cuts the grace
-    /// short.
+    /// sequence with that signal as the polite one; a second SIGINT or SIGTERM, 100 ms or
+    /// more after the first, cuts the grace short (one that comes sooner is the same stop
+    /// delivered twice, as service managers do).
     pub fn run(&mut self, signals: Option<&mut dyn SignalSource>) -> Result<Report> {
         self.drive(None, signals)?;
         Ok(self.finished_report())

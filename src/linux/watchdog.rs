@@ -57,7 +57,12 @@ const KILL_DEADLINE: Duration = Duration::from_secs(5);
 const ADD: &[u8] = b"add ";
 const FORGET: &[u8] = b"forget ";
 /// Signals the watchdog ignores (it has no terminal; these come only from a stray `kill`).
-const IGNORED: [i32; 7] = [
+/// SIGTERM too: a service manager stopping the unit the watchdog runs in (systemd stopping
+/// a scope the CLI bound to a service) sends it to every process there, the watchdog
+/// included, and a watchdog that died of it could not kill the job when the host then dies
+/// of the SIGKILL that follows. The watchdog ends with its host; SIGKILL still ends it.
+const IGNORED: [i32; 8] = [
+    libc::SIGTERM,
     libc::SIGINT,
     libc::SIGQUIT,
     libc::SIGHUP,

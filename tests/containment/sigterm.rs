@@ -1,16 +1,19 @@
 //! Signals sent to corral alone (not its process group): SIGTERM starts the stop sequence
 //! with SIGTERM as the polite signal, SIGHUP with SIGHUP, and a second SIGTERM skips the
-//! rest of the grace.
+//! rest of the grace; a first one during a stop that began otherwise does not.
 
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
-use crate::util::{both_mechanisms, read_marker, sigterm_stops_tree, Mechanism, Sandbox};
+use crate::util::{
+    both_mechanisms, read_marker, sigterm_stops_tree, Mechanism, Sandbox, SECOND_SIGNAL_AFTER,
+};
 
 both_mechanisms!(
     sigterm_to_corral_stops_the_tree_and_escapee,
     second_sigterm_skips_the_rest_of_the_grace,
+    a_first_sigterm_during_a_leftovers_stop_keeps_the_grace,
     sighup_to_corral_is_the_polite_signal,
 );
 
@@ -29,6 +32,7 @@ fn second_sigterm_skips_the_rest_of_the_grace(mechanism: Mechanism) {
         .spawn();
     let procs = job.wait_ready(&["top", "stubborn"]);
     job.signal(Signal::TERM);
+    let first_sent = Instant::now();
     // The stubborn process records the polite SIGTERM and carries on: corral is now in
     // its 60 s grace.
     let stubborn = procs.pid("stubborn");
@@ -36,6 +40,9 @@ fn second_sigterm_skips_the_rest_of_the_grace(mechanism: Mechanism) {
         &job.dir.join("marker"),
         ("stubborn", stubborn, libc::SIGTERM),
     );
+    // A second signal counts from 100 ms after the first (a stop delivered twice at once is
+    // one stop): this is a timing condition, not a proof of anything.
+    std::thread::sleep(SECOND_SIGNAL_AFTER.saturating_sub(first_sent.elapsed()));
     let second = Instant::now();
     job.signal(Signal::TERM);
     let done = job.finish();
@@ -60,6 +67,46 @@ fn second_sigterm_skips_the_rest_of_the_grace(mechanism: Mechanism) {
     assert!(
         done.stop_steps().iter().any(|s| s == "kill"),
         "{}",
+        done.report_text()
+    );
+    assert_eq!(
+        done.stop_outcome().as_deref(),
+        Some("killed"),
+        "{}",
+        done.report_text()
+    );
+}
+
+/// COMMAND exits leaving a stubborn process, so corral stops it (reason `leftovers`); then
+/// SIGTERM reaches corral, as when a batch system (Slurm's linuxproc) signals each process
+/// of a job in turn and COMMAND happened to go first. That is the first signal of the stop,
+/// not a second one: the grace runs its course.
+fn a_first_sigterm_during_a_leftovers_stop_keeps_the_grace(mechanism: Mechanism) {
+    let Some(sandbox) = Sandbox::for_mechanism("leftovers-then-sigterm", mechanism) else {
+        return;
+    };
+    let job = sandbox
+        .corral(mechanism)
+        .grace("1s", Duration::from_secs(1))
+        .tree(&["--exit", "0", "stubborn"])
+        .spawn();
+    let procs = job.wait_ready(&["top", "stubborn"]);
+    job.go();
+    let stubborn = procs.pid("stubborn");
+    // The leftovers stop has begun: the stubborn process got corral's polite SIGTERM.
+    wait_for_mark(
+        &job.dir.join("marker"),
+        ("stubborn", stubborn, libc::SIGTERM),
+    );
+    job.signal(Signal::TERM);
+    let done = job.finish();
+    procs.assert_all_gone("leftovers stop, then sigterm");
+    sandbox.assert_clean();
+    let grace = done.step("grace");
+    assert_eq!(
+        grace["detail"],
+        "1000 ms passed",
+        "the grace is not cut short:\n{}",
         done.report_text()
     );
     assert_eq!(

@@ -31,6 +31,9 @@ pub const TESTTREE: &str = env!("CARGO_BIN_EXE_corral-testtree");
 
 /// How long a tree may take to report itself ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(15);
+/// How long after the first SIGINT/SIGTERM of a stop a second one counts as a second one
+/// (corral's `SECOND_SIGNAL_AFTER`, src/job/machine.rs).
+pub const SECOND_SIGNAL_AFTER: Duration = Duration::from_millis(100);
 /// How long a process may take to be seen gone once corral has returned.
 pub const GONE_DEADLINE: Duration = Duration::from_secs(2);
 /// How long corral may take to return, on top of the grace a test asks for: a hang
