@@ -290,7 +290,7 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
             "check that /proc is mounted, or pass --cgroup-parent with a writable cgroup",
         )
     })?;
-    let not_delegated = match super::delegate::own_cgroup(&mount) {
+    let not_delegated = match super::delegate::own_cgroup(&mount, own.as_deref()) {
         Ok(d) => {
             return open_named_parent(&d.path, ParentSource::Delegated)
                 .map(|p| Parent {

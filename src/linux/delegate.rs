@@ -54,17 +54,18 @@ pub(crate) fn jobs_home(mount: &Mount, own: &Path) -> PathBuf {
     own.to_owned()
 }
 
-/// The cgroup this process runs in, if it is delegated to us; else why not.
-pub(crate) fn own_cgroup(mount: &Mount) -> Result<Delegated, String> {
-    let path = own_cgroup_dir(mount)?.ok_or("corral runs in the root cgroup")?;
+/// The cgroup this process runs in, `own` as [`own_cgroup_dir`] found it, if it is
+/// delegated to us; else why not.
+pub(crate) fn own_cgroup(mount: &Mount, own: Option<&Path>) -> Result<Delegated, String> {
+    let path = own.ok_or("corral runs in the root cgroup")?;
     let euid = rustix::process::geteuid().as_raw();
-    let home = jobs_home(mount, &path);
+    let home = jobs_home(mount, path);
     if home != path {
         if let Ok(delegated) = judge(mount, &home, euid) {
             return Ok(delegated);
         }
     }
-    let mut delegated = judge(mount, &path, euid)?;
+    let mut delegated = judge(mount, path, euid)?;
     if let Some(bound) = std::env::var_os(SCOPE_ENV) {
         // The CLI re-ran itself under systemd-run (systemd 252's user manager marks its
         // scopes with no xattr, so ownership is what shows the delegation there).
@@ -117,11 +118,11 @@ pub(crate) fn scope_command() -> Option<(Vec<std::ffi::OsString>, String)> {
         return None;
     }
     let mount = super::cgroup::find_mount().ok()??;
-    if !super::cgroup::systemd_manages(&mount) || own_cgroup(&mount).is_ok() {
+    let own = own_cgroup_dir(&mount).ok()??;
+    if !super::cgroup::systemd_manages(&mount) || own_cgroup(&mount, Some(&own)).is_ok() {
         return None;
     }
     let root = rustix::process::geteuid().is_root();
-    let own = own_cgroup_dir(&mount).ok()??;
     let (unit, user_unit) = unit_of(&mount.path, &own)?;
     if user_unit == root {
         return None;
