@@ -335,6 +335,23 @@ fn default_parent() -> std::result::Result<Parent, Unavailable> {
         // cgroup): its jobs go inside it, never beside it, or that container's stop, limits
         // and accounting would miss them.
         let home = super::delegate::jobs_home(&mount, &own);
+        // Another user's cgroup (root's corral inside a cgroup delegated to a user) is not
+        // ours to nest in: its owner could move the job's processes out of their cgroup.
+        // Under pgroup they stay the job's, whatever cgroup they are in.
+        let euid = rustix::process::geteuid().as_raw();
+        if let Ok(st) = rustix::fs::stat(&home) {
+            if st.st_uid != euid {
+                return Err(none(
+                    format!(
+                        "{not_delegated}, and a job's cgroup must stay inside it (a cgroup of \
+                         ours below one of uid {}'s could be emptied by that user)",
+                        st.st_uid
+                    ),
+                    "give corral a cgroup delegated to its user (systemd's Delegate=yes, or \
+                     the chown in docs/delegation.md), or pass --cgroup-parent",
+                ));
+            }
+        }
         return open_named_parent(&home, ParentSource::Caller)
             .map(|p| Parent {
                 how: Some("the cgroup corral runs in"),

@@ -152,6 +152,26 @@ pub(crate) fn scope_command() -> Option<(Vec<std::ffi::OsString>, String)> {
     Some((cmd, unit))
 }
 
+/// Whether `path`, or a cgroup above it below the mount, carries systemd's delegate mark,
+/// with every cgroup from the marked one down to `path` owned by `euid`.
+fn marked_and_ours(mount: &Mount, path: &Path, euid: u32) -> bool {
+    for p in path
+        .ancestors()
+        .take_while(|p| p.starts_with(&mount.path) && *p != mount.path)
+    {
+        if rustix::fs::stat(p).map_or(true, |st| st.st_uid != euid) {
+            return false;
+        }
+        if ["trusted.delegate", "user.delegate"]
+            .iter()
+            .any(|name| xattr_is_one(p, name))
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether `path` is delegated to the user `euid`.
 fn judge(mount: &Mount, path: &Path, euid: u32) -> Result<Delegated, String> {
     let writable = |name: &str| {
@@ -166,15 +186,11 @@ fn judge(mount: &Mount, path: &Path, euid: u32) -> Result<Delegated, String> {
     let all_writable =
         writable(".") && writable("cgroup.procs") && writable("cgroup.subtree_control");
     // systemd marks the top of what it delegates; a cgroup below it (a job's leaf, where a
-    // nested corral runs) is just as much ours.
-    let marked = path
-        .ancestors()
-        .take_while(|p| p.starts_with(&mount.path) && *p != mount.path)
-        .any(|p| {
-            ["trusted.delegate", "user.delegate"]
-                .iter()
-                .any(|name| xattr_is_one(p, name))
-        });
+    // nested corral runs) is just as much ours, but only while every cgroup from the mark
+    // down is owned by us: a mark far above says nothing of a subtree that belongs to
+    // someone else (root in `user@1000.service/...`, which systemd marks and chowns to the
+    // user: a job of root's there could be moved out of its cgroup by that user).
+    let marked = marked_and_ours(mount, path, euid);
     if marked && all_writable {
         return Ok(Delegated {
             path: path.to_owned(),

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::util::{delegate_to, executable_by_others, skip, Run, Sandbox, CORRAL};
+use crate::util::{delegate_to, executable_by_others, skip, CgroupTree, Run, Sandbox, CORRAL};
 
 const NOBODY: u32 = 65534;
 
@@ -116,5 +116,53 @@ fn mechanism_cgroup_without_delegation_is_a_one_line_error() {
         done.stderr
     );
     assert!(!done.tree_started(), "nothing may run");
+    sandbox.assert_clean();
+}
+
+/// Root's corral in a cgroup owned by another user, below a cgroup systemd marked delegated
+/// (as `user@1000.service/...` is: marked, and chowned to the user): the mark is not root's,
+/// and a job's cgroup there could be emptied by that user, so root's job does not nest there
+/// but stays in it under pgroup, and says why.
+#[test]
+fn root_never_nests_in_a_cgroup_another_user_owns() {
+    let Some(sandbox) = unprivileged_sandbox("delegated-other") else {
+        return;
+    };
+    let tree = sandbox.cgroup();
+    if let Err(e) = rustix::fs::setxattr(
+        tree.root(),
+        "trusted.delegate",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    ) {
+        skip(format!(
+            "delegated-other: cannot mark the test's cgroup delegated ({e})"
+        ));
+        return;
+    }
+    let own = tree.corral_leaf();
+    delegate_to(&own, 65534);
+    let mut run = sandbox.corral_bare();
+    let report = run.dir.join("report.json");
+    run.args(["run", "--report"]).arg(&report);
+    run.tree(&["--exit", "0", "grandchild"]);
+    let job = run.spawn_with_report(report);
+    let procs = job.wait_ready(&["top", "grandchild"]);
+    job.go();
+    let done = job.finish();
+    procs.assert_all_gone("root in another user's cgroup");
+    done.assert_code(0);
+    let report = done.report();
+    assert_eq!(report["mechanism"], "pgroup", "{}", done.report_text());
+    assert_eq!(report["degraded"], true, "{}", done.report_text());
+    let reason = report["mechanism_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("owned by uid 65534"),
+        "the reason names the owner: {reason}"
+    );
+    assert!(
+        CgroupTree::children(&own).is_empty(),
+        "no cgroup of root's below the user's"
+    );
     sandbox.assert_clean();
 }
