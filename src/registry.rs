@@ -1028,14 +1028,17 @@ pub(crate) struct Request {
 /// changes; a host that forks is another process, with another PID), and by hand: the
 /// general `/proc` parser costs more than the rest of the registration.
 fn own_identity() -> Result<SupervisorId, String> {
-    static ME: std::sync::Mutex<Option<SupervisorId>> = std::sync::Mutex::new(None);
-    let pid = std::process::id();
+    // Keyed by getpid(): a forked child reads its own. The PID recorded is the one `/proc`
+    // shows (`procs::own_pid`), the host's also inside a PID namespace.
+    static ME: std::sync::Mutex<Option<(u32, SupervisorId)>> = std::sync::Mutex::new(None);
+    let getpid = std::process::id();
     let mut me = ME.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(id) = *me {
-        if id.pid == pid {
+    if let Some((at, id)) = *me {
+        if at == getpid {
             return Ok(id);
         }
     }
+    let pid = procs::own_pid();
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read /proc/{pid}/stat ({e})"))?;
     let id = SupervisorId {
@@ -1043,7 +1046,7 @@ fn own_identity() -> Result<SupervisorId, String> {
         start_time: start_time_field(&text)
             .ok_or_else(|| format!("cannot parse /proc/{pid}/stat"))?,
     };
-    *me = Some(id);
+    *me = Some((getpid, id));
     Ok(id)
 }
 

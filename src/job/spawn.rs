@@ -569,7 +569,7 @@ fn apply_limits(
 
 fn new_id() -> String {
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("corral-{}-{}", std::process::id(), seq)
+    format!("corral-{}-{}", crate::linux::procs::own_pid(), seq)
 }
 
 /// Takes a freshly spawned child's PID, pidfd and stdio. The child is ours and unreaped, so

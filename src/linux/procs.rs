@@ -129,3 +129,15 @@ pub(crate) fn children(parent: Pid) -> Vec<Pid> {
     }
     out
 }
+
+/// This process's PID as `/proc` names it. Inside a PID namespace (a job of
+/// `--pid-namespace`, which mounts no `/proc` of its own) `getpid()` says 1, 2, ..., while
+/// `/proc` is still the host's: job ids, records and the sweep go by `/proc`, so a corral
+/// nested there must name itself by the host's PID, or its records would name some host
+/// process, never go stale, and collide with another namespace's.
+pub(crate) fn own_pid() -> u32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
+}

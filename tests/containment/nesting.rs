@@ -95,6 +95,36 @@ fn an_outer_job_stopped_with_a_grace_takes_nested_jobs_along(mechanism: Mechanis
     assert_nothing_left(&sandbox, &procs, &registry, stopped);
 }
 
+/// The outer job in a PID namespace of its own (`--pid-namespace`): the nested corrals see
+/// namespace PIDs from `getpid()`, but `/proc` is the host's, so they must record
+/// themselves by their host PIDs, or their records would name other processes and never go
+/// stale. They do: the nesting is drawn, and nothing is left after a kill.
+#[test]
+fn nested_jobs_in_a_pid_namespace_are_recorded_by_host_pids() {
+    let Some(sandbox) = Sandbox::with_cgroup("nesting-pidns") else {
+        return;
+    };
+    let mut run = sandbox.corral(Mechanism::Cgroup);
+    run.args(["--pid-namespace", "--grace", "0"]);
+    let (job, procs, registry) = start(run, &sandbox.runtime);
+    check_nesting(&job, &registry, outer_home(&sandbox, Mechanism::Cgroup));
+    for record in records(&registry) {
+        let pid = record["supervisor"]["pid"].as_u64().unwrap();
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            cmdline.starts_with(CORRAL.as_bytes()),
+            "{}'s supervisor {pid} is a corral in the host's /proc: {:?}",
+            record["id"],
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+    job.signal(Signal::TERM);
+    let stopped = Instant::now();
+    let done = job.finish();
+    done.assert_code(137);
+    assert_nothing_left(&sandbox, &procs, &registry, stopped);
+}
+
 #[test]
 fn the_outermost_corral_killed_takes_nested_jobs_along() {
     let Some(sandbox) = Sandbox::with_cgroup("nesting-sigkill") else {
