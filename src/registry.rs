@@ -834,6 +834,15 @@ impl LeafSweep<'_> {
                 }
                 continue;
             }
+            if depth > 0 && read_procs_recursive(&path).is_some_and(|p| !p.is_empty()) {
+                // Inside a running job, its processes are that job's to stop: a guess from
+                // a leaf's name is no reason to kill part of a live job.
+                lines.push(format!(
+                    "leftover cgroup {} is inside a running job: left to that job",
+                    path.display()
+                ));
+                continue;
+            }
             self.clean(&path, lines);
         }
     }
@@ -933,18 +942,74 @@ pub fn outer_jobs(entries: &[Entry]) -> Vec<Option<usize>> {
         .collect()
 }
 
-/// After a job that was killed (its processes may include corrals of nested jobs, killed
-/// before they could remove their records): sweeps the stale records of the registry
-/// directory `dir`, as the start-up sweep of `corral run` would. Returns what it did.
-pub(crate) fn sweep_stale_in(dir: &Path) -> Vec<String> {
+/// What a killed job held, to tell its nested jobs' records from everyone else's.
+pub(crate) enum Outer<'a> {
+    /// A cgroup job's cgroup: nested jobs' corrals ran inside it (`within`), or their
+    /// cgroups were below it (records without `within`).
+    Cgroup(&'a Path),
+    /// A pgroup job: the PIDs its kill stage signalled, among them the nested corrals.
+    Killed(&'a [u32]),
+}
+
+impl Outer<'_> {
+    fn holds(&self, record: &Record, mount: Option<&cgroup::Mount>) -> bool {
+        match self {
+            Outer::Cgroup(leaf) => inside(record, leaf, mount),
+            Outer::Killed(pids) => pids.contains(&record.supervisor.pid),
+        }
+    }
+}
+
+/// Whether the job of `record` was inside the cgroup `outer`: its corral ran there
+/// (`within`), or its own cgroup is there (records without `within`).
+fn inside(record: &Record, outer: &Path, mount: Option<&cgroup::Mount>) -> bool {
+    let within = record.within.as_deref().and_then(|w| {
+        let m = mount?;
+        Some(m.path.join(Path::new(w).strip_prefix(&m.root).ok()?))
+    });
+    within.is_some_and(|w| w.starts_with(outer))
+        || record
+            .cgroup
+            .as_deref()
+            .is_some_and(|c| c.starts_with(outer))
+}
+
+/// After a job that was killed: its processes may have included corrals of nested jobs,
+/// killed before they could remove their records. Cleans up the stale records of registry
+/// directory `dir` that were nested in `outer` (and, for a pgroup job, their cgroups, which
+/// were made outside the job's processes' reach: empty now, as every process of theirs was
+/// the job's). Nothing else: other stale records are the next sweep's. Returns what it did.
+pub(crate) fn sweep_nested(dir: &Path, outer: Outer<'_>) -> Vec<String> {
     let scan = scan_dirs(&[dir.to_path_buf()]);
     let uid = euid();
-    let mut lines = Vec::new();
-    for e in scan
+    let mount = cgroup::find_mount().ok().flatten();
+    let stale: Vec<&Entry> = scan
         .entries
         .iter()
         .filter(|e| !e.live && (uid == 0 || e.record.uid == uid))
-    {
+        .collect();
+    // The jobs `outer` held, and the jobs nested in those (a nested corral's job may have
+    // been killed by that corral's watchdog rather than by `outer`'s kill), to any depth.
+    let mut nested: Vec<&Entry> = stale
+        .iter()
+        .copied()
+        .filter(|e| outer.holds(&e.record, mount.as_ref()))
+        .collect();
+    let mut i = 0;
+    while i < nested.len() {
+        if let Some(cg) = nested[i].record.cgroup.clone() {
+            for e in &stale {
+                if !nested.iter().any(|n| n.path == e.path)
+                    && inside(&e.record, &cg, mount.as_ref())
+                {
+                    nested.push(e);
+                }
+            }
+        }
+        i += 1;
+    }
+    let mut lines = Vec::new();
+    for e in nested {
         clean_stale(e, false, &mut lines);
     }
     lines

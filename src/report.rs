@@ -229,10 +229,9 @@ pub struct Cleanup {
     pub reaped: Option<usize>,
     /// An error during cleanup, if any.
     pub error: Option<String>,
-    /// What the sweep after a killed job did, one line per action: the records (and any
+    /// What the clean-up after a killed job did, one line per action: the records (and any
     /// cgroups left) of jobs whose corral ran inside this job and was killed with it
-    /// before it could clean up, and any other stale job of the same registry. Empty when
-    /// the job was not killed or nothing was stale.
+    /// before it could clean up. Empty when the job was not killed or held no such job.
     #[cfg_attr(
         feature = "serde",
         serde(default, skip_serializing_if = "Vec::is_empty")

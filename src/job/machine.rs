@@ -624,6 +624,7 @@ impl Job {
             );
             if method.is_none() {
                 kill.processes = Some(killed.len());
+                self.killed_pids = killed.iter().map(|p| p.get() as u32).collect();
             }
             if !self.is_empty()? {
                 outcome = StopOutcome::Survivors;
@@ -918,9 +919,14 @@ impl Job {
             .and_then(|r| r.dir().map(std::path::Path::to_path_buf));
         drop(registration);
         // A killed job may have held corrals of nested jobs, killed before they could
-        // remove their records: sweep them now rather than at the next `corral run`.
+        // remove their records: remove those now rather than at the next sweep.
         if let (true, Some(dir)) = (self.sigkill_sent.load(Ordering::Relaxed), dir) {
-            let swept = crate::registry::sweep_stale_in(&dir);
+            let killed = std::mem::take(&mut self.killed_pids);
+            let outer = match self.report.as_ref().and_then(|r| r.cgroup.as_deref()) {
+                Some(leaf) => crate::registry::Outer::Cgroup(leaf),
+                None => crate::registry::Outer::Killed(&killed),
+            };
+            let swept = crate::registry::sweep_nested(&dir, outer);
             if let Some(report) = self.report.as_mut() {
                 report.cleanup.swept = swept;
             }

@@ -244,6 +244,9 @@ pub struct Job {
     reaped: usize,
     /// Supervised: the supervisor said it is done (job empty, orphans counted).
     supervisor_done: bool,
+    /// pgroup: the processes the kill stage sent SIGKILL to, so that the corrals of nested
+    /// jobs among them can have their records removed at the end.
+    killed_pids: Vec<u32>,
     /// Supervised: the main process was the supervisor's last child when it exited.
     supervisor_last_child: bool,
     /// Supervised: the supervisor has exited and been reaped.

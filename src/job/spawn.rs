@@ -368,6 +368,7 @@ impl Job {
             survivors: Vec::new(),
             reaped: 0,
             supervisor_done: false,
+            killed_pids: Vec::new(),
             supervisor_last_child: false,
             supervisor_exit: None,
             phase: Phase::Running,

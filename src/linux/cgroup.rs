@@ -1074,8 +1074,13 @@ impl Leaf {
         if !force_fallback {
             // Linux < 5.14: no cgroup.kill.
             if let Some(fd) = &self.kill {
-                rustix::io::write(fd, b"1")
-                    .map_err(|e| Error::cgroup("write 1 to", self.path.join(KILL), e.into()))?;
+                match rustix::io::write(fd, b"1") {
+                    // ENODEV: another cleaner removed the cgroup, so it was empty.
+                    Ok(_) | Err(rustix::io::Errno::NODEV) => {}
+                    Err(e) => {
+                        return Err(Error::cgroup("write 1 to", self.path.join(KILL), e.into()))
+                    }
+                }
                 method = KillMethod::CgroupKill;
             }
         }
@@ -1325,15 +1330,19 @@ fn collect_members(dir: OwnedFd, path: &Path, out: &mut Vec<Pid>) -> Result<()> 
     let fd = match rustix::fs::openat(&dir, PROCS, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
     {
         Ok(fd) => fd,
-        // A child cgroup removed while we walk.
-        Err(e) if e == rustix::io::Errno::NOENT => return Ok(()),
+        // A cgroup removed while we walk (ENODEV: removed by another cleaner after we
+        // opened its directory) has no members.
+        Err(e) if e == rustix::io::Errno::NOENT || e == rustix::io::Errno::NODEV => return Ok(()),
         Err(e) => return Err(Error::cgroup("open", path.join(PROCS), e.into())),
     };
     // SAFETY: `fd` is a freshly opened, owned descriptor.
     let mut f = unsafe { File::from_raw_fd(fd.into_raw_fd()) };
     let mut text = String::new();
-    io::Read::read_to_string(&mut f, &mut text)
-        .map_err(|e| Error::cgroup("read", path.join(PROCS), e))?;
+    match io::Read::read_to_string(&mut f, &mut text) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
+        Err(e) => return Err(Error::cgroup("read", path.join(PROCS), e)),
+    }
     out.extend(
         text.lines()
             .filter_map(|l| l.trim().parse::<i32>().ok())

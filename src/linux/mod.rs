@@ -79,7 +79,9 @@ pub(crate) fn choose(opts: &Options) -> Result<Choice> {
             } else {
                 (
                     format!("the job would run under pgroup ({reason})"),
-                    "give a writable cgroup (--cgroup-parent)",
+                    "give corral a writable cgroup (--cgroup-parent, or on a systemd host a \
+                     delegated one: Delegate=yes, or `systemd-run [--user] --scope -p \
+                     Delegate=yes -- corral run ...`)",
                 )
             };
             Err(Error::LimitUnavailable {

@@ -515,29 +515,32 @@ impl Watchdog {
                 Err(_) => leaves.push((None, entry.files)),
             }
         }
-        let mut registries: Vec<PathBuf> = Vec::new();
+        // (registry directory, cgroup) of each job killed: nested jobs' corrals ran in
+        // those cgroups and died with them, before they could remove their records.
+        let mut nested: Vec<(PathBuf, PathBuf)> = Vec::new();
         for (leaf, files) in leaves {
-            let removed = match leaf {
+            let (removed, path) = match leaf {
                 Some(leaf) => {
+                    let path = leaf.path.clone();
                     let _ = leaf.kill_all(false, deadline);
-                    leaf.remove().is_ok()
+                    (leaf.remove().is_ok(), Some(path))
                 }
-                None => true,
+                None => (true, None),
             };
             if removed {
                 for file in files {
                     let _ = std::fs::remove_file(&file);
-                    if let Some(dir) = file.parent().filter(|d| !registries.iter().any(|r| r == d))
-                    {
-                        registries.push(dir.to_path_buf());
+                    if let (Some(dir), Some(path)) = (file.parent(), &path) {
+                        let pair = (dir.to_path_buf(), path.clone());
+                        if !nested.contains(&pair) {
+                            nested.push(pair);
+                        }
                     }
                 }
             }
         }
-        // Corrals of nested jobs ran in these cgroups and died with them, before they
-        // could remove their records: sweep the registries our jobs were recorded in.
-        for dir in registries {
-            let _ = crate::registry::sweep_stale_in(&dir);
+        for (dir, cgroup) in nested {
+            let _ = crate::registry::sweep_nested(&dir, crate::registry::Outer::Cgroup(&cgroup));
         }
     }
 }

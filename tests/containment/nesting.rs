@@ -469,3 +469,26 @@ fn a_depth_limit_is_a_one_line_error() {
     assert!(!done.tree_started(), "nothing may run");
     sandbox.assert_clean();
 }
+
+/// The mark a corral re-run in a systemd scope sets on itself (`CORRAL_IN_SYSTEMD_SCOPE`)
+/// stays with it: a corral nested in its job must see itself inside its caller, not in a
+/// scope it obtained.
+#[test]
+fn the_scope_mark_does_not_reach_the_job() {
+    let Some(sandbox) = Sandbox::with_cgroup("nesting-scope-mark") else {
+        return;
+    };
+    let mut run = sandbox.corral(Mechanism::Cgroup);
+    run.env("CORRAL_IN_SYSTEMD_SCOPE", "outer.service").args([
+        "--",
+        "sh",
+        "-c",
+        "echo ${CORRAL_IN_SYSTEMD_SCOPE-unset}",
+    ]);
+    let stdout_file = run.dir.join("stdout");
+    let done = run.run();
+    done.assert_code(0);
+    let stdout = fs::read_to_string(stdout_file).unwrap_or_default();
+    assert_eq!(stdout.trim(), "unset", "the job's environment: {stdout:?}");
+    sandbox.assert_clean();
+}

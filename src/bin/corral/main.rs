@@ -214,9 +214,18 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut signals =
         signals::Signals::install().context("failed to set up signal handling (signalfd)")?;
-    let cmd = corral::JobCommand::new(program)
+    let mut cmd = corral::JobCommand::new(program)
         .args(rest)
         .signal_mask(signals.original_mask());
+    if std::env::var_os(corral::__SCOPE_ENV).is_some() {
+        // The scope was this corral's: a corral nested in the job runs inside its caller's
+        // cgroup, and must not take the scope as one it obtained (or re-run in another).
+        cmd = cmd.env_replace(
+            std::env::vars_os()
+                .filter(|(k, _)| k != corral::__SCOPE_ENV)
+                .collect(),
+        );
+    }
     let mut job = corral::Job::spawn_command(&cmd, &opts)?;
     if args.job.verbose {
         eprintln!(
