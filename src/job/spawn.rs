@@ -90,13 +90,8 @@ impl Job {
             .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
             .collect();
         let mut id = new_id();
-        let (chosen, started) = match linux::choose(opts)? {
-            linux::Choice::Cgroup {
-                parent,
-                reason,
-                limits,
-            } => {
-                let (leaf, chosen) = new_leaf(parent, reason, limits, opts, &mut id, &command)?;
+        let (chosen, started) = match place(linux::choose(opts)?, opts, &mut id, &command)? {
+            Placed::Cgroup(leaf, chosen) => {
                 let child = {
                     let _hook = Hook::install(cmd, Action::JoinCgroup(leaf.procs_fd()));
                     cmd.spawn().map_err(|e| spawn_error(cmd, &program, e))?
@@ -116,7 +111,7 @@ impl Job {
                     },
                 )
             }
-            linux::Choice::Pgroup { reason, degraded } => {
+            Placed::Pgroup { reason, degraded } => {
                 let mut chosen = Chosen::pgroup(reason, degraded);
                 chosen.register(opts, &id, &command, None);
                 let started = match &opts.supervisor {
@@ -218,13 +213,8 @@ impl Job {
             credentials: cmd.credentials.as_ref(),
         };
         let display = cmd.display();
-        let (chosen, started) = match choice {
-            linux::Choice::Cgroup {
-                parent,
-                reason,
-                limits,
-            } => {
-                let (leaf, mut chosen) = new_leaf(parent, reason, limits, opts, &mut id, &display)?;
+        let (chosen, started) = match place(choice, opts, &mut id, &display)? {
+            Placed::Cgroup(leaf, mut chosen) => {
                 spec.placement = Placement::Cgroup {
                     dir: leaf.dir_fd(),
                     procs: leaf.procs_fd(),
@@ -247,7 +237,7 @@ impl Job {
                     },
                 )
             }
-            linux::Choice::Pgroup { reason, degraded } => {
+            Placed::Pgroup { reason, degraded } => {
                 let subreaper = pgroup::Subreaper::acquire()?;
                 let mut chosen = Chosen::pgroup(reason, degraded);
                 chosen.register(opts, &id, &display, None);
@@ -481,6 +471,44 @@ fn note_pid_namespace(chosen: &mut Chosen, spawned: &raw_spawn::Spawned) {
             "; COMMAND is PID 1 of a new PID namespace: when it exits, the kernel kills every \
              process left in the namespace"
         });
+    }
+}
+
+/// Where a job goes once its leaf is made (or could not be).
+enum Placed {
+    Cgroup(Leaf, Chosen),
+    Pgroup { reason: String, degraded: bool },
+}
+
+/// Makes the job's leaf for a cgroup `choice`. A parent that takes no more cgroups
+/// (`cgroup.max.depth` or `cgroup.max.descendants` reached, `Error::NoCgroup`) sends an
+/// `auto` job without limits to pgroup, which keeps it where corral runs: the job still
+/// never leaves what contains its caller, and the report says why.
+fn place(
+    choice: linux::Choice,
+    opts: &Options,
+    id: &mut String,
+    command: &[String],
+) -> Result<Placed> {
+    match choice {
+        linux::Choice::Cgroup {
+            parent,
+            reason,
+            limits,
+        } => match new_leaf(parent, reason, limits, opts, id, command) {
+            Ok((leaf, chosen)) => Ok(Placed::Cgroup(leaf, chosen)),
+            Err(Error::NoCgroup { reason, .. })
+                if opts.mechanism == crate::options::MechanismRequest::Auto
+                    && opts.limits.is_empty() =>
+            {
+                Ok(Placed::Pgroup {
+                    reason: format!("fallback: {reason}"),
+                    degraded: true,
+                })
+            }
+            Err(e) => Err(e),
+        },
+        linux::Choice::Pgroup { reason, degraded } => Ok(Placed::Pgroup { reason, degraded }),
     }
 }
 

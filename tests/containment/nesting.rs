@@ -447,8 +447,8 @@ fn verified_pidfd(supervisor: &serde_json::Value) -> Option<OwnedFd> {
 }
 
 /// A parent whose `cgroup.max.depth` forbids another level (a nesting limit an
-/// administrator set): a one-line error that names the limit, exit status 125, nothing
-/// started, nothing left.
+/// administrator set): with `--mechanism cgroup`, a one-line error that names the limit,
+/// exit status 125, nothing started, nothing left.
 #[test]
 fn a_depth_limit_is_a_one_line_error() {
     let Some(sandbox) = Sandbox::with_cgroup("nesting-depth") else {
@@ -490,5 +490,38 @@ fn the_scope_mark_does_not_reach_the_job() {
     done.assert_code(0);
     let stdout = fs::read_to_string(stdout_file).unwrap_or_default();
     assert_eq!(stdout.trim(), "unset", "the job's environment: {stdout:?}");
+    sandbox.assert_clean();
+}
+
+/// The same limit on the cgroup corral runs in, under `auto`: the job runs under pgroup
+/// there (it still never leaves its caller's cgroup), degraded, and the report says why.
+#[test]
+fn a_depth_limit_under_auto_falls_back_in_place() {
+    let Some(sandbox) = Sandbox::with_cgroup("nesting-depth-auto") else {
+        return;
+    };
+    let own = sandbox.cgroup().corral_leaf();
+    fs::write(own.join("cgroup.max.depth"), "0").expect("set cgroup.max.depth");
+    let mut run = sandbox.corral_bare();
+    let report = run.dir.join("report.json");
+    run.args(["run", "--report"]).arg(&report);
+    run.tree(&["--exit", "0", "setsid"]);
+    let job = run.spawn_with_report(report);
+    let procs = job.wait_ready(&["top", "setsid"]);
+    job.go();
+    let done = job.finish();
+    procs.assert_all_gone("depth limit under auto");
+    done.assert_code(0);
+    let report = done.report();
+    assert_eq!(report["mechanism"], "pgroup", "{}", done.report_text());
+    assert_eq!(report["degraded"], true, "{}", done.report_text());
+    assert!(
+        report["mechanism_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cgroup.max.depth"),
+        "{}",
+        done.report_text()
+    );
     sandbox.assert_clean();
 }
