@@ -474,7 +474,8 @@ fn note_pid_namespace(chosen: &mut Chosen, spawned: &raw_spawn::Spawned) {
     }
 }
 
-/// Where a job goes once its leaf is made (or could not be).
+/// Where a job goes once its leaf is made (or could not be). Short-lived, once per spawn.
+#[allow(clippy::large_enum_variant)]
 enum Placed {
     Cgroup(Leaf, Chosen),
     Pgroup { reason: String, degraded: bool },
