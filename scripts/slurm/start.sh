@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# start.sh DIR: starts a one-node Slurm cluster on loopback, without systemd, with every file
-# it needs in DIR (made if missing; short, since munge's socket path must fit in sun_path):
+# start.sh DIR: starts a one-node Slurm cluster on loopback, without systemd (but for
+# SLURMD_UNIT, below), with every file it needs in DIR (made if missing; short, since
+# munge's socket path must fit in sun_path):
 #
 #   DIR/slurm.conf      the configuration (clients: SLURM_CONF=DIR/slurm.conf)
 #   DIR/munge/          munged's key, socket, pid, log and seed files
 #   DIR/state, spool/   slurmctld's state, slurmd's spool
 #   DIR/log/            the daemons' logs and stdout/stderr
 #   DIR/pids            one line per daemon: NAME PID STARTTIME (field 22 of /proc/PID/stat)
+#   DIR/units           the systemd units stop.sh stops (only with SLURMD_UNIT)
 #
 # Daemons, in order: munged (as the user munge, with a key of its own), slurmctld and
-# `slurmd -N localhost`, all as root in sessions of their own. The script returns once the
+# `slurmd -N localhost`, all as root in sessions of their own (slurmd in a systemd service
+# with SLURMD_UNIT). The script returns once the
 # node is idle (or stops what it started and fails, printing the logs); stop.sh DIR stops
 # exactly the processes DIR/pids names. The node is NodeName=localhost NodeAddr=127.0.0.1
 # with the CPUs and memory `slurmd -C` reports, ProctrackType=proctrack/pgid and KillWait=5;
@@ -25,6 +28,17 @@
 #   SLURM_EPILOG=PATH     Epilog (run as root on the node after each job)
 #   SLURM_CONF_EXTRA=...  lines appended to slurm.conf as they are
 #   SLURM_CGROUP_CONF=... the contents of DIR/cgroup.conf, if set (for proctrack/cgroup)
+#   SLURM_TASK_PLUGIN=P   TaskPlugin (default task/none; task/cgroup applies --mem)
+#   SLURM_SELECT_PARAMS=P SelectTypeParameters (default CR_CPU; CR_CPU_Memory for --mem)
+#   SLURMD_UNIT=NAME      slurmd runs as the transient systemd service NAME.service with
+#                         Delegate=yes (systemd-run), as Slurm's cgroup/v2 documentation
+#                         asks of slurmd where systemd manages the cgroup tree. The plugin puts the
+#                         steps in a scope it makes over D-Bus and never removes, with a
+#                         `slurmstepd infinity` in it: system.slice/localhost_slurmstepd.scope
+#                         (Debian's slurmd, built for several slurmd per node, prefixes the
+#                         node's name; slurmstepd.scope otherwise). start.sh refuses to start
+#                         while such a scope exists (one such cluster per machine), and
+#                         stop.sh stops slurmd's service and the scope (DIR/units).
 #
 # Shared by corral's tests (tests/containment/slurm.rs); the recipe is docs/slurm.md.
 set -euo pipefail
@@ -36,7 +50,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
-for program in munged mungekey slurmctld slurmd scontrol sinfo setpriv setsid; do
+for program in munged mungekey slurmctld slurmd scontrol sinfo setpriv setsid ${SLURMD_UNIT:+systemd-run systemctl}; do
   command -v "$program" >/dev/null || {
     echo "start.sh: $program not found (Debian: slurmctld slurmd slurm-client munge)" >&2
     exit 2
@@ -48,6 +62,13 @@ if [ -e "$dir/pids" ]; then
   echo "start.sh: $dir/pids exists: a cluster was started here (stop.sh $dir first)" >&2
   exit 2
 fi
+stepd_scopes="localhost_slurmstepd.scope slurmstepd.scope"
+for scope in ${SLURMD_UNIT:+$stepd_scopes}; do
+  if systemctl is-active --quiet "$scope"; then
+    echo "start.sh: $scope is active: another cluster's steps run here" >&2
+    exit 2
+  fi
+done
 
 started=""
 fail() {
@@ -103,6 +124,23 @@ launch() {
   pid=$!
   echo "$name $pid $(start_time "$pid")" >>"$dir/pids"
   started=1
+}
+
+# launch_unit NAME UNIT COMMAND...: starts COMMAND as the transient service UNIT.service
+# with Delegate=yes, stdout and stderr to DIR/log/NAME.out, and records its main PID (read
+# once systemd-run has seen it exec: a process of the unit, which systemd has not reaped).
+launch_unit() {
+  local name=$1 unit=$2.service pid
+  shift 2
+  # shellcheck disable=SC2086 # one word per scope
+  printf '%s\n' "$unit" $stepd_scopes >>"$dir/units"
+  started=1
+  systemd-run --quiet --collect --unit="$unit" --service-type=exec -p Delegate=yes \
+    -p "StandardOutput=file:$dir/log/$name.out" -p "StandardError=file:$dir/log/$name.out" \
+    -- "$@" || fail "systemd-run $unit failed"
+  pid=$(systemctl show -p MainPID --value "$unit")
+  [ "${pid:-0}" -gt 1 ] || fail "$unit has no main process"
+  echo "$name $pid $(start_time "$pid")" >>"$dir/pids"
 }
 
 # wait_for WHAT SECONDS COMMAND...: polls COMMAND until it succeeds.
@@ -164,7 +202,7 @@ SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
 PlugStackConfig=$dir/plugstack.conf
 ProctrackType=${SLURM_PROCTRACK:-proctrack/pgid}
-TaskPlugin=task/none
+TaskPlugin=${SLURM_TASK_PLUGIN:-task/none}
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
@@ -172,7 +210,7 @@ MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/builtin
 SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
+SelectTypeParameters=${SLURM_SELECT_PARAMS:-CR_CPU}
 KillWait=${SLURM_KILL_WAIT:-5}
 MinJobAge=3600
 ReturnToService=2
@@ -192,7 +230,11 @@ launch slurmctld slurmctld -D -c -f "$SLURM_CONF"
 ctld_up() { alive slurmctld && scontrol ping | grep -q 'is UP'; }
 wait_for slurmctld 20 ctld_up
 
-launch slurmd slurmd -D -N localhost -f "$SLURM_CONF"
+if [ -n "${SLURMD_UNIT:-}" ]; then
+  launch_unit slurmd "$SLURMD_UNIT" slurmd -D -N localhost -f "$SLURM_CONF"
+else
+  launch slurmd slurmd -D -N localhost -f "$SLURM_CONF"
+fi
 node_idle() { alive slurmd && [ "$(sinfo -h -n localhost -o %t)" = idle ]; }
 wait_for "slurmd (node localhost idle)" 20 node_idle
 

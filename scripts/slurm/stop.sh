@@ -5,7 +5,11 @@
 # 2. `scontrol shutdown` asks slurmctld and slurmd to exit; one still running 5 s later gets
 #    SIGTERM (its own stop signal), and SIGKILL 10 s after that. munged gets SIGTERM, and
 #    SIGKILL if it still runs 10 s later.
-# 3. Every daemon DIR/pids names must then be gone.
+# 3. The systemd units DIR/units names (start.sh's SLURMD_UNIT: slurmd's service, and the
+#    scope Slurm's cgroup/v2 plugin made for the steps and left) are stopped
+#    (`systemctl stop`: SIGTERM, then SIGKILL to what is left in their cgroups; systemd
+#    removes the cgroups) and their failed state reset.
+# 4. Every daemon DIR/pids names must then be gone.
 #
 # A PID is signalled only while /proc/PID/stat shows the start time recorded at launch and
 # the process is no zombie: the recorded process itself, never a later process given the
@@ -84,4 +88,10 @@ if ! wait_gone 5 slurmctld slurmd; then
 fi
 signal munged TERM
 wait_gone 10 munged || signal munged KILL
+if [ -f "$dir/units" ]; then
+  sort -u "$dir/units" | while read -r unit; do
+    timeout 30 systemctl stop "$unit" 2>/dev/null
+    timeout 10 systemctl reset-failed "$unit" 2>/dev/null
+  done
+fi
 wait_gone 5 slurmctld slurmd munged

@@ -11,7 +11,9 @@ set -euo pipefail
 out=${1:?usage: build-image.sh OUTDIR}
 mirror=${CORRAL_VM_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
-packages=systemd,systemd-sysv,dbus,dbus-user-session,libpam-systemd,udev,kmod,procps,linux-image-amd64
+# slurmctld, slurmd, slurm-client, munge: the Slurm tests (tests/slurm_vm.rs) start a cluster
+# of their own; the packages' services are masked below.
+packages=systemd,systemd-sysv,dbus,dbus-user-session,libpam-systemd,udev,kmod,procps,linux-image-amd64,slurmctld,slurmd,slurm-client,munge
 image_size=4G
 
 [ "$(id -u)" = 0 ] || { echo "build-image: needs root (debootstrap, chroot)" >&2; exit 1; }
@@ -66,6 +68,25 @@ chroot "$root" systemctl enable corral-vm-payload.service >/dev/null 2>&1
 # Nothing that waits on a network or a clock at boot.
 chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
   fstrim.timer systemd-networkd-wait-online.service >/dev/null 2>&1 || true
+# An IPv4 address besides loopback (a dummy interface, through systemd-networkd): the VM has
+# no network, and Slurm resolves even 127.0.0.1 with getaddrinfo(AI_ADDRCONFIG), which
+# returns nothing while no non-loopback address is configured.
+cat >"$root/etc/systemd/network/corral0.netdev" <<'NETDEV'
+[NetDev]
+Name=corral0
+Kind=dummy
+NETDEV
+cat >"$root/etc/systemd/network/corral0.network" <<'NETWORK'
+[Match]
+Name=corral0
+
+[Network]
+Address=10.254.254.1/24
+NETWORK
+chroot "$root" systemctl enable systemd-networkd.service >/dev/null 2>&1
+# Slurm's and munge's own services stay down: tests/slurm_vm.rs starts a cluster of its own
+# (scripts/slurm/start.sh) and stops it.
+chroot "$root" systemctl mask munge.service slurmd.service slurmctld.service >/dev/null
 chroot "$root" apt-get clean
 
 cp -L "$root/vmlinuz" "$work/vmlinuz"
