@@ -312,7 +312,17 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
 
 /// Reads and checks one record; `dir_owner` is its directory's owner.
 fn read_record(path: &Path, dir_owner: u32) -> Result<Record, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    // Whoever can write the directory could have planted anything under a record's name:
+    // a link is not followed, and a FIFO or device never blocks the open (O_NONBLOCK) and
+    // is refused before anything is read from it.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "a symbolic link, not a record".to_string(),
+            _ => e.to_string(),
+        })?;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("not a regular file".into());
@@ -321,7 +331,8 @@ fn read_record(path: &Path, dir_owner: u32) -> Result<Record, String> {
         return Err("too large to be a record".into());
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| e.to_string())?;
+    io::Read::read_to_end(&mut io::Read::take(&mut file, 1 << 20), &mut bytes)
+        .map_err(|e| e.to_string())?;
     let record: Record =
         serde_json::from_slice(&bytes).map_err(|e| format!("not a record ({e})"))?;
     if record.version != RECORD_VERSION {

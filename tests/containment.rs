@@ -63,6 +63,8 @@ mod parallel;
 mod pid_namespace;
 #[path = "containment/pipe.rs"]
 mod pipe;
+#[path = "containment/planted.rs"]
+mod planted;
 #[path = "containment/registry.rs"]
 mod registry;
 #[path = "containment/setpgid.rs"]

@@ -75,7 +75,7 @@ pub fn main() -> ExitCode {
     // opened there, and its output written into them: /dev/null takes their place (glibc
     // does so too for a setuid program; not under sudo).
     if let Err(e) = open_standard_fds() {
-        eprintln!("corral-helper: error: {e}");
+        crate::job_args::stderr_line(&format!("corral-helper: error: {e}"));
         return ExitCode::from(EXIT_FAILED);
     }
     // A caller may start us with SIGCHLD ignored (that survives exec): the kernel would
@@ -91,7 +91,7 @@ pub fn main() -> ExitCode {
     match run(env) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("corral-helper: error: {e:#}");
+            crate::job_args::stderr_line(&format!("corral-helper: error: {e:#}"));
             ExitCode::from(exit_code_for(&e))
         }
     }
@@ -274,7 +274,7 @@ fn run_job(args: RunArgs, caller: Account, env: Env) -> anyhow::Result<ExitCode>
             let code = match supervise(job, &path, &dir, to_guardian) {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("corral-helper: error: {e:#}");
+                    crate::job_args::stderr_line(&format!("corral-helper: error: {e:#}"));
                     exit_code_for(&e)
                 }
             };
@@ -583,20 +583,20 @@ fn guard(supervisor: libc::pid_t, from_sup: OwnedFd, place: Place) -> ExitCode {
         }
     }
     for p in &problems {
-        eprintln!("corral-helper: warning: {p}");
+        crate::job_args::stderr_line(&format!("corral-helper: warning: {p}"));
     }
     if let Some(e) = wait_error {
-        eprintln!(
+        crate::job_args::stderr_line(&format!(
             "corral-helper: error: cannot learn how the job's supervisor ended (waitpid: {e}); \
              the job was killed and its cgroup removed"
-        );
+        ));
         return ExitCode::from(EXIT_FAILED);
     }
     match killed_by {
         Some(sig) => {
-            eprintln!(
+            crate::job_args::stderr_line(&format!(
                 "corral-helper: the job's supervisor was killed by signal {sig}; the job was killed and its cgroup removed"
-            );
+            ));
             ExitCode::from((128 + sig).clamp(0, 255) as u8)
         }
         None if libc::WIFEXITED(status) => ExitCode::from(libc::WEXITSTATUS(status) as u8),
@@ -674,7 +674,7 @@ fn supervise(
         return Err(e.context("could not give up root after the spawn; the job was killed"));
     }
     if args.job.verbose {
-        eprintln!(
+        crate::job_args::stderr_line(&format!(
             "corral-helper: job {} pid {} as {} in cgroup {}",
             spawned.id(),
             spawned.pid(),
@@ -683,7 +683,7 @@ fn supervise(
                 .cgroup()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default()
-        );
+        ));
     }
     let report = spawned.run(Some(&mut signals))?;
     job_args::print_summary(&report, &args.job, "corral-helper");
@@ -697,7 +697,7 @@ fn supervise(
             "environment_removed": job.removed,
         });
         // As the caller: the supervisor has given up root by now.
-        job_args::write_report(path, &value.to_string())?;
+        job_args::write_report_after_job(path, &value.to_string(), "corral-helper");
     }
     Ok(report.exit_status.clamp(0, 255) as u8)
 }
@@ -769,14 +769,18 @@ fn kill(args: KillArgs, caller: &Account) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)?;
     let label = entry.record.id.clone();
     match outcome {
-        corral::registry::KillOutcome::Stopped => eprintln!("corral-helper: job {label} stopped"),
-        corral::registry::KillOutcome::AlreadyOver => {
-            eprintln!("corral-helper: job {label} was already over")
+        corral::registry::KillOutcome::Stopped => {
+            crate::job_args::stderr_line(&format!("corral-helper: job {label} stopped"))
         }
-        corral::registry::KillOutcome::StaleCleaned(lines) => eprintln!(
-            "corral-helper: job {label}: its supervisor is gone; stopped here: {}",
-            lines.join("; ")
-        ),
+        corral::registry::KillOutcome::AlreadyOver => {
+            crate::job_args::stderr_line(&format!("corral-helper: job {label} was already over"))
+        }
+        corral::registry::KillOutcome::StaleCleaned(lines) => {
+            crate::job_args::stderr_line(&format!(
+                "corral-helper: job {label}: its supervisor is gone; stopped here: {}",
+                lines.join("; ")
+            ))
+        }
         corral::registry::KillOutcome::NotOverYet => bail!(
             "job {label} took the stop request but is not over after {:?}",
             args.grace + KILL_MARGIN

@@ -95,7 +95,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("corral: error: {e:#}");
+            crate::job_args::stderr_line(&format!("corral: error: {e:#}"));
             ExitCode::from(job_args::exit_code_for(&e))
         }
     }
@@ -155,17 +155,17 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     cmd.args(rest);
     let mut job = corral::Job::spawn(&mut cmd, &opts)?;
     if args.job.verbose {
-        eprintln!(
+        crate::job_args::stderr_line(&format!(
             "corral: job {} pid {} mechanism {}",
             job.id(),
             job.pid(),
             job.mechanism().name()
-        );
+        ));
     }
     let report = job.wait()?;
     job_args::print_summary(&report, &args.job, "corral");
     if let Some(path) = &args.job.report {
-        job_args::write_report(path, &report.to_json())?;
+        job_args::write_report_after_job(path, &report.to_json(), "corral");
     }
     Ok(ExitCode::from(report.exit_status.clamp(0, 255) as u8))
 }
@@ -186,7 +186,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     // This user's stale jobs (a supervisor that was killed) are cleaned up first.
     for line in corral::registry::sweep_own() {
         if !args.job.quiet {
-            eprintln!("corral: start-up sweep: {line}");
+            crate::job_args::stderr_line(&format!("corral: start-up sweep: {line}"));
         }
     }
     let opts = corral::Options {
@@ -228,7 +228,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut job = corral::Job::spawn_command(&cmd, &opts)?;
     if args.job.verbose {
-        eprintln!(
+        crate::job_args::stderr_line(&format!(
             "corral: job {} pid {} mechanism {}{}",
             job.id(),
             job.pid(),
@@ -236,7 +236,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
             job.cgroup()
                 .map(|p| format!(" cgroup {}", p.display()))
                 .unwrap_or_default()
-        );
+        ));
     }
     let report = job.run(Some(&mut signals))?;
     drop(job);
@@ -245,7 +245,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     corral::__release_watchdog();
     job_args::print_summary(&report, &args.job, "corral");
     if let Some(path) = &args.job.report {
-        job_args::write_report(path, &report.to_json())?;
+        job_args::write_report_after_job(path, &report.to_json(), "corral");
     }
     Ok(ExitCode::from(report.exit_status.clamp(0, 255) as u8))
 }
@@ -278,10 +278,10 @@ fn reexec_in_systemd_scope(args: &RunArgs) -> anyhow::Result<()> {
         .env(corral::__SCOPE_ENV, bound_to);
     let err = cmd.exec();
     if args.job.verbose {
-        eprintln!(
+        crate::job_args::stderr_line(&format!(
             "corral: could not run {} ({err}); going on without a delegated scope",
             scope[0].to_string_lossy()
-        );
+        ));
     }
     Ok(())
 }

@@ -57,7 +57,7 @@ fn now_ms() -> u64 {
 pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
     let scan = registry::scan();
     for p in &scan.problems {
-        eprintln!("corral: warning: {p}");
+        crate::job_args::stderr_line(&format!("corral: warning: {p}"));
     }
     let now = now_ms();
     let stats: Vec<registry::Stats> = scan.entries.iter().map(registry::stats).collect();
@@ -188,22 +188,22 @@ pub fn kill(args: crate::job_args::KillArgs) -> anyhow::Result<ExitCode> {
         registry::kill(&entry, args.signal, args.grace, KILL_MARGIN).map_err(anyhow::Error::msg)?;
     match outcome {
         KillOutcome::Stopped => {
-            eprintln!(
+            crate::job_args::stderr_line(&format!(
                 "corral: job {label} stopped (supervisor pid {})",
                 entry.record.supervisor.pid
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
         KillOutcome::AlreadyOver => {
-            eprintln!("corral: job {label} was already over");
+            crate::job_args::stderr_line(&format!("corral: job {label} was already over"));
             Ok(ExitCode::SUCCESS)
         }
         KillOutcome::StaleCleaned(lines) => {
-            eprintln!(
+            crate::job_args::stderr_line(&format!(
                 "corral: job {label}: its supervisor (pid {}) is gone; stopped here: {}",
                 entry.record.supervisor.pid,
                 lines.join("; ")
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
         KillOutcome::NotOverYet => anyhow::bail!(
@@ -216,7 +216,7 @@ pub fn kill(args: crate::job_args::KillArgs) -> anyhow::Result<ExitCode> {
 pub fn sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let report = registry::sweep(args.dry_run);
     for p in &report.problems {
-        eprintln!("corral: warning: {p}");
+        crate::job_args::stderr_line(&format!("corral: warning: {p}"));
     }
     if report.actions.is_empty() {
         println!("nothing to sweep");

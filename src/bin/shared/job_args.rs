@@ -109,19 +109,35 @@ pub fn print_summary(report: &corral::Report, args: &JobArgs, program: &str) {
         return;
     }
     match report.summary() {
-        Some(line) => eprintln!("{line}"),
-        None if args.verbose => eprintln!(
+        Some(line) => stderr_line(&line),
+        None if args.verbose => stderr_line(&format!(
             "{program}: job {}: {} exited with status {}",
             report.id,
             report.command.first().map(String::as_str).unwrap_or(""),
             report.exit_status
-        ),
+        )),
         None => {}
     }
 }
 
-/// A clap error as one line, or `None` for `--help`/`--version` (printed here; exit 0).
-/// `sub` names the subcommand whose `--help` the line points to.
+/// One line on stderr in a single `write`, so that jobs sharing a stderr never interleave
+/// within a line; a stderr that is closed or a pipe nobody reads (EPIPE, EBADF) costs the
+/// line, never a panic (`eprintln!` panics) nor the job's exit status.
+pub fn stderr_line(line: &str) {
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Writes the report after the job ran: whatever goes wrong, COMMAND's status stands, and
+/// the failure is one line on stderr (`program: error: ...`).
+pub fn write_report_after_job(path: &Path, json: &str, program: &str) {
+    if let Err(e) = write_report(path, json) {
+        stderr_line(&format!("{program}: error: {e:#}"));
+    }
+}
+
 pub fn usage_error(e: clap::Error, program: &str, sub: &str) -> Option<String> {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
@@ -183,6 +199,62 @@ pub fn check_report_path(path: &Path) -> Result<(), String> {
             path.display()
         ));
     }
+    #[cfg(target_os = "linux")]
+    {
+        report_file::classify(path)?;
+        refuse_special_dir(path, dir)?;
+    }
+    Ok(())
+}
+
+/// A report is never written into a cgroup filesystem (a file there is a kernel
+/// interface: writing it could change a cgroup) nor into the job registry (a file there
+/// could be taken for a record or a socket): refused before the job runs.
+#[cfg(target_os = "linux")]
+fn refuse_special_dir(path: &Path, dir: &Path) -> Result<(), String> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+    if let Ok(st) = rustix::fs::statfs(dir) {
+        #[allow(clippy::unnecessary_cast)]
+        let kind = st.f_type as i64;
+        if kind == CGROUP2_SUPER_MAGIC || kind == CGROUP_SUPER_MAGIC {
+            return Err(format!(
+                "--report {} is on a cgroup filesystem; give a path elsewhere",
+                path.display()
+            ));
+        }
+    }
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    let Some(dir) = canonical(dir) else {
+        return Ok(());
+    };
+    let mut registries: Vec<PathBuf> = vec![PathBuf::from("/run/corral")];
+    if let Some(d) = std::env::var_os("CORRAL_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        registries.push(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        registries.push(Path::new(&d).join("corral"));
+    }
+    registries.push(PathBuf::from(format!(
+        "/tmp/corral-{}",
+        rustix::process::geteuid().as_raw()
+    )));
+    let in_user_registry = dir.file_name().is_some_and(|n| n == "corral")
+        && dir
+            .parent()
+            .and_then(Path::parent)
+            .is_some_and(|p| p == Path::new("/run/user"));
+    if in_user_registry
+        || registries
+            .iter()
+            .filter_map(|r| canonical(r))
+            .any(|r| dir.starts_with(&r))
+    {
+        return Err(format!(
+            "--report {} is in corral's job registry; give a path elsewhere",
+            path.display()
+        ));
+    }
     Ok(())
 }
 
@@ -198,21 +270,208 @@ fn writable(path: &Path) -> bool {
     }
 }
 
-/// Writes the report atomically: a temporary file beside it, then rename.
+/// Writes the report: to stdout for `-`; else as [`report_file::write`] says (Linux), or
+/// through a temporary file beside it and a rename (elsewhere).
 pub fn write_report(path: &Path, json: &str) -> anyhow::Result<()> {
     if path == Path::new("-") {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{json}").context("failed to write the report to stdout")?;
         return Ok(());
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result =
-        std::fs::write(&tmp, format!("{json}\n")).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("failed to write the report to {}", path.display()));
+    let text = format!("{json}\n");
+    #[cfg(target_os = "linux")]
+    let result = report_file::write(path, text.as_bytes());
+    #[cfg(not(target_os = "linux"))]
+    let result = {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let result = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, path));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    };
+    result.with_context(|| format!("failed to write the report to {}", path.display()))
+}
+
+/// The report file on Linux, where others may have planted something at its path (a
+/// user's `/tmp`, a shared directory): nothing is replaced but a regular file, nothing is
+/// written through a link to a regular file, and a pipe nobody reads never blocks.
+///
+/// - No file: written to `.<name>.tmp-<pid>` beside it (created exclusively, not through a
+///   link) and renamed into place without replacing anything that appeared meanwhile.
+/// - A regular file: the same, and the rename replaces it.
+/// - A pipe, a terminal, or `/dev/null`, `/dev/zero`, `/dev/full` (also through a link, as
+///   `/dev/stderr` is one): written in place, never replaced. A pipe that no one reads is an
+///   error, not a hang.
+/// - Anything else (a link to a regular file, another device, a socket, a directory): an
+///   error that says what it is.
+#[cfg(target_os = "linux")]
+pub mod report_file {
+    use std::fs::{Metadata, OpenOptions};
+    use std::io::{self, Write};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    use std::path::Path;
+
+    /// What is at a report path.
+    pub enum Target {
+        /// Nothing yet.
+        Absent,
+        /// A regular file, replaced by the new report.
+        Regular,
+        /// A pipe, terminal or null-like device, written in place (`follow`: through a link).
+        InPlace { follow: bool },
     }
-    Ok(())
+
+    /// What is at `path`, or why a report cannot go there.
+    pub fn classify(path: &Path) -> Result<Target, String> {
+        let shown = path.display();
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Target::Absent),
+            Err(e) => return Err(format!("--report {shown} cannot be examined ({e})")),
+        };
+        let ft = meta.file_type();
+        if ft.is_file() {
+            return Ok(Target::Regular);
+        }
+        if ft.is_symlink() {
+            return match std::fs::metadata(path) {
+                Ok(target) if in_place(&target) => Ok(Target::InPlace { follow: true }),
+                _ => Err(format!(
+                    "--report {shown} is a symbolic link, and corral writes no report through \
+                     a link (what it points to may not be yours); give the file's own path"
+                )),
+            };
+        }
+        if in_place(&meta) {
+            return Ok(Target::InPlace { follow: false });
+        }
+        Err(format!(
+            "--report {shown} is {}; give a regular file, a pipe or a terminal",
+            if ft.is_dir() {
+                "a directory"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "a device that is not a terminal"
+            }
+        ))
+    }
+
+    /// Written in place: a pipe, a terminal (the tty, console, serial and pseudo-terminal
+    /// majors), or `/dev/null`, `/dev/zero`, `/dev/full`. Never a disk or `/dev/mem`.
+    fn in_place(meta: &Metadata) -> bool {
+        let ft = meta.file_type();
+        if ft.is_fifo() {
+            return true;
+        }
+        if !ft.is_char_device() {
+            return false;
+        }
+        let (major, minor) = (
+            rustix::fs::major(meta.rdev()),
+            rustix::fs::minor(meta.rdev()),
+        );
+        matches!(major, 4 | 5 | 136..=143) || (major == 1 && matches!(minor, 3 | 5 | 7))
+    }
+
+    /// Writes `data` as the report at `path`.
+    pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
+        // A file that appears between the look and the rename is looked at again.
+        for _ in 0..3 {
+            let target = classify(path).map_err(io::Error::other)?;
+            match target {
+                Target::Absent => match write_new(path, data, false) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    other => return other,
+                },
+                Target::Regular => return write_new(path, data, true),
+                Target::InPlace { follow } => return write_in_place(path, data, follow),
+            }
+        }
+        Err(io::Error::other(
+            "something kept appearing at the report's path",
+        ))
+    }
+
+    fn write_in_place(path: &Path, data: &[u8], follow: bool) -> io::Result<()> {
+        let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+        if !follow {
+            flags |= libc::O_NOFOLLOW;
+        }
+        let file = match OpenOptions::new()
+            .write(true)
+            .custom_flags(flags)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(io::Error::other("it is a pipe that no one reads"))
+            }
+            Err(e) => return Err(e),
+        };
+        // What was opened is what was looked at (nothing swapped in meanwhile).
+        if !in_place(&file.metadata()?) {
+            return Err(io::Error::other(
+                "it changed into something else while corral wrote it",
+            ));
+        }
+        // Blocking again: a reader that is slow is waited for, as by any writer.
+        let fl = rustix::fs::fcntl_getfl(&file)?;
+        rustix::fs::fcntl_setfl(&file, fl - rustix::fs::OFlags::NONBLOCK)?;
+        (&file).write_all(data)
+    }
+
+    fn write_new(path: &Path, data: &[u8], replace: bool) -> io::Result<()> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other("the report path names no file"))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = dir.join(tmp_name);
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(data));
+        if let Err(e) = written {
+            // Not ours to remove when it was there before (create_new failed on it).
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            return Err(e);
+        }
+        let renamed = if replace {
+            // Only over a regular file, looked at just before.
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_file() => std::fs::rename(&tmp, path),
+                Ok(_) => Err(io::Error::other(
+                    "it changed into something else while corral wrote it",
+                )),
+                Err(e) => Err(e),
+            }
+        } else {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::CWD,
+                path,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(io::Error::from)
+        };
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        renamed
+    }
 }

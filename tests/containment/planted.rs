@@ -1,0 +1,230 @@
+//! Paths others can plant (issue 16, the report): a device, a pipe or a link at the
+//! `--report` path is never replaced nor written through, a pipe nobody reads never blocks,
+//! a report that cannot be written after the job costs one line on stderr and never
+//! COMMAND's status, and a report is refused up front in the registry or on a cgroup
+//! filesystem. A stderr that is closed or a pipe nobody reads is never a panic.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Sandbox, CORRAL};
+
+/// `corral run --mechanism pgroup --report PATH -- sh -c 'exit 3'` in the sandbox.
+fn run_with_report(sandbox: &Sandbox, path: &Path) -> crate::util::Finished {
+    let mut run = sandbox.corral_bare();
+    run.args(["run", "--mechanism", "pgroup", "--report"])
+        .arg(path)
+        .args(["--", "sh", "-c", "exit 3"]);
+    run.run()
+}
+
+#[test]
+fn a_device_is_written_in_place_never_replaced_and_the_status_stands() {
+    let sandbox = Sandbox::new("planted-device");
+    let done = run_with_report(&sandbox, Path::new("/dev/full"));
+    // /dev/full refuses every write: one line says so, and COMMAND's status stands.
+    done.assert_code(3);
+    assert!(
+        done.stderr
+            .starts_with("corral: error: failed to write the report to /dev/full")
+            && done.stderr.lines().count() == 1,
+        "{:?}",
+        done.stderr
+    );
+    let meta = fs::symlink_metadata("/dev/full").expect("/dev/full");
+    assert!(
+        meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 7),
+        "/dev/full is still the device"
+    );
+}
+
+#[test]
+fn a_pipe_nobody_reads_is_an_error_not_a_hang() {
+    let sandbox = Sandbox::new("planted-fifo");
+    let fifo = sandbox.dir.join("report.fifo");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )
+    .expect("mkfifo");
+    // `finish` fails the test if corral does not return within its deadline.
+    let done = run_with_report(&sandbox, &fifo);
+    done.assert_code(3);
+    assert!(
+        done.stderr.contains("a pipe that no one reads"),
+        "{:?}",
+        done.stderr
+    );
+    assert!(
+        fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the pipe is still a pipe"
+    );
+}
+
+#[test]
+fn a_pipe_someone_reads_gets_the_report_in_place() {
+    let sandbox = Sandbox::new("planted-fifo-read");
+    let fifo = sandbox.dir.join("report.fifo");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )
+    .expect("mkfifo");
+    // The read end is open before corral runs (non-blocking, so the open does not wait for
+    // a writer), and the pipe's buffer holds the whole report until it is read.
+    let mut reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("open the pipe for reading")
+    };
+    let flags = rustix::fs::fcntl_getfl(&reader).unwrap();
+    rustix::fs::fcntl_setfl(&reader, flags - rustix::fs::OFlags::NONBLOCK).unwrap();
+    let done = run_with_report(&sandbox, &fifo);
+    done.assert_code(3);
+    let mut text = String::new();
+    reader.read_to_string(&mut text).expect("read the pipe");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("the report, whole");
+    assert_eq!(report["exit_status"], 3, "{text}");
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+}
+
+#[test]
+fn a_link_is_never_written_through() {
+    let sandbox = Sandbox::new("planted-link");
+    let target = sandbox.dir.join("someone-elses");
+    fs::write(&target, "theirs\n").unwrap();
+    let link = sandbox.dir.join("report.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let mut run = sandbox.corral_bare();
+    run.args(["run", "--report"])
+        .arg(&link)
+        .tree(&["--exit", "0", "sleep"]);
+    let done = run.run();
+    done.assert_code(125);
+    done.assert_one_line_error();
+    assert!(done.stderr.contains("symbolic link"), "{:?}", done.stderr);
+    assert!(!done.tree_started(), "nothing may run");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "theirs\n");
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn the_registry_and_cgroup_filesystems_are_refused_up_front() {
+    let Some(sandbox) = Sandbox::with_cgroup("planted-places") else {
+        return;
+    };
+    for path in [
+        sandbox.runtime.join("report.json"),
+        sandbox.cgroup().other_leaf().join("report.json"),
+    ] {
+        let mut run = sandbox.corral_bare();
+        run.args(["run", "--report"])
+            .arg(&path)
+            .tree(&["--exit", "0", "sleep"]);
+        let done = run.run();
+        done.assert_code(125);
+        done.assert_one_line_error();
+        assert!(!done.tree_started(), "nothing may run");
+        assert!(!path.exists(), "nothing written at {}", path.display());
+    }
+}
+
+#[test]
+fn a_closed_stderr_or_a_pipe_nobody_reads_is_no_panic() {
+    let sandbox = Sandbox::new("planted-stderr");
+    for closed in [false, true] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut command = Command::new(CORRAL);
+        command
+            .args([
+                "run",
+                "-v",
+                "--mechanism",
+                "pgroup",
+                "--",
+                "sh",
+                "-c",
+                "exit 4",
+            ])
+            .env("CORRAL_RUNTIME_DIR", &sandbox.runtime)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if closed {
+            // SAFETY: close(2) in the child before exec; no allocation, no lock.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                    libc::close(2);
+                    Ok(())
+                });
+            }
+            command.stderr(Stdio::inherit());
+        } else {
+            command.stderr(writer);
+        }
+        let started = Instant::now();
+        let status = command.status().expect("run corral");
+        assert_eq!(
+            status.code(),
+            Some(4),
+            "COMMAND's status, no panic (closed: {closed})"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+}
+
+/// A FIFO and a link planted under record names in the registry: `corral ps` and
+/// `corral sweep` neither block on the FIFO nor follow the link; each is skipped with a
+/// warning, and both are still there afterwards.
+#[test]
+fn planted_records_never_block_nor_are_followed() {
+    let sandbox = Sandbox::new("planted-records");
+    let fifo = sandbox.runtime.join("corral-1-0.json");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .expect("mkfifo");
+    let target = sandbox.dir.join("elsewhere.json");
+    fs::write(&target, "{}").unwrap();
+    let link = sandbox.runtime.join("corral-2-0.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for sub in ["ps", "sweep"] {
+        let started = Instant::now();
+        let out = Command::new(CORRAL)
+            .arg(sub)
+            .env("CORRAL_RUNTIME_DIR", &sandbox.runtime)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run corral");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "corral {sub}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "corral {sub} took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr.contains("not a regular file") && stderr.contains("symbolic link"),
+            "corral {sub} says why it skipped them: {stderr}"
+        );
+    }
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
