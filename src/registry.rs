@@ -164,7 +164,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('.') {
         return Err(format!(
-            "invalid job name `{name}`; use 1-64 characters of A-Z a-z 0-9 . _ - not starting with `.`"
+            "invalid job name `{}`; use 1-64 characters of A-Z a-z 0-9 . _ - not starting with `.`",
+            name.escape_debug()
         ));
     }
     Ok(())

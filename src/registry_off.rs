@@ -23,7 +23,8 @@ pub(crate) fn validate(name: &str) -> crate::Result<()> {
         Ok(())
     } else {
         Err(crate::Error::InvalidOptions(format!(
-            "invalid job name `{name}`; use 1-64 characters of A-Z a-z 0-9 . _ - not starting with `.`"
+            "invalid job name `{}`; use 1-64 characters of A-Z a-z 0-9 . _ - not starting with `.`",
+            name.escape_debug()
         )))
     }
 }

@@ -247,3 +247,32 @@ fn mechanism_cgroup_without_a_writable_cgroup() {
         "corral created something in {fake:?}"
     );
 }
+
+/// Negative values are corral's to refuse, with its own message (clap took `-1` for an
+/// option); a name with a newline stays one line (escaped).
+#[test]
+fn negative_values_and_a_newline_in_a_name_are_one_line_errors() {
+    for (option, value) in [
+        ("--timeout", "-1"),
+        ("--grace", "-2s"),
+        ("--memory-max", "-1G"),
+        ("--pids-max", "-5"),
+        ("--cpu-weight", "-5"),
+        ("--name", "a\nb"),
+    ] {
+        let sandbox = Sandbox::new("negative");
+        let mut run = sandbox.corral_bare();
+        run.args(["run", option, value]).tree(&["sleep"]);
+        let done = run.run();
+        done.assert_code(125);
+        done.assert_one_line_error();
+        assert!(
+            done.stderr.contains(&value.escape_debug().to_string())
+                && !done.stderr.contains("unexpected argument"),
+            "{option} {value:?}: corral's own message naming the value: {:?}",
+            done.stderr
+        );
+        assert!(!done.tree_started(), "COMMAND was started");
+        sandbox.assert_clean();
+    }
+}

@@ -29,10 +29,15 @@ pub struct KillArgs {
     #[arg(value_name = "JOB")]
     pub job: String,
     /// Time between the polite signal and SIGKILL; 0 kills at once.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = corral::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = corral::parse_duration, allow_hyphen_values = true)]
     pub grace: Duration,
     /// The polite signal (name or number).
-    #[arg(long, value_name = "SIG", default_value = "TERM")]
+    #[arg(
+        long,
+        value_name = "SIG",
+        default_value = "TERM",
+        allow_hyphen_values = true
+    )]
     pub signal: corral::Signal,
 }
 
@@ -40,36 +45,41 @@ pub struct KillArgs {
 #[derive(Args)]
 pub struct JobArgs {
     /// Stop the job after DUR (e.g. 500ms, 10s, 1m30s); exit status 124.
-    #[arg(long, value_name = "DUR", value_parser = corral::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = corral::parse_duration, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
     /// On timeout, exit with COMMAND's own status instead of 124.
     #[arg(long)]
     pub preserve_status: bool,
     /// Time between the polite signal and SIGKILL; 0 kills at once.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = corral::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = corral::parse_duration, allow_hyphen_values = true)]
     pub grace: Duration,
     /// The polite signal (name or number).
-    #[arg(long, value_name = "SIG", default_value = "TERM")]
+    #[arg(
+        long,
+        value_name = "SIG",
+        default_value = "TERM",
+        allow_hyphen_values = true
+    )]
     pub signal: corral::Signal,
     /// What happens to processes still running when COMMAND exits: kill or wait.
     #[arg(long, value_name = "POLICY", default_value = "kill")]
     pub leftovers: corral::Leftovers,
     /// Limit the job's memory to BYTES (memory.max; K/M/G/T suffixes, or `max`); above it
     /// the OOM killer acts. Needs the cgroup mechanism and the memory controller.
-    #[arg(long, value_name = "BYTES", value_parser = corral::LimitValue::parse_bytes)]
+    #[arg(long, value_name = "BYTES", value_parser = corral::LimitValue::parse_bytes, allow_hyphen_values = true)]
     pub memory_max: Option<corral::LimitValue>,
     /// Throttle the job's memory above BYTES (memory.high; K/M/G/T suffixes, or `max`).
-    #[arg(long, value_name = "BYTES", value_parser = corral::LimitValue::parse_bytes)]
+    #[arg(long, value_name = "BYTES", value_parser = corral::LimitValue::parse_bytes, allow_hyphen_values = true)]
     pub memory_high: Option<corral::LimitValue>,
     /// At most N processes and threads in the job at once (pids.max, or `max`).
-    #[arg(long, value_name = "N", value_parser = corral::LimitValue::parse_count)]
+    #[arg(long, value_name = "N", value_parser = corral::LimitValue::parse_count, allow_hyphen_values = true)]
     pub pids_max: Option<corral::LimitValue>,
     /// CPU time per period for the whole job (cpu.max): QUOTA[/PERIOD] with units, e.g.
     /// 50ms/100ms (half a CPU), 2s/1s (two CPUs), or `max`; the period defaults to 100ms.
-    #[arg(long, value_name = "QUOTA[/PERIOD]")]
+    #[arg(long, value_name = "QUOTA[/PERIOD]", allow_hyphen_values = true)]
     pub cpu_max: Option<corral::CpuMax>,
     /// The job's CPU share under contention, 1-10000 (cpu.weight; the default is 100).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10000))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10000), allow_hyphen_values = true)]
     pub cpu_weight: Option<u16>,
     /// Write the JSON report to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
@@ -180,6 +190,17 @@ pub fn check_report_path(path: &Path) -> Result<(), String> {
             "report directory {} does not exist; create it or pick another --report path",
             dir.display()
         ));
+    }
+    // A pipe or terminal is written in place: its directory (`/dev`) need not be writable.
+    #[cfg(target_os = "linux")]
+    if let Ok(report_file::Target::InPlace { .. }) = report_file::classify(path) {
+        if !writable(path) {
+            return Err(format!(
+                "--report {} is not writable; pick another --report path",
+                path.display()
+            ));
+        }
+        return refuse_special_dir(path, dir);
     }
     if path.is_dir() {
         return Err(format!(
