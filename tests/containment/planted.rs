@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 
 use crate::util::{Sandbox, CORRAL};
 
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path, mode: u32) {
+    rustix::fs::mkfifoat(rustix::fs::CWD, path, rustix::fs::Mode::from_raw_mode(mode))
+        .expect("mkfifo");
+}
+
 /// `corral run --mechanism pgroup --report PATH -- sh -c 'exit 3'` in the sandbox.
 fn run_with_report(sandbox: &Sandbox, path: &Path) -> crate::util::Finished {
     let mut run = sandbox.corral_bare();
@@ -46,12 +52,7 @@ fn a_device_is_written_in_place_never_replaced_and_the_status_stands() {
 fn a_pipe_nobody_reads_is_an_error_not_a_hang() {
     let sandbox = Sandbox::new("planted-fifo");
     let fifo = sandbox.dir.join("report.fifo");
-    rustix::fs::mkfifoat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-    )
-    .expect("mkfifo");
+    mkfifo(&fifo, 0o644);
     // `finish` fails the test if corral does not return within its deadline.
     let done = run_with_report(&sandbox, &fifo);
     done.assert_code(3);
@@ -70,12 +71,7 @@ fn a_pipe_nobody_reads_is_an_error_not_a_hang() {
 fn a_pipe_someone_reads_gets_the_report_in_place() {
     let sandbox = Sandbox::new("planted-fifo-read");
     let fifo = sandbox.dir.join("report.fifo");
-    rustix::fs::mkfifoat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-    )
-    .expect("mkfifo");
+    mkfifo(&fifo, 0o644);
     // The read end is open before corral runs (non-blocking, so the open does not wait for
     // a writer), and the pipe's buffer holds the whole report until it is read.
     let mut reader = {
@@ -192,12 +188,7 @@ fn a_closed_stderr_or_a_pipe_nobody_reads_is_no_panic() {
 fn planted_records_never_block_nor_are_followed() {
     let sandbox = Sandbox::new("planted-records");
     let fifo = sandbox.runtime.join("corral-1-0.json");
-    rustix::fs::mkfifoat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-    )
-    .expect("mkfifo");
+    mkfifo(&fifo, 0o600);
     let target = sandbox.dir.join("elsewhere.json");
     fs::write(&target, "{}").unwrap();
     let link = sandbox.runtime.join("corral-2-0.json");
