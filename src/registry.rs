@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -155,6 +155,19 @@ pub struct Scan {
     /// One line per record that could not be used (corrupt, half-written, wrong owner),
     /// or directory that could not be read.
     pub problems: Vec<String>,
+    /// Files a corral killed while it registered a job left behind (see [`Litter`]).
+    pub litter: Vec<Litter>,
+}
+
+/// A file a corral killed while it registered a job left in a registry directory: a
+/// control socket without its record, or a record's temporary file. Only when the corral
+/// that made it (the PID in the job id) is gone, and the file is its directory owner's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Litter {
+    /// The file.
+    pub path: PathBuf,
+    /// The job id it was made for.
+    pub id: String,
 }
 
 /// Checks a job name: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
@@ -288,9 +301,11 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
                 continue;
             }
         };
+        let mut names = Vec::new();
         for item in list.flatten() {
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
+            names.push(name.to_string());
             // Temporary files (`.<id>.json.tmp-<pid>`) and sockets are not records.
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
@@ -306,9 +321,87 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
                     .push(format!("skipping the job record {}: {why}", path.display())),
             }
         }
+        scan.litter.extend(find_litter(dir, owner, &names));
     }
     scan.entries.sort_by_key(|e| e.record.started);
     scan
+}
+
+/// The [`Litter`] among `names`, the files of registry directory `dir` (owned by `owner`).
+/// A corral registers in this order: the socket, the temporary record, the rename; killed
+/// in between, it leaves `<id>.sock` without `<id>.json`, or `.<id>.json.tmp-<pid>`.
+fn find_litter(dir: &Path, owner: u32, names: &[String]) -> Vec<Litter> {
+    let candidates: Vec<(&String, &str)> = names
+        .iter()
+        .filter_map(|name| {
+            let id = match name.strip_prefix('.') {
+                Some(tmp) => tmp.split_once(".json.tmp-").and_then(|(id, pid)| {
+                    (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(id)
+                })?,
+                None => name
+                    .strip_suffix(".sock")
+                    .filter(|id| !names.iter().any(|n| n == &format!("{id}.json")))?,
+            };
+            valid_id(id).then_some((name, id))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let (boot, tick) = (boot_time(), procfs::ticks_per_second());
+    candidates
+        .into_iter()
+        .filter_map(|(name, id)| {
+            let path = dir.join(name);
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            let ft = meta.file_type();
+            let kind_ok = if name.starts_with('.') {
+                ft.is_file()
+            } else {
+                ft.is_socket()
+            };
+            let pid = id
+                .strip_prefix("corral-")?
+                .split('-')
+                .next()?
+                .parse()
+                .ok()?;
+            (kind_ok
+                && meta.uid() == owner
+                && !creator_alive(pid, meta.ctime().max(0) as u64, boot, tick))
+            .then(|| Litter {
+                path,
+                id: id.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Removes `litter` (`dry_run`: says it would); one line per file.
+fn clean_litter(litter: &[Litter], dry_run: bool, lines: &mut Vec<String>) {
+    for l in litter {
+        if dry_run {
+            lines.push(format!(
+                "job {}: would remove {}, left by a corral killed while it registered the job",
+                l.id,
+                l.path.display()
+            ));
+            continue;
+        }
+        match std::fs::remove_file(&l.path) {
+            Ok(()) => lines.push(format!(
+                "job {}: removed {}, left by a corral killed while it registered the job",
+                l.id,
+                l.path.display()
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => lines.push(format!(
+                "job {}: cannot remove {} ({e})",
+                l.id,
+                l.path.display()
+            )),
+        }
+    }
 }
 
 /// Reads and checks one record; `dir_owner` is its directory's owner.
@@ -397,8 +490,8 @@ fn scan_own() -> Scan {
     match own_dir() {
         Ok(dir) => scan_dirs(&[dir]),
         Err(e) => Scan {
-            entries: Vec::new(),
             problems: vec![e],
+            ..Scan::default()
         },
     }
 }
@@ -419,6 +512,11 @@ pub struct Stats {
 pub fn stats(entry: &Entry) -> Stats {
     let r = &entry.record;
     if let Some(cg) = &r.cgroup {
+        // A record is only as trustworthy as its writer: root's `corral ps` reads no cgroup
+        // a user's record names unless that user owns it.
+        if !matches!(trusted_cgroup(cg, r.uid), Ok(Some(()))) {
+            return Stats::default();
+        }
         let procs = read_procs_recursive(cg);
         let cpu = std::fs::read_to_string(cg.join("cpu.stat"))
             .ok()
@@ -762,14 +860,13 @@ pub fn sweep(dry_run: bool) -> SweepReport {
         }
         clean_stale(e, dry_run, &mut out.actions);
     }
-    if !std::env::var_os(RUNTIME_DIR_ENV).is_some_and(|d| !d.is_empty()) {
-        let named: Vec<&Path> = scan
-            .entries
-            .iter()
-            .filter_map(|e| e.record.cgroup.as_deref())
-            .collect();
-        sweep_default_parent(dry_run, &named, &mut out.actions);
-    }
+    clean_litter(&scan.litter, dry_run, &mut out.actions);
+    let named: Vec<&Path> = scan
+        .entries
+        .iter()
+        .filter_map(|e| e.record.cgroup.as_deref())
+        .collect();
+    sweep_parents(dry_run, &named, &mut out.actions);
     out
 }
 
@@ -781,17 +878,40 @@ pub fn sweep_own() -> Vec<String> {
     for e in scan.entries.iter().filter(|e| !e.live) {
         clean_stale(e, false, &mut lines);
     }
+    clean_litter(&scan.litter, false, &mut lines);
     lines
 }
 
-/// Leftover cgroups under the default parent whose creator (named by the leaf,
-/// `corral-<pid>-<seq>`) is gone or whose PID now belongs to a process started after the
-/// leaf was made; and, inside the leaves of live jobs, leftover leaves of jobs nested in
-/// them (a corral that ran inside a job and died with its watchdog).
-fn sweep_default_parent(dry_run: bool, named: &[&Path], lines: &mut Vec<String>) {
+/// Leftover cgroups where a `corral run` from here makes its leaves: `CORRAL_CGROUP_PARENT`,
+/// and unless `CORRAL_RUNTIME_DIR` narrows the scope, `<mount>/corral` and the cgroup this
+/// process runs in. A leaf `corral-<pid>-<seq>` is left over when its creator is gone or
+/// its PID now belongs to a process started after the leaf was made, and no record names
+/// it; inside the leaves of live jobs, leftover leaves of jobs nested in them (a corral
+/// that ran inside a job and died with its watchdog) are looked for too.
+fn sweep_parents(dry_run: bool, named: &[&Path], lines: &mut Vec<String>) {
     let Ok(Some(mount)) = cgroup::find_mount() else {
         return;
     };
+    let mut parents = Vec::new();
+    if let Some(p) = std::env::var_os("CORRAL_CGROUP_PARENT").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        if p.is_absolute() && p.starts_with(&mount.path) && p != mount.path {
+            parents.push(p);
+        }
+    }
+    if !std::env::var_os(RUNTIME_DIR_ENV).is_some_and(|d| !d.is_empty()) {
+        parents.push(mount.path.join("corral"));
+        let own = own_cgroup().and_then(|c| {
+            Some(
+                mount
+                    .path
+                    .join(Path::new(&c).strip_prefix(&mount.root).ok()?),
+            )
+        });
+        parents.extend(own.filter(|p| *p != mount.path));
+    }
+    parents.sort();
+    parents.dedup();
     let ctx = LeafSweep {
         uid: euid(),
         boot: boot_time(),
@@ -799,7 +919,9 @@ fn sweep_default_parent(dry_run: bool, named: &[&Path], lines: &mut Vec<String>)
         named,
         dry_run,
     };
-    ctx.sweep(&mount.path.join("corral"), 0, lines);
+    for parent in &parents {
+        ctx.sweep(parent, 0, lines);
+    }
 }
 
 /// How deep [`LeafSweep`] looks for nested leaves (the kernel's own limit,
@@ -1344,6 +1466,50 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn litter_is_what_a_gone_corral_left_half_registered() {
+        let dir = std::env::temp_dir().join(format!("corral-litter-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let me = std::process::id();
+        // No process has this PID (above the kernel's PID_MAX_LIMIT).
+        let gone = 1 << 23;
+        let sock = |name: &str| {
+            let l = std::os::unix::net::UnixListener::bind(dir.join(name)).unwrap();
+            std::mem::forget(l);
+        };
+        sock(&format!("corral-{gone}-0.sock")); // litter: no record
+        sock(&format!("corral-{gone}-1.sock")); // its record is there
+        std::fs::write(dir.join(format!("corral-{gone}-1.json")), "{}").unwrap();
+        sock(&format!("corral-{me}-0.sock")); // its corral is alive
+        std::fs::write(dir.join(format!(".corral-{gone}-2.json.tmp-{gone}")), "{").unwrap();
+        std::fs::write(dir.join(format!(".corral-{me}-3.json.tmp-{me}")), "{").unwrap();
+        std::fs::write(dir.join(format!("corral-{gone}-4.sock")), "").unwrap(); // not a socket
+        std::fs::write(dir.join(format!(".x-{gone}.json.tmp-1")), "").unwrap(); // not an id
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let mut found: Vec<String> = find_litter(&dir, euid(), &names)
+            .into_iter()
+            .map(|l| l.path.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        found.sort();
+        let others = find_litter(&dir, euid() + 1, &names);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            found,
+            [
+                format!(".corral-{gone}-2.json.tmp-{gone}"),
+                format!("corral-{gone}-0.sock")
+            ]
+        );
+        assert!(
+            others.is_empty(),
+            "another owner's files are not litter: {others:?}"
+        );
     }
 
     #[test]

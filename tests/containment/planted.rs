@@ -219,3 +219,76 @@ fn planted_records_never_block_nor_are_followed() {
         .file_type()
         .is_symlink());
 }
+
+/// A user's record that names a cgroup the user does not own (root's, here): root's
+/// `corral ps` lists the job but reads nothing of that cgroup. The same record naming a
+/// cgroup the user owns gets its figures, so the check is what makes the difference.
+#[test]
+fn roots_ps_reads_no_cgroup_a_users_record_does_not_own() {
+    const NOBODY: u32 = 65534;
+    let Some(sandbox) = Sandbox::with_cgroup("planted-cgroup") else {
+        return;
+    };
+    if !rustix::process::geteuid().is_root() {
+        crate::util::skip("planted-cgroup: needs root (a registry of another user's)");
+        return;
+    }
+    // Someone else's process, in a cgroup of root's.
+    let leaf = sandbox.cgroup().other_leaf();
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("60").stdin(Stdio::null());
+    crate::util::place_in_cgroup(&mut sleeper, &leaf);
+    let mut sleeper = sleeper.spawn().expect("spawn sleep");
+    // nobody's registry, beside the sandbox's (removed with it), and a record in it that
+    // is live (its supervisor: this test process) and names that cgroup.
+    let mut rt = sandbox.runtime.clone().into_os_string();
+    rt.push(format!("-u{NOBODY}"));
+    let rt = std::path::PathBuf::from(rt);
+    fs::create_dir(&rt).unwrap();
+    std::os::unix::fs::chown(&rt, Some(NOBODY), Some(NOBODY)).unwrap();
+    let me = std::process::id();
+    let stat = fs::read_to_string("/proc/self/stat").unwrap();
+    let start_time: u64 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .and_then(|f| f.parse().ok())
+        .expect("starttime in /proc/self/stat");
+    let id = format!("corral-{me}-0");
+    let record = rt.join(format!("{id}.json"));
+    fs::write(
+        &record,
+        serde_json::json!({
+            "version": 1, "id": id, "uid": NOBODY,
+            "supervisor": {"pid": me, "start_time": start_time}, "mechanism": "cgroup",
+            "cgroup": leaf, "command": ["planted"], "started": 0, "limits": {},
+            "socket": rt.join(format!("{id}.sock")),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&record, Some(NOBODY), Some(NOBODY)).unwrap();
+    let processes = |context: &str| -> serde_json::Value {
+        let out = Command::new(CORRAL)
+            .args(["ps", "--json"])
+            .env("CORRAL_RUNTIME_DIR", &rt)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run corral ps");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{context}: corral ps: {text}");
+        let jobs: serde_json::Value = serde_json::from_str(&text).expect("ps --json");
+        assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{context}: {text}");
+        jobs[0]["processes"].clone()
+    };
+    std::os::unix::fs::chown(&leaf, Some(NOBODY), None).unwrap();
+    let owned = processes("the cgroup is nobody's");
+    std::os::unix::fs::chown(&leaf, Some(0), None).unwrap();
+    let not_owned = processes("the cgroup is root's");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(owned, 1, "a cgroup the record's user owns is read");
+    assert!(
+        not_owned.is_null(),
+        "root's cgroup, named by nobody's record, was read: {not_owned}"
+    );
+}

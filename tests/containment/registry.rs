@@ -343,8 +343,10 @@ fn corrupt_records_are_reported_and_skipped() {
     fs::write(rt.join("corral-9-8.json"), &full[..full.len() / 2]).unwrap();
     // A record claiming another uid, in root's directory: forged.
     fs::write(rt.join("corral-1-1.json"), &full).unwrap();
-    // A temporary file of a write in progress is not a record at all.
-    fs::write(rt.join(".corral-9-7.json.tmp-9"), "{").unwrap();
+    // A temporary file of a write in progress (its writer, this process, is alive) is not
+    // a record at all, nor litter to sweep.
+    let me = std::process::id();
+    fs::write(rt.join(format!(".corral-{me}-7.json.tmp-{me}")), "{").unwrap();
 
     let (ps, out) = cli(&sandbox, &rt, None, &["ps"]);
     ps.assert_code(0);
