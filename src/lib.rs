@@ -58,7 +58,7 @@ pub use job::{Detached, Job, JobCommand, Output, SignalSource};
 pub use macos::Job;
 pub use options::{
     parse_duration, CpuMax, Credentials, DebugKnobs, HelperJob, Leftovers, LimitValue, Limits,
-    MechanismRequest, Options, Signal, SignalSet, Supervisor,
+    MechanismRequest, Options, Resource, ResourceLimit, Signal, SignalSet, Supervisor,
 };
 pub use report::{
     Cleanup, ExitInfo, LimitsReport, ProcessInfo, Report, Requester, StopOutcome, StopReason,

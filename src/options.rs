@@ -779,3 +779,71 @@ pub struct Credentials {
     /// The supplementary groups, exactly these (empty: none).
     pub groups: Vec<u32>,
 }
+
+/// A process resource limit (`setrlimit(2)`) the job's main process starts with, in place
+/// of the one it would inherit (see `JobCommand::resource_limits`, Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ResourceLimit {
+    /// Which limit.
+    pub resource: Resource,
+    /// The soft limit (`None`: unlimited).
+    pub soft: Option<u64>,
+    /// The hard limit (`None`: unlimited).
+    pub hard: Option<u64>,
+}
+
+/// The resource of a [`ResourceLimit`]: `RLIMIT_<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub enum Resource {
+    /// `RLIMIT_CPU`: CPU time, in seconds.
+    Cpu,
+    /// `RLIMIT_FSIZE`: the largest file the process may write, in bytes.
+    FileSize,
+    /// `RLIMIT_DATA`: the data segment, in bytes.
+    Data,
+    /// `RLIMIT_STACK`: the main thread's stack, in bytes.
+    Stack,
+    /// `RLIMIT_CORE`: core dumps, in bytes.
+    Core,
+    /// `RLIMIT_NOFILE`: one more than the highest descriptor number.
+    OpenFiles,
+    /// `RLIMIT_NPROC`: processes (threads) of the real user.
+    Processes,
+    /// `RLIMIT_AS`: the address space, in bytes.
+    AddressSpace,
+    /// `RLIMIT_MEMLOCK`: locked memory, in bytes.
+    LockedMemory,
+}
+
+impl Resource {
+    /// Every resource, in declaration order.
+    pub const ALL: [Resource; 9] = [
+        Resource::Cpu,
+        Resource::FileSize,
+        Resource::Data,
+        Resource::Stack,
+        Resource::Core,
+        Resource::OpenFiles,
+        Resource::Processes,
+        Resource::AddressSpace,
+        Resource::LockedMemory,
+    ];
+
+    /// The kernel's name (`RLIMIT_FSIZE`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Cpu => "RLIMIT_CPU",
+            Resource::FileSize => "RLIMIT_FSIZE",
+            Resource::Data => "RLIMIT_DATA",
+            Resource::Stack => "RLIMIT_STACK",
+            Resource::Core => "RLIMIT_CORE",
+            Resource::OpenFiles => "RLIMIT_NOFILE",
+            Resource::Processes => "RLIMIT_NPROC",
+            Resource::AddressSpace => "RLIMIT_AS",
+            Resource::LockedMemory => "RLIMIT_MEMLOCK",
+        }
+    }
+}

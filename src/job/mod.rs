@@ -22,6 +22,7 @@ use crate::options::{Options, Signal, SignalSet};
 use crate::report::{ProcessInfo, Report, StopReport};
 use crate::Credentials;
 use crate::Mechanism;
+use crate::ResourceLimit;
 
 use machine::Phase;
 pub(crate) use machine::{Progress, Wants};
@@ -38,6 +39,7 @@ pub struct JobCommand {
     cwd: Option<PathBuf>,
     signal_mask: Option<SignalSet>,
     credentials: Option<Credentials>,
+    resource_limits: Vec<ResourceLimit>,
 }
 
 impl JobCommand {
@@ -125,6 +127,17 @@ impl JobCommand {
         self
     }
 
+    /// Starts the main process with these resource limits in place of the ones it would
+    /// inherit; the others stay inherited. For a program that raised its own limits to do
+    /// its work (a setuid helper whose caller set `ulimit -f 0`, say) and gives COMMAND the
+    /// caller's. Set in the child before [`JobCommand::credentials`] takes effect, so a
+    /// limit above the spawner's hard limit needs `CAP_SYS_RESOURCE`; a limit that cannot
+    /// be set fails the spawn ([`crate::Error::Spawn`], naming the limit).
+    pub fn resource_limits(mut self, limits: impl IntoIterator<Item = ResourceLimit>) -> Self {
+        self.resource_limits.extend(limits);
+        self
+    }
+
     /// The same command as a `std::process::Command` (the signal mask aside: std starts
     /// children with none blocked).
     fn to_std(&self) -> std::process::Command {
@@ -136,6 +149,17 @@ impl JobCommand {
         }
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
+        }
+        if !self.resource_limits.is_empty() {
+            let raw = linux::spawn::raw_rlimits(&self.resource_limits);
+            // SAFETY: `set_rlimits` makes raw system calls only, on values prepared before
+            // the fork.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    linux::spawn::set_rlimits(&raw)
+                        .map_err(|(_, errno)| std::io::Error::from_raw_os_error(errno))
+                });
+            }
         }
         cmd
     }

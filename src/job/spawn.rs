@@ -211,6 +211,7 @@ impl Job {
             placement: Placement::NewProcessGroup,
             pid_namespace: opts.pid_namespace,
             credentials: cmd.credentials.as_ref(),
+            resource_limits: &cmd.resource_limits,
         };
         let display = cmd.display();
         let (chosen, started) = match place(choice, opts, &mut id, &display)? {

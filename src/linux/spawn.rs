@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::Error;
 use crate::linux::pidfd::{self, Pid};
-use crate::Credentials;
+use crate::{Credentials, Resource, ResourceLimit};
 
 /// Where the child goes.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +102,8 @@ pub(crate) struct SpawnSpec<'a> {
     pub(crate) pid_namespace: bool,
     /// Run the program as this user, with no privilege (see the module docs).
     pub(crate) credentials: Option<&'a Credentials>,
+    /// Resource limits set in the child before anything else (empty: inherited).
+    pub(crate) resource_limits: &'a [ResourceLimit],
 }
 
 /// How the child was created (reported).
@@ -208,6 +210,8 @@ const STAGE_SETGID: u32 = 16;
 const STAGE_SETUID: u32 = 17;
 const STAGE_CAPSET: u32 = 18;
 const STAGE_NO_NEW_PRIVS: u32 = 19;
+/// `STAGE_RLIMIT + i`: the `i`th resource limit could not be set.
+const STAGE_RLIMIT: u32 = 100;
 
 /// Data the child reads; pointers into buffers owned by `Prepared`.
 struct ChildCtx {
@@ -235,6 +239,55 @@ struct ChildCtx {
     id_maps: Option<[CString; 2]>,
     /// The user to become before anything but the placement.
     credentials: Option<ChildCredentials>,
+    /// `(resource, [soft, hard])` for `prlimit64`, set right after the placement.
+    rlimits: Vec<(libc::c_long, [u64; 2])>,
+}
+
+/// The `prlimit64` form of `limits`: the kernel's resource number and `[soft, hard]`, with
+/// `RLIM64_INFINITY` (all ones) for unlimited.
+pub(crate) fn raw_rlimits(limits: &[ResourceLimit]) -> Vec<(libc::c_long, [u64; 2])> {
+    limits
+        .iter()
+        .map(|l| {
+            let resource = match l.resource {
+                Resource::Cpu => libc::RLIMIT_CPU,
+                Resource::FileSize => libc::RLIMIT_FSIZE,
+                Resource::Data => libc::RLIMIT_DATA,
+                Resource::Stack => libc::RLIMIT_STACK,
+                Resource::Core => libc::RLIMIT_CORE,
+                Resource::OpenFiles => libc::RLIMIT_NOFILE,
+                Resource::Processes => libc::RLIMIT_NPROC,
+                Resource::AddressSpace => libc::RLIMIT_AS,
+                Resource::LockedMemory => libc::RLIMIT_MEMLOCK,
+            };
+            (
+                resource as libc::c_long,
+                [l.soft.unwrap_or(u64::MAX), l.hard.unwrap_or(u64::MAX)],
+            )
+        })
+        .collect()
+}
+
+/// Sets the limits of [`raw_rlimits`] on the calling process: one raw `prlimit64` each, so
+/// a forked child may call it. `Err((index, errno))` names the limit that failed.
+///
+/// # Safety
+/// Async-signal-safe; nothing but system calls on the given values.
+pub(crate) unsafe fn set_rlimits(limits: &[(libc::c_long, [u64; 2])]) -> Result<(), (usize, i32)> {
+    for (i, (resource, value)) in limits.iter().enumerate() {
+        // SAFETY: prlimit64(0 = this process, resource, new, NULL); `value` outlives the call.
+        if libc::syscall(
+            libc::SYS_prlimit64,
+            0 as libc::c_long,
+            *resource,
+            value.as_ptr(),
+            std::ptr::null_mut::<u64>(),
+        ) != 0
+        {
+            return Err((i, *libc::__errno_location()));
+        }
+    }
+    Ok(())
 }
 
 /// [`Credentials`] as the child uses them, prepared by the parent.
@@ -572,6 +625,7 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
         parent_proc_pid: pidns.as_ref().map_or(0, |n| n.proc_pid),
         id_maps: pidns.as_ref().and_then(|n| n.id_maps.clone()),
         credentials,
+        rlimits: raw_rlimits(spec.resource_limits),
     };
     let ns_flags = pidns.as_ref().map_or(0, |n| n.flags);
     for (i, fd) in spec.stdio.iter().enumerate() {
@@ -785,6 +839,20 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
             ),
             err,
         ),
+        s if (STAGE_RLIMIT..STAGE_RLIMIT + spec.resource_limits.len() as u32).contains(&s) => {
+            let l = spec.resource_limits[(s - STAGE_RLIMIT) as usize];
+            let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |v| v.to_string());
+            fail(
+                &format!(
+                    "set {} to {} (soft) and {} (hard) (prlimit64; above the hard limit needs \
+                     CAP_SYS_RESOURCE)",
+                    l.resource.name(),
+                    show(l.soft),
+                    show(l.hard)
+                ),
+                err,
+            )
+        }
         _ => fail("prepare the child", err),
     })
 }
@@ -1167,6 +1235,9 @@ fn child_setup_and_exec(ctx: &ChildCtx) -> ! {
             if libc::write(ctx.move_via_procs, b"0".as_ptr().cast(), 1) != 1 {
                 report(STAGE_CGROUP, errno());
             }
+        }
+        if let Err((i, e)) = set_rlimits(&ctx.rlimits) {
+            report(STAGE_RLIMIT + i as u32, e);
         }
         if let Some(creds) = &ctx.credentials {
             // Placed with our privileges; from here on the job's user, with none. Before

@@ -239,6 +239,7 @@ impl Running {
         let args = [OsString::from(ARG), OsString::from(host.to_string())];
         let keep = [(me.as_fd(), HOST_FD), (theirs.as_fd(), SOCKET_FD)];
         let spec = SpawnSpec {
+            resource_limits: &[],
             program: binary.as_os_str(),
             args: &args,
             env: Some(&[]),
@@ -553,6 +554,7 @@ mod tests {
     fn detached(program: &str, args: &[&str], keep: &[(BorrowedFd<'_>, RawFd)]) -> Result<Pid> {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         let spec = SpawnSpec {
+            resource_limits: &[],
             program: OsStr::new(program),
             args: &args,
             env: Some(&[]),

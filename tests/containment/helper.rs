@@ -1697,3 +1697,163 @@ fn a_caller_ignoring_sigchld_changes_nothing() {
         wrong.join("\n")
     );
 }
+
+// ---- the caller's resource limits ----------------------------------------------------------
+
+/// Files in root's registry made since `since` whose maker (the PID in the job id) is gone:
+/// what a helper call killed mid-way would leave (records, sockets, temporary records).
+fn registry_litter_since(since: std::time::SystemTime) -> Vec<String> {
+    let mut left = Vec::new();
+    for entry in fs::read_dir(REGISTRY).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .trim_start_matches('.')
+            .strip_prefix("corral-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let recent = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m >= since);
+        if recent && !Path::new(&format!("/proc/{pid}")).exists() {
+            left.push(name);
+        }
+    }
+    left
+}
+
+/// Whether this process's bounding set holds `CAP_SYS_RESOURCE` (a container's root may
+/// lack it): then the helper can lift any limit the caller set.
+fn may_lift_hard_limits() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status_hex(&status, "CapBnd:").is_some_and(|b| b & (1 << 24) /* CAP_SYS_RESOURCE */ != 0)
+}
+
+/// 13. Whatever resource limits the caller set (`ulimit -f`, `-n`, `-t`, `-v`, `-u`), the
+///     helper's own work is not cut short by them: every call returns, nothing of root's
+///     is left in the registry or the cgroup tree, and COMMAND runs under exactly the
+///     caller's limits (it checks them itself: exit status 0). A hard limit below what the
+///     helper needs, where it may not lift it (no `CAP_SYS_RESOURCE`), is refused up front
+///     in one line naming it; a report the caller's file-size limit forbids is one line of
+///     error with COMMAND's status kept.
+#[test]
+fn the_callers_rlimits_bind_command_and_leave_nothing_of_roots() {
+    let Some(fx) = Installed::new("rlimits") else {
+        return;
+    };
+    let user = TestUser::create(&[]);
+    fx.write_policy(&fx.rule(&[&user], ""));
+    let reports = fx.work_dir("reports", Some(&user), 0o700);
+    let since = std::time::SystemTime::now() - Duration::from_secs(1);
+    let lift = may_lift_hard_limits();
+    // (how the caller limits itself, what COMMAND's `ulimit` shows, the helper needs to lift
+    // a hard limit, the report cannot be written, the resource named if refused)
+    let cases = [
+        // (512 bytes: room for the refusal's line on stderr, a file here, but not the report)
+        ("ulimit -f 1", "-f", "1", true, true, "RLIMIT_FSIZE"),
+        ("ulimit -S -f 0", "-f", "0", false, true, ""),
+        ("ulimit -f 2048", "-f", "2048", false, false, ""),
+        ("ulimit -n 8", "-n", "8", true, false, "RLIMIT_NOFILE"),
+        ("ulimit -n 100", "-n", "100", false, false, ""),
+        ("ulimit -t 1", "-t", "1", false, false, ""),
+        ("ulimit -v 400000", "-v", "400000", false, false, ""),
+        ("ulimit -v 20000", "-v", "20000", true, false, "RLIMIT_AS"),
+    ];
+    for (i, (set, option, shown, needs_lift, no_report, resource)) in cases.into_iter().enumerate()
+    {
+        let report = reports.join(format!("r{i}.json"));
+        let check = format!("[ \"$(ulimit {option})\" = {shown} ]");
+        let out = fx
+            .as_user(&user, Path::new("/bin/sh"))
+            .arg("-c")
+            .arg(format!("{set} && exec \"$0\" \"$@\""))
+            .arg(&fx.helper)
+            .args(["run", "--report"])
+            .arg(&report)
+            .args(["--", "/bin/sh", "-c", &check])
+            .run();
+        let context = format!("{set} (CAP_SYS_RESOURCE: {lift})");
+        if needs_lift && !lift {
+            out.assert_refused(resource);
+            assert!(
+                out.stderr.contains(&format!("ulimit -H {option}")),
+                "{context}: the refusal names the option; {}",
+                out.show()
+            );
+            assert!(
+                fs::symlink_metadata(&report).is_err(),
+                "{context}: a report"
+            );
+        } else if no_report {
+            // The report is the caller's file, written under the caller's limit; so is the
+            // line that says it could not be (stderr is a file here: at 0 bytes, not even
+            // that line is written).
+            out.assert_code(0);
+            let lines: Vec<&str> = out.stderr.lines().collect();
+            assert!(
+                matches!(lines[..], [line] if line.contains("report") && line.contains("too large"))
+                    || (lines.is_empty() && shown == "0"),
+                "{context}: one line saying the report could not be written; {}",
+                out.show()
+            );
+            assert!(
+                fs::symlink_metadata(&report).is_err(),
+                "{context}: a report"
+            );
+        } else {
+            out.assert_code(0);
+            assert!(
+                out.stderr.is_empty(),
+                "{context}: nothing to say; {}",
+                out.show()
+            );
+            json(
+                &fs::read_to_string(&report).expect("the report"),
+                "the report",
+            );
+        }
+        let strays: Vec<_> = fs::read_dir(&reports)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(
+            strays.is_empty(),
+            "{context}: temporary report files: {strays:?}"
+        );
+        fx.assert_nothing_left(&[&user], &[], &context);
+        let litter = registry_litter_since(since);
+        assert!(
+            litter.is_empty(),
+            "{context}: left in {REGISTRY}: {litter:?}"
+        );
+    }
+    // A process limit: the kernel lets COMMAND itself start (it is created by a process
+    // with capabilities, which set_user() exempts), but COMMAND runs under the caller's
+    // limit (checked without a fork, which that limit forbids).
+    let out = fx
+        .as_user(&user, Path::new("/bin/sh"))
+        .arg("-c")
+        .arg("ulimit -p 0 && exec \"$0\" \"$@\"")
+        .arg(&fx.helper)
+        .args([
+            "run",
+            "--",
+            "/bin/grep",
+            "-q",
+            "^Max processes  *0  *0 ",
+            "/proc/self/limits",
+        ])
+        .run();
+    out.assert_code(0);
+    fx.assert_nothing_left(&[&user], &[], "ulimit -p 0");
+    let litter = registry_litter_since(since);
+    assert!(
+        litter.is_empty(),
+        "ulimit -p 0: left in {REGISTRY}: {litter:?}"
+    );
+}

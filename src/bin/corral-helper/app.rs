@@ -91,6 +91,12 @@ pub fn main() -> ExitCode {
     match run(env) {
         Ok(code) => code,
         Err(e) => {
+            // A caller's file-size limit too small for this line makes the write fail,
+            // rather than the helper die of SIGXFSZ with its status lost.
+            // SAFETY: sets a signal's disposition to "ignore"; no handler is involved.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            }
             crate::job_args::stderr_line(&format!("corral-helper: error: {e:#}"));
             ExitCode::from(exit_code_for(&e))
         }
@@ -144,9 +150,10 @@ fn run(env: Env) -> anyhow::Result<ExitCode> {
     // Usage first: `--help` works before the helper is installed.
     let cli = parse_cli()?;
     privilege::become_root()?;
+    let caller_limits = privilege::raise_own_limits()?;
     let caller = policy::lookup_account_by_uid(caller_uid).map_err(anyhow::Error::msg)?;
     match cli.command {
-        Cmd::Run(args) => run_job(args, caller, env),
+        Cmd::Run(args) => run_job(args, caller, env, caller_limits),
         Cmd::Ps(args) => ps(args, &caller),
         Cmd::Kill(args) => kill(args, &caller),
         Cmd::Check => check(&caller),
@@ -180,7 +187,12 @@ fn describe(a: &Account) -> String {
     format!("{} (uid {})", a.name, a.uid)
 }
 
-fn run_job(args: RunArgs, caller: Account, env: Env) -> anyhow::Result<ExitCode> {
+fn run_job(
+    args: RunArgs,
+    caller: Account,
+    env: Env,
+    caller_limits: Vec<corral::ResourceLimit>,
+) -> anyhow::Result<ExitCode> {
     let Some((program, rest)) = args.command.split_first() else {
         bail!("no COMMAND given; usage: corral-helper run [OPTIONS] -- COMMAND [ARGS...]");
     };
@@ -262,6 +274,7 @@ fn run_job(args: RunArgs, caller: Account, env: Env) -> anyhow::Result<ExitCode>
                 caller: &caller,
                 target: &target,
                 limits,
+                caller_limits,
                 env: kept,
                 removed,
                 policy: &policy.path,
@@ -569,7 +582,8 @@ fn guard(supervisor: libc::pid_t, from_sup: OwnedFd, place: Place) -> ExitCode {
     if !id.is_empty() && corral::registry::validate_name(&id).is_ok() {
         match corral::registry::own_dir() {
             Ok(dir) => {
-                for file in [format!("{id}.json"), format!("{id}.sock")] {
+                let tmp = format!(".{id}.json.tmp-{supervisor}");
+                for file in [format!("{id}.json"), format!("{id}.sock"), tmp] {
                     match std::fs::remove_file(dir.join(&file)) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -611,6 +625,8 @@ struct JobSpec<'a> {
     caller: &'a Account,
     target: &'a Account,
     limits: corral::Limits,
+    /// The caller's resource limits, COMMAND's (see `privilege::raise_own_limits`).
+    caller_limits: Vec<corral::ResourceLimit>,
     env: Env,
     removed: Vec<String>,
     policy: &'a Path,
@@ -652,6 +668,7 @@ fn supervise(
         .args(job.rest)
         .env_replace(job.env.clone())
         .signal_mask(signals.original_mask())
+        .resource_limits(job.caller_limits.iter().copied())
         .credentials(corral::Credentials {
             uid: job.target.uid,
             gid: job.target.gid,
@@ -696,7 +713,8 @@ fn supervise(
             "rule": job.rule,
             "environment_removed": job.removed,
         });
-        // As the caller: the supervisor has given up root by now.
+        // As the caller, under the caller's limits: the supervisor has given up root by now.
+        privilege::restore_caller_limits(&job.caller_limits);
         job_args::write_report_after_job(path, &value.to_string(), "corral-helper");
     }
     Ok(report.exit_status.clamp(0, 255) as u8)

@@ -200,3 +200,149 @@ pub fn as_user(
         }
     }
 }
+
+/// The limits the helper's own work needs, whatever the caller set before calling it
+/// (`ulimit -f 0` would stop it mid-write of a record, `ulimit -n 3` mid-set-up, `ulimit -t`
+/// or `-v` at any moment, leaving root's files and cgroups behind). Each limit is lifted to
+/// unlimited where the helper may (`CAP_SYS_RESOURCE`), else to the caller's hard limit;
+/// a hard limit below what the helper needs is refused here, before anything is made, with
+/// the `ulimit` option that raises it. Returns the caller's limits of these resources, which
+/// COMMAND gets back (`JobCommand::resource_limits`). Called right after [`become_root`].
+pub fn raise_own_limits() -> anyhow::Result<Vec<corral::ResourceLimit>> {
+    use rustix::process::{getrlimit, setrlimit, Rlimit};
+    let mut caller = Vec::new();
+    for need in OWN_NEEDS {
+        let raw = rustix_resource(need.resource).expect("every need has a raw resource");
+        let theirs = getrlimit(raw);
+        caller.push(corral::ResourceLimit {
+            resource: need.resource,
+            soft: theirs.current,
+            hard: theirs.maximum,
+        });
+        let wanted = need.wanted.map(|w| theirs.maximum.map_or(w, |h| h.max(w)));
+        let lifted = setrlimit(
+            raw,
+            Rlimit {
+                current: wanted,
+                maximum: wanted,
+            },
+        );
+        if lifted.is_ok() {
+            continue;
+        }
+        // Without CAP_SYS_RESOURCE (a container's root, say): up to the hard limit.
+        if let Some(hard) = theirs.maximum {
+            if hard < need.least {
+                anyhow::bail!(
+                    "your {} hard limit ({hard} {}) is below the {} {} corral-helper needs for                      its own work, and it may not lift it here; call it from a shell whose                      `ulimit -H {}` is at least that",
+                    need.resource.name(),
+                    need.unit,
+                    need.least,
+                    need.unit,
+                    need.option,
+                );
+            }
+        }
+        setrlimit(
+            raw,
+            Rlimit {
+                current: theirs.maximum,
+                maximum: theirs.maximum,
+            },
+        )
+        .with_context(|| {
+            format!(
+                "raise {} to its hard limit (setrlimit)",
+                need.resource.name()
+            )
+        })?;
+    }
+    Ok(caller)
+}
+
+/// What the helper needs of one resource for its own work.
+struct Need {
+    resource: corral::Resource,
+    /// What it sets where it may (`None`: unlimited).
+    wanted: Option<u64>,
+    /// Below this hard limit it refuses (in the kernel's unit).
+    least: u64,
+    unit: &'static str,
+    /// The `ulimit` option of the resource.
+    option: &'static str,
+}
+
+/// The helper's needs: a record and a report are far below 1 MiB; its peak address space
+/// is well below 64 MiB; it keeps a few dozen descriptors open; its CPU time is
+/// milliseconds (1 s is the kernel's smallest limit but 0).
+const OWN_NEEDS: [Need; 5] = [
+    Need {
+        resource: corral::Resource::Cpu,
+        wanted: None,
+        least: 1,
+        unit: "s",
+        option: "-t",
+    },
+    Need {
+        resource: corral::Resource::FileSize,
+        wanted: None,
+        least: 1 << 20,
+        unit: "bytes",
+        option: "-f",
+    },
+    Need {
+        resource: corral::Resource::Data,
+        wanted: None,
+        least: 64 << 20,
+        unit: "bytes",
+        option: "-d",
+    },
+    Need {
+        resource: corral::Resource::AddressSpace,
+        wanted: None,
+        least: 64 << 20,
+        unit: "bytes",
+        option: "-v",
+    },
+    Need {
+        resource: corral::Resource::OpenFiles,
+        wanted: Some(1024),
+        least: 64,
+        unit: "descriptors",
+        option: "-n",
+    },
+];
+
+fn rustix_resource(r: corral::Resource) -> Option<rustix::process::Resource> {
+    use rustix::process::Resource as R;
+    Some(match r {
+        corral::Resource::Cpu => R::Cpu,
+        corral::Resource::FileSize => R::Fsize,
+        corral::Resource::Data => R::Data,
+        corral::Resource::AddressSpace => R::As,
+        corral::Resource::OpenFiles => R::Nofile,
+        _ => return None,
+    })
+}
+
+/// Gives the calling process the caller's `limits` back (lowering only), for work done on
+/// the caller's behalf as the caller (the report). A file too large for them is then an
+/// error (`EFBIG`) rather than a `SIGXFSZ`.
+pub fn restore_caller_limits(limits: &[corral::ResourceLimit]) {
+    // SAFETY: sets a signal's disposition to "ignore"; no handler is involved.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    for l in limits {
+        let Some(raw) = rustix_resource(l.resource) else {
+            continue;
+        };
+        let _ = rustix::process::setrlimit(
+            raw,
+            rustix::process::Rlimit {
+                current: l.soft,
+                maximum: l.hard,
+            },
+        );
+    }
+}
