@@ -69,6 +69,8 @@ mod pipe;
 mod planted;
 #[path = "containment/registry.rs"]
 mod registry;
+#[path = "containment/report_fd.rs"]
+mod report_fd;
 #[path = "containment/setpgid.rs"]
 mod setpgid;
 #[path = "containment/setsid.rs"]

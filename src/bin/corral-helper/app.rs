@@ -226,9 +226,16 @@ fn run_job(
         corral::registry::validate_name(name).map_err(anyhow::Error::msg)?;
     }
     let me = Identity::of(&caller);
-    if let Some(path) = &args.job.report {
-        privilege::as_user(&me, || job_args::check_report_path(path))?
-            .map_err(anyhow::Error::msg)?;
+    match &args.job.report_to() {
+        // The caller's own descriptor: looked at (and kept from COMMAND) in this process;
+        // `as_user` checks in a child of its own.
+        Some(to @ job_args::ReportTo::Fd(_)) => {
+            job_args::check_report(to).map_err(anyhow::Error::msg)?
+        }
+        Some(to) => {
+            privilege::as_user(&me, || job_args::check_report(to))?.map_err(anyhow::Error::msg)?
+        }
+        None => {}
     }
     let place = Place::make(rule, args.cgroup_parent.as_deref(), &caller)?;
 
@@ -704,7 +711,7 @@ fn supervise(
     }
     let report = spawned.run(Some(&mut signals))?;
     job_args::print_summary(&report, &args.job, "corral-helper");
-    if let Some(path) = &args.job.report {
+    if let Some(to) = &args.job.report_to() {
         let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
         value["helper"] = serde_json::json!({
             "caller": { "uid": job.caller.uid, "name": job.caller.name },
@@ -715,7 +722,7 @@ fn supervise(
         });
         // As the caller, under the caller's limits: the supervisor has given up root by now.
         privilege::restore_caller_limits(&job.caller_limits);
-        job_args::write_report_after_job(path, &value.to_string(), "corral-helper");
+        job_args::write_report_after_job(to, &value.to_string(), "corral-helper");
     }
     Ok(report.exit_status.clamp(0, 255) as u8)
 }

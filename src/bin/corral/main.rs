@@ -134,8 +134,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some((program, rest)) = args.command.split_first() else {
         anyhow::bail!("no COMMAND given; usage: corral run [OPTIONS] -- COMMAND [ARGS...]");
     };
-    if let Some(path) = &args.job.report {
-        job_args::check_report_path(path).map_err(anyhow::Error::msg)?;
+    if let Some(to) = &args.job.report_to() {
+        job_args::check_report(to).map_err(anyhow::Error::msg)?;
     }
     if args.cgroup_parent.is_some() || args.job.pid_namespace || args.job.name.is_some() {
         anyhow::bail!("--cgroup-parent, --pid-namespace and --name exist on Linux only; drop them");
@@ -164,8 +164,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let report = job.wait()?;
     job_args::print_summary(&report, &args.job, "corral");
-    if let Some(path) = &args.job.report {
-        job_args::write_report_after_job(path, &report.to_json(), "corral");
+    if let Some(to) = &args.job.report_to() {
+        job_args::write_report_after_job(to, &report.to_json(), "corral");
     }
     Ok(ExitCode::from(report.exit_status.clamp(0, 255) as u8))
 }
@@ -175,8 +175,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some((program, rest)) = args.command.split_first() else {
         anyhow::bail!("no COMMAND given; usage: corral run [OPTIONS] -- COMMAND [ARGS...]");
     };
-    if let Some(path) = &args.job.report {
-        job_args::check_report_path(path).map_err(anyhow::Error::msg)?;
+    if let Some(to) = &args.job.report_to() {
+        job_args::check_report(to).map_err(anyhow::Error::msg)?;
     }
     if let Some(name) = &args.job.name {
         corral::registry::validate_name(name).map_err(anyhow::Error::msg)?;
@@ -244,8 +244,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     // in another corral's job leaves nothing behind in that job.
     corral::__release_watchdog();
     job_args::print_summary(&report, &args.job, "corral");
-    if let Some(path) = &args.job.report {
-        job_args::write_report_after_job(path, &report.to_json(), "corral");
+    if let Some(to) = &args.job.report_to() {
+        job_args::write_report_after_job(to, &report.to_json(), "corral");
     }
     Ok(ExitCode::from(report.exit_status.clamp(0, 255) as u8))
 }

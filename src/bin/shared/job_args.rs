@@ -84,6 +84,10 @@ pub struct JobArgs {
     /// Write the JSON report to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Write the JSON report to descriptor N, opened for writing by the caller (`3>FILE`,
+    /// a pipe; 2 for stderr), once, after the job; COMMAND does not inherit N (above 2).
+    #[arg(long, value_name = "N", conflicts_with = "report", value_parser = parse_fd, allow_hyphen_values = true)]
+    pub report_fd: Option<i32>,
     /// Print nothing but errors.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -100,7 +104,38 @@ pub struct JobArgs {
     pub name: Option<String>,
 }
 
+/// `--report-fd N`: a descriptor number.
+fn parse_fd(text: &str) -> Result<i32, String> {
+    text.parse::<i32>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        format!(
+            "`{}` is not a descriptor number (0, 1, 2, ...)",
+            text.escape_debug()
+        )
+    })
+}
+
+/// Where the report goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportTo {
+    /// `--report FILE` (see [`report_file`]).
+    File(PathBuf),
+    /// `--report -`.
+    Stdout,
+    /// `--report-fd N`.
+    Fd(i32),
+}
+
 impl JobArgs {
+    /// Where the report goes, if anywhere.
+    pub fn report_to(&self) -> Option<ReportTo> {
+        match (&self.report, self.report_fd) {
+            (_, Some(fd)) => Some(ReportTo::Fd(fd)),
+            (Some(p), None) if p == Path::new("-") => Some(ReportTo::Stdout),
+            (Some(p), None) => Some(ReportTo::File(p.clone())),
+            (None, None) => None,
+        }
+    }
+
     /// The limits asked for.
     pub fn limits(&self) -> corral::Limits {
         corral::Limits {
@@ -142,10 +177,82 @@ pub fn stderr_line(line: &str) {
 
 /// Writes the report after the job ran: whatever goes wrong, COMMAND's status stands, and
 /// the failure is one line on stderr (`program: error: ...`).
-pub fn write_report_after_job(path: &Path, json: &str, program: &str) {
-    if let Err(e) = write_report(path, json) {
+pub fn write_report_after_job(to: &ReportTo, json: &str, program: &str) {
+    let written = match to {
+        ReportTo::File(path) => write_report(path, json),
+        ReportTo::Stdout => write_report(Path::new("-"), json),
+        ReportTo::Fd(fd) => write_report_fd(*fd, json),
+    };
+    if let Err(e) = written {
         stderr_line(&format!("{program}: error: {e:#}"));
     }
+}
+
+/// Fails early (before anything runs) when the report could not go to `to`; for a
+/// descriptor above 2, also keeps COMMAND from inheriting it (close-on-exec), so nothing
+/// of the job's mixes with the report and a reader of a pipe sees its end when corral ends.
+pub fn check_report(to: &ReportTo) -> Result<(), String> {
+    match to {
+        ReportTo::File(path) => check_report_path(path),
+        ReportTo::Stdout => Ok(()),
+        ReportTo::Fd(fd) => check_report_fd(*fd),
+    }
+}
+
+#[cfg(unix)]
+fn check_report_fd(fd: i32) -> Result<(), String> {
+    use rustix::fs::OFlags;
+    // SAFETY: the number is only looked at (fcntl); it is not closed or taken over.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = rustix::fs::fcntl_getfl(borrowed).map_err(|_| {
+        format!("--report-fd {fd} is not an open descriptor; open it for writing ({fd}>FILE) or pick another")
+    })?;
+    if !flags.intersects(OFlags::WRONLY | OFlags::RDWR) {
+        return Err(format!(
+            "--report-fd {fd} is open for reading only; open it for writing ({fd}>FILE)"
+        ));
+    }
+    if fd > 2 {
+        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)
+            .map_err(|e| format!("--report-fd {fd}: cannot keep it from COMMAND ({e})"))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_report_fd(fd: i32) -> Result<(), String> {
+    Err(format!(
+        "--report-fd {fd}: descriptors are for Unix; give --report FILE on this system"
+    ))
+}
+
+/// Writes the report to descriptor `fd` in one `write` where the kernel takes it whole (a
+/// pipe up to its buffer, a file), the rest after.
+#[cfg(unix)]
+fn write_report_fd(fd: i32, json: &str) -> anyhow::Result<()> {
+    let text = format!("{json}\n");
+    // SAFETY: checked open before the job; only written to, never closed here.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        match rustix::io::write(borrowed, rest) {
+            Ok(0) => {
+                anyhow::bail!("failed to write the report to descriptor {fd}: it took nothing")
+            }
+            Ok(n) => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("failed to write the report to descriptor {fd}"))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_report_fd(fd: i32, _json: &str) -> anyhow::Result<()> {
+    anyhow::bail!("--report-fd {fd}: descriptors are for Unix")
 }
 
 pub fn usage_error(e: clap::Error, program: &str, sub: &str) -> Option<String> {
