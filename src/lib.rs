@@ -47,6 +47,8 @@ pub mod registry;
 #[cfg(all(target_os = "linux", not(feature = "serde")))]
 #[path = "registry_off.rs"]
 mod registry;
+#[cfg(target_os = "linux")]
+pub mod safe_file;
 
 #[cfg(all(feature = "tokio", target_os = "linux"))]
 pub mod tokio;

@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -404,29 +404,22 @@ fn clean_litter(litter: &[Litter], dry_run: bool, lines: &mut Vec<String>) {
     }
 }
 
+/// The largest record read (a record is a few hundred bytes; its command line makes it
+/// longer).
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
 /// Reads and checks one record; `dir_owner` is its directory's owner.
 fn read_record(path: &Path, dir_owner: u32) -> Result<Record, String> {
     // Whoever can write the directory could have planted anything under a record's name:
-    // a link is not followed, and a FIFO or device never blocks the open (O_NONBLOCK) and
-    // is refused before anything is read from it.
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => "a symbolic link, not a record".to_string(),
-            _ => e.to_string(),
+    // a link is not followed, and a FIFO or device never blocks the open and is refused
+    // before anything is read from it (`safe_file`).
+    let (bytes, meta) =
+        crate::safe_file::read_regular(path, MAX_RECORD_BYTES).map_err(|e| match e {
+            crate::safe_file::Refused::Link => "a symbolic link, not a record".to_string(),
+            crate::safe_file::Refused::NotRegular(_) => "not a regular file".to_string(),
+            crate::safe_file::Refused::TooLarge { .. } => "too large to be a record".to_string(),
+            crate::safe_file::Refused::Io(e) => e.to_string(),
         })?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() > 1 << 20 {
-        return Err("too large to be a record".into());
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    io::Read::read_to_end(&mut io::Read::take(&mut file, 1 << 20), &mut bytes)
-        .map_err(|e| e.to_string())?;
     let record: Record =
         serde_json::from_slice(&bytes).map_err(|e| format!("not a record ({e})"))?;
     if record.version != RECORD_VERSION {
@@ -716,6 +709,21 @@ fn clean_stale(entry: &Entry, dry_run: bool, lines: &mut Vec<String>) {
         Some(n) => format!("{} ({n})", r.id),
         None => r.id.clone(),
     };
+    // The record is claimed first (renamed to a name of this process's): a job's corral
+    // that removed it between our reading it and finding the corral gone ended normally,
+    // and there is nothing to clean or say. Another sweep that claimed it does the work.
+    let mut record_path = entry.path.clone();
+    if !dry_run {
+        let claimed =
+            entry
+                .path
+                .with_file_name(format!(".{}.json.tmp-{}", r.id, std::process::id()));
+        match std::fs::rename(&entry.path, &claimed) {
+            Ok(()) => record_path = claimed,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(_) => {}
+        }
+    }
     if let Some(cg) = &r.cgroup {
         match trusted_cgroup(cg, r.uid) {
             Err(why) => lines.push(format!(
@@ -763,7 +771,7 @@ fn clean_stale(entry: &Entry, dry_run: bool, lines: &mut Vec<String>) {
     }
     if !dry_run {
         let _ = std::fs::remove_file(&r.socket);
-        match std::fs::remove_file(&entry.path) {
+        match std::fs::remove_file(&record_path) {
             Ok(()) => lines.push(format!(
                 "job {label}: removed record {}",
                 entry.path.display()
@@ -1335,23 +1343,10 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     };
     let json = serde_json::to_string(&record).expect("a record serializes");
     let tmp = dir.join(format!(".{}.json.tmp-{}", new.id, std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
+    let written = crate::safe_file::create_exclusive(&tmp, 0o600)
         .and_then(|mut f| io::Write::write_all(&mut f, (json + "\n").as_bytes()))
-        .and_then(|()| {
-            // Never over another job's record (a stale one of a reused PID, say).
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &tmp,
-                rustix::fs::CWD,
-                &record_path,
-                rustix::fs::RenameFlags::NOREPLACE,
-            )
-            .map_err(io::Error::from)
-        });
+        // Never over another job's record (a stale one of a reused PID, say).
+        .and_then(|()| crate::safe_file::rename_noreplace(&tmp, &record_path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         // `reg` drops: the socket goes; the record path is not ours to remove.

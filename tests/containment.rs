@@ -47,6 +47,8 @@ mod graceful;
 mod grandchild;
 #[path = "containment/helper.rs"]
 mod helper;
+#[path = "containment/interleave.rs"]
+mod interleave;
 #[path = "containment/killed_early.rs"]
 mod killed_early;
 #[path = "containment/leftovers_policy.rs"]

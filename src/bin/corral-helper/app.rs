@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run COMMAND as a job, as you, in the cgroup the policy gives you.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List your running helper jobs.
     Ps(PsArgs),
     /// Stop one of your helper jobs, with its stop sequence.
@@ -153,7 +153,7 @@ fn run(env: Env) -> anyhow::Result<ExitCode> {
     let caller_limits = privilege::raise_own_limits()?;
     let caller = policy::lookup_account_by_uid(caller_uid).map_err(anyhow::Error::msg)?;
     match cli.command {
-        Cmd::Run(args) => run_job(args, caller, env, caller_limits),
+        Cmd::Run(args) => run_job(*args, caller, env, caller_limits),
         Cmd::Ps(args) => ps(args, &caller),
         Cmd::Kill(args) => kill(args, &caller),
         Cmd::Check => check(&caller),

@@ -629,31 +629,48 @@ fn read_trusted(path: &Path) -> Result<String, String> {
         dir = next;
     }
 
-    // O_NONBLOCK: a FIFO put where the policy belongs must not hang the helper; it makes no
-    // difference to reading a regular file.
-    let file_flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let file = rustix::fs::openat(&dir, file_name, file_flags | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| refuse_open(&dir, file_name, path, path, e))?;
-    let st = rustix::fs::fstat(&file).map_err(|e| format!("cannot stat policy {shown}: {e}"))?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(format!(
-            "policy {shown} is not a regular file; an administrator must replace it with one"
-        ));
-    }
-    if st.st_uid != 0 {
+    // A FIFO put where the policy belongs must not hang the helper, a link is not
+    // followed, and what is checked is what was opened (`safe_file`).
+    use corral::safe_file::Refused;
+    let (file, meta) =
+        corral::safe_file::open_regular_at(&dir, Path::new(file_name), MAX_POLICY_BYTES).map_err(
+            |e| match e {
+                Refused::Link => refuse_open(&dir, file_name, path, path, rustix::io::Errno::LOOP),
+                Refused::NotRegular(_) => format!(
+                    "policy {shown} is not a regular file; an administrator must replace it with \
+                     one"
+                ),
+                Refused::TooLarge { .. } => format!(
+                    "cannot read policy {shown}: larger than {} KiB; that is no policy",
+                    MAX_POLICY_BYTES >> 10
+                ),
+                Refused::Io(e) => refuse_open(
+                    &dir,
+                    file_name,
+                    path,
+                    path,
+                    rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                ),
+            },
+        )?;
+    let st = (
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        std::os::unix::fs::MetadataExt::mode(&meta),
+    );
+    if st.0 != 0 {
         return Err(format!(
             "policy {shown} is owned by uid {}, not root; chown root it (it must be root's \
              alone)",
-            st.st_uid
+            st.0
         ));
     }
-    if st.st_mode & 0o022 != 0 {
+    if st.1 & 0o022 != 0 {
         return Err(format!(
             "policy {shown} is writable by group or others; chmod go-w it (it must be root's \
              alone)"
         ));
     }
-    read_capped(file).map_err(|e| format!("cannot read policy {shown}: {e}"))
+    read_capped(file.into()).map_err(|e| format!("cannot read policy {shown}: {e}"))
 }
 
 /// Refuses a directory on the way to the policy that anyone but root could change.

@@ -117,7 +117,7 @@ fn parse_fd(text: &str) -> Result<i32, String> {
 /// Where the report goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportTo {
-    /// `--report FILE` (see [`report_file`]).
+    /// `--report FILE` (see [`corral::safe_file::write`]).
     File(PathBuf),
     /// `--report -`.
     Stdout,
@@ -201,20 +201,26 @@ pub fn check_report(to: &ReportTo) -> Result<(), String> {
 
 #[cfg(unix)]
 fn check_report_fd(fd: i32) -> Result<(), String> {
-    use rustix::fs::OFlags;
-    // SAFETY: the number is only looked at (fcntl); it is not closed or taken over.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let flags = rustix::fs::fcntl_getfl(borrowed).map_err(|_| {
-        format!("--report-fd {fd} is not an open descriptor; open it for writing ({fd}>FILE) or pick another")
-    })?;
-    if !flags.intersects(OFlags::WRONLY | OFlags::RDWR) {
+    // SAFETY: fcntl on a descriptor number only asks about it (or sets its close-on-exec
+    // flag); nothing is closed or taken over.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags == -1 {
+        return Err(format!(
+            "--report-fd {fd} is not an open descriptor; open it for writing ({fd}>FILE) or \
+             pick another"
+        ));
+    }
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
         return Err(format!(
             "--report-fd {fd} is open for reading only; open it for writing ({fd}>FILE)"
         ));
     }
-    if fd > 2 {
-        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)
-            .map_err(|e| format!("--report-fd {fd}: cannot keep it from COMMAND ({e})"))?;
+    // SAFETY: as above.
+    if fd > 2 && unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        return Err(format!(
+            "--report-fd {fd}: cannot keep it from COMMAND ({})",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }
@@ -230,24 +236,14 @@ fn check_report_fd(fd: i32) -> Result<(), String> {
 /// pipe up to its buffer, a file), the rest after.
 #[cfg(unix)]
 fn write_report_fd(fd: i32, json: &str) -> anyhow::Result<()> {
+    use std::os::fd::FromRawFd;
     let text = format!("{json}\n");
-    // SAFETY: checked open before the job; only written to, never closed here.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let mut rest = text.as_bytes();
-    while !rest.is_empty() {
-        match rustix::io::write(borrowed, rest) {
-            Ok(0) => {
-                anyhow::bail!("failed to write the report to descriptor {fd}: it took nothing")
-            }
-            Ok(n) => rest = &rest[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                return Err(std::io::Error::from(e))
-                    .with_context(|| format!("failed to write the report to descriptor {fd}"))
-            }
-        }
-    }
-    Ok(())
+    // SAFETY: checked open before the job; borrowed for the write, never closed here
+    // (ManuallyDrop).
+    let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    (&*file)
+        .write_all(text.as_bytes())
+        .with_context(|| format!("failed to write the report to descriptor {fd}"))
 }
 
 #[cfg(not(unix))]
@@ -300,7 +296,7 @@ pub fn check_report_path(path: &Path) -> Result<(), String> {
     }
     // A pipe or terminal is written in place: its directory (`/dev`) need not be writable.
     #[cfg(target_os = "linux")]
-    if let Ok(report_file::Target::InPlace { .. }) = report_file::classify(path) {
+    if let Ok(corral::safe_file::Target::InPlace { .. }) = corral::safe_file::classify(path) {
         if !writable(path) {
             return Err(format!(
                 "--report {} is not writable; pick another --report path",
@@ -329,7 +325,7 @@ pub fn check_report_path(path: &Path) -> Result<(), String> {
     }
     #[cfg(target_os = "linux")]
     {
-        report_file::classify(path)?;
+        classify_report(path)?;
         refuse_special_dir(path, dir)?;
     }
     Ok(())
@@ -398,7 +394,7 @@ fn writable(path: &Path) -> bool {
     }
 }
 
-/// Writes the report: to stdout for `-`; else as [`report_file::write`] says (Linux), or
+/// Writes the report: to stdout for `-`; else as [`corral::safe_file::write`] says (Linux), or
 /// through a temporary file beside it and a rename (elsewhere).
 pub fn write_report(path: &Path, json: &str) -> anyhow::Result<()> {
     if path == Path::new("-") {
@@ -408,7 +404,7 @@ pub fn write_report(path: &Path, json: &str) -> anyhow::Result<()> {
     }
     let text = format!("{json}\n");
     #[cfg(target_os = "linux")]
-    let result = report_file::write(path, text.as_bytes());
+    let result = corral::safe_file::write(path, text.as_bytes());
     #[cfg(not(target_os = "linux"))]
     let result = {
         let mut tmp = path.as_os_str().to_owned();
@@ -423,183 +419,20 @@ pub fn write_report(path: &Path, json: &str) -> anyhow::Result<()> {
     result.with_context(|| format!("failed to write the report to {}", path.display()))
 }
 
-/// The report file on Linux, where others may have planted something at its path (a
-/// user's `/tmp`, a shared directory): nothing is replaced but a regular file, nothing is
-/// written through a link to a regular file, and a pipe nobody reads never blocks.
-///
-/// - No file: written to `.<name>.tmp-<pid>` beside it (created exclusively, not through a
-///   link) and renamed into place without replacing anything that appeared meanwhile.
-/// - A regular file: the same, and the rename replaces it.
-/// - A pipe, a terminal, or `/dev/null`, `/dev/zero`, `/dev/full` (also through a link, as
-///   `/dev/stderr` is one): written in place, never replaced. A pipe that no one reads is an
-///   error, not a hang.
-/// - Anything else (a link to a regular file, another device, a socket, a directory): an
-///   error that says what it is.
+/// What is at the report path (Linux, [`corral::safe_file::classify`]), or the one-line
+/// message for why no report can go there.
 #[cfg(target_os = "linux")]
-pub mod report_file {
-    use std::fs::{Metadata, OpenOptions};
-    use std::io::{self, Write};
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-    use std::path::Path;
-
-    /// What is at a report path.
-    pub enum Target {
-        /// Nothing yet.
-        Absent,
-        /// A regular file, replaced by the new report.
-        Regular,
-        /// A pipe, terminal or null-like device, written in place (`follow`: through a link).
-        InPlace { follow: bool },
-    }
-
-    /// What is at `path`, or why a report cannot go there.
-    pub fn classify(path: &Path) -> Result<Target, String> {
-        let shown = path.display();
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Target::Absent),
-            Err(e) => return Err(format!("--report {shown} cannot be examined ({e})")),
-        };
-        let ft = meta.file_type();
-        if ft.is_file() {
-            return Ok(Target::Regular);
+fn classify_report(path: &Path) -> Result<corral::safe_file::Target, String> {
+    use corral::safe_file::Refused;
+    let shown = path.display();
+    corral::safe_file::classify(path).map_err(|e| match e {
+        Refused::Link => format!(
+            "--report {shown} is a symbolic link, and corral writes no report through a link \
+             (what it points to may not be yours); give the file's own path"
+        ),
+        Refused::NotRegular(what) => {
+            format!("--report {shown} is {what}; give a regular file, a pipe or a terminal")
         }
-        if ft.is_symlink() {
-            return match std::fs::metadata(path) {
-                Ok(target) if in_place(&target) => Ok(Target::InPlace { follow: true }),
-                _ => Err(format!(
-                    "--report {shown} is a symbolic link, and corral writes no report through \
-                     a link (what it points to may not be yours); give the file's own path"
-                )),
-            };
-        }
-        if in_place(&meta) {
-            return Ok(Target::InPlace { follow: false });
-        }
-        Err(format!(
-            "--report {shown} is {}; give a regular file, a pipe or a terminal",
-            if ft.is_dir() {
-                "a directory"
-            } else if ft.is_socket() {
-                "a socket"
-            } else {
-                "a device that is not a terminal"
-            }
-        ))
-    }
-
-    /// Written in place: a pipe, a terminal (the tty, console, serial and pseudo-terminal
-    /// majors), or `/dev/null`, `/dev/zero`, `/dev/full`. Never a disk or `/dev/mem`.
-    fn in_place(meta: &Metadata) -> bool {
-        let ft = meta.file_type();
-        if ft.is_fifo() {
-            return true;
-        }
-        if !ft.is_char_device() {
-            return false;
-        }
-        let (major, minor) = (
-            rustix::fs::major(meta.rdev()),
-            rustix::fs::minor(meta.rdev()),
-        );
-        matches!(major, 4 | 5 | 136..=143) || (major == 1 && matches!(minor, 3 | 5 | 7))
-    }
-
-    /// Writes `data` as the report at `path`.
-    pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
-        // A file that appears between the look and the rename is looked at again.
-        for _ in 0..3 {
-            let target = classify(path).map_err(io::Error::other)?;
-            match target {
-                Target::Absent => match write_new(path, data, false) {
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                    other => return other,
-                },
-                Target::Regular => return write_new(path, data, true),
-                Target::InPlace { follow } => return write_in_place(path, data, follow),
-            }
-        }
-        Err(io::Error::other(
-            "something kept appearing at the report's path",
-        ))
-    }
-
-    fn write_in_place(path: &Path, data: &[u8], follow: bool) -> io::Result<()> {
-        let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
-        if !follow {
-            flags |= libc::O_NOFOLLOW;
-        }
-        let file = match OpenOptions::new()
-            .write(true)
-            .custom_flags(flags)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                return Err(io::Error::other("it is a pipe that no one reads"))
-            }
-            Err(e) => return Err(e),
-        };
-        // What was opened is what was looked at (nothing swapped in meanwhile).
-        if !in_place(&file.metadata()?) {
-            return Err(io::Error::other(
-                "it changed into something else while corral wrote it",
-            ));
-        }
-        // Blocking again: a reader that is slow is waited for, as by any writer.
-        let fl = rustix::fs::fcntl_getfl(&file)?;
-        rustix::fs::fcntl_setfl(&file, fl - rustix::fs::OFlags::NONBLOCK)?;
-        (&file).write_all(data)
-    }
-
-    fn write_new(path: &Path, data: &[u8], replace: bool) -> io::Result<()> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| io::Error::other("the report path names no file"))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(data));
-        if let Err(e) = written {
-            // Not ours to remove when it was there before (create_new failed on it).
-            if e.kind() != io::ErrorKind::AlreadyExists {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            return Err(e);
-        }
-        let renamed = if replace {
-            // Only over a regular file, looked at just before.
-            match std::fs::symlink_metadata(path) {
-                Ok(m) if m.file_type().is_file() => std::fs::rename(&tmp, path),
-                Ok(_) => Err(io::Error::other(
-                    "it changed into something else while corral wrote it",
-                )),
-                Err(e) => Err(e),
-            }
-        } else {
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &tmp,
-                rustix::fs::CWD,
-                path,
-                rustix::fs::RenameFlags::NOREPLACE,
-            )
-            .map_err(io::Error::from)
-        };
-        if renamed.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        renamed
-    }
+        e => format!("--report {shown} cannot be examined ({e})"),
+    })
 }
