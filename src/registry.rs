@@ -45,8 +45,9 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::event::{PollFd, PollFlags};
@@ -145,6 +146,9 @@ pub struct Entry {
     pub path: PathBuf,
     /// Whether its supervisor is alive.
     pub live: bool,
+    /// The registry directory it was read from, opened without following a link: what is
+    /// removed is removed there, whatever the path names by then.
+    dir: Option<Arc<OwnedFd>>,
 }
 
 /// What [`scan`] found.
@@ -162,12 +166,23 @@ pub struct Scan {
 /// A file a corral killed while it registered a job left in a registry directory: a
 /// control socket without its record, or a record's temporary file. Only when the corral
 /// that made it (the PID in the job id) is gone, and the file is its directory owner's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Litter {
     /// The file.
     pub path: PathBuf,
     /// The job id it was made for.
     pub id: String,
+    dir: Option<Arc<OwnedFd>>,
+}
+
+/// Removes `path` in `dir` (by its file name) when the directory was opened, else by path.
+fn remove_in(dir: Option<&OwnedFd>, path: &Path) -> io::Result<()> {
+    match (dir, path.file_name()) {
+        (Some(dir), Some(name)) => {
+            rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty()).map_err(io::Error::from)
+        }
+        _ => std::fs::remove_file(path),
+    }
 }
 
 /// Checks a job name: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
@@ -272,9 +287,22 @@ fn ensure_dir(dir: &Path, uid: u32, create: bool) -> Result<(), String> {
 fn scan_dirs(dirs: &[PathBuf]) -> Scan {
     let mut scan = Scan::default();
     for dir in dirs {
-        let meta = match std::fs::symlink_metadata(dir) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+        // Opened once, without following a link (a user can replace their directory with
+        // one at any moment); everything below is read and removed through it.
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC;
+        let dir_fd = match rustix::fs::open(dir, flags, rustix::fs::Mode::empty()) {
+            Ok(fd) => Arc::new(fd),
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                scan.problems.push(format!(
+                    "the job registry {} is not a directory (or is a symbolic link); skipped",
+                    dir.display()
+                ));
+                continue;
+            }
             Err(e) => {
                 scan.problems.push(format!(
                     "cannot read the job registry {}: {e}",
@@ -283,15 +311,9 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
                 continue;
             }
         };
-        if !meta.file_type().is_dir() {
-            scan.problems.push(format!(
-                "the job registry {} is not a directory; skipped",
-                dir.display()
-            ));
-            continue;
-        }
-        let owner = meta.uid();
-        let list = match std::fs::read_dir(dir) {
+        let listed = rustix::fs::fstat(&*dir_fd)
+            .and_then(|st| Ok((st.st_uid, rustix::fs::Dir::read_from(&*dir_fd)?)));
+        let (owner, list) = match listed {
             Ok(l) => l,
             Err(e) => {
                 scan.problems.push(format!(
@@ -303,25 +325,34 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
         };
         let mut names = Vec::new();
         for item in list.flatten() {
-            let name = item.file_name();
-            let Some(name) = name.to_str() else { continue };
+            let Ok(name) = item.file_name().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
             names.push(name.to_string());
             // Temporary files (`.<id>.json.tmp-<pid>`) and sockets are not records.
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            let path = item.path();
-            match read_record(&path, owner) {
+            let path = dir.join(name);
+            match read_record_at(&*dir_fd, &path, owner) {
                 Ok(record) => {
                     let live = record.supervisor.alive();
-                    scan.entries.push(Entry { record, path, live });
+                    scan.entries.push(Entry {
+                        record,
+                        path,
+                        live,
+                        dir: Some(dir_fd.clone()),
+                    });
                 }
                 Err(why) => scan
                     .problems
                     .push(format!("skipping the job record {}: {why}", path.display())),
             }
         }
-        scan.litter.extend(find_litter(dir, owner, &names));
+        scan.litter.extend(find_litter(dir, &dir_fd, owner, &names));
     }
     scan.entries.sort_by_key(|e| e.record.started);
     scan
@@ -330,7 +361,7 @@ fn scan_dirs(dirs: &[PathBuf]) -> Scan {
 /// The [`Litter`] among `names`, the files of registry directory `dir` (owned by `owner`).
 /// A corral registers in this order: the socket, the temporary record, the rename; killed
 /// in between, it leaves `<id>.sock` without `<id>.json`, or `.<id>.json.tmp-<pid>`.
-fn find_litter(dir: &Path, owner: u32, names: &[String]) -> Vec<Litter> {
+fn find_litter(dir: &Path, dir_fd: &Arc<OwnedFd>, owner: u32, names: &[String]) -> Vec<Litter> {
     let candidates: Vec<(&String, &str)> = names
         .iter()
         .filter_map(|name| {
@@ -353,12 +384,17 @@ fn find_litter(dir: &Path, owner: u32, names: &[String]) -> Vec<Litter> {
         .into_iter()
         .filter_map(|(name, id)| {
             let path = dir.join(name);
-            let meta = std::fs::symlink_metadata(&path).ok()?;
-            let ft = meta.file_type();
+            let st = rustix::fs::statat(
+                &**dir_fd,
+                name.as_str(),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .ok()?;
+            let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
             let kind_ok = if name.starts_with('.') {
-                ft.is_file()
+                ft == rustix::fs::FileType::RegularFile
             } else {
-                ft.is_socket()
+                ft == rustix::fs::FileType::Socket
             };
             let pid = id
                 .strip_prefix("corral-")?
@@ -367,11 +403,12 @@ fn find_litter(dir: &Path, owner: u32, names: &[String]) -> Vec<Litter> {
                 .parse()
                 .ok()?;
             (kind_ok
-                && meta.uid() == owner
-                && !creator_alive(pid, meta.ctime().max(0) as u64, boot, tick))
+                && st.st_uid == owner
+                && !creator_alive(pid, st.st_ctime.max(0) as u64, boot, tick))
             .then(|| Litter {
                 path,
                 id: id.to_string(),
+                dir: Some(dir_fd.clone()),
             })
         })
         .collect()
@@ -388,7 +425,7 @@ fn clean_litter(litter: &[Litter], dry_run: bool, lines: &mut Vec<String>) {
             ));
             continue;
         }
-        match std::fs::remove_file(&l.path) {
+        match remove_in(l.dir.as_deref(), &l.path) {
             Ok(()) => lines.push(format!(
                 "job {}: removed {}, left by a corral killed while it registered the job",
                 l.id,
@@ -410,11 +447,17 @@ const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 /// Reads and checks one record; `dir_owner` is its directory's owner.
 fn read_record(path: &Path, dir_owner: u32) -> Result<Record, String> {
+    read_record_at(rustix::fs::CWD, path, dir_owner)
+}
+
+/// [`read_record`] of the file named like `path` in the directory `dir`.
+fn read_record_at(dir: impl AsFd, path: &Path, dir_owner: u32) -> Result<Record, String> {
+    let name = Path::new(path.file_name().unwrap_or_default());
     // Whoever can write the directory could have planted anything under a record's name:
     // a link is not followed, and a FIFO or device never blocks the open and is refused
     // before anything is read from it (`safe_file`).
     let (bytes, meta) =
-        crate::safe_file::read_regular(path, MAX_RECORD_BYTES).map_err(|e| match e {
+        crate::safe_file::read_regular_at(dir, name, MAX_RECORD_BYTES).map_err(|e| match e {
             crate::safe_file::Refused::Link => "a symbolic link, not a record".to_string(),
             crate::safe_file::Refused::NotRegular(_) => "not a regular file".to_string(),
             crate::safe_file::Refused::TooLarge { .. } => "too large to be a record".to_string(),
@@ -718,7 +761,13 @@ fn clean_stale(entry: &Entry, dry_run: bool, lines: &mut Vec<String>) {
             entry
                 .path
                 .with_file_name(format!(".{}.json.tmp-{}", r.id, std::process::id()));
-        match std::fs::rename(&entry.path, &claimed) {
+        let renamed = match (&entry.dir, entry.path.file_name(), claimed.file_name()) {
+            (Some(dir), Some(from), Some(to)) => {
+                rustix::fs::renameat(&**dir, from, &**dir, to).map_err(io::Error::from)
+            }
+            _ => std::fs::rename(&entry.path, &claimed),
+        };
+        match renamed {
             Ok(()) => record_path = claimed,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(_) => {}
@@ -770,8 +819,8 @@ fn clean_stale(entry: &Entry, dry_run: bool, lines: &mut Vec<String>) {
         ));
     }
     if !dry_run {
-        let _ = std::fs::remove_file(&r.socket);
-        match std::fs::remove_file(&record_path) {
+        let _ = remove_in(entry.dir.as_deref(), &r.socket);
+        match remove_in(entry.dir.as_deref(), &record_path) {
             Ok(()) => lines.push(format!(
                 "job {label}: removed record {}",
                 entry.path.display()
@@ -861,8 +910,8 @@ pub fn sweep(dry_run: bool) -> SweepReport {
                 e.record.id
             ));
             if !dry_run {
-                let _ = std::fs::remove_file(&e.record.socket);
-                let _ = std::fs::remove_file(&e.path);
+                let _ = remove_in(e.dir.as_deref(), &e.record.socket);
+                let _ = remove_in(e.dir.as_deref(), &e.path);
             }
             continue;
         }
@@ -1487,12 +1536,15 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        let mut found: Vec<String> = find_litter(&dir, euid(), &names)
+        let dir_fd = Arc::new(
+            rustix::fs::open(&dir, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()).unwrap(),
+        );
+        let mut found: Vec<String> = find_litter(&dir, &dir_fd, euid(), &names)
             .into_iter()
             .map(|l| l.path.file_name().unwrap().to_str().unwrap().to_string())
             .collect();
         found.sort();
-        let others = find_litter(&dir, euid() + 1, &names);
+        let others = find_litter(&dir, &dir_fd, euid() + 1, &names);
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             found,
