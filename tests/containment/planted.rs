@@ -292,3 +292,49 @@ fn roots_ps_reads_no_cgroup_a_users_record_does_not_own() {
         "root's cgroup, named by nobody's record, was read: {not_owned}"
     );
 }
+
+/// A registry directory replaced by a link (its owner can do so at any moment): root's
+/// `ps` and `sweep` skip it with a warning and touch nothing where it points, not even a
+/// stale record there that a sweep of the real directory would remove.
+#[test]
+fn a_registry_that_is_a_link_is_not_followed() {
+    let sandbox = Sandbox::new("planted-registry-link");
+    let elsewhere = sandbox.dir.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    // A stale record (its supervisor, PID 2^23, cannot exist) and a socket without one.
+    let gone = 1u32 << 23;
+    let id = format!("corral-{gone}-0");
+    let record = elsewhere.join(format!("{id}.json"));
+    fs::write(
+        &record,
+        serde_json::json!({
+            "version": 1, "id": id, "uid": 0,
+            "supervisor": {"pid": gone, "start_time": 1}, "mechanism": "pgroup",
+            "command": ["planted"], "started": 0, "limits": {},
+            "socket": elsewhere.join(format!("{id}.sock")),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let link = sandbox.dir.join("registry-link");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    for (registry, followed) in [(&link, false), (&elsewhere, true)] {
+        let out = Command::new(CORRAL)
+            .arg("sweep")
+            .env("CORRAL_RUNTIME_DIR", registry)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run corral sweep");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        if !followed {
+            assert!(stderr.contains("symbolic link"), "says why: {stderr}");
+        }
+        assert_eq!(
+            record.exists(),
+            !followed,
+            "the record where {} points (followed: {followed}); {stderr}",
+            registry.display()
+        );
+    }
+}
