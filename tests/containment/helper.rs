@@ -1729,10 +1729,10 @@ fn registry_litter_since(since: std::time::SystemTime) -> Vec<String> {
 /// lack it): then the helper can lift any limit the caller set.
 fn may_lift_hard_limits() -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status_hex(&status, "CapBnd:").is_some_and(|b| b & (1 << 24) /* CAP_SYS_RESOURCE */ != 0)
+    status_hex(&status, "CapBnd").is_some_and(|b| b & (1 << 24) /* CAP_SYS_RESOURCE */ != 0)
 }
 
-/// 13. Whatever resource limits the caller set (`ulimit -f`, `-n`, `-t`, `-v`, `-u`), the
+/// 13. Whatever resource limits the caller set (`ulimit -f`, `-n`, `-t`, `-v`, `-p`), the
 ///     helper's own work is not cut short by them: every call returns, nothing of root's
 ///     is left in the registry or the cgroup tree, and COMMAND runs under exactly the
 ///     caller's limits (it checks them itself: exit status 0). A hard limit below what the

@@ -308,7 +308,7 @@ fn a_registry_that_is_a_link_is_not_followed() {
     fs::write(
         &record,
         serde_json::json!({
-            "version": 1, "id": id, "uid": 0,
+            "version": 1, "id": id, "uid": rustix::process::geteuid().as_raw(),
             "supervisor": {"pid": gone, "start_time": 1}, "mechanism": "pgroup",
             "command": ["planted"], "started": 0, "limits": {},
             "socket": elsewhere.join(format!("{id}.sock")),

@@ -720,8 +720,9 @@ fn supervise(
             "rule": job.rule,
             "environment_removed": job.removed,
         });
-        // As the caller, under the caller's limits: the supervisor has given up root by now.
-        privilege::restore_caller_limits(&job.caller_limits);
+        // As the caller, under the caller's file-size limit: the supervisor has given up
+        // root by now.
+        privilege::restore_caller_file_size(&job.caller_limits);
         job_args::write_report_after_job(to, &value.to_string(), "corral-helper");
     }
     Ok(report.exit_status.clamp(0, 255) as u8)

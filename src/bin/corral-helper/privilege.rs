@@ -325,15 +325,20 @@ fn rustix_resource(r: corral::Resource) -> Option<rustix::process::Resource> {
     })
 }
 
-/// Gives the calling process the caller's `limits` back (lowering only), for work done on
-/// the caller's behalf as the caller (the report). A file too large for them is then an
-/// error (`EFBIG`) rather than a `SIGXFSZ`.
-pub fn restore_caller_limits(limits: &[corral::ResourceLimit]) {
+/// Gives the calling process the caller's file-size limit back (lowering only), for the
+/// report it writes as the caller: a report too large for the caller is then an error
+/// (`EFBIG`, one line) rather than a `SIGXFSZ`. The other limits stay the helper's: the
+/// supervisor holds more descriptors than a caller's `ulimit -n 8` allows, and those are
+/// not the report's business.
+pub fn restore_caller_file_size(limits: &[corral::ResourceLimit]) {
     // SAFETY: sets a signal's disposition to "ignore"; no handler is involved.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    for l in limits {
+    for l in limits
+        .iter()
+        .filter(|l| l.resource == corral::Resource::FileSize)
+    {
         let Some(raw) = rustix_resource(l.resource) else {
             continue;
         };
