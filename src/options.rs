@@ -562,8 +562,15 @@ impl FromIterator<Signal> for SignalSet {
     }
 }
 
-/// Parses a duration such as `500ms`, `10s`, `1m30s`, `2h`, `1.5s` or `0`.
-/// A bare number means seconds (as with coreutils `timeout`).
+/// The longest duration [`parse_duration`] gives: larger ones saturate to it (as coreutils
+/// `timeout` saturates), and deadline arithmetic on `Instant` stays far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses a duration such as `500ms`, `10s`, `1m30s`, `2h`, `1.5s`, `1e3` or `0`.
+/// A bare number means seconds (as with coreutils `timeout`); the units are `ns`, `us`,
+/// `ms`, `s`, `m`, `h` and `d`; a number may have a fraction and an exponent (`2.5e-1m`);
+/// `inf` and anything beyond [`MAX_DURATION`] saturate to it. What `0` means is the
+/// caller's (`corral run --timeout 0`: no timeout).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad =
         |why: &str| format!("invalid duration `{s}`: {why}; use e.g. `500ms`, `10s` or `1m30s`");
@@ -574,17 +581,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t.starts_with('-') {
         return Err(bad("negative"));
     }
-    let mut total: u128 = 0; // nanoseconds
+    if ["inf", "infinity"].contains(&t.to_ascii_lowercase().as_str()) {
+        return Ok(MAX_DURATION);
+    }
+    let max_nanos = MAX_DURATION.as_nanos();
+    let mut total: u128 = 0; // nanoseconds, saturated at `max_nanos`
     let mut rest = t;
     let mut any = false;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
+        let (num, after) = split_number(rest);
+        if num.is_empty() {
             return Err(bad("expected a number"));
         }
-        let (num, after) = rest.split_at(num_len);
         let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(after.len());
@@ -602,37 +610,75 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         if unit.is_empty() && (any || !next.is_empty()) {
             return Err(bad("missing unit"));
         }
-        let (int_part, frac_part) = match num.split_once('.') {
-            Some((i, f)) => (i, f),
-            None => (num, ""),
-        };
-        if frac_part.contains('.') || (int_part.is_empty() && frac_part.is_empty()) {
-            return Err(bad("malformed number"));
-        }
-        let int: u128 = if int_part.is_empty() {
-            0
-        } else {
-            int_part.parse().map_err(|_| bad("number too large"))?
-        };
-        let mut value = int.checked_mul(scale).ok_or_else(|| bad("too large"))?;
-        let mut denom = 1u128;
-        for d in frac_part.bytes().take(18) {
-            denom *= 10;
-            value = value
-                .checked_add(u128::from(d - b'0') * scale / denom)
-                .ok_or_else(|| bad("too large"))?;
-        }
-        total = total.checked_add(value).ok_or_else(|| bad("too large"))?;
+        let value = number_times(num, scale, max_nanos).ok_or_else(|| bad("malformed number"))?;
+        total = total.saturating_add(value).min(max_nanos);
         any = true;
         rest = next;
     }
-    // Durations beyond ~292 years are certainly mistakes, and they overflow deadline
-    // arithmetic on `Instant`.
-    const MAX_NANOS: u128 = 100 * 365 * 86_400_000_000_000;
-    if total > MAX_NANOS {
-        return Err(bad("too large (over 100 years)"));
+    Ok(Duration::from_nanos(total.min(max_nanos) as u64))
+}
+
+/// Splits `text` after its leading number: digits, an optional fraction, an optional
+/// exponent (`e`, a sign, digits; only when digits follow).
+fn split_number(text: &str) -> (&str, &str) {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+        i += 1;
     }
-    Ok(Duration::from_nanos(total as u64))
+    if i > 0 && i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        let mut j = i + 1;
+        if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+            j += 1;
+        }
+        let digits = j;
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
+        }
+        if j > digits {
+            i = j;
+        }
+    }
+    text.split_at(i)
+}
+
+/// `num` (as [`split_number`] cut it) times `scale`, in whole units, saturated at `max`;
+/// `None` when it is no number. Exact for plain decimals; through `f64` with an exponent.
+fn number_times(num: &str, scale: u128, max: u128) -> Option<u128> {
+    let (mantissa, exponent) = match num.find(['e', 'E']) {
+        Some(at) => (&num[..at], Some(&num[at + 1..])),
+        None => (num, None),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if frac_part.contains('.') || (int_part.is_empty() && frac_part.is_empty()) {
+        return None;
+    }
+    if let Some(exp) = exponent {
+        let exp: i32 = exp.parse().ok()?;
+        let value: f64 = mantissa.parse().ok()?;
+        let scaled = value * 10f64.powi(exp.clamp(-400, 400)) * scale as f64;
+        return Some(if scaled >= max as f64 {
+            max
+        } else {
+            scaled.max(0.0) as u128
+        });
+    }
+    let int: u128 = if int_part.is_empty() {
+        0
+    } else {
+        match int_part.parse::<u128>() {
+            Ok(v) => v,
+            // Digits only, and too many for u128: saturated.
+            Err(_) => return Some(max),
+        }
+    };
+    let mut value = int.saturating_mul(scale);
+    let mut denom = 1u128;
+    for d in frac_part.bytes().take(18) {
+        denom *= 10;
+        value = value.saturating_add(u128::from(d - b'0') * scale / denom);
+    }
+    Some(value.min(max))
 }
 
 #[cfg(test)]
@@ -648,15 +694,22 @@ mod tests {
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        for bad in [
-            "5x",
-            "-1s",
-            "",
-            "s",
-            "1.2.3s",
+        assert_eq!(parse_duration("1e3").unwrap(), Duration::from_secs(1000));
+        assert_eq!(parse_duration("2.5e-1m").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("1E2s").unwrap(), Duration::from_secs(100));
+        assert_eq!(parse_duration(".5").unwrap(), Duration::from_millis(500));
+        // Out of range saturates, as with coreutils `timeout`.
+        for huge in [
             "99999999999999999999h",
-            "1m30",
-            "1e3",
+            "1e400",
+            "inf",
+            "INFINITY",
+            "4000000000d",
+        ] {
+            assert_eq!(parse_duration(huge).unwrap(), MAX_DURATION, "{huge}");
+        }
+        for bad in [
+            "5x", "-1s", "", "s", "1.2.3s", "1m30", "e3", "1e", "1e+", ".",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }

@@ -89,5 +89,7 @@ mod stopped;
 mod watchdog;
 #[path = "containment/workloads.rs"]
 mod workloads;
+#[path = "containment/wrapper.rs"]
+mod wrapper;
 #[path = "containment/zombie_leader.rs"]
 mod zombie_leader;

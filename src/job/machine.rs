@@ -767,7 +767,9 @@ impl Job {
         };
         stats
             .into_iter()
-            .filter(procs::Stat::alive)
+            // One already exiting is no leftover (a nested corral's watchdog, released just
+            // before that corral exited, can still be in the cgroup for a moment).
+            .filter(|s| s.alive() && !(s.exiting && s.threads <= 1))
             .map(|s| ProcessInfo {
                 pid: s.pid.get() as u32,
                 cmdline: procs::cmdline(s.pid),
@@ -873,7 +875,13 @@ impl Job {
         let exit_status = if oom_killed {
             128 + Signal::KILL.as_raw()
         } else if self.timed_out && !self.opts.preserve_status {
-            124
+            // As coreutils `timeout`: 124, or 128 + 9 when COMMAND had to be killed (scripts
+            // test for 137 after `timeout -k`).
+            if self.main_exit == Some(ExitKind::Signal(Signal::KILL.as_raw())) {
+                128 + Signal::KILL.as_raw()
+            } else {
+                124
+            }
         } else if let (Some(sig), false) = (self.external, self.opts.preserve_status) {
             // Stopped from outside (`corral kill`): the status of a process killed by the
             // signal asked for, whatever the main process made of it.

@@ -17,6 +17,8 @@ pub(crate) struct Stat {
     pub(crate) state: char,
     /// Live threads, plus one for an unreaped leader.
     pub(crate) threads: i64,
+    /// In `do_exit` (`PF_EXITING`): it runs no more code of its own, and is gone in moments.
+    pub(crate) exiting: bool,
 }
 
 impl Stat {
@@ -28,6 +30,9 @@ impl Stat {
     }
 }
 
+/// `PF_EXITING` of `/proc/<pid>/stat`'s flags (include/linux/sched.h).
+const PF_EXITING: u32 = 0x0000_0004;
+
 fn from_procfs(pid: Pid, s: &procfs::process::Stat) -> Stat {
     Stat {
         pid,
@@ -37,6 +42,7 @@ fn from_procfs(pid: Pid, s: &procfs::process::Stat) -> Stat {
         starttime: s.starttime,
         state: s.state,
         threads: s.num_threads,
+        exiting: s.flags & PF_EXITING != 0,
     }
 }
 

@@ -110,10 +110,15 @@ pub(crate) fn gentle(grace: Duration, polite: libc::c_int) -> bool {
 }
 
 /// The status the CLI returns: the main process's code, 128 + the (macOS) signal that
-/// killed it, 125 if its end was not seen; 124 after a timeout unless `preserve_status`.
+/// killed it, 125 if its end was not seen; after a timeout unless `preserve_status`, 124,
+/// or 137 when the main process had to be killed (as coreutils `timeout`).
 pub(crate) fn exit_status(main: Option<ExitKind>, timed_out: bool, preserve_status: bool) -> i32 {
     if timed_out && !preserve_status {
-        return 124;
+        return if main == Some(ExitKind::Signal(libc::SIGKILL)) {
+            128 + libc::SIGKILL
+        } else {
+            124
+        };
     }
     match main {
         Some(ExitKind::Code(c)) => c,
@@ -223,7 +228,8 @@ mod tests {
     fn exit_status_follows_the_linux_rules() {
         assert_eq!(exit_status(Some(ExitKind::Code(3)), false, false), 3);
         assert_eq!(exit_status(Some(ExitKind::Signal(15)), false, false), 143);
-        assert_eq!(exit_status(Some(ExitKind::Signal(9)), true, false), 124);
+        assert_eq!(exit_status(Some(ExitKind::Signal(15)), true, false), 124);
+        assert_eq!(exit_status(Some(ExitKind::Signal(9)), true, false), 137);
         assert_eq!(exit_status(Some(ExitKind::Signal(9)), true, true), 137);
         assert_eq!(exit_status(None, false, false), 125);
     }

@@ -30,7 +30,8 @@
 //!
 //! **Exit status.** The main process's exit code as Windows gives it (a `u32` shown as
 //! `i32`: `0xC000013A`, the default Ctrl+Break exit, is negative); a terminated main
-//! process's is [`TERMINATED_EXIT_CODE`]; 124 on timeout unless `preserve_status`.
+//! process's is [`TERMINATED_EXIT_CODE`]; 124 on timeout unless `preserve_status` (never
+//! 137 as on Unix after a kill: a terminated process's code, 1, is also an ordinary one).
 //!
 //! **Supervisor death.** The job handle lives only in this process: when it dies, the
 //! handle closes and kill-on-close ends every process of the job.

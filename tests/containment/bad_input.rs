@@ -89,23 +89,6 @@ fn empty_duration() {
 }
 
 #[test]
-fn overflowing_duration() {
-    rejected("duration-overflow", |_, run| {
-        run.args(["run", "--timeout", "99999999999999999999h"])
-            .tree(&["sleep"]);
-    });
-}
-
-#[test]
-fn overflowing_duration_in_range_number() {
-    // Fits in u64 but not once converted to a Duration.
-    rejected("duration-overflow-hours", |_, run| {
-        run.args(["run", "--grace", "18446744073709551615h"])
-            .tree(&["sleep"]);
-    });
-}
-
-#[test]
 fn unknown_signal_name() {
     rejected("signal-name", |_, run| {
         run.args(["run", "--signal", "SIGNOPE"]).tree(&["sleep"]);

@@ -1053,8 +1053,10 @@ pub struct Finished {
 impl Finished {
     /// Asserts corral exited with one of `codes` (where a race decides between them).
     pub fn assert_code_in(&self, codes: &[i32]) {
+        use std::os::unix::process::ExitStatusExt;
+        let seen = self.status.code().or(self.status.signal().map(|s| 128 + s));
         assert!(
-            self.status.code().is_some_and(|c| codes.contains(&c)),
+            seen.is_some_and(|c| codes.contains(&c)),
             "corral {:?}: expected an exit status in {codes:?}, got {}\nstderr:\n{}report:\n{}",
             self.args,
             describe_status(self.status),
@@ -1063,10 +1065,24 @@ impl Finished {
         );
     }
 
-    /// Asserts corral exited with `code`.
+    /// corral's status as a shell shows it: its exit code, or 128 + N when it died of
+    /// signal N.
+    pub fn shell_status(&self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.status.code().or(self.status.signal().map(|s| 128 + s))
+    }
+
+    /// Asserts corral exited with `code`, or, for 128 + N, died of signal N: corral
+    /// re-raises COMMAND's death by a signal, and a shell sees 128 + N either way (the
+    /// re-raise itself is `exit_status::*_is_reraised`'s to check).
     pub fn assert_code(&self, code: i32) {
+        use std::os::unix::process::ExitStatusExt;
+        let seen = match (self.status.code(), self.status.signal()) {
+            (None, Some(sig)) if code > 128 && sig == code - 128 => Some(code),
+            (c, _) => c,
+        };
         assert_eq!(
-            self.status.code(),
+            seen,
             Some(code),
             "corral {:?}: expected exit status {code}, got {}\nstderr:\n{}report:\n{}",
             self.args,
@@ -1102,7 +1118,7 @@ impl Finished {
         assert_eq!(report["mechanism"], mechanism.name(), "{}", context());
         assert_eq!(
             report["exit_status"].as_i64(),
-            self.status.code().map(i64::from),
+            self.shell_status().map(i64::from),
             "report's exit_status differs from corral's; {}",
             context()
         );

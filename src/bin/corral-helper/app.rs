@@ -655,7 +655,7 @@ fn supervise(
         leftovers: args.job.leftovers,
         mechanism: corral::MechanismRequest::Cgroup,
         cgroup_parent: Some(place.to_path_buf()),
-        timeout: args.job.timeout,
+        timeout: args.job.timeout(),
         preserve_status: args.job.preserve_status,
         supervisor: corral::Supervisor::InProcess,
         move_self_for_limits: false,

@@ -145,7 +145,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         signal: args.job.signal,
         leftovers: args.job.leftovers,
         mechanism: args.mechanism,
-        timeout: args.job.timeout,
+        timeout: args.job.timeout(),
         preserve_status: args.job.preserve_status,
         limits: args.job.limits(),
         register: false,
@@ -167,7 +167,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(to) = &args.job.report_to() {
         job_args::write_report_after_job(to, &report.to_json(), "corral");
     }
-    Ok(ExitCode::from(report.exit_status.clamp(0, 255) as u8))
+    Ok(job_args::finish(&report, &args.job))
 }
 
 #[cfg(target_os = "linux")]
@@ -195,7 +195,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         leftovers: args.job.leftovers,
         mechanism: args.mechanism,
         cgroup_parent: args.cgroup_parent.clone(),
-        timeout: args.job.timeout,
+        timeout: args.job.timeout(),
         preserve_status: args.job.preserve_status,
         // The CLI is the job's supervisor: its only children are the job's.
         supervisor: corral::Supervisor::InProcess,
@@ -247,7 +247,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(to) = &args.job.report_to() {
         job_args::write_report_after_job(to, &report.to_json(), "corral");
     }
-    Ok(ExitCode::from(report.exit_status.clamp(0, 255) as u8))
+    Ok(job_args::finish(&report, &args.job))
 }
 
 /// On a systemd host where the cgroup corral runs in is not delegated to it, a cgroup job

@@ -44,9 +44,10 @@ pub struct KillArgs {
 /// The options of a job that both `run` subcommands take.
 #[derive(Args)]
 pub struct JobArgs {
-    /// Stop the job after DUR (e.g. 500ms, 10s, 1m30s); exit status 124.
+    /// Stop the job after DUR (e.g. 500ms, 10s, 1m30s, 1.5e2); exit status 124 (137 if
+    /// COMMAND had to be killed). 0 means no timeout, as with coreutils `timeout`.
     #[arg(long, value_name = "DUR", value_parser = corral::parse_duration, allow_hyphen_values = true)]
-    pub timeout: Option<Duration>,
+    timeout: Option<Duration>,
     /// On timeout, exit with COMMAND's own status instead of 124.
     #[arg(long)]
     pub preserve_status: bool,
@@ -94,6 +95,11 @@ pub struct JobArgs {
     /// Always print the summary line.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Exit with 128+N when COMMAND is killed by signal N, instead of dying of the same
+    /// signal (which corral does by default, after the report, as coreutils `timeout` does:
+    /// so a shell loop stops on Ctrl+C and make says "Segmentation fault").
+    #[arg(long)]
+    pub no_reraise: bool,
     /// Run COMMAND as PID 1 of a new PID namespace: when it exits, or corral dies, the
     /// kernel kills every process left in it (needs root or unprivileged user namespaces).
     #[arg(long)]
@@ -126,6 +132,11 @@ pub enum ReportTo {
 }
 
 impl JobArgs {
+    /// The timeout asked for; `--timeout 0` is none.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout.filter(|t| !t.is_zero())
+    }
+
     /// Where the report goes, if anywhere.
     pub fn report_to(&self) -> Option<ReportTo> {
         match (&self.report, self.report_fd) {
@@ -173,6 +184,50 @@ pub fn stderr_line(line: &str) {
     text.push_str(line);
     text.push('\n');
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// The status corral ends with: COMMAND's death by signal N re-raised (corral dies of N,
+/// with core dumps off), unless `--no-reraise`, a timeout, or a status that is not the
+/// signal's (`corral kill`'s, an OOM kill's are); else the report's exit status. The
+/// report and the summary line are out before this. (`corral` only: `corral-helper`'s
+/// guardian could not tell a re-raise from its supervisor being killed, so it exits 128+N.)
+#[allow(dead_code)]
+pub fn finish(report: &corral::Report, args: &JobArgs) -> std::process::ExitCode {
+    let signal = report.exit.as_ref().and_then(|e| e.signal);
+    #[cfg(unix)]
+    if let Some(sig) =
+        signal.filter(|s| !args.no_reraise && !report.timed_out && report.exit_status == 128 + s)
+    {
+        die_of(sig);
+    }
+    let _ = signal;
+    std::process::ExitCode::from(report.exit_status.clamp(0, 255) as u8)
+}
+
+/// Dies of `sig` if it kills: its default action, unblocked, raised; core dumps off first
+/// (a SIGSEGV of COMMAND's is not corral's to dump). Returns if it did not kill (a signal
+/// whose default is to be ignored, or one that stops).
+#[cfg(unix)]
+#[allow(dead_code)]
+fn die_of(sig: i32) {
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // SAFETY: setrlimit lowers this process's own core limit; signal, sigprocmask and raise
+    // act on this process alone (raise is kill(getpid(), sig), never another process).
+    unsafe {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
+            return;
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
 }
 
 /// Writes the report after the job ran: whatever goes wrong, COMMAND's status stands, and

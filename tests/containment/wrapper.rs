@@ -1,0 +1,198 @@
+//! The manners of coreutils `timeout` that wrapped commands and their callers rely on,
+//! checked side by side with the real `timeout` where it has the case:
+//! - COMMAND's death by signal N is re-raised (corral dies of N, without a core dump),
+//!   after the report is written; `--no-reraise` gives 128 + N instead;
+//! - `--timeout 0` is no timeout; durations take exponents, and huge ones saturate;
+//! - a timeout that had to kill COMMAND is 137, as `timeout -k`'s;
+//! - Ctrl+C in a shell loop around corral stops the loop (the shell sees its child die of
+//!   SIGINT).
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{describe_status, exited, wait_exited, Sandbox, CORRAL};
+
+/// `corral run --mechanism pgroup ARGS` in the sandbox (its registry, no cgroup parent).
+fn corral(sandbox: &Sandbox, args: &[&str]) -> Command {
+    let mut c = Command::new(CORRAL);
+    c.arg("run")
+        .args(["--mechanism", "pgroup"])
+        .args(args)
+        .env("CORRAL_RUNTIME_DIR", &sandbox.runtime)
+        .env_remove("CORRAL_CGROUP_PARENT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// coreutils `timeout ARGS`.
+fn timeout(args: &[&str]) -> Command {
+    let mut c = Command::new("timeout");
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn status(mut c: Command) -> ExitStatus {
+    c.status().expect("run it")
+}
+
+#[test]
+fn a_signal_death_is_reraised_without_a_core_dump_as_timeout_does() {
+    let sandbox = Sandbox::new("wrapper-reraise");
+    for sig in [libc::SIGSEGV, libc::SIGINT, libc::SIGTERM, libc::SIGABRT] {
+        let script = format!("kill -{sig} $$");
+        let report = sandbox.dir.join(format!("report-{sig}.json"));
+        let report_arg = report.to_string_lossy().into_owned();
+        let ours = status(corral(
+            &sandbox,
+            &["--report", &report_arg, "--", "sh", "-c", &script],
+        ));
+        let theirs = status(timeout(&["100", "sh", "-c", &script]));
+        assert_eq!(
+            (ours.signal(), ours.core_dumped()),
+            (Some(sig), false),
+            "corral for COMMAND killed by {sig}: {}",
+            describe_status(ours)
+        );
+        assert_eq!(
+            ours.signal(),
+            theirs.signal(),
+            "corral {} vs timeout {}",
+            describe_status(ours),
+            describe_status(theirs)
+        );
+        // The report came first.
+        let text = std::fs::read_to_string(&report).expect("the report is written first");
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["exit"]["signal"], sig, "{text}");
+        // And --no-reraise gives the shell's number.
+        let plain = status(corral(
+            &sandbox,
+            &["--no-reraise", "--", "sh", "-c", &script],
+        ));
+        assert_eq!(plain.code(), Some(128 + sig), "{}", describe_status(plain));
+    }
+}
+
+#[test]
+fn timeout_zero_is_no_timeout_and_huge_durations_saturate() {
+    let sandbox = Sandbox::new("wrapper-durations");
+    for (t, expect) in [
+        ("0", 0),
+        ("0s", 0),
+        ("1e3", 0),
+        ("99999999999999999999h", 0),
+        ("1e400", 0),
+        ("inf", 0),
+    ] {
+        let ours = status(corral(&sandbox, &["--timeout", t, "--", "sleep", "0.3"]));
+        let theirs = status(timeout(&[t, "sleep", "0.3"]));
+        assert_eq!(
+            ours.code(),
+            Some(expect),
+            "--timeout {t}: {}",
+            describe_status(ours)
+        );
+        assert_eq!(ours.code(), theirs.code(), "--timeout {t}: as timeout");
+    }
+    let long_grace = status(corral(
+        &sandbox,
+        &["--grace", "18446744073709551615h", "--", "true"],
+    ));
+    assert_eq!(
+        long_grace.code(),
+        Some(0),
+        "{}",
+        describe_status(long_grace)
+    );
+}
+
+/// A COMMAND that ignores the polite signal and is killed after the grace: 137, as
+/// `timeout -k` gives; one that obeys it: 124.
+#[test]
+fn a_timeout_that_had_to_kill_is_137_as_timeout_k() {
+    let sandbox = Sandbox::new("wrapper-137");
+    let stubborn = "trap '' TERM; sleep 5";
+    let ours = status(corral(
+        &sandbox,
+        &[
+            "--timeout",
+            "0.2",
+            "--grace",
+            "0.2",
+            "--",
+            "sh",
+            "-c",
+            stubborn,
+        ],
+    ));
+    let theirs = status(timeout(&["-k", "0.2", "0.2", "sh", "-c", stubborn]));
+    let shell = |s: ExitStatus| s.code().or(s.signal().map(|n| 128 + n));
+    assert_eq!(shell(ours), Some(137), "{}", describe_status(ours));
+    assert_eq!(shell(ours), shell(theirs), "as timeout -k");
+    let obeys = status(corral(&sandbox, &["--timeout", "0.2", "--", "sleep", "5"]));
+    assert_eq!(obeys.code(), Some(124), "{}", describe_status(obeys));
+}
+
+/// Ctrl+C (SIGINT to the foreground process group) during a shell loop of corral runs
+/// ends the loop: the shell sees its child die of SIGINT and dies of it too. Before, corral
+/// exited 130 and the loop went on to the next iteration.
+#[test]
+fn ctrl_c_stops_a_shell_loop_around_corral() {
+    let sandbox = Sandbox::new("wrapper-loop");
+    let marker = sandbox.dir.join("iterations");
+    let script = format!(
+        "for i in 1 2 3; do echo $i >> {m}; \"{CORRAL}\" run --mechanism pgroup -- sleep 5; done",
+        m = marker.display()
+    );
+    let mut shell = Command::new("bash");
+    shell
+        .args(["-c", &script])
+        .env("CORRAL_RUNTIME_DIR", &sandbox.runtime)
+        .env_remove("CORRAL_CGROUP_PARENT")
+        .stdin(Stdio::null())
+        .process_group(0);
+    let mut child = shell.spawn().expect("spawn bash");
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .expect("pidfd of our own child");
+    // Wait until the first corral runs its sleep.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&marker).is_ok_and(|t| t.lines().count() == 1) {
+        assert!(Instant::now() < deadline, "the loop did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !exited(std::os::fd::AsFd::as_fd(&pidfd)),
+        "bash ended early"
+    );
+    // Our own unreaped child leads this group: the group id is still its.
+    let group = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process_group(group, rustix::process::Signal::INT)
+        .expect("SIGINT to the loop's group");
+    let ended = wait_exited(
+        std::os::fd::AsFd::as_fd(&pidfd),
+        Instant::now() + Duration::from_secs(20),
+    );
+    if !ended {
+        // The group this test made, led by its unreaped child: everything in it goes.
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    }
+    let status = child.wait().expect("reap bash");
+    assert!(ended, "bash went on after Ctrl+C");
+    let iterations = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert_eq!(
+        (status.signal(), iterations.lines().count()),
+        (Some(libc::SIGINT), 1),
+        "the loop stops at the first Ctrl+C: bash {}, iterations:\n{iterations}",
+        describe_status(status)
+    );
+}
