@@ -57,6 +57,11 @@ pub struct Options {
     /// Testing and benchmarking knobs; not part of the stable API.
     #[doc(hidden)]
     pub debug: DebugKnobs,
+    /// Signals the supervising program passes on to the main process instead of stopping
+    /// the job, when its [`crate::SignalSource`] reports them (`corral run --forward`:
+    /// HUP to reload a daemon, USR1, WINCH after a terminal resize). Delivered through the
+    /// main process's pidfd while it runs; after it exited, dropped. Linux.
+    pub forward_signals: SignalSet,
 }
 
 impl Default for Options {
@@ -77,6 +82,7 @@ impl Default for Options {
             pid_namespace: false,
             helper: None,
             debug: DebugKnobs::default(),
+            forward_signals: SignalSet::empty(),
         }
     }
 }

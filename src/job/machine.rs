@@ -135,6 +135,12 @@ impl Job {
     /// control socket (the job registry), whose descriptor it adds to the [`Wants`].
     pub(crate) fn advance(&mut self, signals: Vec<Signal>) -> Result<Progress> {
         self.serve_requests()?;
+        let (forward, signals): (Vec<Signal>, Vec<Signal>) = signals
+            .into_iter()
+            .partition(|s| self.opts.forward_signals.contains(*s));
+        for sig in forward {
+            self.forward(sig)?;
+        }
         Ok(match self.advance_job(signals)? {
             Progress::Pending(mut wants) => {
                 if let Some(reg) = &self.registration {
@@ -653,6 +659,24 @@ impl Job {
             Backend::Pgroup { supervisor, .. } => Some(*supervisor),
             Backend::Supervised(sup) => Some(sup.supervisor),
         }
+    }
+
+    /// Passes `sig` on to the main process ([`Options::forward_signals`]) while it runs.
+    fn forward(&mut self, sig: Signal) -> Result<()> {
+        self.poll_main()?;
+        let sent = match (&self.main_exit, &self.main_fd) {
+            (None, Some(fd)) => pidfd::send_signal(fd.as_fd(), sig).is_ok(),
+            _ => false,
+        };
+        self.signals.push(format!(
+            "{sig} ({})",
+            if sent {
+                "passed on to COMMAND"
+            } else {
+                "dropped: COMMAND has exited"
+            }
+        ));
+        Ok(())
     }
 
     /// Notices the main process's exit without blocking.

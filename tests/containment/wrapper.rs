@@ -196,3 +196,131 @@ fn ctrl_c_stops_a_shell_loop_around_corral() {
         describe_status(status)
     );
 }
+
+/// Spawns `corral run --mechanism pgroup ARGS` in the sandbox, returns it with its pidfd
+/// once COMMAND wrote `ready` (a file in the sandbox).
+fn spawn_ready(
+    sandbox: &Sandbox,
+    args: &[&str],
+    ready: &std::path::Path,
+) -> (std::process::Child, std::os::fd::OwnedFd) {
+    let mut command = corral(sandbox, args);
+    command.stdout(Stdio::piped());
+    let child = command.spawn().expect("spawn corral");
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .expect("pidfd of our own child");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "COMMAND did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, pidfd)
+}
+
+/// SIGALRM, SIGUSR1, SIGUSR2 (terminating by default) sent to corral stop the job with
+/// that signal, and corral ends as COMMAND did; before, corral died of them at once and left
+/// the job to its watchdog.
+#[test]
+fn terminating_signals_to_corral_stop_the_job_with_them() {
+    let sandbox = Sandbox::new("wrapper-terminating");
+    for sig in [libc::SIGALRM, libc::SIGUSR1, libc::SIGUSR2] {
+        let ready = sandbox.dir.join(format!("ready-{sig}"));
+        let script = format!("touch {}; exec sleep 30", ready.display());
+        let (mut child, pidfd) = spawn_ready(&sandbox, &["--", "sh", "-c", &script], &ready);
+        rustix::process::pidfd_send_signal(
+            &pidfd,
+            rustix::process::Signal::from_named_raw(sig).unwrap(),
+        )
+        .expect("signal corral");
+        let ended = wait_exited(
+            std::os::fd::AsFd::as_fd(&pidfd),
+            Instant::now() + Duration::from_secs(10),
+        );
+        if !ended {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("reap corral");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(ended, "corral did not stop the job on signal {sig}");
+        assert_eq!(
+            out.status.signal(),
+            Some(sig),
+            "{}: {stderr}",
+            describe_status(out.status)
+        );
+        assert!(
+            stderr.contains("received SIG"),
+            "the summary line names the signal: {stderr}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(&sandbox.runtime).map_or(true, |mut d| d.next().is_none()),
+        "a record is left: the job was not corral's to the end"
+    );
+}
+
+/// `--forward HUP,USR1` passes those on to COMMAND, which goes on running; the report lists
+/// them as passed on; `--forward KILL` is refused before anything runs.
+#[test]
+fn forwarded_signals_reach_command_without_stopping_the_job() {
+    let sandbox = Sandbox::new("wrapper-forward");
+    let ready = sandbox.dir.join("ready");
+    let go = sandbox.dir.join("go");
+    let report = sandbox.dir.join("report.json");
+    let script = format!(
+        "trap 'echo hup' HUP; trap 'echo usr1' USR1; touch {r}; \
+         while [ ! -e {g} ]; do sleep 0.05; done; echo done",
+        r = ready.display(),
+        g = go.display()
+    );
+    let report_arg = report.to_string_lossy().into_owned();
+    let (child, pidfd) = spawn_ready(
+        &sandbox,
+        &[
+            "--forward",
+            "HUP,USR1",
+            "--report",
+            &report_arg,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &ready,
+    );
+    for sig in [rustix::process::Signal::HUP, rustix::process::Signal::USR1] {
+        rustix::process::pidfd_send_signal(&pidfd, sig).expect("signal corral");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !exited(std::os::fd::AsFd::as_fd(&pidfd)),
+            "corral stopped on {sig:?}"
+        );
+    }
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().expect("reap corral");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "hup\nusr1\ndone\n");
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        value["signals_received"],
+        serde_json::json!([
+            "SIGHUP (passed on to COMMAND)",
+            "SIGUSR1 (passed on to COMMAND)"
+        ]),
+    );
+    let refused = corral(&sandbox, &["--forward", "KILL", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--forward SIGKILL"));
+}

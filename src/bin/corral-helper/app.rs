@@ -220,6 +220,8 @@ fn run_job(
     };
     rule.may_run_as(&caller, &target)
         .map_err(anyhow::Error::msg)?;
+    // Checked now, before anything is made; used by the supervisor.
+    args.job.forward_signals().map_err(anyhow::Error::msg)?;
     let requested = args.job.limits();
     let limits = rule.apply_limits(&requested).map_err(anyhow::Error::msg)?;
     if let Some(name) = &args.job.name {
@@ -649,6 +651,7 @@ fn supervise(
     to_guardian: OwnedFd,
 ) -> anyhow::Result<u8> {
     let args = job.args;
+    let forward = args.job.forward_signals().map_err(anyhow::Error::msg)?;
     let opts = corral::Options {
         grace: args.job.grace,
         signal: args.job.signal,
@@ -668,9 +671,10 @@ fn supervise(
             guardian: job.guardian,
         }),
         debug: corral::DebugKnobs::default(),
+        forward_signals: forward,
     };
-    let mut signals =
-        signals::Signals::install().context("failed to set up signal handling (signalfd)")?;
+    let mut signals = signals::Signals::install(&forward)
+        .context("failed to set up signal handling (signalfd)")?;
     let cmd = corral::JobCommand::new(job.program)
         .args(job.rest)
         .env_replace(job.env.clone())

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run COMMAND as a job and return when it and every process it started is gone.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List running jobs (yours; root: everyone's) from the job registry.
     #[cfg(target_os = "linux")]
     Ps(registry::PsArgs),
@@ -116,7 +116,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }
     };
     match cli.command {
-        Cmd::Run(args) => run_job(args),
+        Cmd::Run(args) => run_job(*args),
         #[cfg(target_os = "linux")]
         Cmd::Ps(args) => registry::ps(args),
         #[cfg(target_os = "linux")]
@@ -137,8 +137,14 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(to) = &args.job.report_to() {
         job_args::check_report(to).map_err(anyhow::Error::msg)?;
     }
-    if args.cgroup_parent.is_some() || args.job.pid_namespace || args.job.name.is_some() {
-        anyhow::bail!("--cgroup-parent, --pid-namespace and --name exist on Linux only; drop them");
+    if args.cgroup_parent.is_some()
+        || args.job.pid_namespace
+        || args.job.name.is_some()
+        || !args.job.forward.is_empty()
+    {
+        anyhow::bail!(
+            "--cgroup-parent, --pid-namespace, --name and --forward exist on Linux only; drop them"
+        );
     }
     let opts = corral::Options {
         grace: args.job.grace,
@@ -181,6 +187,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(name) = &args.job.name {
         corral::registry::validate_name(name).map_err(anyhow::Error::msg)?;
     }
+    let forward = args.job.forward_signals().map_err(anyhow::Error::msg)?;
     #[cfg(target_os = "linux")]
     reexec_in_systemd_scope(&args)?;
     // This user's stale jobs (a supervisor that was killed) are cleaned up first.
@@ -211,9 +218,10 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         name: args.job.name.clone(),
         register: true,
         helper: None,
+        forward_signals: forward,
     };
-    let mut signals =
-        signals::Signals::install().context("failed to set up signal handling (signalfd)")?;
+    let mut signals = signals::Signals::install(&forward)
+        .context("failed to set up signal handling (signalfd)")?;
     let mut cmd = corral::JobCommand::new(program)
         .args(rest)
         .signal_mask(signals.original_mask());

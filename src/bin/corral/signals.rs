@@ -1,6 +1,11 @@
-//! The CLI's signals: INT, TERM, HUP and QUIT are blocked and read from a signalfd, so the
-//! run loop sees them as ordinary readable events (no handler, no self-pipe). The mask found
-//! at start-up is kept so the job's child starts with it, not with ours.
+//! The CLI's signals: every signal whose default action would end corral (INT, TERM, HUP,
+//! QUIT, ALRM, USR1, USR2, VTALRM, PROF, IO, PWR, STKFLT and the real-time ones), and those
+//! the caller asked to pass on (`--forward`), are blocked and read from a signalfd, so the
+//! run loop sees them as ordinary readable events (no handler, no self-pipe). A terminating
+//! signal stops the job with that signal (as coreutils `timeout` passes it on) instead of
+//! killing corral and leaving the job to its watchdog. The mask found at start-up is kept
+//! so the job's child starts with it, not with ours. (SIGPIPE is the Rust runtime's to
+//! ignore; SEGV, BUS, FPE, ILL, TRAP, SYS, XCPU and XFSZ are about corral itself.)
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -12,18 +17,37 @@ pub struct Signals {
     original_mask: libc::sigset_t,
 }
 
-const HANDLED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+/// The signals whose default action would end corral, and that corral reads instead.
+fn terminating() -> impl Iterator<Item = i32> {
+    [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGALRM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGSTKFLT,
+    ]
+    .into_iter()
+    // The real-time signals but the two glibc keeps for itself (32, 33).
+    .chain(libc::SIGRTMIN() + 2..=libc::SIGRTMAX())
+}
 
 impl Signals {
-    /// Blocks the handled signals for this (still single-threaded) process and opens the
-    /// signalfd.
-    pub fn install() -> io::Result<Signals> {
+    /// Blocks the terminating signals and `forward` for this (still single-threaded)
+    /// process and opens the signalfd.
+    pub fn install(forward: &corral::SignalSet) -> io::Result<Signals> {
         // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset before use;
         // pthread_sigmask and signalfd only read/write the sets we pass.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
-            for s in HANDLED {
+            for s in terminating().chain(forward.iter().map(Signal::as_raw)) {
                 libc::sigaddset(&mut set, s);
             }
             let mut original: libc::sigset_t = std::mem::zeroed();

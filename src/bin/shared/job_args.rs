@@ -95,6 +95,15 @@ pub struct JobArgs {
     /// Always print the summary line.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Pass these signals (comma-separated names or numbers, e.g. HUP,USR1,WINCH) on to
+    /// COMMAND instead of stopping the job when corral receives them.
+    #[arg(
+        long,
+        value_name = "SIG,...",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub forward: Vec<corral::Signal>,
     /// Exit with 128+N when COMMAND is killed by signal N, instead of dying of the same
     /// signal (which corral does by default, after the report, as coreutils `timeout` does:
     /// so a shell loop stops on Ctrl+C and make says "Segmentation fault").
@@ -132,6 +141,21 @@ pub enum ReportTo {
 }
 
 impl JobArgs {
+    /// The signals to pass on (`--forward`); those no process can catch are refused.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub fn forward_signals(&self) -> Result<corral::SignalSet, String> {
+        use corral::Signal;
+        for sig in &self.forward {
+            if [Signal::KILL, Signal::STOP].contains(sig) || sig.as_raw() == 17 {
+                return Err(format!(
+                    "--forward {sig}: corral cannot catch it to pass it on (KILL and STOP \
+                     reach no handler, and CHLD is corral's own); drop it"
+                ));
+            }
+        }
+        Ok(self.forward.iter().copied().collect())
+    }
+
     /// The timeout asked for; `--timeout 0` is none.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout.filter(|t| !t.is_zero())
@@ -200,7 +224,7 @@ pub fn finish(report: &corral::Report, args: &JobArgs) -> std::process::ExitCode
     {
         die_of(sig);
     }
-    let _ = signal;
+    let _ = (signal, args);
     std::process::ExitCode::from(report.exit_status.clamp(0, 255) as u8)
 }
 
