@@ -30,6 +30,10 @@ use crate::Mechanism;
 const SETTLE: Duration = Duration::from_millis(250);
 /// pgroup: how often the grace walks the tree again for members the freeze missed.
 const GRACE_REWALK: Duration = Duration::from_millis(50);
+/// A stop begun with SIGINT (Ctrl+C) sends SIGTERM to what is left this long after it,
+/// still within the grace: a shell starts its `&` commands with SIGINT ignored, and a
+/// Ctrl+C must not wait out the whole grace on them in silence.
+const INT_THEN_TERM: Duration = Duration::from_millis(500);
 /// How long the kill stage waits for the job to empty before reporting survivors, unless
 /// it is making progress (see [`KILL_WAIT_MAX`]).
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -92,6 +96,9 @@ enum Stage {
         polite: Signal,
         next_walk: Option<Instant>,
         late: HashSet<(Pid, u64)>,
+        /// When SIGTERM follows a polite SIGINT ([`INT_THEN_TERM`]); `None` once sent, or
+        /// for another polite signal.
+        term_at: Option<Instant>,
     },
     /// SIGKILL went out; waiting for the job to empty until `until`, signalling again at
     /// `next`.
@@ -371,6 +378,7 @@ impl Job {
                 polite,
                 next_walk: None,
                 late: HashSet::new(),
+                term_at: None,
             },
         });
         if let Some(root) = self.walk_root() {
@@ -432,6 +440,8 @@ impl Job {
                 polite,
                 next_walk: self.walk_root().map(|_| now + GRACE_REWALK),
                 late: HashSet::new(),
+                term_at: (polite == Signal::INT && INT_THEN_TERM < grace)
+                    .then(|| now + INT_THEN_TERM),
             };
         } else {
             self.enter_kill(&mut s)?;
@@ -467,6 +477,7 @@ impl Job {
                     polite,
                     next_walk,
                     late,
+                    term_at,
                 } => {
                     let (end, grace, polite) = (*end, *grace, *polite);
                     let late_note = |late: &HashSet<(Pid, u64)>| {
@@ -491,6 +502,31 @@ impl Job {
                             late_note(late).unwrap_or_default()
                         )
                     } else {
+                        if term_at.is_some_and(|at| now >= at) {
+                            *term_at = None;
+                            let n = match self.backend.as_ref().expect("backend") {
+                                Backend::Cgroup(leaf) => {
+                                    leaf.signal_then_continue(Signal::TERM, &|_| true)?.0
+                                }
+                                Backend::Pgroup { .. } | Backend::Supervised(_) => {
+                                    let h = s.held.as_ref().expect("frozen set");
+                                    let n = h.signal_all(Signal::TERM, &|_| true).len();
+                                    h.signal_all(Signal::CONT, &|_| true);
+                                    n
+                                }
+                            };
+                            s.steps.push(step(
+                                "signal",
+                                Some(Signal::TERM),
+                                Some(n),
+                                Some(format!(
+                                    "{} ms after SIGINT, to what was left: a shell starts its \
+                                     background commands with SIGINT ignored",
+                                    INT_THEN_TERM.as_millis()
+                                )),
+                                s.t0,
+                            ));
+                        }
                         if let (Some(at), Some(root)) = (*next_walk, self.walk_root()) {
                             if now >= at {
                                 let held = s.held.as_ref();
@@ -498,7 +534,8 @@ impl Job {
                                 *next_walk = Some(now + GRACE_REWALK);
                             }
                         }
-                        let wake = super::earliest(Some(end), *next_walk);
+                        let wake =
+                            super::earliest(super::earliest(Some(end), *next_walk), *term_at);
                         return Ok(Some(self.wants_empty(wake)));
                     };
                     s.steps.push(step("grace", None, None, Some(detail), s.t0));

@@ -324,3 +324,68 @@ fn forwarded_signals_reach_command_without_stopping_the_job() {
     assert_eq!(refused.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--forward SIGKILL"));
 }
+
+/// Ctrl+C on `sh -c 'sleep 300 & sleep 300'`: the shell started the first sleep with SIGINT
+/// ignored, so SIGINT alone leaves it running; SIGTERM follows within the second (not at
+/// the end of the 10 s grace), in both mechanisms.
+#[test]
+fn ctrl_c_reaches_processes_ignoring_sigint_within_a_second() {
+    let sandbox = Sandbox::new("wrapper-ctrl-c-ignored");
+    for mechanism in ["pgroup", "auto"] {
+        let ready = sandbox.dir.join(format!("ready-{mechanism}"));
+        let report = sandbox.dir.join(format!("report-{mechanism}.json"));
+        let script = format!("sleep 300 & touch {}; sleep 300", ready.display());
+        let mut command = Command::new(CORRAL);
+        command
+            .args(["run", "--mechanism", mechanism, "--report"])
+            .arg(&report)
+            .args(["--", "sh", "-c", &script])
+            .env("CORRAL_RUNTIME_DIR", &sandbox.runtime)
+            .env_remove("CORRAL_CGROUP_PARENT")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = command.spawn().expect("spawn corral");
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .expect("pidfd of our own child");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "COMMAND did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // As a terminal's Ctrl+C: to the group corral leads (this test made it; corral is
+        // our unreaped child, so the id is still its).
+        let group = rustix::process::Pid::from_child(&child);
+        let sent = Instant::now();
+        rustix::process::kill_process_group(group, rustix::process::Signal::INT)
+            .expect("SIGINT to corral's group");
+        let ended = wait_exited(
+            std::os::fd::AsFd::as_fd(&pidfd),
+            Instant::now() + Duration::from_secs(30),
+        );
+        let took = sent.elapsed();
+        if !ended {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = child.wait();
+        assert!(ended, "{mechanism}: corral did not end");
+        let text = std::fs::read_to_string(&report).expect("a report");
+        assert!(
+            took < Duration::from_secs(2),
+            "{mechanism}: Ctrl+C took {took:?} to end the job:\n{text}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let signals: Vec<&str> = value["stop"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["step"] == "signal")
+            .filter_map(|s| s["signal"].as_str())
+            .collect();
+        assert_eq!(signals, ["SIGINT", "SIGTERM"], "{mechanism}:\n{text}");
+        assert_eq!(value["survivors"], serde_json::json!([]), "{text}");
+    }
+}
