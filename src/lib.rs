@@ -61,7 +61,7 @@ pub use macos::Job;
 pub use options::{
     parse_duration, CpuMax, Credentials, DebugKnobs, HelperJob, Leftovers, LimitValue, Limits,
     MechanismRequest, Options, Resource, ResourceLimit, Signal, SignalSet, Supervisor,
-    MAX_DURATION,
+    LEFTOVERS_FAILED, MAX_DURATION,
 };
 pub use report::{
     Cleanup, ExitInfo, LimitsReport, ProcessInfo, Report, Requester, StopOutcome, StopReason,

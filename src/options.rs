@@ -139,6 +139,24 @@ pub enum Leftovers {
     Kill,
     /// The job lasts until they exit on their own (a timeout still applies).
     Wait,
+    /// Stop them as [`Leftovers::Kill`] does, and make the exit status
+    /// [`crate::LEFTOVERS_FAILED`] when the main process itself succeeded (exit 0): a leak that a
+    /// test runner would call a pass becomes a failure.
+    Fail,
+}
+
+/// The exit status of a job whose main process exited 0 but left processes behind, under
+/// [`Leftovers::Fail`].
+pub const LEFTOVERS_FAILED: i32 = 120;
+
+/// `status` as [`Leftovers::Fail`] changes it: [`LEFTOVERS_FAILED`] for a success that
+/// `left` processes behind.
+pub(crate) fn leftovers_fail(policy: Leftovers, status: i32, left: bool) -> i32 {
+    if policy == Leftovers::Fail && status == 0 && left {
+        LEFTOVERS_FAILED
+    } else {
+        status
+    }
 }
 
 impl FromStr for Leftovers {
@@ -147,8 +165,9 @@ impl FromStr for Leftovers {
         match s {
             "kill" => Ok(Leftovers::Kill),
             "wait" => Ok(Leftovers::Wait),
+            "fail" => Ok(Leftovers::Fail),
             _ => Err(format!(
-                "unknown leftovers policy `{s}`; use `kill` or `wait`"
+                "unknown leftovers policy `{s}`; use `kill`, `wait` or `fail`"
             )),
         }
     }

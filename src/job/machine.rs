@@ -310,7 +310,9 @@ impl Job {
     /// Leftovers were found after the main process exited: stop them, or wait for them.
     fn apply_leftovers_policy(&mut self) -> Result<()> {
         match self.opts.leftovers {
-            Leftovers::Kill => self.begin_stop(StopReason::Leftovers, self.opts.signal, false),
+            Leftovers::Kill | Leftovers::Fail => {
+                self.begin_stop(StopReason::Leftovers, self.opts.signal, false)
+            }
             Leftovers::Wait => {
                 self.phase = Phase::Draining;
                 Ok(())
@@ -950,6 +952,11 @@ impl Job {
         } else {
             own_status
         };
+        let exit_status = crate::options::leftovers_fail(
+            self.opts.leftovers,
+            exit_status,
+            !self.leftovers.is_empty(),
+        );
         self.report = Some(Report {
             version: crate::report::REPORT_VERSION,
             id: self.id.clone(),

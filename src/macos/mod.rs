@@ -329,7 +329,9 @@ impl Job {
                     }
                     self.leftovers = self.describe(&members);
                     match self.leftovers_policy {
-                        Leftovers::Kill => self.begin_stop(StopReason::Leftovers, self.polite),
+                        Leftovers::Kill | Leftovers::Fail => {
+                            self.begin_stop(StopReason::Leftovers, self.polite)
+                        }
                         Leftovers::Wait => self.phase = Phase::Draining,
                     }
                 }
@@ -557,7 +559,11 @@ impl Job {
             cgroup: None,
             cgroup_parent_source: None,
             exit,
-            exit_status: rules::exit_status(self.main_exit, self.timed_out, self.preserve_status),
+            exit_status: crate::options::leftovers_fail(
+                self.leftovers_policy,
+                rules::exit_status(self.main_exit, self.timed_out, self.preserve_status),
+                !self.leftovers.is_empty(),
+            ),
             timed_out: self.timed_out,
             signals_received: Vec::new(),
             stop,

@@ -269,7 +269,7 @@ impl Job {
                 let members = self.members()?;
                 if !members.is_empty() {
                     self.leftovers = describe(&members);
-                    if self.opts.leftovers == Leftovers::Kill {
+                    if matches!(self.opts.leftovers, Leftovers::Kill | Leftovers::Fail) {
                         let stop = self.stop_sequence(StopReason::Leftovers, self.polite())?;
                         return self.finish(Some(stop), false).map(Some);
                     }
@@ -470,6 +470,11 @@ impl Job {
         } else {
             code.unwrap_or(TERMINATED_EXIT_CODE as i32)
         };
+        let exit_status = crate::options::leftovers_fail(
+            self.opts.leftovers,
+            exit_status,
+            !self.leftovers.is_empty(),
+        );
         let mechanism = self.mechanism();
         let on_supervisor_death = match mechanism {
             Mechanism::JobObject => "killed by Windows when the job handle closes with the \

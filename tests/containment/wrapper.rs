@@ -389,3 +389,50 @@ fn ctrl_c_reaches_processes_ignoring_sigint_within_a_second() {
         assert_eq!(value["survivors"], serde_json::json!([]), "{text}");
     }
 }
+
+/// `--leftovers fail`: a COMMAND that exits 0 but leaves a process behind makes corral exit
+/// 120 (the leftover stopped as with `kill`); COMMAND's own failure stands; no leftover, no
+/// change. Before, a leak under corral was a pass.
+#[test]
+fn leftovers_fail_turns_a_leak_into_a_failure() {
+    let sandbox = Sandbox::new("wrapper-leftovers-fail");
+    for (script, expect) in [
+        ("sleep 30 & exit 0", 120),
+        ("sleep 30 & exit 3", 3),
+        ("exit 0", 0),
+    ] {
+        let report = sandbox.dir.join("report.json");
+        let report_arg = report.to_string_lossy().into_owned();
+        let out = corral(
+            &sandbox,
+            &[
+                "--leftovers",
+                "fail",
+                "--grace",
+                "2s",
+                "--report",
+                &report_arg,
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+        .output()
+        .expect("run corral");
+        let text = std::fs::read_to_string(&report).unwrap_or_default();
+        assert_eq!(
+            out.status.code(),
+            Some(expect),
+            "{script}: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["survivors"], serde_json::json!([]), "{text}");
+        assert_eq!(
+            value["leftovers"].as_array().map(Vec::len),
+            Some(usize::from(script.contains('&'))),
+            "{text}"
+        );
+    }
+}

@@ -62,7 +62,8 @@ pub struct JobArgs {
         allow_hyphen_values = true
     )]
     pub signal: corral::Signal,
-    /// What happens to processes still running when COMMAND exits: kill or wait.
+    /// What happens to processes still running when COMMAND exits: kill, wait, or fail
+    /// (kill them, and exit 120 if COMMAND itself exited 0).
     #[arg(long, value_name = "POLICY", default_value = "kill")]
     pub leftovers: corral::Leftovers,
     /// Limit the job's memory to BYTES (memory.max; K/M/G/T suffixes, or `max`); above it
