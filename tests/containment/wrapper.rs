@@ -436,3 +436,66 @@ fn leftovers_fail_turns_a_leak_into_a_failure() {
         );
     }
 }
+
+/// `--summary leftovers`: the line only when COMMAND left processes behind (a timeout, a
+/// signal are the test runner's to report); `--summary never` is `-q`.
+#[test]
+fn summary_leftovers_speaks_only_of_leftovers() {
+    let sandbox = Sandbox::new("wrapper-summary");
+    for (args, speaks) in [
+        (
+            &[
+                "--summary",
+                "leftovers",
+                "--timeout",
+                "0.2",
+                "--",
+                "sleep",
+                "5",
+            ][..],
+            false,
+        ),
+        (
+            &[
+                "--summary",
+                "leftovers",
+                "--",
+                "sh",
+                "-c",
+                "sleep 30 & exit 0",
+            ][..],
+            true,
+        ),
+        (
+            &[
+                "--summary",
+                "notable",
+                "--timeout",
+                "0.2",
+                "--",
+                "sleep",
+                "5",
+            ][..],
+            true,
+        ),
+        (
+            &["--summary", "never", "--", "sh", "-c", "sleep 30 & exit 0"][..],
+            false,
+        ),
+    ] {
+        let out = corral(&sandbox, args).output().expect("run corral");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(!stderr.is_empty(), speaks, "{args:?}: {stderr:?}");
+        if speaks && args.contains(&"leftovers") {
+            assert!(stderr.contains("leftover"), "{stderr}");
+        }
+    }
+    let both = corral(&sandbox, &["-q", "--summary", "always", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        both.status.code(),
+        Some(125),
+        "-q with --summary is a usage error"
+    );
+}

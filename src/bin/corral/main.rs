@@ -190,9 +190,11 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let forward = args.job.forward_signals().map_err(anyhow::Error::msg)?;
     #[cfg(target_os = "linux")]
     reexec_in_systemd_scope(&args)?;
-    // This user's stale jobs (a supervisor that was killed) are cleaned up first.
-    for line in corral::registry::sweep_own() {
-        if !args.job.quiet {
+    // This user's stale jobs (a supervisor that was killed) are cleaned up first: said on
+    // stderr only with -v (it is not this job's news), and always in the report.
+    let swept = corral::registry::sweep_own();
+    if args.job.verbose {
+        for line in &swept {
             crate::job_args::stderr_line(&format!("corral: start-up sweep: {line}"));
         }
     }
@@ -253,7 +255,9 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     corral::__release_watchdog();
     job_args::print_summary(&report, &args.job, "corral");
     if let Some(to) = &args.job.report_to() {
-        job_args::write_report_after_job(to, &report.to_json(), "corral");
+        let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
+        value["startup_sweep"] = serde_json::json!(swept);
+        job_args::write_report_after_job(to, &value.to_string(), "corral");
     }
     Ok(job_args::finish(&report, &args.job))
 }

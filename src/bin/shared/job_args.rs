@@ -90,12 +90,18 @@ pub struct JobArgs {
     /// a pipe; 2 for stderr), once, after the job; COMMAND does not inherit N (above 2).
     #[arg(long, value_name = "N", conflicts_with = "report", value_parser = parse_fd, allow_hyphen_values = true)]
     pub report_fd: Option<i32>,
-    /// Print nothing but errors.
-    #[arg(short, long, conflicts_with = "verbose")]
+    /// Print nothing but errors (`--summary never`).
+    #[arg(short, long, conflicts_with_all = ["verbose", "summary"])]
     pub quiet: bool,
-    /// Always print the summary line.
-    #[arg(short, long)]
+    /// Always print the summary line (`--summary always`), and what the start-up sweep
+    /// cleaned up.
+    #[arg(short, long, conflicts_with = "summary")]
     pub verbose: bool,
+    /// When to print the summary line: `notable` (a timeout, a signal, leftovers, a
+    /// fallback; the default), `leftovers` (only when COMMAND left processes behind or some
+    /// survived: for a test runner's output), `always`, `never`.
+    #[arg(long, value_name = "WHEN")]
+    pub summary: Option<Summary>,
     /// Pass these signals (comma-separated names or numbers, e.g. HUP,USR1,WINCH) on to
     /// COMMAND instead of stopping the job when corral receives them.
     #[arg(
@@ -130,6 +136,19 @@ fn parse_fd(text: &str) -> Result<i32, String> {
     })
 }
 
+/// When the summary line is printed (`--summary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Summary {
+    /// When something notable happened.
+    Notable,
+    /// Only when COMMAND left processes behind, or some survived.
+    Leftovers,
+    /// Always.
+    Always,
+    /// Never (errors only).
+    Never,
+}
+
 /// Where the report goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportTo {
@@ -155,6 +174,16 @@ impl JobArgs {
             }
         }
         Ok(self.forward.iter().copied().collect())
+    }
+
+    /// When the summary line is printed, from `--summary`, `-q` and `-v`.
+    pub fn summary(&self) -> Summary {
+        match (self.summary, self.quiet, self.verbose) {
+            (Some(s), _, _) => s,
+            (None, true, _) => Summary::Never,
+            (None, _, true) => Summary::Always,
+            (None, false, false) => Summary::Notable,
+        }
     }
 
     /// The timeout asked for; `--timeout 0` is none.
@@ -186,12 +215,14 @@ impl JobArgs {
 
 /// The summary line after the job, as `-q`/`-v` ask.
 pub fn print_summary(report: &corral::Report, args: &JobArgs, program: &str) {
-    if args.quiet {
+    let when = args.summary();
+    let left = !report.leftovers.is_empty() || !report.survivors.is_empty();
+    if when == Summary::Never || (when == Summary::Leftovers && !left) {
         return;
     }
     match report.summary() {
         Some(line) => stderr_line(&line),
-        None if args.verbose => stderr_line(&format!(
+        None if when == Summary::Always => stderr_line(&format!(
             "{program}: job {}: {} exited with status {}",
             report.id,
             report.command.first().map(String::as_str).unwrap_or(""),
