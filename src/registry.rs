@@ -207,8 +207,10 @@ fn euid() -> u32 {
 pub fn own_dir() -> Result<PathBuf, String> {
     let uid = euid();
     if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
+        // Made if missing (mode 0700, this user's), as the default directories are: a
+        // runner fleet sets it for machines that may not have it yet.
         let dir = PathBuf::from(dir);
-        return ensure_dir(&dir, uid, false).map(|()| dir);
+        return ensure_dir(&dir, uid, true).map(|()| dir);
     }
     let dir = if uid == 0 {
         PathBuf::from("/run/corral")

@@ -217,6 +217,11 @@ fn open_named_parent(path: &Path, source: ParentSource) -> Result<Parent> {
         Mode::empty(),
     ) {
         Ok(fd) => fd,
+        // Named in the environment (a runner fleet's setting, for machines that may not have
+        // it yet): made, as `<mount>/corral` is, if its parent is a cgroup. Kept afterwards.
+        Err(e) if e == rustix::io::Errno::NOENT && source == ParentSource::Env => {
+            create_named_parent(path).map_err(|(problem, fix)| bad(problem, &fix))?
+        }
         Err(e) if e == rustix::io::Errno::NOENT => {
             return Err(bad(
                 "does not exist".into(),
@@ -261,6 +266,45 @@ fn open_named_parent(path: &Path, source: ParentSource) -> Result<Parent> {
         source,
         how: None,
         bound_to: None,
+    })
+}
+
+/// Makes the cgroup `path` (its last component; the parent must be a cgroup2 directory),
+/// and opens it. `Err((problem, fix))`.
+fn create_named_parent(path: &Path) -> std::result::Result<OwnedFd, (String, String)> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(("does not exist".into(), "create it first (mkdir)".into()));
+    };
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    let parent_fd = rustix::fs::open(parent, flags, Mode::empty()).map_err(|e| {
+        (
+            format!(
+                "does not exist, nor can it be made ({} : {e})",
+                parent.display()
+            ),
+            "create it first (mkdir), or its parent".into(),
+        )
+    })?;
+    if !is_cgroup2(parent_fd.as_fd()).unwrap_or(false) {
+        return Err((
+            "does not exist, and its parent is not on a cgroup2 filesystem".into(),
+            "give a directory under the cgroup2 mount".into(),
+        ));
+    }
+    match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => {
+            return Err((
+                format!("does not exist, and making it failed ({e})"),
+                "create it first (mkdir) as a user who may".into(),
+            ))
+        }
+    }
+    rustix::fs::openat(&parent_fd, name, flags | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| {
+        (
+            format!("was made but cannot be opened ({e})"),
+            "check its permissions".into(),
+        )
     })
 }
 

@@ -499,3 +499,78 @@ fn summary_leftovers_speaks_only_of_leftovers() {
         "-q with --summary is a usage error"
     );
 }
+
+/// Directories named in the environment that do not exist yet are made: the registry in
+/// `CORRAL_RUNTIME_DIR` (mode 0700, this user's), the cgroup in `CORRAL_CGROUP_PARENT`
+/// (below an existing cgroup). Before, every job failed or ran unregistered. A link there
+/// is still refused, and `--cgroup-parent` (an explicit choice) is still not made.
+#[test]
+fn directories_named_in_the_environment_are_made() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(sandbox) = Sandbox::with_cgroup("wrapper-env-dirs") else {
+        return;
+    };
+    let registry = sandbox.dir.join("new-registry");
+    let parent = sandbox.cgroup().root().join("new-parent");
+    let report = sandbox.dir.join("report.json");
+    let out = Command::new(CORRAL)
+        .args(["run", "--mechanism", "cgroup", "--report"])
+        .arg(&report)
+        .args(["--", "true"])
+        .env("CORRAL_RUNTIME_DIR", &registry)
+        .env("CORRAL_CGROUP_PARENT", &parent)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run corral");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "", "registered, no line about it");
+    let meta = std::fs::symlink_metadata(&registry).expect("the registry was made");
+    assert!(meta.is_dir());
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid()),
+        (0o700, rustix::process::geteuid().as_raw())
+    );
+    assert!(parent.is_dir(), "the cgroup parent was made");
+    let text = std::fs::read_to_string(&report).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        value["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(parent.to_str().unwrap())),
+        "{text}"
+    );
+    assert_eq!(value["not_registered"], serde_json::Value::Null, "{text}");
+    // A link where the registry should be is not followed (nor replaced).
+    let link = sandbox.dir.join("link-registry");
+    std::os::unix::fs::symlink(&registry, &link).unwrap();
+    let out = Command::new(CORRAL)
+        .args(["run", "--mechanism", "pgroup", "--", "true"])
+        .env("CORRAL_RUNTIME_DIR", &link)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run corral");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not registered") && stderr.contains("symlink"),
+        "{stderr}"
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let _ = std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o700));
+    // --cgroup-parent is not made.
+    let missing = sandbox.cgroup().root().join("not-made");
+    let out = Command::new(CORRAL)
+        .args(["run", "--mechanism", "cgroup", "--cgroup-parent"])
+        .arg(&missing)
+        .args(["--", "true"])
+        .env("CORRAL_RUNTIME_DIR", &sandbox.runtime)
+        .env_remove("CORRAL_CGROUP_PARENT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run corral");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(!missing.exists());
+}
