@@ -272,6 +272,18 @@ impl Limits {
         }
         out
     }
+
+    /// Drops the limit written to `file` (`memory.max`, ...); false if none is.
+    pub fn drop_file(&mut self, file: &str) -> bool {
+        match file {
+            "memory.max" => self.memory_max.take().is_some(),
+            "memory.high" => self.memory_high.take().is_some(),
+            "pids.max" => self.pids_max.take().is_some(),
+            "cpu.max" => self.cpu_max.take().is_some(),
+            "cpu.weight" => self.cpu_weight.take().is_some(),
+            _ => false,
+        }
+    }
 }
 
 /// A limit: a number, or `max` (no limit, written as such).

@@ -252,3 +252,46 @@ fn an_unavailable_limit_leaves_no_default_parent_behind() {
     );
     sandbox.assert_clean();
 }
+
+/// `--limits-best-effort`: limits the host cannot enforce (here: any, under the pgroup
+/// mechanism, on every host) are dropped with one line each and listed in the report's
+/// `limits_skipped`, and the job runs; without it the same run is refused (above).
+#[test]
+fn best_effort_limits_run_without_what_cannot_be_enforced_and_say_so() {
+    let sandbox = Sandbox::new("limit-best-effort");
+    let mut run = sandbox.corral(Mechanism::Pgroup);
+    run.args([
+        "--limits-best-effort",
+        "--pids-max",
+        "32",
+        "--memory-max",
+        "64M",
+    ])
+    .tree(&["exit", "0"]);
+    let done = run.run();
+    done.assert_code(0);
+    let lines: Vec<&str> = done.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line per limit dropped: {:?}",
+        done.stderr
+    );
+    for file in ["pids.max", "memory.max"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("corral: limit {file} not applied"))),
+            "{file}: {:?}",
+            done.stderr
+        );
+        assert!(
+            done.report()["limits_skipped"][file]
+                .as_str()
+                .is_some_and(|why| why.contains("cgroup mechanism")),
+            "{file}: {}",
+            done.report_text()
+        );
+    }
+    sandbox.assert_clean();
+}

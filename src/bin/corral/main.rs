@@ -53,6 +53,11 @@ struct RunArgs {
     /// [env: CORRAL_CGROUP_PARENT].
     #[arg(long, value_name = "PATH")]
     cgroup_parent: Option<PathBuf>,
+    /// Apply each limit where the host can, and run without (saying so on stderr and in the
+    /// report's `limits_skipped`) where it cannot, instead of failing: for a fleet of mixed
+    /// machines.
+    #[arg(long)]
+    limits_best_effort: bool,
     /// Testing knob: spawn with fork + cgroup.procs instead of clone3.
     #[arg(long, hide = true)]
     debug_no_clone3: bool,
@@ -157,9 +162,11 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         register: false,
         ..Default::default()
     };
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(rest);
-    let mut job = corral::Job::spawn(&mut cmd, &opts)?;
+    let (mut job, skipped) = spawn_best_effort(&args, opts, |o| {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(rest);
+        corral::Job::spawn(&mut cmd, o)
+    })?;
     if args.job.verbose {
         crate::job_args::stderr_line(&format!(
             "corral: job {} pid {} mechanism {}",
@@ -171,7 +178,9 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let report = job.wait()?;
     job_args::print_summary(&report, &args.job, "corral");
     if let Some(to) = &args.job.report_to() {
-        job_args::write_report_after_job(to, &report.to_json(), "corral");
+        let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
+        value["limits_skipped"] = serde_json::Value::Object(skipped);
+        job_args::write_report_after_job(to, &value.to_string(), "corral");
     }
     Ok(job_args::finish(&report, &args.job))
 }
@@ -236,7 +245,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .collect(),
         );
     }
-    let mut job = corral::Job::spawn_command(&cmd, &opts)?;
+    let (mut job, skipped) =
+        spawn_best_effort(&args, opts, |o| corral::Job::spawn_command(&cmd, o))?;
     if args.job.verbose {
         crate::job_args::stderr_line(&format!(
             "corral: job {} pid {} mechanism {}{}",
@@ -257,9 +267,37 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(to) = &args.job.report_to() {
         let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
         value["startup_sweep"] = serde_json::json!(swept);
+        value["limits_skipped"] = serde_json::Value::Object(skipped);
         job_args::write_report_after_job(to, &value.to_string(), "corral");
     }
     Ok(job_args::finish(&report, &args.job))
+}
+
+/// Spawns with `opts`; under `--limits-best-effort`, a limit the host cannot enforce is
+/// dropped, said on stderr, and the spawn tried again (a failed spawn leaves nothing
+/// behind). Returns the job and the limits skipped, with why (the report's
+/// `limits_skipped`).
+fn spawn_best_effort(
+    args: &RunArgs,
+    mut opts: corral::Options,
+    spawn: impl Fn(&corral::Options) -> corral::Result<corral::Job>,
+) -> corral::Result<(corral::Job, serde_json::Map<String, serde_json::Value>)> {
+    let mut skipped = serde_json::Map::new();
+    loop {
+        match spawn(&opts) {
+            Err(corral::Error::LimitUnavailable { file, reason, .. })
+                if args.limits_best_effort && opts.limits.drop_file(&file) =>
+            {
+                if args.job.summary() != job_args::Summary::Never {
+                    crate::job_args::stderr_line(&format!(
+                        "corral: limit {file} not applied (--limits-best-effort): {reason}"
+                    ));
+                }
+                skipped.insert(file, serde_json::Value::String(reason));
+            }
+            other => return other.map(|job| (job, skipped)),
+        }
+    }
 }
 
 /// On a systemd host where the cgroup corral runs in is not delegated to it, a cgroup job
