@@ -85,6 +85,8 @@ mod sigterm;
 mod slurm;
 #[path = "containment/stopped.rs"]
 mod stopped;
+#[path = "containment/timeout.rs"]
+mod timeout;
 #[path = "containment/watchdog.rs"]
 mod watchdog;
 #[path = "containment/workloads.rs"]

@@ -1667,3 +1667,45 @@ pub fn executable_by_others(path: &std::path::Path) -> bool {
     }
     ok
 }
+
+/// Live processes whose `argv[0]` is `marker` (a name a test gave its own process with
+/// `exec -a`). For failure messages and to clean up after a failed test: see
+/// [`kill_by_arg0`].
+pub fn processes_with_arg0(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let arg0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true);
+        if arg0 == marker.as_bytes() && !zombie {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// SIGKILL to each live process whose `argv[0]` is `marker`, each through a pidfd opened
+/// and then checked to still be that process (a reused PID would no longer carry it).
+pub fn kill_by_arg0(marker: &str) {
+    for pid in processes_with_arg0(marker) {
+        let Some(raw) = rustix::process::Pid::from_raw(pid).filter(|_| pid > 1) else {
+            continue;
+        };
+        let Ok(fd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) else {
+            continue;
+        };
+        if processes_with_arg0(marker).contains(&pid) {
+            let _ = rustix::process::pidfd_send_signal(&fd, Signal::KILL);
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod job_args;
 mod registry;
 #[cfg(target_os = "linux")]
 mod signals;
+mod timeout;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -40,6 +41,14 @@ enum Cmd {
     /// Clean up after jobs whose supervisor is gone.
     #[cfg(target_os = "linux")]
     Sweep(registry::SweepArgs),
+    /// coreutils `timeout`, option for option, as a corral job: `corral timeout [OPTION]
+    /// DURATION COMMAND [ARG]...` (see `corral timeout --help`). Also how corral behaves
+    /// when called as `timeout`.
+    #[command(disable_help_flag = true)]
+    Timeout {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Args)]
@@ -58,6 +67,9 @@ struct RunArgs {
     /// machines.
     #[arg(long)]
     limits_best_effort: bool,
+    /// `corral timeout -v`: say each signal sent upon timeout, as `timeout -v` does.
+    #[arg(long, hide = true)]
+    diagnose_timeout_signals: bool,
     /// Testing knob: spawn with fork + cgroup.procs instead of clone3.
     #[arg(long, hide = true)]
     debug_no_clone3: bool,
@@ -107,11 +119,33 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = match Cli::try_parse() {
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    // `corral timeout ...`, or corral called as `timeout`: translated to `corral run ...`.
+    let as_timeout = argv.first().is_some_and(|a| timeout::called_as_timeout(a));
+    if as_timeout || argv.get(1).is_some_and(|a| a == "timeout") {
+        let rest = argv[if as_timeout { 1 } else { 2 }..].to_vec();
+        match timeout::parse(&rest) {
+            Ok(timeout::Timeout::Help) => {
+                print!("{}", timeout::help());
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(timeout::Timeout::Version) => {
+                println!("timeout (corral) {}", env!("CARGO_PKG_VERSION"));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(timeout::Timeout::Run(run)) => {
+                argv.truncate(1);
+                argv.extend(run);
+            }
+            Err(line) => anyhow::bail!("{line}; see `corral timeout --help`"),
+        }
+    }
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(c) => c,
         Err(e) => {
-            let sub = std::env::args()
-                .nth(1)
+            let sub = argv
+                .get(1)
+                .map(|a| a.to_string_lossy().into_owned())
                 .filter(|a| ["ps", "kill", "sweep"].contains(&a.as_str()))
                 .unwrap_or_else(|| "run".into());
             match job_args::usage_error(e, "corral", &sub) {
@@ -128,6 +162,26 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Kill(args) => registry::kill(args),
         #[cfg(target_os = "linux")]
         Cmd::Sweep(args) => registry::sweep(args),
+        Cmd::Timeout { .. } => unreachable!("translated to `run` above"),
+    }
+}
+
+/// `corral timeout -v`: each signal the timeout's stop sent, as `timeout -v` says it.
+fn diagnose_timeout_signals(report: &corral::Report) {
+    let Some(stop) = report.stop.as_ref().filter(|_| report.timed_out) else {
+        return;
+    };
+    let command = report.command.first().map(String::as_str).unwrap_or("");
+    for step in &stop.steps {
+        if let (true, Some(sig)) = (
+            matches!(step.step.as_str(), "signal" | "kill"),
+            step.signal.as_deref(),
+        ) {
+            crate::job_args::stderr_line(&format!(
+                "corral timeout: sending signal {} to command '{command}'",
+                sig.trim_start_matches("SIG")
+            ));
+        }
     }
 }
 
@@ -177,6 +231,9 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let report = job.wait()?;
     job_args::print_summary(&report, &args.job, "corral");
+    if args.diagnose_timeout_signals {
+        diagnose_timeout_signals(&report);
+    }
     if let Some(to) = &args.job.report_to() {
         let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
         value["limits_skipped"] = serde_json::Value::Object(skipped);
@@ -264,6 +321,9 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     // in another corral's job leaves nothing behind in that job.
     corral::__release_watchdog();
     job_args::print_summary(&report, &args.job, "corral");
+    if args.diagnose_timeout_signals {
+        diagnose_timeout_signals(&report);
+    }
     if let Some(to) = &args.job.report_to() {
         let mut value: serde_json::Value = serde_json::from_str(&report.to_json())?;
         value["startup_sweep"] = serde_json::json!(swept);
