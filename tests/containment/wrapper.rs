@@ -271,7 +271,7 @@ fn forwarded_signals_reach_command_without_stopping_the_job() {
     let go = sandbox.dir.join("go");
     let report = sandbox.dir.join("report.json");
     let script = format!(
-        "trap 'echo hup' HUP; trap 'echo usr1' USR1; touch {r}; \
+        "trap 'echo hup' HUP; trap 'echo usr1' USR1; trap 'echo winch' WINCH; touch {r}; \
          while [ ! -e {g} ]; do sleep 0.05; done; echo done",
         r = ready.display(),
         g = go.display()
@@ -281,7 +281,7 @@ fn forwarded_signals_reach_command_without_stopping_the_job() {
         &sandbox,
         &[
             "--forward",
-            "HUP,USR1",
+            "HUP,USR1,WINCH",
             "--report",
             &report_arg,
             "--",
@@ -291,7 +291,11 @@ fn forwarded_signals_reach_command_without_stopping_the_job() {
         ],
         &ready,
     );
-    for sig in [rustix::process::Signal::HUP, rustix::process::Signal::USR1] {
+    for sig in [
+        rustix::process::Signal::HUP,
+        rustix::process::Signal::USR1,
+        rustix::process::Signal::WINCH,
+    ] {
         rustix::process::pidfd_send_signal(&pidfd, sig).expect("signal corral");
         std::thread::sleep(Duration::from_millis(200));
         assert!(
@@ -308,14 +312,15 @@ fn forwarded_signals_reach_command_without_stopping_the_job() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout, "hup\nusr1\ndone\n");
+    assert_eq!(stdout, "hup\nusr1\nwinch\ndone\n");
     let value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(
         value["signals_received"],
         serde_json::json!([
             "SIGHUP (passed on to COMMAND)",
-            "SIGUSR1 (passed on to COMMAND)"
+            "SIGUSR1 (passed on to COMMAND)",
+            "SIGWINCH (passed on to COMMAND)"
         ]),
     );
     let refused = corral(&sandbox, &["--forward", "KILL", "--", "true"])
