@@ -47,6 +47,8 @@ mod graceful;
 mod grandchild;
 #[path = "containment/helper.rs"]
 mod helper;
+#[path = "containment/integrations.rs"]
+mod integrations;
 #[path = "containment/interleave.rs"]
 mod interleave;
 #[path = "containment/killed_early.rs"]
