@@ -127,7 +127,9 @@ fn pids_max_stops_a_fork_storm() {
     let done = job.finish();
     procs.assert_all_gone("pids.max storm");
     sandbox.assert_clean();
-    done.assert_code(124);
+    // 124, or 137 when the storm's main process had to be killed after the grace (as
+    // coreutils `timeout -k`).
+    done.assert_code_in(&[124, 137]);
     done.assert_report_basics(Mechanism::Cgroup);
     let listed = done.listed().len();
     assert!(

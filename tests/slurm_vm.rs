@@ -653,9 +653,14 @@ fn scancel_leaves_nothing_with_or_without_corral() {
     assert_eq!(report["cgroup_parent_source"], "delegated", "{report:#}");
     assert_eq!(report["survivors"].as_array().map(Vec::len), Some(0));
     assert_eq!(report["cleanup"]["cgroup_removed"], true, "{report:#}");
+    // corral re-raises COMMAND's death by a signal: Slurm then shows that signal.
+    let status = report["exit_status"].as_i64().unwrap_or(-1);
+    let expected = match report["exit"]["signal"].as_i64() {
+        Some(sig) if status == 128 + sig => format!("0:{sig}"),
+        _ => format!("{status}:0"),
+    };
     assert_eq!(
-        info.exit_code,
-        format!("{}:0", report["exit_status"]),
+        info.exit_code, expected,
         "Slurm's ExitCode is corral's exit status"
     );
     assert_eq!(info.state, "CANCELLED");

@@ -250,13 +250,22 @@ pub fn stderr_line(line: &str) {
 #[allow(dead_code)]
 pub fn finish(report: &corral::Report, args: &JobArgs) -> std::process::ExitCode {
     let signal = report.exit.as_ref().and_then(|e| e.signal);
+    // A SIGKILL of corral's own stop ladder is not re-raised: corral dying of SIGKILL would
+    // read as corral itself killed (to systemd, a shell); it exits 137, as `timeout` does
+    // after its own kill.
+    let own_kill = report
+        .stop
+        .as_ref()
+        .is_some_and(|s| s.steps.iter().any(|step| step.step == "kill"));
     #[cfg(unix)]
-    if let Some(sig) =
-        signal.filter(|s| !args.no_reraise && !report.timed_out && report.exit_status == 128 + s)
-    {
+    let ours = |s: i32| s == libc::SIGKILL && own_kill;
+    #[cfg(unix)]
+    if let Some(sig) = signal.filter(|s| {
+        !args.no_reraise && !report.timed_out && report.exit_status == 128 + s && !ours(*s)
+    }) {
         die_of(sig);
     }
-    let _ = (signal, args);
+    let _ = (signal, args, own_kill);
     std::process::ExitCode::from(report.exit_status.clamp(0, 255) as u8)
 }
 
