@@ -44,7 +44,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -663,7 +663,16 @@ pub fn kill(
         None,
     )
     .map_err(|e| format!("socket(AF_UNIX, SOCK_SEQPACKET) failed: {e}"))?;
-    let addr = SocketAddrUnix::new(&r.socket)
+    // Through the directory the record was read from (`/proc/self/fd/N/<id>.sock`): a
+    // user who swapped their registry for a link since cannot send root's request to
+    // another socket.
+    let through_dir = match (&entry.dir, r.socket.file_name()) {
+        (Some(dir), Some(name)) => {
+            Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
+        }
+        _ => r.socket.clone(),
+    };
+    let addr = SocketAddrUnix::new(&through_dir)
         .map_err(|e| format!("bad socket path {}: {e}", r.socket.display()))?;
     if let Err(e) = rustix::net::connect(&sock, &addr) {
         if !r.supervisor.alive() {
