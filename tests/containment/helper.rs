@@ -413,6 +413,18 @@ impl Installed {
         // After the chown, which clears the setuid bit.
         fs::set_permissions(&installed.helper, fs::Permissions::from_mode(0o4755))
             .expect("chmod 4755 helper");
+        // A process another test thread forked while the copy was open for writing holds
+        // that descriptor until it execs, and until then executing the copy fails with
+        // ETXTBSY ("Text file busy"). The copy is closed now, so no new holder can appear:
+        // wait until it runs.
+        poll(
+            "the installed helper runs (no ETXTBSY)",
+            Duration::from_secs(10),
+            || match Command::new(&installed.helper).arg("--version").output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
+                _ => Some(()),
+            },
+        );
         Some(installed)
     }
 
