@@ -50,7 +50,8 @@ fn theirs(args: &[&str]) -> (ExitStatus, String) {
 #[test]
 fn corral_timeout_matches_timeout_case_by_case() {
     let sandbox = Sandbox::new("timeout-side-by-side");
-    let stubborn = "trap '' TERM; sleep 2";
+    // The timeout leaves the shell time to set its trap first, even in an emulated VM.
+    let stubborn = "trap '' TERM; sleep 4";
     let cases: &[&[&str]] = &[
         &["0.2", "sleep", "5"],
         &["0", "sleep", "0.2"],
@@ -63,16 +64,16 @@ fn corral_timeout_matches_timeout_case_by_case() {
         &["--preserve-status", "0.2", "sleep", "5"],
         &[
             "--preserve-status",
-            "0.2",
+            "1.5",
             "sh",
             "-c",
-            "trap 'exit 42' TERM; sleep 2 & wait",
+            "trap 'exit 42' TERM; sleep 3 & wait",
         ],
-        &["-k", "0.2", "0.2", "sh", "-c", stubborn],
+        &["-k", "0.3", "1.5", "sh", "-c", stubborn],
         &[
-            "--kill-after=0.2",
+            "--kill-after=0.3",
             "--preserve-status",
-            "0.2",
+            "1.5",
             "sh",
             "-c",
             stubborn,

@@ -117,21 +117,22 @@ fn timeout_zero_is_no_timeout_and_huge_durations_saturate() {
 #[test]
 fn a_timeout_that_had_to_kill_is_137_as_timeout_k() {
     let sandbox = Sandbox::new("wrapper-137");
-    let stubborn = "trap '' TERM; sleep 5";
+    // The timeout leaves the shell time to set its trap first, even in an emulated VM.
+    let stubborn = "trap '' TERM; sleep 4";
     let ours = status(corral(
         &sandbox,
         &[
             "--timeout",
-            "0.2",
+            "1.5",
             "--grace",
-            "0.2",
+            "0.3",
             "--",
             "sh",
             "-c",
             stubborn,
         ],
     ));
-    let theirs = status(timeout(&["-k", "0.2", "0.2", "sh", "-c", stubborn]));
+    let theirs = status(timeout(&["-k", "0.3", "1.5", "sh", "-c", stubborn]));
     let shell = |s: ExitStatus| s.code().or(s.signal().map(|n| 128 + n));
     assert_eq!(shell(ours), Some(137), "{}", describe_status(ours));
     assert_eq!(shell(ours), shell(theirs), "as timeout -k");
