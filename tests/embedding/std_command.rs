@@ -69,7 +69,16 @@ fn command_is_honoured(mechanism: Mechanism) {
             );
         }
     }
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    // The main process may still be on its way to exec (the forked image's arguments, or
+    // inside execve, none yet): read until it shows /bin/sh's, against a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let cmdline = loop {
+        let text = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        if text.starts_with(b"/bin/sh\0") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     let argv: Vec<&OsStr> = cmdline
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
