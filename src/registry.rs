@@ -117,7 +117,7 @@ impl SupervisorId {
         if self.pid <= 1 {
             return false;
         }
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+        let Ok(text) = crate::linux::read_proc_file(&format!("/proc/{}/stat", self.pid)) else {
             return false;
         };
         let state = text
@@ -204,22 +204,32 @@ fn euid() -> u32 {
 }
 
 /// This user's registry directory, created if missing and checked (see the module docs).
+/// The check is made once per process and directory: only its owner (or root) can replace
+/// a directory of theirs, and a registration through a directory removed since fails.
 pub fn own_dir() -> Result<PathBuf, String> {
+    static CHECKED: std::sync::Mutex<Option<(u32, PathBuf)>> = std::sync::Mutex::new(None);
     let uid = euid();
-    if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
+    let dir = if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
         // Made if missing (mode 0700, this user's), as the default directories are: a
         // runner fleet sets it for machines that may not have it yet.
-        let dir = PathBuf::from(dir);
-        return ensure_dir(&dir, uid, true).map(|()| dir);
-    }
-    let dir = if uid == 0 {
+        PathBuf::from(dir)
+    } else if uid == 0 {
         PathBuf::from("/run/corral")
     } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Path::new(&x).join("corral")
     } else {
         PathBuf::from(format!("/tmp/corral-{uid}"))
     };
-    ensure_dir(&dir, uid, true).map(|()| dir)
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if checked
+        .as_ref()
+        .is_some_and(|(u, d)| *u == uid && *d == dir)
+    {
+        return Ok(dir);
+    }
+    ensure_dir(&dir, uid, true)?;
+    *checked = Some((uid, dir.clone()));
+    Ok(dir)
 }
 
 /// The directories a scan looks at: with `CORRAL_RUNTIME_DIR`, just that one; a user, their
@@ -1085,7 +1095,7 @@ impl LeafSweep<'_> {
 
 /// The cgroup2 line of `/proc/self/cgroup` (`0::<path>`): the cgroup this process runs in.
 fn own_cgroup() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let text = crate::linux::read_proc_file("/proc/self/cgroup").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_string)
@@ -1330,7 +1340,7 @@ fn start_time_field(stat: &str) -> Option<u64> {
 /// its job and removing the record). Its record is removed without acting on its cgroup:
 /// ids are leaf names, and ours was free when our leaf was made, so that cgroup was gone
 /// then (and the path may now be our own job's).
-fn clear_stale_id(record: &Path, socket: &Path, uid: u32) -> Result<(), String> {
+fn clear_stale_id(record: &Path, socket: Option<&Path>, uid: u32) -> Result<(), String> {
     if record.exists() {
         match read_record(record, uid) {
             Ok(r) if r.supervisor.alive() => {
@@ -1346,6 +1356,9 @@ fn clear_stale_id(record: &Path, socket: &Path, uid: u32) -> Result<(), String> 
             Err(why) => return Err(format!("{} is in the way: {why}", record.display())),
         }
     }
+    let Some(socket) = socket else {
+        return Ok(());
+    };
     match std::fs::remove_file(socket) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -1363,7 +1376,6 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     let me = own_identity()?;
     let socket = dir.join(format!("{}.sock", new.id));
     let record_path = dir.join(format!("{}.json", new.id));
-    clear_stale_id(&record_path, &socket, uid)?;
     let listener = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -1373,7 +1385,16 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     .map_err(|e| format!("socket(AF_UNIX, SOCK_SEQPACKET): {e}"))?;
     let addr = SocketAddrUnix::new(&socket)
         .map_err(|e| format!("socket path {} unusable ({e})", socket.display()))?;
-    rustix::net::bind(&listener, &addr).map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    // Files under our id can only be a dead process's that had our PID: looked at (and
+    // cleared) only when they are in the way.
+    let bound = match rustix::net::bind(&listener, &addr) {
+        Err(rustix::io::Errno::ADDRINUSE) => {
+            clear_stale_id(&record_path, Some(&socket), uid)?;
+            rustix::net::bind(&listener, &addr)
+        }
+        other => other,
+    };
+    bound.map_err(|e| format!("bind {}: {e}", socket.display()))?;
     let reg = Registration {
         record: record_path.clone(),
         socket: socket.clone(),
@@ -1406,7 +1427,15 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     let written = crate::safe_file::create_exclusive(&tmp, 0o600)
         .and_then(|mut f| io::Write::write_all(&mut f, (json + "\n").as_bytes()))
         // Never over another job's record (a stale one of a reused PID, say).
-        .and_then(|()| crate::safe_file::rename_noreplace(&tmp, &record_path));
+        .and_then(
+            |()| match crate::safe_file::rename_noreplace(&tmp, &record_path) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    clear_stale_id(&record_path, None, uid).map_err(io::Error::other)?;
+                    crate::safe_file::rename_noreplace(&tmp, &record_path)
+                }
+                other => other,
+            },
+        );
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         // `reg` drops: the socket goes; the record path is not ours to remove.

@@ -29,6 +29,7 @@
 
 pub mod cgroup;
 mod concurrent;
+mod cost;
 mod fork_storm;
 mod helper;
 mod idle;
@@ -71,6 +72,13 @@ pub struct Plan {
     pub helper_rounds: usize,
     /// Figure 9's rounds.
     pub storm_rounds: usize,
+    /// Figure 11: rounds and warm-up rounds of the timed runs, memory runs, batches of
+    /// short jobs, nextest runs (each side).
+    pub cost_rounds: usize,
+    pub cost_warmup: usize,
+    pub cost_memory_runs: usize,
+    pub cost_many_rounds: usize,
+    pub cost_nextest_rounds: usize,
     pub quick: bool,
 }
 
@@ -90,6 +98,11 @@ impl Plan {
             helper_warmup: 5,
             helper_rounds: 100,
             storm_rounds: 5,
+            cost_rounds: 200,
+            cost_warmup: 10,
+            cost_memory_runs: 3,
+            cost_many_rounds: 5,
+            cost_nextest_rounds: 5,
             quick: false,
         }
     }
@@ -109,6 +122,11 @@ impl Plan {
             helper_warmup: 1,
             helper_rounds: 10,
             storm_rounds: 1,
+            cost_rounds: 10,
+            cost_warmup: 2,
+            cost_memory_runs: 1,
+            cost_many_rounds: 1,
+            cost_nextest_rounds: 1,
             quick: true,
         }
     }
@@ -287,9 +305,11 @@ enum Only {
     Helper,
     /// Figure 9.
     Storm,
+    /// Figure 11.
+    Cost,
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--only registry|helper|storm]";
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--only registry|helper|storm|cost]";
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut quick = false;
@@ -303,6 +323,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     Some("registry") => Only::Registry,
                     Some("helper") => Only::Helper,
                     Some("storm") => Only::Storm,
+                    Some("cost") => Only::Cost,
                     _ => bail!(USAGE),
                 })
             }
@@ -363,6 +384,11 @@ fn run_only(only: Only, plan: &Plan, date: SystemTime) -> Result<()> {
             9,
             "storm",
         ),
+        Only::Cost => (
+            cost::run(&mut bench, plan).map(|f| report::cost_section(&f)),
+            11,
+            "cost",
+        ),
     };
     let note = report::measured_alone(figure, name, &machine, &load_average(), date);
     let Bench {
@@ -402,6 +428,7 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
     let pidns = pidns::run(&mut bench, &plan)?;
     let helper = helper::run(&mut bench, &plan)?;
     let storm = fork_storm::run(&mut bench, &plan)?;
+    let cost = cost::run(&mut bench, &plan)?;
 
     let Bench {
         root,
@@ -449,6 +476,7 @@ fn run_figures(plan: Plan, started: Instant, date: SystemTime) -> Result<()> {
         pidns: &pidns,
         helper: &helper,
         storm: &storm,
+        cost: &cost,
         storm_vm: storm_vm.as_deref(),
         peers: peers.as_deref(),
         anomalies: &anomalies,

@@ -158,11 +158,19 @@ pub fn watchdog_host(pid: i32) -> Option<i32> {
     }
 }
 
+/// Whether `pid` is a watchdog the library forked from this process (while it had one
+/// thread): named `corral-watchdog`, with our command line.
+fn our_forked_watchdog(pid: i32) -> bool {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    comm.trim_end() == "corral-watchdog"
+        && fs::read(format!("/proc/{pid}/cmdline")).ok() == fs::read("/proc/self/cmdline").ok()
+}
+
 /// Whether `pid` belongs in the bench's `self/` cgroup besides the bench: the bench's own
-/// watchdog (the library starts one at the bench's first cgroup job; it lives as long as
-/// the bench).
+/// watchdog (the library starts one at the bench's first cgroup job, exec'd or forked; it
+/// lives as long as the bench).
 fn expected(pid: i32, me: i32) -> bool {
-    pid == me || watchdog_host(pid) == Some(me)
+    pid == me || watchdog_host(pid) == Some(me) || our_forked_watchdog(pid)
 }
 
 /// Waits (up to 2 s) until no watchdog of a host that has exited (a `corral run` the bench

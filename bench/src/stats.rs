@@ -11,6 +11,10 @@ impl Samples {
         self.0.push(d);
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     fn sorted(&self) -> Vec<f64> {
         let mut v: Vec<f64> = self.0.iter().map(Duration::as_secs_f64).collect();
         v.sort_by(f64::total_cmp);

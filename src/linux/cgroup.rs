@@ -70,10 +70,16 @@ pub(crate) struct Mount {
     pub(crate) root: PathBuf,
 }
 
-/// Finds the first cgroup2 mount in `/proc/self/mountinfo`.
+/// Finds the first cgroup2 mount in `/proc/self/mountinfo`. A mount found is remembered
+/// for the life of the process (each `corral run` asked for it several times, and the
+/// kernel formats the whole table for every read); none found is looked for again.
 pub(crate) fn find_mount() -> io::Result<Option<Mount>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text))
+    static FOUND: std::sync::OnceLock<Mount> = std::sync::OnceLock::new();
+    if let Some(mount) = FOUND.get() {
+        return Ok(Some(mount.clone()));
+    }
+    let text = crate::linux::read_proc_file("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text).map(|m| FOUND.get_or_init(|| m).clone()))
 }
 
 fn parse_mountinfo(text: &str) -> Option<Mount> {
@@ -614,7 +620,7 @@ pub(crate) fn enable_controllers(
 /// The error for a controller `parent` does not offer, saying why where we can tell: on a
 /// hybrid host a controller bound to a cgroup v1 hierarchy cannot be used by cgroup2 at all.
 fn not_offered(parent: &Parent, controller: &str, file: &str) -> Error {
-    let v1 = std::fs::read_to_string("/proc/self/cgroup")
+    let v1 = crate::linux::read_proc_file("/proc/self/cgroup")
         .map(|t| bound_to_v1(&t, controller))
         .unwrap_or(false);
     let (reason, fix) = if v1 {

@@ -29,7 +29,7 @@ pub(crate) struct Delegated {
 /// The cgroup this process runs in: its directory under `mount`. `Ok(None)`: the root
 /// cgroup of the mount (nothing contains us, or a cgroup namespace's root).
 pub(crate) fn own_cgroup_dir(mount: &Mount) -> Result<Option<PathBuf>, String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup")
+    let text = super::read_proc_file("/proc/self/cgroup")
         .map_err(|e| format!("cannot read /proc/self/cgroup ({e})"))?;
     let rel = cgroup2_path(&text).ok_or("corral is in no cgroup2 cgroup")?;
     let path = resolve(mount, rel).ok_or_else(|| {

@@ -182,3 +182,30 @@ pub(crate) fn own_group_and_session() -> (i32, i32) {
     // SAFETY: getpgrp() and getsid(0) take no pointers and cannot fail for the caller.
     unsafe { (libc::getpgrp(), libc::getsid(0)) }
 }
+
+/// The whole of a small `/proc` file, in as few system calls as its size allows: one
+/// `read` into a page-sized buffer, then one more that finds the end (`std::fs::read`
+/// starts at 32 bytes and doubles, a `read` each time).
+pub(crate) fn read_proc_file(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let len = buf.len();
+        if buf.capacity() == len {
+            buf.reserve(4096);
+        }
+        let spare = buf.capacity() - len;
+        buf.resize(len + spare, 0);
+        match file.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                break;
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}

@@ -166,25 +166,25 @@ static CLONE3_STATE: AtomicU8 = AtomicU8::new(CLONE3_UNKNOWN);
 
 // Linux uapi values; `clone_args` is laid out per include/uapi/linux/sched.h (version 2,
 // 88 bytes, with `cgroup`).
-const CLONE_PIDFD: u64 = 0x1000;
+pub(crate) const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const CLONE_NEWUSER: u64 = 0x1000_0000;
 const CLONE_NEWPID: u64 = 0x2000_0000;
 
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(crate) struct CloneArgs {
+    pub(crate) flags: u64,
+    pub(crate) pidfd: u64,
+    pub(crate) child_tid: u64,
+    pub(crate) parent_tid: u64,
+    pub(crate) exit_signal: u64,
+    pub(crate) stack: u64,
+    pub(crate) stack_size: u64,
+    pub(crate) tls: u64,
+    pub(crate) set_tid: u64,
+    pub(crate) set_tid_size: u64,
+    pub(crate) cgroup: u64,
 }
 
 /// Failure stages the child reports (with errno) over the pipe.
@@ -940,61 +940,112 @@ fn clone3_raw(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
 fn clone3_vfork(
     args: &mut CloneArgs,
     ctx: &ChildCtx,
-    entry: extern "C" fn(*const ChildCtx) -> !,
+    entry: extern "C" fn(*const std::ffi::c_void) -> !,
 ) -> io::Result<i64> {
     const STACK: usize = 256 * 1024;
-    const CLONE_VM: u64 = 0x100;
-    const CLONE_VFORK: u64 = 0x4000;
-    // SAFETY: a fresh private anonymous mapping, unmapped below once the child no longer
-    // uses it (it has exec'd into a new address space, or exited, when clone3 returns).
-    let stack = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            STACK,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let stack = Stack::new(STACK)?;
     args.flags |= CLONE_VM | CLONE_VFORK;
-    args.stack = stack as u64;
-    args.stack_size = STACK as u64;
-    let ret: i64;
-    // SAFETY: `args` is a valid clone_args of the size passed. In the child the kernel
-    // returns 0 with the stack pointer at the top of `stack` (16-byte aligned) and every
-    // other register as in the parent, so r12/r13 still hold `ctx` and `child_entry`; it
-    // calls `child_entry(ctx)`, which never returns. `ctx` lives in the caller's frame,
-    // which stays valid because the parent is suspended until the child execs or exits.
-    // In the parent, the asm touches no stack and clobbers only rax, rcx and r11.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "xor ebp, ebp",
-            "mov rdi, r12",
-            "call r13",
-            "ud2",
-            "2:",
-            inlateout("rax") libc::SYS_clone3 => ret,
-            in("rdi") args as *mut CloneArgs,
-            in("rsi") std::mem::size_of::<CloneArgs>(),
-            in("r12") ctx as *const ChildCtx,
-            in("r13") entry,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-        libc::munmap(stack, STACK);
-    }
+    // SAFETY: `ctx` lives in the caller's frame, which stays valid because the parent is
+    // suspended until the child execs or exits (CLONE_VFORK); so is `stack`, unmapped only
+    // when it drops, after this returns.
+    let ret = unsafe { clone3_on_stack(args, &stack, ctx as *const ChildCtx as *const _, entry) };
     if ret < 0 {
         return Err(io::Error::from_raw_os_error(-ret as i32));
     }
     Ok(ret)
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) const CLONE_VM: u64 = 0x100;
+#[cfg(target_arch = "x86_64")]
+pub(crate) const CLONE_FILES: u64 = 0x400;
+#[cfg(target_arch = "x86_64")]
+pub(crate) const CLONE_VFORK: u64 = 0x4000;
+
+#[cfg(target_arch = "x86_64")]
+/// A stack for a child that shares our memory: a private anonymous mapping, unmapped when
+/// dropped (only once no child runs on it any more).
+pub(crate) struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Stack {
+    pub(crate) fn new(len: usize) -> io::Result<Stack> {
+        // SAFETY: a fresh private anonymous mapping, ours alone.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Stack { base, len })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the owner drops it only once no child uses it.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+// SAFETY: a mapping, usable from any thread; who may run on it is the owner's rule.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for Stack {}
+
+/// `clone3(args)` with the child on `stack`, starting in `entry(arg)`; returns what the
+/// system call returned in the parent (the child's PID, or -errno). `args.flags` says how
+/// much the child shares (a child without `CLONE_VM` gets a copy of the stack too).
+///
+/// # Safety
+/// `arg` and `stack` must stay valid for as long as the child may use them, and `entry`
+/// must never return; a child sharing our memory may only make raw system calls and touch
+/// memory no thread of ours changes meanwhile (no allocation, no thread-local state, no
+/// panics).
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn clone3_on_stack(
+    args: &mut CloneArgs,
+    stack: &Stack,
+    arg: *const std::ffi::c_void,
+    entry: extern "C" fn(*const std::ffi::c_void) -> !,
+) -> i64 {
+    args.stack = stack.base as u64;
+    args.stack_size = stack.len as u64;
+    let ret: i64;
+    // SAFETY (the caller's, above): `args` is a valid clone_args of the size passed. In the
+    // child the kernel returns 0 with the stack pointer at the top of `stack` (16-byte
+    // aligned) and every other register as in the parent, so r12/r13 still hold `arg` and
+    // `entry`; it calls `entry(arg)`, which never returns. In the parent, the asm touches no
+    // stack and clobbers only rax, rcx and r11.
+    std::arch::asm!(
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "xor ebp, ebp",
+        "mov rdi, r12",
+        "call r13",
+        "ud2",
+        "2:",
+        inlateout("rax") libc::SYS_clone3 => ret,
+        in("rdi") args as *mut CloneArgs,
+        in("rsi") std::mem::size_of::<CloneArgs>(),
+        in("r12") arg,
+        in("r13") entry,
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    ret
 }
 
 /// `clone3` with fork semantics (the child gets a copy of our address space).
@@ -1020,17 +1071,17 @@ fn clone3_fork(args: &mut CloneArgs, ctx: &ChildCtx) -> io::Result<i64> {
 
 /// The child's first Rust frame on its own stack (vfork-style clone3).
 #[cfg(target_arch = "x86_64")]
-extern "C" fn child_entry(ctx: *const ChildCtx) -> ! {
-    // SAFETY: `ctx` points into the suspended parent's frame (see `clone3_raw`).
-    child_after_fork(unsafe { &*ctx })
+extern "C" fn child_entry(ctx: *const std::ffi::c_void) -> ! {
+    // SAFETY: `ctx` points to a `ChildCtx` in the suspended parent's frame (see `clone3_raw`).
+    child_after_fork(unsafe { &*(ctx as *const ChildCtx) })
 }
 
 /// The same for the grandchild of a [`Placement::Detached`] spawn: it is detached already.
 #[cfg(target_arch = "x86_64")]
-extern "C" fn grandchild_entry(ctx: *const ChildCtx) -> ! {
+extern "C" fn grandchild_entry(ctx: *const std::ffi::c_void) -> ! {
     // SAFETY: as for `child_entry`: the parent and the middle process are both suspended
     // until the grandchild has exec'd or exited.
-    child_setup_and_exec(unsafe { &*ctx })
+    child_setup_and_exec(unsafe { &*(ctx as *const ChildCtx) })
 }
 
 /// The middle process of a [`Placement::Detached`] spawn creates the grandchild that will
@@ -1081,12 +1132,12 @@ fn to_sigset(set: crate::options::SignalSet) -> libc::sigset_t {
 }
 
 /// Every signal blocked on this thread until dropped, which restores the previous mask.
-struct BlockedSignals {
+pub(crate) struct BlockedSignals {
     previous: libc::sigset_t,
 }
 
 impl BlockedSignals {
-    fn all() -> io::Result<BlockedSignals> {
+    pub(crate) fn all() -> io::Result<BlockedSignals> {
         // SAFETY: plain data in and out of pthread_sigmask.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();

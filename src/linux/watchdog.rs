@@ -24,9 +24,10 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -87,9 +88,15 @@ struct Running {
     /// The `add` message of each cgroup registered and not forgotten, to give a new
     /// watchdog should this one die.
     watched: Vec<(PathBuf, Vec<u8>)>,
+    /// A lazy watchdog ([`Running::lazy`]) that may not have exec'd yet: what it runs on.
+    lazy: Option<Lazy>,
 }
 
 static WATCHDOG: Mutex<Option<Running>> = Mutex::new(None);
+
+/// How many cgroups are registered (and not forgotten) with this process's watchdog: what a
+/// lazy watchdog reads, in our memory, to decide between exiting and acting.
+static WATCHED: AtomicUsize = AtomicUsize::new(0);
 
 /// A cgroup registered with the host's watchdog: if the host dies before this is dropped,
 /// the watchdog kills everything in the cgroup and removes it. Dropping it (the job is
@@ -129,13 +136,20 @@ impl Watch {
                 Some(r) => r,
                 None => state.insert(Running::start(binary)?),
             };
+            // Counted before it is sent: a lazy watchdog that finds the host gone with the
+            // count above zero execs the whole watchdog, which reads what was sent.
+            WATCHED.store(running.watched.len() + 1, Ordering::SeqCst);
             let sent = if running.has_died() {
                 Err(io::Error::from(Errno::PIPE))
             } else {
                 send(running.socket.as_fd(), &msg)
             };
+            if sent.is_err() {
+                WATCHED.store(running.watched.len(), Ordering::SeqCst);
+            }
             match sent {
                 Ok(()) => {
+                    running.sent_one();
                     running.watched.push((cgroup.to_path_buf(), msg));
                     return Ok(Watch {
                         cgroup: cgroup.to_path_buf(),
@@ -146,10 +160,14 @@ impl Watch {
                 // started, the dead one stays, with its list, for the next attempt.
                 Err(e) if is_gone(&e) && !restarted => {
                     restarted = true;
-                    let old = state.take().expect("running");
+                    let mut old = state.take().expect("running");
                     match Running::start(binary).and_then(|new| new.take_over(old.watched.clone()))
                     {
-                        Ok(new) => *state = Some(new),
+                        Ok(new) => {
+                            // Dead (its end of the socket is closed): off our memory.
+                            drop(old.lazy.take());
+                            *state = Some(new);
+                        }
                         Err(e) => {
                             *state = Some(old);
                             return Err(e);
@@ -184,7 +202,11 @@ impl Drop for Watch {
         // A watchdog that is gone forgets by itself; one that is stuck would kill a
         // cgroup that is no longer the job's only if the host died, and the cgroup is
         // removed (or detached, and then the job is no longer ours to keep).
-        let _ = send(running.socket.as_fd(), &msg);
+        if send(running.socket.as_fd(), &msg).is_ok() {
+            running.sent_one();
+        }
+        // After the `forget` is queued: a lazy watchdog reading zero may just exit.
+        WATCHED.store(running.watched.len(), Ordering::SeqCst);
     }
 }
 
@@ -202,20 +224,30 @@ pub(crate) fn release(timeout: Duration) {
             _ => None,
         }
     };
-    let Some(Running { socket, pidfd, .. }) = running else {
+    let Some(Running {
+        socket,
+        pidfd,
+        lazy,
+        ..
+    }) = running
+    else {
         return;
     };
     drop(socket);
-    if let Some(pidfd) = pidfd {
+    let exited = pidfd.is_some_and(|pidfd| {
         let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-        let _ = crate::linux::poll(&mut fds, Some(timeout));
+        crate::linux::poll(&mut fds, Some(timeout)).is_ok() && !fds[0].revents().is_empty()
+    });
+    if !exited {
+        // It may still run on our memory: what it uses stays (a few pages).
+        std::mem::forget(lazy);
     }
 }
 
 impl Running {
-    /// Starts a watchdog for this process.
+    /// Starts a watchdog for this process: a fork of it when it has one thread (the
+    /// `corral` CLI), otherwise `corral __watchdog` (see [`supervise::find_binary`]).
     fn start(binary: Option<&Path>) -> Result<Running> {
-        let binary = supervise::find_binary(binary)?;
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -236,6 +268,15 @@ impl Running {
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| Error::sys("open /dev/null for the watchdog", e))?;
+        let binary = supervise::find_binary(binary);
+        if single_threaded() {
+            #[cfg(target_arch = "x86_64")]
+            if let (Ok(binary), true) = (&binary, lazy::kernel_confines_core_dumps()) {
+                return Running::lazy(host, ours, theirs, me, null, binary);
+            }
+            return Running::fork(host, ours, theirs, me, null);
+        }
+        let binary = binary?;
         let args = [OsString::from(ARG), OsString::from(host.to_string())];
         let keep = [(me.as_fd(), HOST_FD), (theirs.as_fd(), SOCKET_FD)];
         let spec = SpawnSpec {
@@ -272,7 +313,150 @@ impl Running {
             pid,
             pidfd,
             watched: Vec::new(),
+            lazy: None,
         })
+    }
+
+    /// Starts the watchdog lazily, the CLI's way on x86_64: a process that shares our memory
+    /// (`clone3(CLONE_VM)` on a stack of its own, like `posix_spawn`'s child, but not
+    /// waited for) and sleeps in `ppoll` on our pidfd, its end of the socket and a wake-up
+    /// pipe, reading nothing. Only when it has something to do does it exec `corral
+    /// __watchdog`, with the socket and our pidfd where that expects them: when we are gone
+    /// (or closed the socket) with cgroups registered ([`WATCHED`] above zero, read in our
+    /// memory), or when we ask because the messages it leaves queued have piled up
+    /// ([`LAZY_QUEUE`]). A `corral run` whose job ends normally thus pays two `clone3`s and
+    /// no exec, and the watchdog costs no memory of its own beyond its stack. Its shape is
+    /// the other watchdogs': a middle process calls `setsid` and creates it, so it is in a
+    /// session of its own from before it exists and is no child of ours. Until it execs,
+    /// its command line reads as ours; its name (`comm`) is `corral-watchdog`.
+    #[cfg(target_arch = "x86_64")]
+    fn lazy(
+        host: u32,
+        ours: OwnedFd,
+        theirs: OwnedFd,
+        me: OwnedFd,
+        null: OwnedFd,
+        binary: &Path,
+    ) -> Result<Running> {
+        let (wake_read, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| Error::sys("pipe for the watchdog", e))?;
+        let ctx = lazy::Ctx::new(binary, host, [&me, &theirs, &wake_read, &null])?;
+        let stack = spawn::Stack::new(lazy::STACK)
+            .map_err(|e| Error::sys("map a stack for the watchdog", e))?;
+        let mut ctx = ctx;
+        let (pid, pidfd) =
+            lazy::start(&mut ctx, &stack).map_err(|e| Error::sys("start the watchdog", e))?;
+        // Its copies are its own now; ours go.
+        drop((theirs, me, null, wake_read));
+        Ok(Running {
+            host,
+            socket: ours,
+            pid,
+            pidfd: Some(pidfd),
+            watched: Vec::new(),
+            lazy: Some(Lazy {
+                _ctx: ctx,
+                _stack: stack,
+                wake,
+                queued: 0,
+                upgraded: false,
+            }),
+        })
+    }
+
+    /// Starts the watchdog as a fork of this single-threaded process, with no `exec`: the
+    /// `corral` CLI's way, which spares each `corral run` the exec and start-up of a second
+    /// `corral` (and needs no executable to find). The shape is the exec'd watchdog's: a
+    /// middle process calls `setsid` and forks the watchdog, sends its PID and exits, so
+    /// the watchdog is in a session of its own from before it exists and is no child of
+    /// ours. Its memory is a copy of ours (shared until either side writes a page); its
+    /// command line reads as ours, and its name (`comm`) is `corral-watchdog`.
+    fn fork(
+        host: u32,
+        ours: OwnedFd,
+        theirs: OwnedFd,
+        me: OwnedFd,
+        null: OwnedFd,
+    ) -> Result<Running> {
+        let (pid_read, pid_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| Error::sys("pipe for the watchdog", e))?;
+        // SAFETY: this process has one thread (checked by the caller just before), so the
+        // copy holds no lock another thread held; glibc's `fork` keeps its own state
+        // consistent in the child. The middle process and the watchdog run only the code
+        // below and leave with `_exit`, never returning into the caller.
+        let middle = unsafe { libc::fork() };
+        if middle < 0 {
+            return Err(Error::sys("fork the watchdog", io::Error::last_os_error()));
+        }
+        if middle == 0 {
+            // SAFETY: as above; `setsid` and `fork` in the middle process, `_exit` to leave.
+            unsafe {
+                libc::setsid();
+                let watchdog = libc::fork();
+                if watchdog == 0 {
+                    drop((ours, pid_read, pid_write));
+                    let code = Watchdog::forked(me, theirs, null).map_or(2, Watchdog::run);
+                    libc::_exit(code);
+                }
+                let bytes = watchdog.to_ne_bytes();
+                let ok = watchdog > 0 && rustix::io::write(&pid_write, &bytes).is_ok();
+                libc::_exit(if ok { 0 } else { 1 });
+            }
+        }
+        drop((theirs, me, null, pid_write));
+        let mut bytes = [0u8; 4];
+        let mut got = 0;
+        while got < bytes.len() {
+            match rustix::io::read(&pid_read, &mut bytes[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::INTR) => continue,
+                Err(_) => break,
+            }
+        }
+        // SAFETY: our own unreaped child: its PID cannot have been reused.
+        unsafe {
+            let mut status = 0;
+            while libc::waitpid(middle, &mut status, libc::__WALL) < 0
+                && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+        }
+        let pid = Pid::from_raw(i32::from_ne_bytes(bytes))
+            .filter(|_| got == bytes.len())
+            .ok_or_else(|| {
+                Error::sys(
+                    "fork the watchdog",
+                    io::Error::other("the middle process did not name the watchdog"),
+                )
+            })?;
+        // Not our child. The watchdog exits only once we are gone or have closed our end of
+        // the socket, so the PID is still its own (short of a SIGKILL from elsewhere in
+        // these few microseconds); the pidfd is only ever polled, never signalled.
+        let pidfd = pidfd::open(pid).ok();
+        Ok(Running {
+            host,
+            socket: ours,
+            pid,
+            pidfd,
+            watched: Vec::new(),
+            lazy: None,
+        })
+    }
+
+    /// Counts a message sent. A lazy watchdog reads none, so they queue in the socket:
+    /// after [`LAZY_QUEUE`] it is told to exec the whole watchdog, which reads them.
+    fn sent_one(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        let Some(lazy) = self.lazy.as_mut().filter(|l| !l.upgraded) else {
+            return;
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            lazy.queued += 1;
+            if lazy.queued >= LAZY_QUEUE {
+                lazy.upgraded = rustix::io::write(&lazy.wake, &[1]).is_ok();
+            }
+        }
     }
 
     /// Whether the watchdog is known to have died (its pidfd is readable).
@@ -289,8 +473,10 @@ impl Running {
         for (path, msg) in watched {
             send(self.socket.as_fd(), &msg)
                 .map_err(|e| Error::sys("send `add` to a new watchdog", e))?;
+            self.sent_one();
             self.watched.push((path, msg));
         }
+        WATCHED.store(self.watched.len(), Ordering::SeqCst);
         Ok(self)
     }
 }
@@ -357,6 +543,371 @@ fn send(fd: BorrowedFd<'_>, msg: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Whether this process has one thread (`/proc/self/task` has two links more than
+/// threads). Unsure counts as no.
+fn single_threaded() -> bool {
+    rustix::fs::stat("/proc/self/task").is_ok_and(|st| st.st_nlink == 3)
+}
+
+/// Ignores [`IGNORED`] (the watchdog has no terminal; these come only from a stray
+/// `kill`, or a service manager's stop).
+fn ignore_signals() {
+    // SAFETY: plain data in; setting dispositions has no memory effects on us.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = libc::SIG_IGN;
+        for sig in IGNORED {
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Messages a lazy watchdog leaves queued before it is told to exec the whole watchdog
+/// (a `SOCK_SEQPACKET` socket holds about 150 small ones by default).
+const LAZY_QUEUE: usize = 32;
+
+/// What a lazy watchdog runs on and reads, kept while it may still use our memory.
+#[cfg(target_arch = "x86_64")]
+struct Lazy {
+    _ctx: Box<lazy::Ctx>,
+    _stack: spawn::Stack,
+    /// Written to ask it to exec the whole watchdog; its end of file (when we are gone)
+    /// wakes it too.
+    wake: OwnedFd,
+    queued: usize,
+    upgraded: bool,
+}
+
+// Without this, `Running` (in a static `Mutex`) would not be `Send`: the context holds raw
+// pointers into itself and to the stack.
+// SAFETY: the pointers are into the context's own strings (heap, moving with it) and to
+// the stack, which lives as long as the context.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for Lazy {}
+
+/// No lazy watchdog elsewhere (its processes need a stack switch written per architecture).
+#[cfg(not(target_arch = "x86_64"))]
+enum Lazy {}
+
+/// The lazy watchdog's two processes: the middle one and the watchdog until it execs. Both
+/// share our memory and run on stacks of their own while our threads go on, so they make
+/// raw system calls only (no libc wrapper, which would set our `errno`), allocate nothing
+/// and touch nothing but their context, their stacks and [`WATCHED`].
+#[cfg(target_arch = "x86_64")]
+mod lazy {
+    use std::ffi::{c_char, c_void, CString};
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    use super::{Pid, HOST_FD, SOCKET_FD, WATCHED};
+    use crate::error::{Error, Result};
+    use crate::linux::spawn::{self, CloneArgs, Stack};
+
+    /// The watchdog's stack until it execs: it makes a few system calls in one frame.
+    pub(super) const STACK: usize = 64 * 1024;
+    /// The middle process's stack (freed once it has exited).
+    const MIDDLE_STACK: usize = 16 * 1024;
+    /// Where the wake-up pipe goes, next to the descriptors the watchdog keeps.
+    const WAKE_FD: RawFd = 5;
+
+    /// Read by both processes; written by the middle one (the watchdog's PID and pidfd).
+    #[repr(C)]
+    pub(super) struct Ctx {
+        /// Our pidfd, the socket, the wake-up pipe, /dev/null: as numbered in our table.
+        fds: [RawFd; 4],
+        program: CString,
+        _args: [CString; 2],
+        argv: [*const c_char; 4],
+        envp: [*const c_char; 1],
+        stack: *const Stack,
+        pid: AtomicI32,
+        pidfd: AtomicI32,
+    }
+
+    impl Ctx {
+        pub(super) fn new(binary: &Path, host: u32, fds: [&OwnedFd; 4]) -> Result<Box<Ctx>> {
+            let cstr = |b: &[u8]| {
+                CString::new(b).map_err(|_| {
+                    Error::InvalidOptions(format!(
+                        "{} has a NUL byte in its path: move it",
+                        binary.display()
+                    ))
+                })
+            };
+            let program = cstr(binary.as_os_str().as_bytes())?;
+            let args = [
+                cstr(super::ARG.as_bytes())?,
+                cstr(host.to_string().as_bytes())?,
+            ];
+            let mut ctx = Box::new(Ctx {
+                fds: fds.map(AsRawFd::as_raw_fd),
+                program,
+                _args: args,
+                argv: [std::ptr::null(); 4],
+                envp: [std::ptr::null()],
+                stack: std::ptr::null(),
+                pid: AtomicI32::new(0),
+                pidfd: AtomicI32::new(-1),
+            });
+            ctx.argv = [
+                ctx.program.as_ptr(),
+                ctx._args[0].as_ptr(),
+                ctx._args[1].as_ptr(),
+                std::ptr::null(),
+            ];
+            Ok(ctx)
+        }
+    }
+
+    /// Whether a process dumping core takes only its own threads down (Linux 5.16,
+    /// "coredump: Limit coredumps to a single thread group"): before, every process sharing
+    /// its memory died with it, and a lazy watchdog would die of the host's crash.
+    pub(super) fn kernel_confines_core_dumps() -> bool {
+        static AT_LEAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AT_LEAST.get_or_init(|| {
+            let text = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let mut parts = text.trim().split(['.', '-']).map(|p| p.parse::<u32>().ok());
+            matches!((parts.next(), parts.next()), (Some(Some(a)), Some(Some(b))) if (a, b) >= (5, 16))
+        })
+    }
+
+    /// Creates the middle process (which creates the watchdog on `stack`) and waits for it
+    /// to exit. Returns the watchdog's PID and pidfd.
+    pub(super) fn start(ctx: &mut Ctx, stack: &Stack) -> io::Result<(Pid, OwnedFd)> {
+        // The watchdog's stack, for the middle process to give it.
+        ctx.stack = stack;
+        let middle_stack = Stack::new(MIDDLE_STACK)?;
+        // Shares our descriptor table, so that the watchdog's pidfd lands in it.
+        let mut args = CloneArgs {
+            flags: spawn::CLONE_VM | spawn::CLONE_VFORK | spawn::CLONE_FILES,
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        // Every signal blocked across the clone: no handler of ours may run on the middle
+        // process's stack (it inherits the mask, and sets the watchdog's).
+        let _blocked = spawn::BlockedSignals::all()?;
+        // SAFETY: `ctx` and `middle_stack` outlive the middle process (CLONE_VFORK: we are
+        // suspended until it exits), and `middle` never returns.
+        let ret = unsafe {
+            spawn::clone3_on_stack(
+                &mut args,
+                &middle_stack,
+                ctx as *const Ctx as *const c_void,
+                middle,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret as i32));
+        }
+        // SAFETY: our own child, exited (CLONE_VFORK), unreaped: its PID is still its own.
+        unsafe {
+            let mut status = 0;
+            while libc::waitpid(ret as libc::pid_t, &mut status, libc::__WALL) < 0
+                && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+        }
+        let pid = ctx.pid.load(Ordering::SeqCst);
+        let pidfd = ctx.pidfd.load(Ordering::SeqCst);
+        if pid <= 0 || pidfd < 0 {
+            return Err(io::Error::from_raw_os_error(if pid < 0 {
+                -pid
+            } else {
+                libc::EINVAL
+            }));
+        }
+        // SAFETY: the middle process stored a pidfd CLONE_PIDFD made in our table (it
+        // shared it), close-on-exec, owned by nothing else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        Ok((Pid::from_raw(pid).expect("positive"), pidfd))
+    }
+
+    /// One raw system call (x86_64: number in rax, arguments in rdi rsi rdx r10 r8 r9).
+    ///
+    /// # Safety
+    /// As the system call `n` with these arguments.
+    #[inline(always)]
+    unsafe fn sys(n: libc::c_long, a: [usize; 6]) -> isize {
+        let ret: isize;
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+        ret
+    }
+
+    /// The middle process: a session of its own, then the watchdog, then exit.
+    extern "C" fn middle(ctx: *const c_void) -> ! {
+        // SAFETY: `ctx` is the host's context, valid while we run (the host waits for us);
+        // raw system calls only.
+        unsafe {
+            let ctx = &*(ctx as *const Ctx);
+            sys(libc::SYS_setsid, [0; 6]);
+            let mut pidfd: libc::c_int = -1;
+            let mut args = CloneArgs {
+                flags: spawn::CLONE_VM | spawn::CLONE_PIDFD,
+                pidfd: &mut pidfd as *mut libc::c_int as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                ..CloneArgs::default()
+            };
+            let ret = spawn::clone3_on_stack(
+                &mut args,
+                &*ctx.stack,
+                ctx as *const Ctx as *const c_void,
+                watchdog,
+            );
+            if ret > 0 {
+                ctx.pidfd.store(pidfd, Ordering::SeqCst);
+                ctx.pid.store(ret as i32, Ordering::SeqCst);
+            } else {
+                ctx.pid.store(ret as i32, Ordering::SeqCst);
+            }
+            sys(libc::SYS_exit, [0; 6]);
+        }
+        unreachable_exit()
+    }
+
+    /// Never reached (the `exit` system call does not return); no panic machinery here.
+    fn unreachable_exit() -> ! {
+        loop {
+            // SAFETY: `exit` of this task.
+            unsafe { sys(libc::SYS_exit, [1, 0, 0, 0, 0, 0]) };
+        }
+    }
+
+    /// The watchdog until it execs.
+    extern "C" fn watchdog(ctx: *const c_void) -> ! {
+        // SAFETY: `ctx` is the host's, kept while we may run on its memory; raw system
+        // calls only, on descriptors of our own table (a copy of the host's).
+        unsafe {
+            let ctx = &*(ctx as *const Ctx);
+            sys(
+                libc::SYS_prctl,
+                [
+                    libc::PR_SET_NAME as usize,
+                    c"corral-watchdog".as_ptr() as usize,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            let all: u64 = !0;
+            sys(
+                libc::SYS_rt_sigprocmask,
+                [
+                    libc::SIG_SETMASK as usize,
+                    &all as *const u64 as usize,
+                    0,
+                    8,
+                    0,
+                    0,
+                ],
+            );
+            // Ours at 3 (the host's pidfd), 4 (the socket), 5 (the wake-up pipe), /dev/null
+            // at 0-2, each first moved above them all so that no move overwrites another.
+            let mut high = [0usize; 4];
+            let mut i = 0;
+            while i < 4 {
+                let fd = sys(
+                    libc::SYS_fcntl,
+                    [
+                        ctx.fds[i] as usize,
+                        libc::F_DUPFD_CLOEXEC as usize,
+                        10,
+                        0,
+                        0,
+                        0,
+                    ],
+                );
+                if fd < 0 {
+                    unreachable_exit();
+                }
+                high[i] = fd as usize;
+                i += 1;
+            }
+            let moves: [(usize, usize, usize); 6] = [
+                (high[3], 0, 0),
+                (high[3], 1, 0),
+                (high[3], 2, 0),
+                (high[0], HOST_FD as usize, 0),
+                (high[1], SOCKET_FD as usize, 0),
+                (high[2], WAKE_FD as usize, libc::O_CLOEXEC as usize),
+            ];
+            let mut i = 0;
+            while i < moves.len() {
+                let (from, to, flags) = moves[i];
+                if sys(libc::SYS_dup3, [from, to, flags, 0, 0, 0]) < 0 {
+                    unreachable_exit();
+                }
+                i += 1;
+            }
+            sys(
+                libc::SYS_close_range,
+                [WAKE_FD as usize + 1, u32::MAX as usize, 0, 0, 0, 0],
+            );
+            loop {
+                let mut fds = [
+                    libc::pollfd {
+                        fd: HOST_FD,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    // No POLLIN: the messages stay queued; a hang-up still wakes us.
+                    libc::pollfd {
+                        fd: SOCKET_FD,
+                        events: 0,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: WAKE_FD,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                let n = sys(libc::SYS_ppoll, [fds.as_mut_ptr() as usize, 3, 0, 0, 0, 0]);
+                if n == -(libc::EINTR as isize) || n == 0 {
+                    continue;
+                }
+                if n < 0 {
+                    break;
+                }
+                let asked = fds[2].revents & libc::POLLIN != 0;
+                let gone = fds[0].revents | fds[1].revents | fds[2].revents != 0;
+                if asked || (gone && WATCHED.load(Ordering::SeqCst) > 0) {
+                    break;
+                }
+                if gone {
+                    sys(libc::SYS_exit, [0; 6]);
+                }
+            }
+            sys(
+                libc::SYS_execve,
+                [
+                    ctx.program.as_ptr() as usize,
+                    ctx.argv.as_ptr() as usize,
+                    ctx.envp.as_ptr() as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+        }
+        unreachable_exit()
+    }
+}
+
 // ---- the watchdog process ----------------------------------------------------------------
 
 /// `corral __watchdog <host pid>`, with the host's pidfd at descriptor 3 and the socket at
@@ -400,14 +951,7 @@ impl Watchdog {
             [_, arg, host] if arg == ARG && host.to_str()?.parse::<u32>().is_ok() => {}
             _ => return None,
         }
-        // SAFETY: plain data in; setting dispositions has no memory effects on us.
-        unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = libc::SIG_IGN;
-            for sig in IGNORED {
-                libc::sigaction(sig, &act, std::ptr::null_mut());
-            }
-        }
+        ignore_signals();
         supervise::close_descriptors_from(SOCKET_FD + 1);
         // SAFETY: only borrowed for the fstat; ownership is taken below.
         let (host, socket) = unsafe {
@@ -422,6 +966,65 @@ impl Watchdog {
         if !is_socket || rustix::io::fcntl_getfd(host).is_err() {
             return None;
         }
+        // SAFETY: both are open (checked above), and by the protocol they are ours.
+        Some(unsafe {
+            Watchdog::new(
+                OwnedFd::from_raw_fd(HOST_FD),
+                OwnedFd::from_raw_fd(SOCKET_FD),
+            )
+        })
+    }
+
+    /// The watchdog in a fork of the host ([`Running::fork`]): /dev/null on 0, 1 and 2,
+    /// the host's pidfd and the socket at 3 and 4, every other descriptor closed, as the
+    /// exec'd one has them.
+    fn forked(host: OwnedFd, socket: OwnedFd, null: OwnedFd) -> Option<Watchdog> {
+        // Fifteen bytes: the kernel's limit for a task's name.
+        let _ = rustix::thread::set_name(c"corral-watchdog");
+        ignore_signals();
+        // Nothing of the host's runs here: no handler of its may run on a signal either.
+        // SAFETY: plain data in and out of sigprocmask.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        }
+        let (host, socket, null) = (host.into_raw_fd(), socket.into_raw_fd(), null.into_raw_fd());
+        // First above every descriptor the moves below write to, so none overwrites another.
+        // SAFETY: plain descriptor calls; each result is checked, and every descriptor left
+        // over (the originals included) is closed by `close_descriptors_from` below, or was
+        // overwritten by a `dup2`.
+        unsafe {
+            let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+            let (host, socket, null) = (high(host), high(socket), high(null));
+            if host < 0 || socket < 0 || null < 0 {
+                return None;
+            }
+            for (fd, to) in [
+                (null, 0),
+                (null, 1),
+                (null, 2),
+                (host, HOST_FD),
+                (socket, SOCKET_FD),
+            ] {
+                if libc::dup2(fd, to) < 0 {
+                    return None;
+                }
+            }
+        }
+        // Every copy of the host's descriptors goes (its stdio, pipes, the job's leaf...):
+        // none may stay open for as long as the watchdog runs.
+        supervise::close_descriptors_from(SOCKET_FD + 1);
+        // SAFETY: just duplicated there, and owned by nothing else.
+        Some(unsafe {
+            Watchdog::new(
+                OwnedFd::from_raw_fd(HOST_FD),
+                OwnedFd::from_raw_fd(SOCKET_FD),
+            )
+        })
+    }
+
+    fn new(host: OwnedFd, socket: OwnedFd) -> Watchdog {
         // A host with many jobs at once: each holds two descriptors here.
         let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         if let Some(max) = nofile.maximum {
@@ -433,15 +1036,12 @@ impl Watchdog {
                 },
             );
         }
-        // SAFETY: both are open (checked above), and by the protocol they are ours.
-        Some(unsafe {
-            Watchdog {
-                host: OwnedFd::from_raw_fd(HOST_FD),
-                socket: OwnedFd::from_raw_fd(SOCKET_FD),
-                watched: HashMap::new(),
-                buf: vec![0u8; MAX_MESSAGE],
-            }
-        })
+        Watchdog {
+            host,
+            socket,
+            watched: HashMap::new(),
+            buf: vec![0u8; MAX_MESSAGE],
+        }
     }
 
     /// Waits for the host to go, then deals with what it left. Returns the exit status.

@@ -1,6 +1,6 @@
 //! The job dies with its supervisor (cgroup mode): when the process running a cgroup job is
 //! killed (SIGKILL, by itself or with its whole process group), the host's watchdog
-//! (`corral __watchdog`, see `src/linux/watchdog.rs`) kills every process of the job, even
+//! (a fork of `corral`, see `src/linux/watchdog.rs`) kills every process of the job, even
 //! those that left the job's session (`setsid`, a double-fork daemon), and removes the
 //! job's cgroup, within 1 s. A job that ended normally is forgotten, and the watchdog exits
 //! with its host.
@@ -8,7 +8,8 @@
 //! The tree: `sh -c 'testtree setsid & testtree --go G daemon & wait'`, so the job holds a
 //! `setsid` escapee and a daemon (both out of corral's process group and session), besides
 //! `sh` and the two `top`s. Every process is held by a pidfd opened while it was alive, and
-//! the watchdog is found by its command line (`corral __watchdog <host pid>`) and held by a
+//! the watchdog is found in `/proc` (the CLI forks it: its name is `corral-watchdog` and its
+//! command line the host's; an exec'd one is `corral __watchdog <host pid>`) and held by a
 //! pidfd too. Everything runs in the test's cgroup subtree (corral, its watchdog and the
 //! host in `corral/`, jobs under `jobs/`), which is killed and removed in `Drop` whatever
 //! happens.
@@ -100,7 +101,7 @@ fn cgroup_procs(cgroup: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// A `corral __watchdog` process, held by a pidfd.
+/// The host's watchdog process, held by a pidfd.
 struct Watchdog {
     pid: i32,
     fd: OwnedFd,
@@ -118,12 +119,18 @@ fn cmdline(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `corral __watchdog <host>` (exec'd by a multi-threaded host), or the fork of a
+/// single-threaded host such as the CLI: named `corral-watchdog`, with the host's command
+/// line (read while the host runs).
 fn is_watchdog_of(pid: i32, host: i32) -> bool {
     let argv = cmdline(pid);
-    argv.len() == 3
+    let execd = argv.len() == 3
         && argv[0].ends_with("corral")
         && argv[1] == "__watchdog"
-        && argv[2] == host.to_string()
+        && argv[2] == host.to_string();
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let forked = pid != host && comm.trim_end() == "corral-watchdog" && argv == cmdline(host);
+    execd || forked
 }
 
 impl Watchdog {
