@@ -100,16 +100,31 @@ pub enum Many {
     Bare,
     SpawnCommand,
     Spawn,
+    SpawnCommandBare,
+    BareLeaf,
 }
 
 impl Many {
-    pub const ALL: [Many; 3] = [Many::Bare, Many::SpawnCommand, Many::Spawn];
+    pub const ALL: [Many; 5] = [
+        Many::Bare,
+        Many::SpawnCommand,
+        Many::Spawn,
+        Many::SpawnCommandBare,
+        Many::BareLeaf,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Many::Bare => "bare `Command::status()`",
             Many::SpawnCommand => "`Job::spawn_command(&JobCommand)` + `wait()`, cgroup",
             Many::Spawn => "`Job::spawn(&mut Command)` + `wait()`, cgroup",
+            Many::SpawnCommandBare => {
+                "(explanatory) the same `spawn_command`, with neither watchdog nor registry"
+            }
+            Many::BareLeaf => {
+                "(explanatory) bare `Command::status()`, and `mkdir` + `rmdir` of an empty \
+                 leaf around it (the floor of a fresh cgroup per job)"
+            }
         }
     }
 }
@@ -140,8 +155,9 @@ pub struct CostFigures {
     pub piped: [Samples; 2],
     pub many_rounds: usize,
     pub many: Vec<Samples>,
-    /// The nextest runs: plain, then with corral; or why there are none.
-    pub nextest: std::result::Result<[Samples; 2], String>,
+    /// The nextest runs: plain, with corral, with `env` as the wrapper (the floor of any
+    /// wrapper: one more exec per test); or why there are none.
+    pub nextest: std::result::Result<[Samples; 3], String>,
 }
 
 impl CostFigures {
@@ -266,6 +282,16 @@ fn batch(bench: &mut Bench, v: Many, opts: &corral::Options) -> Result<Duration>
     let next = AtomicUsize::new(0);
     let failures = AtomicUsize::new(0);
     let cmd = corral::JobCommand::new("/bin/true");
+    let lean = corral::Options {
+        register: false,
+        debug: corral::DebugKnobs {
+            no_watchdog: true,
+            ..Default::default()
+        },
+        ..opts.clone()
+    };
+    let jobs = opts.cgroup_parent.clone().expect("the bench's jobs/");
+    let leaves = AtomicUsize::new(0);
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..WORKERS {
@@ -281,6 +307,18 @@ fn batch(bench: &mut Bench, v: Many, opts: &corral::Options) -> Result<Duration>
                         Many::Spawn => corral::Job::spawn(&mut Command::new("/bin/true"), opts)
                             .and_then(|mut j| j.wait())
                             .is_ok_and(|r| r.exit_status == 0),
+                        Many::SpawnCommandBare => corral::Job::spawn_command(&cmd, &lean)
+                            .and_then(|mut j| j.wait())
+                            .is_ok_and(|r| r.exit_status == 0),
+                        Many::BareLeaf => {
+                            let leaf = jobs
+                                .join(format!("floor-{}", leaves.fetch_add(1, Ordering::Relaxed)));
+                            let made = fs::create_dir(&leaf).is_ok();
+                            let ran = Command::new("/bin/true")
+                                .status()
+                                .is_ok_and(|s| s.success());
+                            made && ran && fs::remove_dir(&leaf).is_ok()
+                        }
                     };
                     if !ok {
                         failures.fetch_add(1, Ordering::Relaxed);
@@ -368,7 +406,7 @@ fn nextest(
     plan: &Plan,
     corral: &Path,
     jobs: &Path,
-) -> Result<std::result::Result<[Samples; 2], String>> {
+) -> Result<std::result::Result<[Samples; 3], String>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let have = Command::new(&cargo)
         .args(["nextest", "--version"])
@@ -402,10 +440,16 @@ fn nextest(
             "experimental = [\"wrapper-scripts\"]\n\n\
              [scripts.wrapper.corral]\n\
              command = [{}, \"run\", \"--cgroup-parent\", {}, \"--\"]\n\n\
+             [scripts.wrapper.env]\n\
+             command = [\"/usr/bin/env\"]\n\n\
              [profile.corral]\n\n\
              [[profile.corral.scripts]]\n\
              filter = \"all()\"\n\
-             run-wrapper = \"corral\"\n",
+             run-wrapper = \"corral\"\n\n\
+             [profile.env]\n\n\
+             [[profile.env.scripts]]\n\
+             filter = \"all()\"\n\
+             run-wrapper = \"env\"\n",
             quote(corral),
             quote(jobs)
         ),
@@ -431,12 +475,13 @@ fn nextest(
     };
     // Builds the crate (not timed).
     run("default")?;
-    let mut samples: [Samples; 2] = Default::default();
+    let mut samples: [Samples; 3] = Default::default();
+    let profiles = ["default", "corral", "env"];
     for round in 0..plan.cost_nextest_rounds + 1 {
         super::check_interrupted()?;
-        for k in 0..2 {
-            let which = (round + k) % 2;
-            let took = run(if which == 0 { "default" } else { "corral" })?;
+        for k in 0..profiles.len() {
+            let which = (round + k) % profiles.len();
+            let took = run(profiles[which])?;
             if round >= 1 {
                 samples[which].push(took);
             }

@@ -1494,7 +1494,7 @@ fn cost_targets(r: &Results<'_>) -> Vec<Target> {
         });
     }
     match &c.nextest {
-        Ok([plain, with]) => {
+        Ok([plain, with, env]) => {
             let x = ratio(with, plain);
             out.push(Target {
                 figure: format!(
@@ -1511,8 +1511,11 @@ fn cost_targets(r: &Results<'_>) -> Vec<Target> {
                 met: x <= NEXTEST_TARGET,
                 why: (x > NEXTEST_TARGET).then(|| {
                     Why::own(format!(
-                        "{} more per test: one `corral run` each (the row above).",
-                        fmt_secs((with.median() - plain.median()) / cost::TESTS as f64 * 2.0)
+                        "{} more per test on each of the 2 test threads: one `corral run` \
+                         each. The floor of any wrapper, `env` (one more exec per test), \
+                         takes {} of the plain run.",
+                        fmt_secs((with.median() - plain.median()) / cost::TESTS as f64 * 2.0),
+                        fmt_ratio(ratio(env, plain))
                     ))
                 }),
             });
@@ -1645,17 +1648,20 @@ pub fn cost_section(c: &CostFigures) -> String {
         );
     }
     match &c.nextest {
-        Ok([plain, with]) => {
+        Ok([plain, with, env]) => {
             let _ = writeln!(
                 o,
                 "\n`cargo nextest run` of a crate of {} empty tests (built before, not timed), \
                  {} runs each, interleaved: without corral {}, with `corral run` as the \
-                 wrapper script of every test {} ({}).",
+                 wrapper script of every test {} ({}), with `/usr/bin/env` as the wrapper \
+                 (the floor of any wrapper) {} ({}).",
                 cost::TESTS,
                 plain.len(),
                 fmt_secs(plain.median()),
                 fmt_secs(with.median()),
-                fmt_ratio(ratio(with, plain))
+                fmt_ratio(ratio(with, plain)),
+                fmt_secs(env.median()),
+                fmt_ratio(ratio(env, plain))
             );
         }
         Err(why) => {

@@ -2,24 +2,39 @@
 //!
 //! A job's cgroup outlives its supervisor (the `corral` CLI, or a program embedding the
 //! library): killed by any signal, SIGKILL included, it leaves the job running. So each
-//! host process that runs cgroup jobs has one watchdog, `corral __watchdog <host pid>`,
-//! started at its first cgroup job ([`Watch::add`]) and shared by all of them:
+//! host process that runs cgroup jobs has one watchdog, started at its first cgroup job
+//! ([`Watch::add`]) and shared by all of them. The watchdog is in a session of its own from
+//! before it exists (a middle process calls `setsid` and creates it), so no `killpg` of the
+//! host's group and no signal of the host's terminal reaches it, and it is no child of the
+//! host (the middle process exits at once): a host's `waitpid(-1)` never takes it.
+//!
+//! The host says `add <cgroup>` (then, after NULs, files to unlink once the cgroup is gone)
+//! over a `SOCK_SEQPACKET` socketpair after the leaf is made and before the job's first
+//! process starts, and `forget <cgroup>` when the job is over or detached. When the host is
+//! gone (its pidfd readable, or end of file while cgroups are registered), the watchdog
+//! reads what is still queued, kills each registered cgroup, waits for it to empty, removes
+//! it and the files, and exits; with nothing registered it just exits.
+//!
+//! It starts in one of three ways, the cheapest the host allows:
+//!
+//! - **Lazy** (x86_64, Linux 5.16 on): a process that shares the host's memory
+//!   (`clone3(CLONE_VM)` on a stack of its own) and sleeps in `ppoll` on the host's pidfd,
+//!   a hang-up of the socket and a wake-up pipe, reading nothing: the messages stay queued.
+//!   Only when it has to act does it exec `corral __watchdog <host>`, which reads them: the
+//!   host is gone with cgroups registered ([`WATCHED`], read in the host's memory), or the
+//!   host asks because [`LAZY_QUEUE`] messages are queued (a long-lived host then has the
+//!   exec'd watchdog from its 17th job on). A `corral run` thus pays two `clone3`s, no exec
+//!   and no memory of the watchdog's own.
+//! - **Forked**, elsewhere, by a host with one thread (the CLI): a `fork` that runs the
+//!   watchdog's loop without an exec.
+//! - **Exec'd**, otherwise: `corral __watchdog <host>`, run from the `corral` executable
+//!   [`supervise::find_binary`] finds, with the host's pidfd at descriptor 3 and its end of
+//!   the socket at 4.
 //!
 //! ```text
-//! host --clone--> M: setsid(), fork, exit --> W: execve("corral", ["corral", "__watchdog", "<host>"])
+//! host --clone--> M: setsid(), clone/fork, exit --> W (lazy: shares the host's memory)
+//!                                                     \--(when it must act)--> execve("corral", ["corral", "__watchdog", "<host>"])
 //! ```
-//!
-//! `W` is in a session of its own from before it exists (`M` calls `setsid` before the
-//! fork), so no `killpg` of the host's group and no signal of the host's terminal reaches
-//! it, and it is no child of the host (`M` exits at once): a host's `waitpid(-1)` never
-//! takes it, and it is never the host's zombie. It gets a pidfd of the host at descriptor
-//! 3 and one end of a `SOCK_SEQPACKET` socketpair at 4, and sleeps in `poll` on both: no
-//! timer, no wake-up while the host lives. The host says `add <cgroup>` (then, after NULs,
-//! files to unlink once the cgroup is gone) after the leaf is made and before the job's
-//! first process starts, and `forget <cgroup>` when the job is over or detached. When the
-//! host is gone (its pidfd readable, or end of file while cgroups are registered), `W`
-//! reads what is still queued, kills each registered cgroup, waits for it to empty,
-//! removes it and the files, and exits; with nothing registered it just exits.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -269,11 +284,11 @@ impl Running {
         )
         .map_err(|e| Error::sys("open /dev/null for the watchdog", e))?;
         let binary = supervise::find_binary(binary);
+        #[cfg(target_arch = "x86_64")]
+        if let (Ok(binary), true) = (&binary, lazy::kernel_confines_core_dumps()) {
+            return Running::lazy(host, ours, theirs, me, null, binary);
+        }
         if single_threaded() {
-            #[cfg(target_arch = "x86_64")]
-            if let (Ok(binary), true) = (&binary, lazy::kernel_confines_core_dumps()) {
-                return Running::lazy(host, ours, theirs, me, null, binary);
-            }
             return Running::fork(host, ours, theirs, me, null);
         }
         let binary = binary?;
@@ -1216,8 +1231,66 @@ mod tests {
 
     /// A watchdog that died is replaced at the next `add`, and the new one is given what the
     /// old one watched. (Paths that are no cgroup: the watchdog ignores them.)
+    /// The tests that look at this process's one watchdog run one at a time.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+    /// A lazy watchdog that was sent [`LAZY_QUEUE`] messages execs the whole watchdog,
+    /// which reads them (and every later one) as they come.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_lazy_watchdog_with_many_messages_queued_execs_the_whole_one() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        if !lazy::kernel_confines_core_dumps() {
+            eprintln!("SKIPPED: no lazy watchdog before Linux 5.16");
+            return;
+        }
+        let mut watches = Vec::new();
+        for i in 0..LAZY_QUEUE {
+            match Watch::add(
+                Path::new(&format!("/nonexistent/corral-test-lazy-{i}")),
+                &[],
+            ) {
+                Ok(w) => watches.push(w),
+                Err(e @ Error::NoSupervisor { .. }) => {
+                    if std::env::var_os("CORRAL_REQUIRE_ALL").is_some_and(|v| v == "1") {
+                        panic!("test cannot run and CORRAL_REQUIRE_ALL=1: {e}");
+                    }
+                    eprintln!("SKIPPED: {e}");
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let pid = watches[0].watchdog_pid();
+        let ours = format!("{ARG}\0{}\0", std::process::id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if argv.windows(ours.len()).any(|w| w == ours.as_bytes()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "watchdog {pid} did not exec: {argv:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(watches.iter().all(|w| w.watchdog_pid() == pid));
+        let state = WATCHDOG.lock().unwrap();
+        let lazy = state
+            .as_ref()
+            .unwrap()
+            .lazy
+            .as_ref()
+            .expect("started lazily");
+        assert!(lazy.upgraded);
+        drop(state);
+        drop(watches);
+    }
+
     #[test]
     fn a_dead_watchdog_is_replaced() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let first = match Watch::add(Path::new("/nonexistent/corral-test-a"), &[]) {
             Ok(w) => w,
             Err(e @ Error::NoSupervisor { .. }) => {
@@ -1231,14 +1304,29 @@ mod tests {
         };
         let old = Pid::from_raw(first.watchdog_pid() as i32).expect("a PID");
         // Not our child: opened by PID, then checked to be our watchdog, so the pidfd is.
+        // Exec'd, it is `corral __watchdog <us>`; lazy or forked, `corral-watchdog` with
+        // our command line.
+        // A lazy one names itself as it starts, while we go on: looked at until it has.
         let fd = pidfd::open(old).expect("pidfd of the watchdog");
-        let argv = std::fs::read(format!("/proc/{}/cmdline", old.get())).unwrap_or_default();
         let ours = format!("{ARG}\0{}\0", std::process::id());
-        assert!(
-            argv.windows(ours.len()).any(|w| w == ours.as_bytes()),
-            "process {} is not our watchdog",
-            old.get()
-        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let argv = std::fs::read(format!("/proc/{}/cmdline", old.get())).unwrap_or_default();
+            let comm =
+                std::fs::read_to_string(format!("/proc/{}/comm", old.get())).unwrap_or_default();
+            let execd = argv.windows(ours.len()).any(|w| w == ours.as_bytes());
+            let shared = comm.trim_end() == "corral-watchdog"
+                && std::fs::read("/proc/self/cmdline").is_ok_and(|me| me == argv);
+            if execd || shared {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} is not our watchdog: {comm:?}",
+                old.get()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         pidfd::send_signal(fd.as_fd(), crate::options::Signal::KILL).expect("SIGKILL");
         let mut fds = [PollFd::new(&fd, PollFlags::IN)];
         crate::linux::poll(&mut fds, Some(Duration::from_secs(10))).expect("poll");
