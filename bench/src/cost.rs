@@ -347,7 +347,7 @@ fn memory_of(bench: &mut Bench, cmd: &mut Command, watchdog: bool) -> Result<Mem
     if watchdog {
         match find_watchdog(pid) {
             Some(w) => {
-                let shares = kcmp_vm(pid, w);
+                let shares = super::procs::shares_memory(pid, w);
                 m.watchdog_shares = Some(shares);
                 if !shares {
                     m.watchdog_own = hwm(w);
@@ -390,13 +390,6 @@ fn find_watchdog(host: i32) -> Option<i32> {
             .any(|w| w == exec_form.as_bytes());
         (forked || execd).then_some(pid)
     })
-}
-
-/// Whether two processes share one address space (`kcmp(KCMP_VM)`).
-fn kcmp_vm(a: i32, b: i32) -> bool {
-    const KCMP_VM: libc::c_long = 1;
-    // SAFETY: kcmp compares kernel objects; nothing of ours is touched.
-    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0 }
 }
 
 /// `cargo nextest run` of a generated crate of [`TESTS`] empty tests, plain and with corral

@@ -158,8 +158,8 @@ pub fn watchdog_host(pid: i32) -> Option<i32> {
     }
 }
 
-/// Whether `pid` is a watchdog the library forked from this process (while it had one
-/// thread): named `corral-watchdog`, with our command line.
+/// Whether `pid` is a watchdog the library started from this process without an exec (lazy,
+/// sharing our memory, or forked): named `corral-watchdog`, with our command line.
 fn our_forked_watchdog(pid: i32) -> bool {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     comm.trim_end() == "corral-watchdog"
@@ -170,7 +170,12 @@ fn our_forked_watchdog(pid: i32) -> bool {
 /// watchdog (the library starts one at the bench's first cgroup job, exec'd or forked; it
 /// lives as long as the bench).
 fn expected(pid: i32, me: i32) -> bool {
-    pid == me || watchdog_host(pid) == Some(me) || our_forked_watchdog(pid)
+    pid == me || is_our_watchdog(pid)
+}
+
+/// Whether `pid` is the bench's own watchdog, exec'd, forked or lazy.
+pub fn is_our_watchdog(pid: i32) -> bool {
+    watchdog_host(pid) == Some(std::process::id() as i32) || our_forked_watchdog(pid)
 }
 
 /// Waits (up to 2 s) until no watchdog of a host that has exited (a `corral run` the bench
@@ -251,4 +256,11 @@ pub fn kill_strays(self_dir: &Path, self_cgroup: &Path, deadline: Instant) -> Re
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+/// Whether two processes share one address space (`kcmp(KCMP_VM)`).
+pub fn shares_memory(a: i32, b: i32) -> bool {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp compares kernel objects; nothing of ours is touched.
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0 }
 }

@@ -90,7 +90,9 @@ pub struct WatchdogFigures {
     pub pid: i32,
     pub rss_kib: u64,
     pub hwm_kib: u64,
-    /// CPU time the watchdog used per job it watched (an `add` and a `forget`), seconds.
+    /// Whether it shares the bench's memory (a lazy watchdog): its `VmRSS` is the bench's.
+    pub shares_memory: bool,
+    /// CPU time the watchdog used per job it watched, seconds.
     pub cpu_per_job: f64,
     /// Context switches of the watchdog over [`IDLE`] with no job running.
     pub idle_wakeups: u64,
@@ -205,6 +207,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<WatchdogFigures> {
         pid,
         rss_kib,
         hwm_kib,
+        shares_memory: procs::shares_memory(pid, std::process::id() as i32),
         cpu_per_job,
         idle_wakeups: switches_after.saturating_sub(switches_before),
         idle_cpu: cpu_after.saturating_sub(cpu_before) as f64 / 1e9,
@@ -222,7 +225,7 @@ fn watchdog_pid(said: &str) -> Result<i32> {
 /// The CPU time `pid` has used, in nanoseconds (the first field of `/proc/<pid>/schedstat`).
 /// Checked to still be the bench's watchdog, so the PID names the right process.
 fn schedstat_ns(pid: i32) -> Result<u64> {
-    if procs::watchdog_host(pid) != Some(std::process::id() as i32) {
+    if !procs::is_our_watchdog(pid) {
         bail!("process {pid} is no longer the bench's watchdog");
     }
     let path = format!("/proc/{pid}/schedstat");

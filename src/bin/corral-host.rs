@@ -10,12 +10,14 @@
 //! the tests use it to see that the checks catch them.
 //!
 //! ```text
-//! corral-host wait-job [--pgroup] --cgroup-parent DIR -- COMMAND [ARGS...]
+//! corral-host wait-job [--pgroup] [--jobs-before N] --cgroup-parent DIR -- COMMAND [ARGS...]
 //! ```
 //!
 //! runs COMMAND as one cgroup job (with `--pgroup`: a pgroup job under a supervisor
 //! process), prints `cgroup <path>` (empty for pgroup) once it is spawned, and waits for
-//! it; the watchdog tests (`tests/containment/watchdog.rs`) kill the host meanwhile.
+//! it; the watchdog tests (`tests/containment/watchdog.rs`) kill the host meanwhile. With
+//! `--jobs-before N`, N cgroup jobs of `true` run and end first (from other threads), so
+//! the watchdog has seen many jobs come and go.
 //!
 //! ```text
 //! corral-host spawn-command [--cgroup-parent DIR | --in-process] [--pid-namespace]
@@ -157,7 +159,7 @@ mod imp {
     fn usage() -> ExitCode {
         eprintln!(
             "usage: corral-host pgroup|cgroup [--cgroup-parent DIR] [--in-process]\n       \
-         corral-host wait-job [--pgroup] --cgroup-parent DIR -- COMMAND [ARGS...]\n       \
+         corral-host wait-job [--pgroup] [--jobs-before N] --cgroup-parent DIR -- COMMAND [ARGS...]\n       \
          corral-host spawn-command [--cgroup-parent DIR | --in-process] [--pid-namespace] \
          [--no-watchdog] [--ignore-sigchld] [--credentials UID:GID:GROUP,...] -- COMMAND [ARGS...]"
         );
@@ -170,6 +172,13 @@ mod imp {
             Some((first, rest)) if first == "--pgroup" => (MechanismRequest::Pgroup, rest),
             _ => (MechanismRequest::Cgroup, args.as_slice()),
         };
+        let (before, args) = match args {
+            [flag, n, rest @ ..] if flag == "--jobs-before" => match n.parse::<usize>() {
+                Ok(n) => (n, rest),
+                Err(_) => return usage(),
+            },
+            _ => (0, args),
+        };
         let [flag, parent, dashes, command @ ..] = args else {
             return usage();
         };
@@ -181,6 +190,18 @@ mod imp {
             cgroup_parent: Some(PathBuf::from(parent)),
             ..Default::default()
         };
+        // From a thread of their own each: the host has more than one thread meanwhile.
+        for _ in 0..before {
+            let opts = opts.clone();
+            let done = std::thread::spawn(move || {
+                Job::spawn(&mut Command::new("true"), &opts).and_then(|mut j| j.wait())
+            })
+            .join();
+            if !matches!(done, Ok(Ok(ref r)) if r.exit_status == 0) {
+                eprintln!("corral-host: a job before failed: {done:?}");
+                return ExitCode::FAILURE;
+            }
+        }
         let mut cmd = Command::new(&command[0]);
         cmd.args(&command[1..]).stdin(Stdio::null());
         let mut job = match Job::spawn(&mut cmd, &opts) {

@@ -18,13 +18,12 @@
 //! It starts in one of three ways, the cheapest the host allows:
 //!
 //! - **Lazy** (x86_64, Linux 5.16 on): a process that shares the host's memory
-//!   (`clone3(CLONE_VM)` on a stack of its own) and sleeps in `ppoll` on the host's pidfd,
-//!   a hang-up of the socket and a wake-up pipe, reading nothing: the messages stay queued.
-//!   Only when it has to act does it exec `corral __watchdog <host>`, which reads them: the
-//!   host is gone with cgroups registered ([`WATCHED`], read in the host's memory), or the
-//!   host asks because [`LAZY_QUEUE`] messages are queued (a long-lived host then has the
-//!   exec'd watchdog from its 17th job on). A `corral run` thus pays two `clone3`s, no exec
-//!   and no memory of the watchdog's own.
+//!   (`clone3(CLONE_VM)` on a stack of its own) and sleeps in `ppoll` on the host's pidfd
+//!   and a wake-up pipe. Nothing is sent to it: each `add` and `forget` replaces a plan in
+//!   the host's memory ([`PLAN`]). Once the host is gone with cgroups registered
+//!   ([`WATCHED`]), it writes the plan to a memfd and execs `corral __watchdog <host>`,
+//!   which reads it from there and acts. A host whose jobs end normally thus pays two
+//!   `clone3`s, no exec, no message per job and no memory of the watchdog's own.
 //! - **Forked**, elsewhere, by a host with one thread (the CLI): a `fork` that runs the
 //!   watchdog's loop without an exec.
 //! - **Exec'd**, otherwise: `corral __watchdog <host>`, run from the `corral` executable
@@ -42,7 +41,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -94,7 +93,8 @@ const IGNORED: [i32; 8] = [
 struct Running {
     /// The host's PID when it was started: a forked child of the host has its own.
     host: u32,
-    socket: OwnedFd,
+    /// Where messages go; none for a lazy watchdog, which reads [`PLAN`] instead.
+    socket: Option<OwnedFd>,
     pid: Pid,
     /// A pidfd of the watchdog, only ever polled (never signalled): readable once it has
     /// died. A failed send says so too, but not while another process holds a copy of the
@@ -112,6 +112,12 @@ static WATCHDOG: Mutex<Option<Running>> = Mutex::new(None);
 /// How many cgroups are registered (and not forgotten) with this process's watchdog: what a
 /// lazy watchdog reads, in our memory, to decide between exiting and acting.
 static WATCHED: AtomicUsize = AtomicUsize::new(0);
+
+/// For a lazy watchdog: the `add` message of every cgroup registered, each after its
+/// length (a native-endian `u32`), which it hands to the watchdog it execs once we are
+/// gone. Replaced whole at each change (the old one freed: the lazy watchdog reads it only
+/// after we have exited, when nothing changes it any more).
+static PLAN: AtomicPtr<Vec<u8>> = AtomicPtr::new(std::ptr::null_mut());
 
 /// A cgroup registered with the host's watchdog: if the host dies before this is dropped,
 /// the watchdog kills everything in the cgroup and removes it. Dropping it (the job is
@@ -142,8 +148,11 @@ impl Watch {
         let mut state = WATCHDOG.lock().unwrap_or_else(|e| e.into_inner());
         if state.as_ref().is_some_and(|r| r.host != std::process::id()) {
             // We are a fork of the host that started it: it watches our parent, not us.
-            // Dropping it closes only our copy of the socket.
+            // Dropping it closes only our copy of the socket; what we copied of the
+            // parent's registrations is not ours.
             *state = None;
+            publish_plan(None);
+            WATCHED.store(0, Ordering::SeqCst);
         }
         let mut restarted = false;
         loop {
@@ -151,21 +160,17 @@ impl Watch {
                 Some(r) => r,
                 None => state.insert(Running::start(binary)?),
             };
-            // Counted before it is sent: a lazy watchdog that finds the host gone with the
-            // count above zero execs the whole watchdog, which reads what was sent.
-            WATCHED.store(running.watched.len() + 1, Ordering::SeqCst);
             let sent = if running.has_died() {
                 Err(io::Error::from(Errno::PIPE))
+            } else if let Some(socket) = &running.socket {
+                send(socket.as_fd(), &msg)
             } else {
-                send(running.socket.as_fd(), &msg)
+                Ok(())
             };
-            if sent.is_err() {
-                WATCHED.store(running.watched.len(), Ordering::SeqCst);
-            }
             match sent {
                 Ok(()) => {
-                    running.sent_one();
                     running.watched.push((cgroup.to_path_buf(), msg));
+                    running.publish();
                     return Ok(Watch {
                         cgroup: cgroup.to_path_buf(),
                         watchdog: running.pid,
@@ -179,7 +184,8 @@ impl Watch {
                     match Running::start(binary).and_then(|new| new.take_over(old.watched.clone()))
                     {
                         Ok(new) => {
-                            // Dead (its end of the socket is closed): off our memory.
+                            // Dead (its pidfd is readable, or its end of the socket is
+                            // closed): off our memory.
                             drop(old.lazy.take());
                             *state = Some(new);
                         }
@@ -217,11 +223,10 @@ impl Drop for Watch {
         // A watchdog that is gone forgets by itself; one that is stuck would kill a
         // cgroup that is no longer the job's only if the host died, and the cgroup is
         // removed (or detached, and then the job is no longer ours to keep).
-        if send(running.socket.as_fd(), &msg).is_ok() {
-            running.sent_one();
+        if let Some(socket) = &running.socket {
+            let _ = send(socket.as_fd(), &msg);
         }
-        // After the `forget` is queued: a lazy watchdog reading zero may just exit.
-        WATCHED.store(running.watched.len(), Ordering::SeqCst);
+        running.publish();
     }
 }
 
@@ -249,6 +254,11 @@ pub(crate) fn release(timeout: Duration) {
         return;
     };
     drop(socket);
+    // A lazy watchdog wakes when the pipe hangs up, finds nothing registered, and exits.
+    let mut lazy = lazy;
+    if let Some(lazy) = lazy.as_mut() {
+        lazy.hang_up();
+    }
     let exited = pidfd.is_some_and(|pidfd| {
         let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
         crate::linux::poll(&mut fds, Some(timeout)).is_ok() && !fds[0].revents().is_empty()
@@ -260,16 +270,9 @@ pub(crate) fn release(timeout: Duration) {
 }
 
 impl Running {
-    /// Starts a watchdog for this process: a fork of it when it has one thread (the
-    /// `corral` CLI), otherwise `corral __watchdog` (see [`supervise::find_binary`]).
+    /// Starts a watchdog for this process: lazy where it can, a fork of it when it has one
+    /// thread (the `corral` CLI), otherwise `corral __watchdog` (see the module docs).
     fn start(binary: Option<&Path>) -> Result<Running> {
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| Error::sys("socketpair for the watchdog", e))?;
         let host = std::process::id();
         // Our own pidfd: readable once this process has exited, whatever killed it.
         let me = rustix::process::pidfd_open(
@@ -286,8 +289,15 @@ impl Running {
         let binary = supervise::find_binary(binary);
         #[cfg(target_arch = "x86_64")]
         if let (Ok(binary), true) = (&binary, lazy::kernel_confines_core_dumps()) {
-            return Running::lazy(host, ours, theirs, me, null, binary);
+            return Running::lazy(host, me, null, binary);
         }
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::sys("socketpair for the watchdog", e))?;
         if single_threaded() {
             return Running::fork(host, ours, theirs, me, null);
         }
@@ -324,7 +334,7 @@ impl Running {
         });
         Ok(Running {
             host,
-            socket: ours,
+            socket: Some(ours),
             pid,
             pidfd,
             watched: Vec::new(),
@@ -332,49 +342,41 @@ impl Running {
         })
     }
 
-    /// Starts the watchdog lazily, the CLI's way on x86_64: a process that shares our memory
+    /// Starts the watchdog lazily (x86_64): a process that shares our memory
     /// (`clone3(CLONE_VM)` on a stack of its own, like `posix_spawn`'s child, but not
-    /// waited for) and sleeps in `ppoll` on our pidfd, its end of the socket and a wake-up
-    /// pipe, reading nothing. Only when it has something to do does it exec `corral
-    /// __watchdog`, with the socket and our pidfd where that expects them: when we are gone
-    /// (or closed the socket) with cgroups registered ([`WATCHED`] above zero, read in our
-    /// memory), or when we ask because the messages it leaves queued have piled up
-    /// ([`LAZY_QUEUE`]). A `corral run` whose job ends normally thus pays two `clone3`s and
-    /// no exec, and the watchdog costs no memory of its own beyond its stack. Its shape is
-    /// the other watchdogs': a middle process calls `setsid` and creates it, so it is in a
-    /// session of its own from before it exists and is no child of ours. Until it execs,
-    /// its command line reads as ours; its name (`comm`) is `corral-watchdog`.
+    /// waited for) and sleeps in `ppoll` on our pidfd and a pipe we hold, with no message
+    /// ever sent: each `add` and `forget` only replaces [`PLAN`]. Once we are gone with
+    /// cgroups registered ([`WATCHED`] above zero), it writes the plan to a memfd and execs
+    /// `corral __watchdog`, which reads it from there and acts. When the pipe hangs up (we
+    /// released it, or closed our descriptors) with nothing registered, it exits; with
+    /// cgroups registered it waits for our end. A host whose jobs end normally thus pays two
+    /// `clone3`s, no exec and no message, and the watchdog has no memory of its own beyond
+    /// its stack. Until it execs, its command line reads as ours; its name (`comm`) is
+    /// `corral-watchdog`.
     #[cfg(target_arch = "x86_64")]
-    fn lazy(
-        host: u32,
-        ours: OwnedFd,
-        theirs: OwnedFd,
-        me: OwnedFd,
-        null: OwnedFd,
-        binary: &Path,
-    ) -> Result<Running> {
+    fn lazy(host: u32, me: OwnedFd, null: OwnedFd, binary: &Path) -> Result<Running> {
         let (wake_read, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| Error::sys("pipe for the watchdog", e))?;
-        let ctx = lazy::Ctx::new(binary, host, [&me, &theirs, &wake_read, &null])?;
+        let plan =
+            rustix::fs::memfd_create("corral-watchdog-plan", rustix::fs::MemfdFlags::CLOEXEC)
+                .map_err(|e| Error::sys("memfd for the watchdog", e))?;
+        let mut ctx = lazy::Ctx::new(binary, host, [&me, &plan, &wake_read, &null])?;
         let stack = spawn::Stack::new(lazy::STACK)
             .map_err(|e| Error::sys("map a stack for the watchdog", e))?;
-        let mut ctx = ctx;
         let (pid, pidfd) =
             lazy::start(&mut ctx, &stack).map_err(|e| Error::sys("start the watchdog", e))?;
         // Its copies are its own now; ours go.
-        drop((theirs, me, null, wake_read));
+        drop((me, null, wake_read, plan));
         Ok(Running {
             host,
-            socket: ours,
+            socket: None,
             pid,
             pidfd: Some(pidfd),
             watched: Vec::new(),
             lazy: Some(Lazy {
                 _ctx: ctx,
                 _stack: stack,
-                wake,
-                queued: 0,
-                upgraded: false,
+                wake: Some(wake),
             }),
         })
     }
@@ -450,7 +452,7 @@ impl Running {
         let pidfd = pidfd::open(pid).ok();
         Ok(Running {
             host,
-            socket: ours,
+            socket: Some(ours),
             pid,
             pidfd,
             watched: Vec::new(),
@@ -458,20 +460,17 @@ impl Running {
         })
     }
 
-    /// Counts a message sent. A lazy watchdog reads none, so they queue in the socket:
-    /// after [`LAZY_QUEUE`] it is told to exec the whole watchdog, which reads them.
-    fn sent_one(&mut self) {
-        #[cfg(target_arch = "x86_64")]
-        let Some(lazy) = self.lazy.as_mut().filter(|l| !l.upgraded) else {
-            return;
-        };
-        #[cfg(target_arch = "x86_64")]
-        {
-            lazy.queued += 1;
-            if lazy.queued >= LAZY_QUEUE {
-                lazy.upgraded = rustix::io::write(&lazy.wake, &[1]).is_ok();
+    /// Makes what is registered now what a lazy watchdog would act on, were we to die.
+    fn publish(&self) {
+        if self.lazy.is_some() {
+            let mut plan = Vec::new();
+            for (_, msg) in &self.watched {
+                plan.extend_from_slice(&(msg.len() as u32).to_ne_bytes());
+                plan.extend_from_slice(msg);
             }
+            publish_plan(Some(plan));
         }
+        WATCHED.store(self.watched.len(), Ordering::SeqCst);
     }
 
     /// Whether the watchdog is known to have died (its pidfd is readable).
@@ -486,12 +485,13 @@ impl Running {
     /// Registers the cgroups a watchdog that died was watching.
     fn take_over(mut self, watched: Vec<(PathBuf, Vec<u8>)>) -> Result<Running> {
         for (path, msg) in watched {
-            send(self.socket.as_fd(), &msg)
-                .map_err(|e| Error::sys("send `add` to a new watchdog", e))?;
-            self.sent_one();
+            if let Some(socket) = &self.socket {
+                send(socket.as_fd(), &msg)
+                    .map_err(|e| Error::sys("send `add` to a new watchdog", e))?;
+            }
             self.watched.push((path, msg));
         }
-        WATCHED.store(self.watched.len(), Ordering::SeqCst);
+        self.publish();
         Ok(self)
     }
 }
@@ -577,20 +577,32 @@ fn ignore_signals() {
     }
 }
 
-/// Messages a lazy watchdog leaves queued before it is told to exec the whole watchdog
-/// (a `SOCK_SEQPACKET` socket holds about 150 small ones by default).
-const LAZY_QUEUE: usize = 32;
+/// Replaces [`PLAN`] (freeing the one before: only a lazy watchdog reads it, and only once
+/// we are gone).
+fn publish_plan(plan: Option<Vec<u8>>) {
+    let new = plan.map_or(std::ptr::null_mut(), |p| Box::into_raw(Box::new(p)));
+    let old = PLAN.swap(new, Ordering::SeqCst);
+    if !old.is_null() {
+        // SAFETY: made by `Box::into_raw` above, and swapped out: ours alone.
+        drop(unsafe { Box::from_raw(old) });
+    }
+}
 
 /// What a lazy watchdog runs on and reads, kept while it may still use our memory.
 #[cfg(target_arch = "x86_64")]
 struct Lazy {
     _ctx: Box<lazy::Ctx>,
     _stack: spawn::Stack,
-    /// Written to ask it to exec the whole watchdog; its end of file (when we are gone)
-    /// wakes it too.
-    wake: OwnedFd,
-    queued: usize,
-    upgraded: bool,
+    /// Its end of file wakes the watchdog (we released it, or are gone).
+    wake: Option<OwnedFd>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lazy {
+    /// Closes our end of the wake-up pipe.
+    fn hang_up(&mut self) {
+        self.wake = None;
+    }
 }
 
 // Without this, `Running` (in a static `Mutex`) would not be `Send`: the context holds raw
@@ -603,6 +615,13 @@ unsafe impl Send for Lazy {}
 /// No lazy watchdog elsewhere (its processes need a stack switch written per architecture).
 #[cfg(not(target_arch = "x86_64"))]
 enum Lazy {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Lazy {
+    fn hang_up(&mut self) {
+        match *self {}
+    }
+}
 
 /// The lazy watchdog's two processes: the middle one and the watchdog until it execs. Both
 /// share our memory and run on stacks of their own while our threads go on, so they make
@@ -617,7 +636,7 @@ mod lazy {
     use std::path::Path;
     use std::sync::atomic::{AtomicI32, Ordering};
 
-    use super::{Pid, HOST_FD, SOCKET_FD, WATCHED};
+    use super::{Pid, HOST_FD, PLAN, SOCKET_FD, WATCHED};
     use crate::error::{Error, Result};
     use crate::linux::spawn::{self, CloneArgs, Stack};
 
@@ -627,11 +646,13 @@ mod lazy {
     const MIDDLE_STACK: usize = 16 * 1024;
     /// Where the wake-up pipe goes, next to the descriptors the watchdog keeps.
     const WAKE_FD: RawFd = 5;
+    /// Where the plan's memfd goes: where the exec'd watchdog finds its socket otherwise.
+    const PLAN_FD: RawFd = SOCKET_FD;
 
     /// Read by both processes; written by the middle one (the watchdog's PID and pidfd).
     #[repr(C)]
     pub(super) struct Ctx {
-        /// Our pidfd, the socket, the wake-up pipe, /dev/null: as numbered in our table.
+        /// Our pidfd, the plan's memfd, the wake-up pipe, /dev/null: as numbered in our table.
         fds: [RawFd; 4],
         program: CString,
         _args: [CString; 2],
@@ -857,7 +878,7 @@ mod lazy {
                 (high[3], 1, 0),
                 (high[3], 2, 0),
                 (high[0], HOST_FD as usize, 0),
-                (high[1], SOCKET_FD as usize, 0),
+                (high[1], PLAN_FD as usize, 0),
                 (high[2], WAKE_FD as usize, libc::O_CLOEXEC as usize),
             ];
             let mut i = 0;
@@ -872,6 +893,9 @@ mod lazy {
                 libc::SYS_close_range,
                 [WAKE_FD as usize + 1, u32::MAX as usize, 0, 0, 0, 0],
             );
+            // Until the pipe hangs up, both; then our pidfd alone (a negative descriptor
+            // is skipped by `ppoll`).
+            let mut wake = WAKE_FD;
             loop {
                 let mut fds = [
                     libc::pollfd {
@@ -879,32 +903,47 @@ mod lazy {
                         events: libc::POLLIN,
                         revents: 0,
                     },
-                    // No POLLIN: the messages stay queued; a hang-up still wakes us.
                     libc::pollfd {
-                        fd: SOCKET_FD,
-                        events: 0,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: WAKE_FD,
+                        fd: wake,
                         events: libc::POLLIN,
                         revents: 0,
                     },
                 ];
-                let n = sys(libc::SYS_ppoll, [fds.as_mut_ptr() as usize, 3, 0, 0, 0, 0]);
+                let n = sys(libc::SYS_ppoll, [fds.as_mut_ptr() as usize, 2, 0, 0, 0, 0]);
                 if n == -(libc::EINTR as isize) || n == 0 {
                     continue;
                 }
-                if n < 0 {
+                let registered = WATCHED.load(Ordering::SeqCst) > 0;
+                if n < 0 || fds[0].revents != 0 {
+                    // The host is gone (or we cannot tell: act as if).
+                    if !registered {
+                        sys(libc::SYS_exit, [0; 6]);
+                    }
                     break;
                 }
-                let asked = fds[2].revents & libc::POLLIN != 0;
-                let gone = fds[0].revents | fds[1].revents | fds[2].revents != 0;
-                if asked || (gone && WATCHED.load(Ordering::SeqCst) > 0) {
-                    break;
+                if fds[1].revents != 0 {
+                    if !registered {
+                        sys(libc::SYS_exit, [0; 6]);
+                    }
+                    wake = -1;
                 }
-                if gone {
-                    sys(libc::SYS_exit, [0; 6]);
+            }
+            // The host has exited: the plan is what it last published, and nothing changes
+            // it any more. Into the memfd, for the watchdog we exec to read.
+            let plan = PLAN.load(Ordering::SeqCst);
+            if !plan.is_null() {
+                let plan = &*plan;
+                let (mut at, len) = (plan.as_ptr() as usize, plan.len());
+                let end = at + len;
+                while at < end {
+                    let n = sys(libc::SYS_write, [PLAN_FD as usize, at, end - at, 0, 0, 0]);
+                    if n == -(libc::EINTR as isize) {
+                        continue;
+                    }
+                    if n <= 0 {
+                        break;
+                    }
+                    at += n as usize;
                 }
             }
             sys(
@@ -945,7 +984,8 @@ struct Entry {
 
 struct Watchdog {
     host: OwnedFd,
-    socket: OwnedFd,
+    /// The host's messages; none when a lazy watchdog handed us its host's plan instead.
+    socket: Option<OwnedFd>,
     watched: HashMap<PathBuf, Entry>,
     /// Where messages are received (allocated once: the watchdog wakes twice per job).
     buf: Vec<u8>,
@@ -975,19 +1015,49 @@ impl Watchdog {
                 BorrowedFd::borrow_raw(SOCKET_FD),
             )
         };
-        let is_socket = rustix::fs::fstat(socket).is_ok_and(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket
-        });
-        if !is_socket || rustix::io::fcntl_getfd(host).is_err() {
+        let kind = rustix::fs::fstat(socket)
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode))
+            .ok()?;
+        if rustix::io::fcntl_getfd(host).is_err() {
             return None;
         }
         // SAFETY: both are open (checked above), and by the protocol they are ours.
-        Some(unsafe {
-            Watchdog::new(
+        let (host, socket) = unsafe {
+            (
                 OwnedFd::from_raw_fd(HOST_FD),
                 OwnedFd::from_raw_fd(SOCKET_FD),
             )
-        })
+        };
+        match kind {
+            rustix::fs::FileType::Socket => Some(Watchdog::new(host, Some(socket))),
+            // A lazy watchdog's memfd: its host's plan, the host gone.
+            rustix::fs::FileType::RegularFile => {
+                let mut w = Watchdog::new(host, None);
+                w.read_plan(socket);
+                Some(w)
+            }
+            _ => None,
+        }
+    }
+
+    /// Handles each message of a plan ([`PLAN`]'s form: each after its length).
+    fn read_plan(&mut self, plan: OwnedFd) {
+        let mut bytes = Vec::new();
+        let mut file = std::fs::File::from(plan);
+        if std::io::Seek::rewind(&mut file).is_err()
+            || std::io::Read::read_to_end(&mut file, &mut bytes).is_err()
+        {
+            return;
+        }
+        let mut rest = &bytes[..];
+        while let Some((len, after)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_ne_bytes(*len) as usize;
+            let Some((msg, after)) = after.split_at_checked(len) else {
+                return;
+            };
+            self.handle(msg);
+            rest = after;
+        }
     }
 
     /// The watchdog in a fork of the host ([`Running::fork`]): /dev/null on 0, 1 and 2,
@@ -1034,12 +1104,12 @@ impl Watchdog {
         Some(unsafe {
             Watchdog::new(
                 OwnedFd::from_raw_fd(HOST_FD),
-                OwnedFd::from_raw_fd(SOCKET_FD),
+                Some(OwnedFd::from_raw_fd(SOCKET_FD)),
             )
         })
     }
 
-    fn new(host: OwnedFd, socket: OwnedFd) -> Watchdog {
+    fn new(host: OwnedFd, socket: Option<OwnedFd>) -> Watchdog {
         // A host with many jobs at once: each holds two descriptors here.
         let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         if let Some(max) = nofile.maximum {
@@ -1051,20 +1121,32 @@ impl Watchdog {
                 },
             );
         }
+        let socket_given = socket.is_some();
         Watchdog {
             host,
             socket,
             watched: HashMap::new(),
-            buf: vec![0u8; MAX_MESSAGE],
+            buf: if socket_given {
+                vec![0u8; MAX_MESSAGE]
+            } else {
+                Vec::new()
+            },
         }
     }
 
     /// Waits for the host to go, then deals with what it left. Returns the exit status.
     fn run(mut self) -> i32 {
+        let Some(socket) = self.socket.take() else {
+            // Handed a plan: the host is gone, and that is all there is.
+            self.kill_all();
+            return 0;
+        };
+        self.socket = Some(socket);
         loop {
+            let socket = self.socket.as_ref().expect("kept");
             let mut fds = [
                 PollFd::new(&self.host, PollFlags::IN),
-                PollFd::new(&self.socket, PollFlags::IN),
+                PollFd::new(socket, PollFlags::IN),
             ];
             if crate::linux::poll(&mut fds, None).is_err() {
                 return 1;
@@ -1086,8 +1168,11 @@ impl Watchdog {
     /// Reads every queued message.
     fn read_messages(&mut self) -> Read {
         let mut buf = std::mem::take(&mut self.buf);
+        let Some(socket) = self.socket.take() else {
+            return Read::Eof;
+        };
         let read = loop {
-            match rustix::net::recv(&self.socket, &mut buf[..], RecvFlags::DONTWAIT) {
+            match rustix::net::recv(&socket, &mut buf[..], RecvFlags::DONTWAIT) {
                 Ok((0, _)) => break Read::Eof,
                 Ok((n, _)) => self.handle(&buf[..n]),
                 Err(Errno::INTR) => continue,
@@ -1097,6 +1182,7 @@ impl Watchdog {
             }
         };
         self.buf = buf;
+        self.socket = Some(socket);
         read
     }
 
@@ -1234,58 +1320,69 @@ mod tests {
     /// The tests that look at this process's one watchdog run one at a time.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-    /// A lazy watchdog that was sent [`LAZY_QUEUE`] messages execs the whole watchdog,
-    /// which reads them (and every later one) as they come.
+    /// A lazy watchdog is sent nothing: the plan it would act on holds every cgroup
+    /// registered and not forgotten, each as its `add` message after its length.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn a_lazy_watchdog_with_many_messages_queued_execs_the_whole_one() {
+    fn a_lazy_watchdogs_plan_holds_what_is_registered() {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         if !lazy::kernel_confines_core_dumps() {
             eprintln!("SKIPPED: no lazy watchdog before Linux 5.16");
             return;
         }
-        let mut watches = Vec::new();
-        for i in 0..LAZY_QUEUE {
-            match Watch::add(
-                Path::new(&format!("/nonexistent/corral-test-lazy-{i}")),
-                &[],
-            ) {
-                Ok(w) => watches.push(w),
-                Err(e @ Error::NoSupervisor { .. }) => {
-                    if std::env::var_os("CORRAL_REQUIRE_ALL").is_some_and(|v| v == "1") {
-                        panic!("test cannot run and CORRAL_REQUIRE_ALL=1: {e}");
-                    }
-                    eprintln!("SKIPPED: {e}");
-                    return;
+        let plan = || -> Vec<Vec<u8>> {
+            let _state = WATCHDOG.lock().unwrap();
+            let p = PLAN.load(Ordering::SeqCst);
+            let bytes = if p.is_null() {
+                Vec::new()
+            } else {
+                // SAFETY: replaced (and freed) only under the lock we hold.
+                unsafe { (*p).clone() }
+            };
+            let mut out = Vec::new();
+            let mut rest = &bytes[..];
+            while let Some((len, after)) = rest.split_first_chunk::<4>() {
+                let (msg, after) = after.split_at(u32::from_ne_bytes(*len) as usize);
+                out.push(msg.to_vec());
+                rest = after;
+            }
+            out
+        };
+        let a = match Watch::add(
+            Path::new("/nonexistent/corral-test-plan-a"),
+            &[PathBuf::from("/run/x")],
+        ) {
+            Ok(w) => w,
+            Err(e @ Error::NoSupervisor { .. }) => {
+                if std::env::var_os("CORRAL_REQUIRE_ALL").is_some_and(|v| v == "1") {
+                    panic!("test cannot run and CORRAL_REQUIRE_ALL=1: {e}");
                 }
-                Err(e) => panic!("{e}"),
+                eprintln!("SKIPPED: {e}");
+                return;
             }
-        }
-        let pid = watches[0].watchdog_pid();
-        let ours = format!("{ARG}\0{}\0", std::process::id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if argv.windows(ours.len()).any(|w| w == ours.as_bytes()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "watchdog {pid} did not exec: {argv:?}"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        assert!(watches.iter().all(|w| w.watchdog_pid() == pid));
-        let state = WATCHDOG.lock().unwrap();
-        let lazy = state
-            .as_ref()
-            .unwrap()
-            .lazy
-            .as_ref()
-            .expect("started lazily");
-        assert!(lazy.upgraded);
-        drop(state);
-        drop(watches);
+            Err(e) => panic!("{e}"),
+        };
+        let b = Watch::add(Path::new("/nonexistent/corral-test-plan-b"), &[]).expect("add");
+        let msgs = plan();
+        assert!(
+            msgs.contains(&b"add /nonexistent/corral-test-plan-a\0/run/x".to_vec()),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.contains(&b"add /nonexistent/corral-test-plan-b".to_vec()),
+            "{msgs:?}"
+        );
+        drop(a);
+        let msgs = plan();
+        assert!(
+            !msgs.iter().any(|m| m.ends_with(b"plan-a\0/run/x")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.contains(&b"add /nonexistent/corral-test-plan-b".to_vec()),
+            "{msgs:?}"
+        );
+        drop(b);
     }
 
     #[test]

@@ -303,18 +303,18 @@ struct Host {
 }
 
 impl Host {
-    fn spawn(sandbox: &Sandbox, dir: &Path) -> Host {
-        Host::spawn_with(sandbox, dir, false)
-    }
-
     /// `pgroup`: a pgroup job under a supervisor process, the host leading a process group
-    /// of its own (created here, so the test may signal it).
-    fn spawn_with(sandbox: &Sandbox, dir: &Path, pgroup: bool) -> Host {
+    /// of its own (created here, so the test may signal it). `before`: cgroup jobs the host
+    /// runs to their end first.
+    fn spawn_with(sandbox: &Sandbox, dir: &Path, pgroup: bool, before: usize) -> Host {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(HOST);
         cmd.arg("wait-job");
         if pgroup {
             cmd.arg("--pgroup").process_group(0);
+        }
+        if before > 0 {
+            cmd.args(["--jobs-before", &before.to_string()]);
         }
         cmd.arg("--cgroup-parent")
             .arg(sandbox.cgroup().jobs())
@@ -363,12 +363,23 @@ impl Drop for Host {
 /// (3) The program embedding the library, SIGKILLed while its cgroup job runs.
 #[test]
 fn embedding_host_killed_takes_its_job_along() {
-    let Some(sandbox) = Sandbox::with_cgroup("watchdog-host") else {
+    host_killed_takes_its_job_along("watchdog-host", 0);
+}
+
+/// (3b) The same after 40 jobs of the host came and went: the watchdog acts on what is
+/// registered at the end (a lazy one, on the plan the host last published).
+#[test]
+fn embedding_host_killed_after_many_jobs_takes_its_job_along() {
+    host_killed_takes_its_job_along("watchdog-host-many", 40);
+}
+
+fn host_killed_takes_its_job_along(name: &str, before: usize) {
+    let Some(sandbox) = Sandbox::with_cgroup(name) else {
         return;
     };
     let dir = sandbox.dir.join("host");
     fs::create_dir_all(&dir).expect("create the host's directory");
-    let mut host = Host::spawn(&sandbox, &dir);
+    let mut host = Host::spawn_with(&sandbox, &dir, false, before);
     let first = host.line();
     let cgroup = PathBuf::from(
         first
@@ -498,7 +509,7 @@ fn pgroup_host_killed(name: &str, whole_group: bool) {
     };
     let dir = sandbox.dir.join("host");
     fs::create_dir_all(&dir).expect("create the host's directory");
-    let mut host = Host::spawn_with(&sandbox, &dir, true);
+    let mut host = Host::spawn_with(&sandbox, &dir, true, 0);
     let first = host.line();
     assert_eq!(first, "cgroup ", "corral-host said {first:?}");
     let procs = wait_listed(&dir.join("pids"), &host.fd);
