@@ -55,7 +55,7 @@ pub mod tokio;
 
 pub use error::{Error, Result};
 #[cfg(target_os = "linux")]
-pub use job::{Detached, Job, JobCommand, Output, SignalSource};
+pub use job::{Detached, Job, JobCommand, JobStdio, Output, SignalSource};
 #[cfg(target_os = "macos")]
 pub use macos::Job;
 pub use options::{

@@ -151,8 +151,9 @@ pub struct CostFigures {
     pub cli: Vec<Samples>,
     pub corral_memory: Vec<Memory>,
     pub timeout_memory: Vec<Memory>,
-    /// Bare `Command::output()`, then `Job::spawn` with stdout piped.
-    pub piped: [Samples; 2],
+    /// Bare `Command::output()`, `Job::spawn` with stdout piped, `Job::spawn_command` with
+    /// stdout piped.
+    pub piped: [Samples; 3],
     pub many_rounds: usize,
     pub many: Vec<Samples>,
     /// The nextest runs: plain, with corral, with `env` as the wrapper (the floor of any
@@ -221,19 +222,26 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<CostFigures> {
         bench.check_clean("the memory runs")?;
     }
 
-    let mut piped: [Samples; 2] = Default::default();
+    let mut piped: [Samples; 3] = Default::default();
     let opts = bench.job_options(corral::MechanismRequest::Cgroup);
+    let echo = corral::JobCommand::new("/bin/echo")
+        .arg("x")
+        .stdout(corral::JobStdio::Piped);
     for round in 0..rounds + plan.cost_warmup {
         super::check_interrupted()?;
-        for k in 0..2 {
-            let which = (round + k) % 2;
+        for k in 0..3 {
+            let which = (round + k) % 3;
             let t0 = Instant::now();
             let out = if which == 0 {
                 Command::new("/bin/echo").arg("x").output()?.stdout
             } else {
-                let mut cmd = Command::new("/bin/echo");
-                cmd.arg("x").stdout(Stdio::piped());
-                let mut job = corral::Job::spawn(&mut cmd, &opts)?;
+                let mut job = if which == 1 {
+                    let mut cmd = Command::new("/bin/echo");
+                    cmd.arg("x").stdout(Stdio::piped());
+                    corral::Job::spawn(&mut cmd, &opts)?
+                } else {
+                    corral::Job::spawn_command(&echo, &opts)?
+                };
                 let mut out = Vec::new();
                 if let Some(mut stdout) = job.stdout.take() {
                     std::io::Read::read_to_end(&mut stdout, &mut out)?;

@@ -27,10 +27,10 @@ use crate::ResourceLimit;
 use machine::Phase;
 pub(crate) use machine::{Progress, Wants};
 
-/// The program, arguments, environment and directory of a job's main process, for
+/// The program, arguments, environment, directory and stdio of a job's main process, for
 /// [`Job::spawn_command`]: the lean path the `corral` CLI takes (the child is born in its
-/// cgroup with `clone3`, and inherits stdio). Embedders usually want [`Job::spawn`] with a
-/// `std::process::Command` instead.
+/// cgroup with `clone3`, vfork-style: nothing of the caller's memory is copied, where
+/// [`Job::spawn`] with a `std::process::Command` must fork).
 #[derive(Debug, Clone, Default)]
 pub struct JobCommand {
     program: OsString,
@@ -40,6 +40,22 @@ pub struct JobCommand {
     signal_mask: Option<SignalSet>,
     credentials: Option<Credentials>,
     resource_limits: Vec<ResourceLimit>,
+    /// stdin, stdout, stderr.
+    stdio: [JobStdio; 3],
+}
+
+/// What one of the main process's standard streams is, for [`JobCommand`]: as
+/// `std::process::Stdio`'s `inherit`, `null` and `piped`. A piped stream's other end is
+/// [`Job::stdin`], [`Job::stdout`] or [`Job::stderr`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JobStdio {
+    /// The caller's (the default).
+    #[default]
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// A new pipe, its other end in the [`Job`].
+    Piped,
 }
 
 impl JobCommand {
@@ -127,6 +143,24 @@ impl JobCommand {
         self
     }
 
+    /// The main process's stdin (default: [`JobStdio::Inherit`]).
+    pub fn stdin(mut self, how: JobStdio) -> Self {
+        self.stdio[0] = how;
+        self
+    }
+
+    /// The main process's stdout (default: [`JobStdio::Inherit`]).
+    pub fn stdout(mut self, how: JobStdio) -> Self {
+        self.stdio[1] = how;
+        self
+    }
+
+    /// The main process's stderr (default: [`JobStdio::Inherit`]).
+    pub fn stderr(mut self, how: JobStdio) -> Self {
+        self.stdio[2] = how;
+        self
+    }
+
     /// Starts the main process with these resource limits in place of the ones it would
     /// inherit; the others stay inherited. For a program that raised its own limits to do
     /// its work (a setuid helper whose caller set `ulimit -f 0`, say) and gives COMMAND the
@@ -150,6 +184,14 @@ impl JobCommand {
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
         }
+        let std = |how: JobStdio| match how {
+            JobStdio::Inherit => std::process::Stdio::inherit(),
+            JobStdio::Null => std::process::Stdio::null(),
+            JobStdio::Piped => std::process::Stdio::piped(),
+        };
+        cmd.stdin(std(self.stdio[0]))
+            .stdout(std(self.stdio[1]))
+            .stderr(std(self.stdio[2]));
         if !self.resource_limits.is_empty() {
             let raw = linux::spawn::raw_rlimits(&self.resource_limits);
             // SAFETY: `set_rlimits` makes raw system calls only, on values prepared before

@@ -201,12 +201,13 @@ impl Job {
             return Job::spawn(&mut cmd.to_std(), opts);
         }
         let mut id = new_id();
+        let mut streams = Streams::new(&cmd.stdio)?;
         let mut spec = SpawnSpec {
             program: &cmd.program,
             args: &cmd.args,
             env: cmd.env.as_deref(),
             cwd: cmd.cwd.as_deref(),
-            stdio: [None, None, None],
+            stdio: streams.child_ends(),
             sigmask: cmd.signal_mask,
             placement: Placement::NewProcessGroup,
             pid_namespace: opts.pid_namespace,
@@ -233,7 +234,7 @@ impl Job {
                         main_fd: Some(spawned.pidfd),
                         own_group: false,
                         method,
-                        stdio: (None, None, None),
+                        stdio: streams.take_ours(),
                         credentials: cmd.credentials.clone(),
                     },
                 )
@@ -256,7 +257,7 @@ impl Job {
                         main_fd: Some(spawned.pidfd),
                         own_group: true,
                         method,
-                        stdio: (None, None, None),
+                        stdio: streams.take_ours(),
                         credentials: cmd.credentials.clone(),
                     },
                 )
@@ -696,5 +697,62 @@ impl Hook {
 impl Drop for Hook {
     fn drop(&mut self) {
         self.state.store(DISARMED, Ordering::Release);
+    }
+}
+
+/// The pipes and `/dev/null` a [`JobCommand`]'s stdio asks for: the child's ends, lent to
+/// the spawn, and ours, which become the job's `stdin`, `stdout` and `stderr`.
+struct Streams {
+    child: [Option<OwnedFd>; 3],
+    ours: [Option<OwnedFd>; 3],
+}
+
+impl Streams {
+    fn new(how: &[crate::job::JobStdio; 3]) -> Result<Streams> {
+        use crate::job::JobStdio;
+        let mut streams = Streams {
+            child: [None, None, None],
+            ours: [None, None, None],
+        };
+        for (i, how) in how.iter().enumerate() {
+            match how {
+                JobStdio::Inherit => {}
+                JobStdio::Null => {
+                    let mode = if i == 0 {
+                        rustix::fs::OFlags::RDONLY
+                    } else {
+                        rustix::fs::OFlags::WRONLY
+                    };
+                    let fd = rustix::fs::open(
+                        "/dev/null",
+                        mode | rustix::fs::OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    )
+                    .map_err(|e| Error::sys("open /dev/null for the job's stdio", e))?;
+                    streams.child[i] = Some(fd);
+                }
+                JobStdio::Piped => {
+                    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                        .map_err(|e| Error::sys("pipe for the job's stdio", e))?;
+                    let (child, ours) = if i == 0 { (read, write) } else { (write, read) };
+                    streams.child[i] = Some(child);
+                    streams.ours[i] = Some(ours);
+                }
+            }
+        }
+        Ok(streams)
+    }
+
+    fn child_ends(&self) -> [Option<BorrowedFd<'_>>; 3] {
+        [0, 1, 2].map(|i| self.child[i].as_ref().map(|fd| fd.as_fd()))
+    }
+
+    /// Our ends, as std's types. The child's close when `self` drops (after the spawn).
+    fn take_ours(&mut self) -> Stdio {
+        (
+            self.ours[0].take().map(ChildStdin::from),
+            self.ours[1].take().map(ChildStdout::from),
+            self.ours[2].take().map(ChildStderr::from),
+        )
     }
 }

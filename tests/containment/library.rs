@@ -223,3 +223,53 @@ fn signal_reaches_every_member() {
     assert!(report.survivors.is_empty(), "{report:#?}");
     sandbox.assert_clean();
 }
+
+/// `JobCommand`'s stdio: piped streams are the job's `stdin`, `stdout` and `stderr` (the
+/// child's ends closed in the caller, so reading ends at the child's exit), and `Null` is
+/// `/dev/null`.
+#[test]
+fn spawn_command_pipes_and_nulls_stdio() {
+    use std::io::{Read, Write};
+    let Some(sandbox) = Sandbox::with_cgroup("lib-stdio") else {
+        return;
+    };
+    let cmd = corral::JobCommand::new("sh")
+        .arg("-c")
+        .arg("read line; echo \"out:$line\"; echo err >&2")
+        .stdin(corral::JobStdio::Piped)
+        .stdout(corral::JobStdio::Piped)
+        .stderr(corral::JobStdio::Piped);
+    let mut job = corral::Job::spawn_command(&cmd, &options(&sandbox)).expect("spawn");
+    let mut stdin = job.stdin.take().expect("piped stdin");
+    stdin.write_all(b"hello\n").expect("write stdin");
+    drop(stdin);
+    let (mut out, mut err) = (String::new(), String::new());
+    job.stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    job.stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    assert_eq!((out.as_str(), err.as_str()), ("out:hello\n", "err\n"));
+    assert_eq!(job.wait().expect("wait").exit_status, 0);
+
+    // `cat` of a null stdin ends at once, and writes nothing to a piped stdout.
+    let cmd = corral::JobCommand::new("cat")
+        .stdin(corral::JobStdio::Null)
+        .stdout(corral::JobStdio::Piped);
+    let mut job = corral::Job::spawn_command(&cmd, &options(&sandbox)).expect("spawn");
+    assert!(job.stdin.is_none() && job.stderr.is_none());
+    let mut out = Vec::new();
+    job.stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_end(&mut out)
+        .expect("read stdout");
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(job.wait().expect("wait").exit_status, 0);
+    sandbox.assert_clean();
+}
