@@ -714,6 +714,9 @@ pub fn render(r: &Results<'_>) -> String {
         }
     }
 
+    // The hand-written analysis of the per-job cost (issue 18).
+    let _ = writeln!(o, "\n{}", include_str!("../analysis.md").trim_end());
+
     let s = r.spawn;
     let _ = writeln!(
         o,
