@@ -87,13 +87,18 @@ pub fn __watchdog() -> ! {
     linux::watchdog::main()
 }
 
-/// Ends this process's watchdog once no job needs it, waiting briefly for it to exit: the
-/// CLI calls it before it exits (see `linux::watchdog::release`).
+/// Tells this process's watchdog to exit once no job needs it: the CLI calls it when its
+/// job is over, and waits (`__ReleasedWatchdog::wait`) before it exits (see
+/// `linux::watchdog::release`).
 #[cfg(target_os = "linux")]
 #[doc(hidden)]
-pub fn __release_watchdog() {
-    linux::watchdog::release(std::time::Duration::from_secs(2));
+pub fn __release_watchdog() -> __ReleasedWatchdog {
+    linux::watchdog::release()
 }
+
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub use linux::watchdog::Released as __ReleasedWatchdog;
 
 /// The `systemd-run` command line (program first) that would give this process a delegated
 /// scope, when it needs one: systemd manages the cgroup tree, the cgroup this process runs

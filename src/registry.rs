@@ -204,32 +204,22 @@ fn euid() -> u32 {
 }
 
 /// This user's registry directory, created if missing and checked (see the module docs).
-/// The check is made once per process and directory: only its owner (or root) can replace
-/// a directory of theirs, and a registration through a directory removed since fails.
 pub fn own_dir() -> Result<PathBuf, String> {
-    static CHECKED: std::sync::Mutex<Option<(u32, PathBuf)>> = std::sync::Mutex::new(None);
     let uid = euid();
-    let dir = if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
+    if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
         // Made if missing (mode 0700, this user's), as the default directories are: a
         // runner fleet sets it for machines that may not have it yet.
-        PathBuf::from(dir)
-    } else if uid == 0 {
+        let dir = PathBuf::from(dir);
+        return ensure_dir(&dir, uid, true).map(|()| dir);
+    }
+    let dir = if uid == 0 {
         PathBuf::from("/run/corral")
     } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Path::new(&x).join("corral")
     } else {
         PathBuf::from(format!("/tmp/corral-{uid}"))
     };
-    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
-    if checked
-        .as_ref()
-        .is_some_and(|(u, d)| *u == uid && *d == dir)
-    {
-        return Ok(dir);
-    }
-    ensure_dir(&dir, uid, true)?;
-    *checked = Some((uid, dir.clone()));
-    Ok(dir)
+    ensure_dir(&dir, uid, true).map(|()| dir)
 }
 
 /// The directories a scan looks at: with `CORRAL_RUNTIME_DIR`, just that one; a user, their
@@ -1340,7 +1330,7 @@ fn start_time_field(stat: &str) -> Option<u64> {
 /// its job and removing the record). Its record is removed without acting on its cgroup:
 /// ids are leaf names, and ours was free when our leaf was made, so that cgroup was gone
 /// then (and the path may now be our own job's).
-fn clear_stale_id(record: &Path, socket: Option<&Path>, uid: u32) -> Result<(), String> {
+fn clear_stale_id(record: &Path, socket: &Path, uid: u32) -> Result<(), String> {
     if record.exists() {
         match read_record(record, uid) {
             Ok(r) if r.supervisor.alive() => {
@@ -1356,9 +1346,6 @@ fn clear_stale_id(record: &Path, socket: Option<&Path>, uid: u32) -> Result<(), 
             Err(why) => return Err(format!("{} is in the way: {why}", record.display())),
         }
     }
-    let Some(socket) = socket else {
-        return Ok(());
-    };
     match std::fs::remove_file(socket) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -1376,6 +1363,7 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     let me = own_identity()?;
     let socket = dir.join(format!("{}.sock", new.id));
     let record_path = dir.join(format!("{}.json", new.id));
+    clear_stale_id(&record_path, &socket, uid)?;
     let listener = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -1385,16 +1373,7 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     .map_err(|e| format!("socket(AF_UNIX, SOCK_SEQPACKET): {e}"))?;
     let addr = SocketAddrUnix::new(&socket)
         .map_err(|e| format!("socket path {} unusable ({e})", socket.display()))?;
-    // Files under our id can only be a dead process's that had our PID: looked at (and
-    // cleared) only when they are in the way.
-    let bound = match rustix::net::bind(&listener, &addr) {
-        Err(rustix::io::Errno::ADDRINUSE) => {
-            clear_stale_id(&record_path, Some(&socket), uid)?;
-            rustix::net::bind(&listener, &addr)
-        }
-        other => other,
-    };
-    bound.map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    rustix::net::bind(&listener, &addr).map_err(|e| format!("bind {}: {e}", socket.display()))?;
     let reg = Registration {
         record: record_path.clone(),
         socket: socket.clone(),
@@ -1427,15 +1406,7 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
     let written = crate::safe_file::create_exclusive(&tmp, 0o600)
         .and_then(|mut f| io::Write::write_all(&mut f, (json + "\n").as_bytes()))
         // Never over another job's record (a stale one of a reused PID, say).
-        .and_then(
-            |()| match crate::safe_file::rename_noreplace(&tmp, &record_path) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    clear_stale_id(&record_path, None, uid).map_err(io::Error::other)?;
-                    crate::safe_file::rename_noreplace(&tmp, &record_path)
-                }
-                other => other,
-            },
-        );
+        .and_then(|()| crate::safe_file::rename_noreplace(&tmp, &record_path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         // `reg` drops: the socket goes; the record path is not ours to remove.

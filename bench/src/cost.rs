@@ -5,8 +5,8 @@
 //!   explanatory rows that give the floor: `/bin/true` alone, each program's own exec and
 //!   start-up (`--version`), and `corral run --debug-no-watchdog`.
 //! - Memory: `corral run -- sleep 1` and `timeout 100 sleep 1`; the peak resident memory
-//!   (`VmHWM`) of each, and of corral's watchdog when it has memory of its own (one that
-//!   shares corral's, by `kcmp(KCMP_VM)`, is counted once).
+//!   (`VmHWM`) of each, plus the memory only corral's watchdog holds (its private pages: a
+//!   forked watchdog shares the rest with corral).
 //! - `Job::spawn(&mut Command)` with stdout piped and read to its end, against a bare
 //!   `Command::output()` (std forks for the former, `posix_spawn`s the latter).
 //! - 1000 jobs of `/bin/true` on 2 worker threads: a bare `Command::status()`,
@@ -134,7 +134,8 @@ impl Many {
 pub struct Memory {
     /// The program's own `VmHWM`.
     pub main: u64,
-    /// Its watchdog's `VmHWM`, when the watchdog has memory of its own.
+    /// The memory only its watchdog holds (its private pages: a forked watchdog shares the
+    /// rest with corral, copy-on-write), when it does not share corral's memory outright.
     pub watchdog_own: Option<u64>,
     /// Whether a watchdog was found, and shared the program's memory.
     pub watchdog_shares: Option<bool>,
@@ -358,7 +359,7 @@ fn memory_of(bench: &mut Bench, cmd: &mut Command, watchdog: bool) -> Result<Mem
                 let shares = super::procs::shares_memory(pid, w);
                 m.watchdog_shares = Some(shares);
                 if !shares {
-                    m.watchdog_own = hwm(w);
+                    m.watchdog_own = super::procs::private_kib(w);
                 }
             }
             None => bench.expect(false, "no watchdog found for `corral run -- sleep 1`"),
@@ -380,8 +381,8 @@ fn hwm(pid: i32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The watchdog of the `corral` process `host`: forked or lazy (named `corral-watchdog`,
-/// with the host's command line) or exec'd (`corral __watchdog <host>`).
+/// The watchdog of the `corral` process `host`: forked (named `corral-watchdog`, with the
+/// host's command line) or exec'd (`corral __watchdog <host>`).
 fn find_watchdog(host: i32) -> Option<i32> {
     let host_cmdline = fs::read(format!("/proc/{host}/cmdline")).ok()?;
     let exec_form = format!("__watchdog\0{host}\0");

@@ -264,3 +264,16 @@ pub fn shares_memory(a: i32, b: i32) -> bool {
     // SAFETY: kcmp compares kernel objects; nothing of ours is touched.
     unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0 }
 }
+
+/// The memory only `pid` holds (its unique set size): `Private_Clean` + `Private_Dirty` of
+/// `/proc/<pid>/smaps_rollup`, KiB. For a fork that shares most of its pages with its
+/// parent (copy-on-write), `VmRSS` counts those too; this does not.
+pub fn private_kib(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some(field("Private_Clean:")? + field("Private_Dirty:")?)
+}

@@ -1004,17 +1004,15 @@ fn render_watchdog(o: &mut String, w: &WatchdogFigures) {
         o,
         "\n## 5. The watchdog\n\n\
          A host process that runs cgroup jobs has one watchdog, started at its first \
-         cgroup job, which kills the jobs if the host dies. Here (x86_64, Linux 5.16 on) \
-         it is lazy: a middle process that calls `setsid` and the watchdog are \
-         `clone3(CLONE_VM)` children sharing the host's memory, and the watchdog sleeps \
-         until the host is gone; each job only replaces the plan it would act on, in the \
-         host's memory (no message, no wake-up; see `src/linux/watchdog.rs`). \
+         cgroup job, which kills the jobs if the host dies: a fork of the host when it \
+         has one thread (the CLI), `corral __watchdog` otherwise (`src/linux/watchdog.rs`). \
          {} rounds (after warm-up rounds), variants in an order rotated each round. The \
          first two rows start a fresh `corral run --cgroup-parent <jobs> -- /bin/true` \
-         each round, timed from its spawn to its reaping, with the watchdog (started for \
+         each round, timed from its spawn to its reaping, with the watchdog (forked for \
          its one job, and ended before corral exits) and without it. \
          The other rows are jobs of the bench itself, a long-lived host whose watchdog \
-         already runs. Ratios are to the same job without the watchdog.\n\n\
+         already runs: each job sends `add` before its process starts and `forget` once \
+         it is over. Ratios are to the same job without the watchdog.\n\n\
          | Variant | median | min | p90 | ratio |\n|---|---|---|---|---|",
         w.rounds
     );
@@ -1039,11 +1037,13 @@ fn render_watchdog(o: &mut String, w: &WatchdogFigures) {
         w.pid,
         kib(w.rss_kib as f64),
         kib(w.hwm_kib as f64),
-        if w.shares_memory {
-            "none: it shares the bench's (`kcmp(KCMP_VM)`), so the two rows above are the \
-             bench's"
-        } else {
-            "all of the above"
+        match (w.shares_memory, w.private_kib) {
+            (true, _) => "none: it shares the bench's memory (`kcmp(KCMP_VM)`)".to_string(),
+            (false, Some(p)) => format!(
+                "{} (its private pages; a forked watchdog shares the rest with the bench)",
+                kib(p as f64)
+            ),
+            (false, None) => "all of the above".to_string(),
         },
         fmt_secs(w.cpu_per_job),
         watchdog::IDLE.as_secs(),
@@ -1455,8 +1455,9 @@ fn cost_targets(r: &Results<'_>) -> Vec<Target> {
         met: mx <= MEMORY_TARGET,
         why: (mx > MEMORY_TARGET).then(|| {
             Why::own(
-                "corral's own resident pages: its code, std's and glibc's. Its watchdog \
-                 shares corral's memory until it has to act, so it adds none."
+                "corral's own resident pages: its code, std's and glibc's; its watchdog, a \
+                 fork of it, adds the pages either has written since the fork. See \
+                 docs/benchmarks.md."
                     .into(),
             )
         }),
@@ -1622,20 +1623,22 @@ pub fn cost_section(c: &CostFigures) -> String {
         .iter()
         .filter_map(|m| m.watchdog_shares)
         .all(|s| s);
-    let _ =
-        writeln!(
+    let _ = writeln!(
         o,
         "\nPeak resident memory (`VmHWM`, KiB, median of {} runs of `… sleep 1`, read at 0.5 s): \
-         `corral run` {}, its watchdog {}; `timeout` {}.\n",
+         `corral run` {}, plus {} only its watchdog holds ({}); `timeout` {}.\n",
         c.corral_memory.len(),
         cost::median(c.corral_memory.iter().map(|m| m.main).collect()),
+        cost::median(
+            c.corral_memory
+                .iter()
+                .map(|m| m.watchdog_own.unwrap_or(0))
+                .collect()
+        ),
         if shares {
-            "none of its own (it shares corral's memory: `kcmp(KCMP_VM)`)".to_string()
+            "it shares corral's memory: `kcmp(KCMP_VM)`"
         } else {
-            format!(
-                "{}",
-                cost::median(c.corral_memory.iter().map(|m| m.watchdog_own.unwrap_or(0)).collect())
-            )
+            "its private pages: a forked watchdog shares the rest with corral, copy-on-write"
         },
         cost::median(c.timeout_memory.iter().map(|m| m.main).collect()),
     );

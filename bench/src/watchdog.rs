@@ -90,8 +90,10 @@ pub struct WatchdogFigures {
     pub pid: i32,
     pub rss_kib: u64,
     pub hwm_kib: u64,
-    /// Whether it shares the bench's memory (a lazy watchdog): its `VmRSS` is the bench's.
+    /// Whether it shares the bench's memory outright: its `VmRSS` is then the bench's.
     pub shares_memory: bool,
+    /// The memory only it holds (its private pages), KiB.
+    pub private_kib: Option<u64>,
     /// CPU time the watchdog used per job it watched, seconds.
     pub cpu_per_job: f64,
     /// Context switches of the watchdog over [`IDLE`] with no job running.
@@ -208,6 +210,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<WatchdogFigures> {
         rss_kib,
         hwm_kib,
         shares_memory: procs::shares_memory(pid, std::process::id() as i32),
+        private_kib: procs::private_kib(pid),
         cpu_per_job,
         idle_wakeups: switches_after.saturating_sub(switches_before),
         idle_cpu: cpu_after.saturating_sub(cpu_before) as f64 / 1e9,

@@ -3,45 +3,41 @@
 //! A job's cgroup outlives its supervisor (the `corral` CLI, or a program embedding the
 //! library): killed by any signal, SIGKILL included, it leaves the job running. So each
 //! host process that runs cgroup jobs has one watchdog, started at its first cgroup job
-//! ([`Watch::add`]) and shared by all of them. The watchdog is in a session of its own from
-//! before it exists (a middle process calls `setsid` and creates it), so no `killpg` of the
-//! host's group and no signal of the host's terminal reaches it, and it is no child of the
-//! host (the middle process exits at once): a host's `waitpid(-1)` never takes it.
+//! ([`Watch::add`]) and shared by all of them. It starts in one of two ways:
 //!
-//! The host says `add <cgroup>` (then, after NULs, files to unlink once the cgroup is gone)
-//! over a `SOCK_SEQPACKET` socketpair after the leaf is made and before the job's first
-//! process starts, and `forget <cgroup>` when the job is over or detached. When the host is
-//! gone (its pidfd readable, or end of file while cgroups are registered), the watchdog
-//! reads what is still queued, kills each registered cgroup, waits for it to empty, removes
-//! it and the files, and exits; with nothing registered it just exits.
-//!
-//! It starts in one of three ways, the cheapest the host allows:
-//!
-//! - **Lazy** (x86_64, Linux 5.16 on): a process that shares the host's memory
-//!   (`clone3(CLONE_VM)` on a stack of its own) and sleeps in `ppoll` on the host's pidfd
-//!   and a wake-up pipe. Nothing is sent to it: each `add` and `forget` replaces a plan in
-//!   the host's memory ([`PLAN`]). Once the host is gone with cgroups registered
-//!   ([`WATCHED`]), it writes the plan to a memfd and execs `corral __watchdog <host>`,
-//!   which reads it from there and acts. A host whose jobs end normally thus pays two
-//!   `clone3`s, no exec, no message per job and no memory of the watchdog's own.
-//! - **Forked**, elsewhere, by a host with one thread (the CLI): a `fork` that runs the
-//!   watchdog's loop without an exec.
-//! - **Exec'd**, otherwise: `corral __watchdog <host>`, run from the `corral` executable
-//!   [`supervise::find_binary`] finds, with the host's pidfd at descriptor 3 and its end of
-//!   the socket at 4.
+//! - **Forked**, by a host with one thread (the CLI): a middle process that shares the
+//!   host's memory (`clone3(CLONE_VM | CLONE_VFORK)`, like `posix_spawn`'s child) calls
+//!   `setsid` and forks the watchdog, which runs the watchdog's loop below without an exec:
+//!   a `corral run` pays one `fork` for it, not the exec and start-up of a second `corral`,
+//!   and needs no executable to find. (A fork of a process with other threads could copy a
+//!   lock one of them held.)
+//! - **Exec'd**, otherwise: `corral __watchdog <host pid>`, from the `corral` executable
+//!   [`supervise::find_binary`] finds:
 //!
 //! ```text
-//! host --clone--> M: setsid(), clone/fork, exit --> W (lazy: shares the host's memory)
-//!                                                     \--(when it must act)--> execve("corral", ["corral", "__watchdog", "<host>"])
+//! host --clone--> M: setsid(), fork, exit --> W: execve("corral", ["corral", "__watchdog", "<host>"])
 //! ```
+//!
+//! Either way `W` is in a session of its own from before it exists (`M` calls `setsid`
+//! before the fork), so no `killpg` of the host's group and no signal of the host's terminal
+//! reaches it, and it is no child of the host (`M` exits at once): a host's `waitpid(-1)`
+//! never takes it, and it is never the host's zombie. It has its own memory (a watchdog
+//! sharing the host's would die with it of an out-of-memory kill, which the kernel sends to
+//! every process sharing the victim's memory). It gets a pidfd of the host at descriptor 3
+//! and one end of a `SOCK_SEQPACKET` socketpair at 4, and sleeps in `poll` on both: no
+//! timer, no wake-up while the host lives. The host says `add <cgroup>` (then, after NULs,
+//! files to unlink once the cgroup is gone) after the leaf is made and before the job's
+//! first process starts, and `forget <cgroup>` when the job is over or detached. When the
+//! host is gone (its pidfd readable, or end of file while cgroups are registered), `W`
+//! reads what is still queued, kills each registered cgroup, waits for it to empty,
+//! removes it and the files, and exits; with nothing registered it just exits.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -93,8 +89,7 @@ const IGNORED: [i32; 8] = [
 struct Running {
     /// The host's PID when it was started: a forked child of the host has its own.
     host: u32,
-    /// Where messages go; none for a lazy watchdog, which reads [`PLAN`] instead.
-    socket: Option<OwnedFd>,
+    socket: OwnedFd,
     pid: Pid,
     /// A pidfd of the watchdog, only ever polled (never signalled): readable once it has
     /// died. A failed send says so too, but not while another process holds a copy of the
@@ -103,21 +98,9 @@ struct Running {
     /// The `add` message of each cgroup registered and not forgotten, to give a new
     /// watchdog should this one die.
     watched: Vec<(PathBuf, Vec<u8>)>,
-    /// A lazy watchdog ([`Running::lazy`]) that may not have exec'd yet: what it runs on.
-    lazy: Option<Lazy>,
 }
 
 static WATCHDOG: Mutex<Option<Running>> = Mutex::new(None);
-
-/// How many cgroups are registered (and not forgotten) with this process's watchdog: what a
-/// lazy watchdog reads, in our memory, to decide between exiting and acting.
-static WATCHED: AtomicUsize = AtomicUsize::new(0);
-
-/// For a lazy watchdog: the `add` message of every cgroup registered, each after its
-/// length (a native-endian `u32`), which it hands to the watchdog it execs once we are
-/// gone. Replaced whole at each change (the old one freed: the lazy watchdog reads it only
-/// after we have exited, when nothing changes it any more).
-static PLAN: AtomicPtr<Vec<u8>> = AtomicPtr::new(std::ptr::null_mut());
 
 /// A cgroup registered with the host's watchdog: if the host dies before this is dropped,
 /// the watchdog kills everything in the cgroup and removes it. Dropping it (the job is
@@ -148,11 +131,8 @@ impl Watch {
         let mut state = WATCHDOG.lock().unwrap_or_else(|e| e.into_inner());
         if state.as_ref().is_some_and(|r| r.host != std::process::id()) {
             // We are a fork of the host that started it: it watches our parent, not us.
-            // Dropping it closes only our copy of the socket; what we copied of the
-            // parent's registrations is not ours.
+            // Dropping it closes only our copy of the socket.
             *state = None;
-            publish_plan(None);
-            WATCHED.store(0, Ordering::SeqCst);
         }
         let mut restarted = false;
         loop {
@@ -162,15 +142,12 @@ impl Watch {
             };
             let sent = if running.has_died() {
                 Err(io::Error::from(Errno::PIPE))
-            } else if let Some(socket) = &running.socket {
-                send(socket.as_fd(), &msg)
             } else {
-                Ok(())
+                send(running.socket.as_fd(), &msg)
             };
             match sent {
                 Ok(()) => {
                     running.watched.push((cgroup.to_path_buf(), msg));
-                    running.publish();
                     return Ok(Watch {
                         cgroup: cgroup.to_path_buf(),
                         watchdog: running.pid,
@@ -180,15 +157,10 @@ impl Watch {
                 // started, the dead one stays, with its list, for the next attempt.
                 Err(e) if is_gone(&e) && !restarted => {
                     restarted = true;
-                    let mut old = state.take().expect("running");
+                    let old = state.take().expect("running");
                     match Running::start(binary).and_then(|new| new.take_over(old.watched.clone()))
                     {
-                        Ok(new) => {
-                            // Dead (its pidfd is readable, or its end of the socket is
-                            // closed): off our memory.
-                            drop(old.lazy.take());
-                            *state = Some(new);
-                        }
+                        Ok(new) => *state = Some(new),
                         Err(e) => {
                             *state = Some(old);
                             return Err(e);
@@ -223,20 +195,17 @@ impl Drop for Watch {
         // A watchdog that is gone forgets by itself; one that is stuck would kill a
         // cgroup that is no longer the job's only if the host died, and the cgroup is
         // removed (or detached, and then the job is no longer ours to keep).
-        if let Some(socket) = &running.socket {
-            let _ = send(socket.as_fd(), &msg);
-        }
-        running.publish();
+        let _ = send(running.socket.as_fd(), &msg);
     }
 }
 
 /// Ends this process's watchdog if it watches nothing (every job is over, detached or
-/// dropped): closes our end of the socket, whose end of file makes an idle watchdog exit,
-/// and waits up to `timeout` for it to be gone. The CLI calls it before it exits, so that a
+/// dropped): closes our end of the socket, whose end of file makes an idle watchdog exit.
+/// The CLI calls it once its job is over and [`Released::wait`]s before it exits, so that a
 /// `corral run` nested in another corral's job leaves no watchdog running in that job's
-/// cgroup for a moment after it (the outer corral would stop it as a leftover). A later
-/// job starts a new watchdog.
-pub(crate) fn release(timeout: Duration) {
+/// cgroup for a moment after it (the outer corral would stop it as a leftover); the
+/// watchdog's exit overlaps what the CLI does in between. A later job starts a new watchdog.
+pub(crate) fn release() -> Released {
     let running = {
         let mut state = WATCHDOG.lock().unwrap_or_else(|e| e.into_inner());
         match state.as_ref() {
@@ -244,35 +213,40 @@ pub(crate) fn release(timeout: Duration) {
             _ => None,
         }
     };
-    let Some(Running {
-        socket,
-        pidfd,
-        lazy,
-        ..
-    }) = running
-    else {
-        return;
+    let Some(Running { socket, pidfd, .. }) = running else {
+        return Released { pidfd: None };
     };
     drop(socket);
-    // A lazy watchdog wakes when the pipe hangs up, finds nothing registered, and exits.
-    let mut lazy = lazy;
-    if let Some(lazy) = lazy.as_mut() {
-        lazy.hang_up();
-    }
-    let exited = pidfd.is_some_and(|pidfd| {
-        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-        crate::linux::poll(&mut fds, Some(timeout)).is_ok() && !fds[0].revents().is_empty()
-    });
-    if !exited {
-        // It may still run on our memory: what it uses stays (a few pages).
-        std::mem::forget(lazy);
+    Released { pidfd }
+}
+
+/// A watchdog told to exit (`crate::__release_watchdog`).
+#[derive(Debug)]
+pub struct Released {
+    pidfd: Option<OwnedFd>,
+}
+
+impl Released {
+    /// Waits up to `timeout` for the watchdog to have exited.
+    pub fn wait(self, timeout: Duration) {
+        if let Some(pidfd) = self.pidfd {
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+            let _ = crate::linux::poll(&mut fds, Some(timeout));
+        }
     }
 }
 
 impl Running {
-    /// Starts a watchdog for this process: lazy where it can, a fork of it when it has one
-    /// thread (the `corral` CLI), otherwise `corral __watchdog` (see the module docs).
+    /// Starts a watchdog for this process: a fork of it when it has one thread (the
+    /// `corral` CLI), otherwise `corral __watchdog` (see the module docs).
     fn start(binary: Option<&Path>) -> Result<Running> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::sys("socketpair for the watchdog", e))?;
         let host = std::process::id();
         // Our own pidfd: readable once this process has exited, whatever killed it.
         let me = rustix::process::pidfd_open(
@@ -286,22 +260,10 @@ impl Running {
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| Error::sys("open /dev/null for the watchdog", e))?;
-        let binary = supervise::find_binary(binary);
-        #[cfg(target_arch = "x86_64")]
-        if let (Ok(binary), true) = (&binary, lazy::kernel_confines_core_dumps()) {
-            return Running::lazy(host, me, null, binary);
-        }
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| Error::sys("socketpair for the watchdog", e))?;
         if single_threaded() {
             return Running::fork(host, ours, theirs, me, null);
         }
-        let binary = binary?;
+        let binary = supervise::find_binary(binary)?;
         let args = [OsString::from(ARG), OsString::from(host.to_string())];
         let keep = [(me.as_fd(), HOST_FD), (theirs.as_fd(), SOCKET_FD)];
         let spec = SpawnSpec {
@@ -334,60 +296,18 @@ impl Running {
         });
         Ok(Running {
             host,
-            socket: Some(ours),
+            socket: ours,
             pid,
             pidfd,
             watched: Vec::new(),
-            lazy: None,
         })
     }
 
-    /// Starts the watchdog lazily (x86_64): a process that shares our memory
-    /// (`clone3(CLONE_VM)` on a stack of its own, like `posix_spawn`'s child, but not
-    /// waited for) and sleeps in `ppoll` on our pidfd and a pipe we hold, with no message
-    /// ever sent: each `add` and `forget` only replaces [`PLAN`]. Once we are gone with
-    /// cgroups registered ([`WATCHED`] above zero), it writes the plan to a memfd and execs
-    /// `corral __watchdog`, which reads it from there and acts. When the pipe hangs up (we
-    /// released it, or closed our descriptors) with nothing registered, it exits; with
-    /// cgroups registered it waits for our end. A host whose jobs end normally thus pays two
-    /// `clone3`s, no exec and no message, and the watchdog has no memory of its own beyond
-    /// its stack. Until it execs, its command line reads as ours; its name (`comm`) is
+    /// Starts the watchdog as a fork of this single-threaded process, with no `exec` (see
+    /// the module docs). On x86_64 the middle process shares our memory until it exits
+    /// (nothing is copied for it), so the watchdog is the only copy made; elsewhere both
+    /// are `fork`s. The watchdog's command line reads as ours; its name (`comm`) is
     /// `corral-watchdog`.
-    #[cfg(target_arch = "x86_64")]
-    fn lazy(host: u32, me: OwnedFd, null: OwnedFd, binary: &Path) -> Result<Running> {
-        let (wake_read, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| Error::sys("pipe for the watchdog", e))?;
-        let plan =
-            rustix::fs::memfd_create("corral-watchdog-plan", rustix::fs::MemfdFlags::CLOEXEC)
-                .map_err(|e| Error::sys("memfd for the watchdog", e))?;
-        let mut ctx = lazy::Ctx::new(binary, host, [&me, &plan, &wake_read, &null])?;
-        let stack = spawn::Stack::new(lazy::STACK)
-            .map_err(|e| Error::sys("map a stack for the watchdog", e))?;
-        let (pid, pidfd) =
-            lazy::start(&mut ctx, &stack).map_err(|e| Error::sys("start the watchdog", e))?;
-        // Its copies are its own now; ours go.
-        drop((me, null, wake_read, plan));
-        Ok(Running {
-            host,
-            socket: None,
-            pid,
-            pidfd: Some(pidfd),
-            watched: Vec::new(),
-            lazy: Some(Lazy {
-                _ctx: ctx,
-                _stack: stack,
-                wake: Some(wake),
-            }),
-        })
-    }
-
-    /// Starts the watchdog as a fork of this single-threaded process, with no `exec`: the
-    /// `corral` CLI's way, which spares each `corral run` the exec and start-up of a second
-    /// `corral` (and needs no executable to find). The shape is the exec'd watchdog's: a
-    /// middle process calls `setsid` and forks the watchdog, sends its PID and exits, so
-    /// the watchdog is in a session of its own from before it exists and is no child of
-    /// ours. Its memory is a copy of ours (shared until either side writes a page); its
-    /// command line reads as ours, and its name (`comm`) is `corral-watchdog`.
     fn fork(
         host: u32,
         ours: OwnedFd,
@@ -395,82 +315,21 @@ impl Running {
         me: OwnedFd,
         null: OwnedFd,
     ) -> Result<Running> {
-        let (pid_read, pid_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| Error::sys("pipe for the watchdog", e))?;
-        // SAFETY: this process has one thread (checked by the caller just before), so the
-        // copy holds no lock another thread held; glibc's `fork` keeps its own state
-        // consistent in the child. The middle process and the watchdog run only the code
-        // below and leave with `_exit`, never returning into the caller.
-        let middle = unsafe { libc::fork() };
-        if middle < 0 {
-            return Err(Error::sys("fork the watchdog", io::Error::last_os_error()));
-        }
-        if middle == 0 {
-            // SAFETY: as above; `setsid` and `fork` in the middle process, `_exit` to leave.
-            unsafe {
-                libc::setsid();
-                let watchdog = libc::fork();
-                if watchdog == 0 {
-                    drop((ours, pid_read, pid_write));
-                    let code = Watchdog::forked(me, theirs, null).map_or(2, Watchdog::run);
-                    libc::_exit(code);
-                }
-                let bytes = watchdog.to_ne_bytes();
-                let ok = watchdog > 0 && rustix::io::write(&pid_write, &bytes).is_ok();
-                libc::_exit(if ok { 0 } else { 1 });
-            }
-        }
-        drop((theirs, me, null, pid_write));
-        let mut bytes = [0u8; 4];
-        let mut got = 0;
-        while got < bytes.len() {
-            match rustix::io::read(&pid_read, &mut bytes[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(Errno::INTR) => continue,
-                Err(_) => break,
-            }
-        }
-        // SAFETY: our own unreaped child: its PID cannot have been reused.
-        unsafe {
-            let mut status = 0;
-            while libc::waitpid(middle, &mut status, libc::__WALL) < 0
-                && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-            {}
-        }
-        let pid = Pid::from_raw(i32::from_ne_bytes(bytes))
-            .filter(|_| got == bytes.len())
-            .ok_or_else(|| {
-                Error::sys(
-                    "fork the watchdog",
-                    io::Error::other("the middle process did not name the watchdog"),
-                )
-            })?;
-        // Not our child. The watchdog exits only once we are gone or have closed our end of
-        // the socket, so the PID is still its own (short of a SIGKILL from elsewhere in
-        // these few microseconds); the pidfd is only ever polled, never signalled.
-        let pidfd = pidfd::open(pid).ok();
+        let fds = forked::Fds {
+            host: me.as_raw_fd(),
+            socket: theirs.as_raw_fd(),
+            null: null.as_raw_fd(),
+        };
+        let (pid, pidfd) = forked::start(&fds).map_err(|e| Error::sys("fork the watchdog", e))?;
+        // The watchdog has its copies; ours go.
+        drop((theirs, me, null));
         Ok(Running {
             host,
-            socket: Some(ours),
+            socket: ours,
             pid,
-            pidfd,
+            pidfd: Some(pidfd),
             watched: Vec::new(),
-            lazy: None,
         })
-    }
-
-    /// Makes what is registered now what a lazy watchdog would act on, were we to die.
-    fn publish(&self) {
-        if self.lazy.is_some() {
-            let mut plan = Vec::new();
-            for (_, msg) in &self.watched {
-                plan.extend_from_slice(&(msg.len() as u32).to_ne_bytes());
-                plan.extend_from_slice(msg);
-            }
-            publish_plan(Some(plan));
-        }
-        WATCHED.store(self.watched.len(), Ordering::SeqCst);
     }
 
     /// Whether the watchdog is known to have died (its pidfd is readable).
@@ -485,13 +344,10 @@ impl Running {
     /// Registers the cgroups a watchdog that died was watching.
     fn take_over(mut self, watched: Vec<(PathBuf, Vec<u8>)>) -> Result<Running> {
         for (path, msg) in watched {
-            if let Some(socket) = &self.socket {
-                send(socket.as_fd(), &msg)
-                    .map_err(|e| Error::sys("send `add` to a new watchdog", e))?;
-            }
+            send(self.socket.as_fd(), &msg)
+                .map_err(|e| Error::sys("send `add` to a new watchdog", e))?;
             self.watched.push((path, msg));
         }
-        self.publish();
         Ok(self)
     }
 }
@@ -577,388 +433,198 @@ fn ignore_signals() {
     }
 }
 
-/// Replaces [`PLAN`] (freeing the one before: only a lazy watchdog reads it, and only once
-/// we are gone).
-fn publish_plan(plan: Option<Vec<u8>>) {
-    let new = plan.map_or(std::ptr::null_mut(), |p| Box::into_raw(Box::new(p)));
-    let old = PLAN.swap(new, Ordering::SeqCst);
-    if !old.is_null() {
-        // SAFETY: made by `Box::into_raw` above, and swapped out: ours alone.
-        drop(unsafe { Box::from_raw(old) });
-    }
-}
-
-/// What a lazy watchdog runs on and reads, kept while it may still use our memory.
-#[cfg(target_arch = "x86_64")]
-struct Lazy {
-    _ctx: Box<lazy::Ctx>,
-    _stack: spawn::Stack,
-    /// Its end of file wakes the watchdog (we released it, or are gone).
-    wake: Option<OwnedFd>,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Lazy {
-    /// Closes our end of the wake-up pipe.
-    fn hang_up(&mut self) {
-        self.wake = None;
-    }
-}
-
-// Without this, `Running` (in a static `Mutex`) would not be `Send`: the context holds raw
-// pointers into itself and to the stack.
-// SAFETY: the pointers are into the context's own strings (heap, moving with it) and to
-// the stack, which lives as long as the context.
-#[cfg(target_arch = "x86_64")]
-unsafe impl Send for Lazy {}
-
-/// No lazy watchdog elsewhere (its processes need a stack switch written per architecture).
-#[cfg(not(target_arch = "x86_64"))]
-enum Lazy {}
-
-#[cfg(not(target_arch = "x86_64"))]
-impl Lazy {
-    fn hang_up(&mut self) {
-        match *self {}
-    }
-}
-
-/// The lazy watchdog's two processes: the middle one and the watchdog until it execs. Both
-/// share our memory and run on stacks of their own while our threads go on, so they make
-/// raw system calls only (no libc wrapper, which would set our `errno`), allocate nothing
-/// and touch nothing but their context, their stacks and [`WATCHED`].
-#[cfg(target_arch = "x86_64")]
-mod lazy {
-    use std::ffi::{c_char, c_void, CString};
+/// Starting the forked watchdog: the middle process and the fork.
+mod forked {
     use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::Path;
-    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-    use super::{Pid, HOST_FD, PLAN, SOCKET_FD, WATCHED};
-    use crate::error::{Error, Result};
-    use crate::linux::spawn::{self, CloneArgs, Stack};
+    use super::Watchdog;
+    use crate::linux::pidfd::Pid;
 
-    /// The watchdog's stack until it execs: it makes a few system calls in one frame.
-    pub(super) const STACK: usize = 64 * 1024;
-    /// The middle process's stack (freed once it has exited).
-    const MIDDLE_STACK: usize = 16 * 1024;
-    /// Where the wake-up pipe goes, next to the descriptors the watchdog keeps.
-    const WAKE_FD: RawFd = 5;
-    /// Where the plan's memfd goes: where the exec'd watchdog finds its socket otherwise.
-    const PLAN_FD: RawFd = SOCKET_FD;
-
-    /// Read by both processes; written by the middle one (the watchdog's PID and pidfd).
-    #[repr(C)]
-    pub(super) struct Ctx {
-        /// Our pidfd, the plan's memfd, the wake-up pipe, /dev/null: as numbered in our table.
-        fds: [RawFd; 4],
-        program: CString,
-        _args: [CString; 2],
-        argv: [*const c_char; 4],
-        envp: [*const c_char; 1],
-        stack: *const Stack,
-        pid: AtomicI32,
-        pidfd: AtomicI32,
+    /// The descriptors the watchdog keeps, as numbered in our table (and so in its copy).
+    pub(super) struct Fds {
+        pub(super) host: RawFd,
+        pub(super) socket: RawFd,
+        pub(super) null: RawFd,
     }
 
-    impl Ctx {
-        pub(super) fn new(binary: &Path, host: u32, fds: [&OwnedFd; 4]) -> Result<Box<Ctx>> {
-            let cstr = |b: &[u8]| {
-                CString::new(b).map_err(|_| {
-                    Error::InvalidOptions(format!(
-                        "{} has a NUL byte in its path: move it",
-                        binary.display()
-                    ))
-                })
-            };
-            let program = cstr(binary.as_os_str().as_bytes())?;
-            let args = [
-                cstr(super::ARG.as_bytes())?,
-                cstr(host.to_string().as_bytes())?,
-            ];
-            let mut ctx = Box::new(Ctx {
-                fds: fds.map(AsRawFd::as_raw_fd),
-                program,
-                _args: args,
-                argv: [std::ptr::null(); 4],
-                envp: [std::ptr::null()],
-                stack: std::ptr::null(),
-                pid: AtomicI32::new(0),
-                pidfd: AtomicI32::new(-1),
-            });
-            ctx.argv = [
-                ctx.program.as_ptr(),
-                ctx._args[0].as_ptr(),
-                ctx._args[1].as_ptr(),
-                std::ptr::null(),
-            ];
-            Ok(ctx)
+    /// What the middle process reports: the watchdog's PID and a pidfd of it (made while
+    /// the watchdog was its unreaped child, so it is the watchdog's), or -errno.
+    #[derive(Default)]
+    struct Outcome {
+        pid: libc::pid_t,
+        pidfd: RawFd,
+    }
+
+    /// Runs in the watchdog (a copy of this process, with one thread): never returns.
+    fn watchdog(fds: &Fds) -> ! {
+        // SAFETY: the descriptors are open in this copy of our table, and ours alone here.
+        let (host, socket, null) = unsafe {
+            (
+                OwnedFd::from_raw_fd(fds.host),
+                OwnedFd::from_raw_fd(fds.socket),
+                OwnedFd::from_raw_fd(fds.null),
+            )
+        };
+        let code = Watchdog::forked(host, socket, null).map_or(2, Watchdog::run);
+        // SAFETY: leaves without running the host's exit handlers.
+        unsafe { libc::_exit(code) }
+    }
+
+    /// The middle process: a session of its own, the fork, its report, exit.
+    ///
+    /// # Safety
+    /// Only as the middle process: it shares our memory (x86_64) or is a copy of us, and
+    /// we have one thread, blocked meanwhile.
+    unsafe fn middle(fds: &Fds, out: &mut Outcome) {
+        libc::setsid();
+        // glibc's `fork`: its own state (the allocator's locks, the thread's id) is right
+        // in the copy.
+        let pid = libc::fork();
+        if pid == 0 {
+            watchdog(fds);
         }
+        if pid < 0 {
+            out.pid = -*libc::__errno_location();
+            return;
+        }
+        // Our unreaped child: its PID is its own.
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
+        out.pid = pid;
+        out.pidfd = if pidfd < 0 {
+            -*libc::__errno_location()
+        } else {
+            pidfd
+        };
     }
 
-    /// Whether a process dumping core takes only its own threads down (Linux 5.16,
-    /// "coredump: Limit coredumps to a single thread group"): before, every process sharing
-    /// its memory died with it, and a lazy watchdog would die of the host's crash.
-    pub(super) fn kernel_confines_core_dumps() -> bool {
-        static AT_LEAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AT_LEAST.get_or_init(|| {
-            let text = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-            let mut parts = text.trim().split(['.', '-']).map(|p| p.parse::<u32>().ok());
-            matches!((parts.next(), parts.next()), (Some(Some(a)), Some(Some(b))) if (a, b) >= (5, 16))
-        })
-    }
+    /// x86_64: the middle process shares our memory and descriptor table
+    /// (`CLONE_VM | CLONE_VFORK | CLONE_FILES`), so its report and the watchdog's pidfd are
+    /// ours when it exits.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn start(fds: &Fds) -> io::Result<(Pid, OwnedFd)> {
+        use crate::linux::spawn::{self, CloneArgs, Stack};
 
-    /// Creates the middle process (which creates the watchdog on `stack`) and waits for it
-    /// to exit. Returns the watchdog's PID and pidfd.
-    pub(super) fn start(ctx: &mut Ctx, stack: &Stack) -> io::Result<(Pid, OwnedFd)> {
-        // The watchdog's stack, for the middle process to give it.
-        ctx.stack = stack;
-        let middle_stack = Stack::new(MIDDLE_STACK)?;
-        // Shares our descriptor table, so that the watchdog's pidfd lands in it.
+        struct Ctx<'a> {
+            fds: &'a Fds,
+            out: Outcome,
+        }
+        extern "C" fn entry(ctx: *const std::ffi::c_void) -> ! {
+            // SAFETY: `ctx` is the host's, which waits for us (CLONE_VFORK).
+            unsafe {
+                let ctx = &mut *(ctx as *mut Ctx<'_>);
+                middle(ctx.fds, &mut ctx.out);
+                libc::_exit(0)
+            }
+        }
+
+        let mut ctx = Ctx {
+            fds,
+            out: Outcome::default(),
+        };
+        let stack = Stack::new(64 * 1024)?;
         let mut args = CloneArgs {
             flags: spawn::CLONE_VM | spawn::CLONE_VFORK | spawn::CLONE_FILES,
             exit_signal: libc::SIGCHLD as u64,
             ..CloneArgs::default()
         };
-        // Every signal blocked across the clone: no handler of ours may run on the middle
-        // process's stack (it inherits the mask, and sets the watchdog's).
-        let _blocked = spawn::BlockedSignals::all()?;
-        // SAFETY: `ctx` and `middle_stack` outlive the middle process (CLONE_VFORK: we are
-        // suspended until it exits), and `middle` never returns.
+        // No handler of ours may run in the middle process or the watchdog before it sets
+        // its own mask.
+        let blocked = spawn::BlockedSignals::all()?;
+        // SAFETY: `ctx` and `stack` outlive the middle process (CLONE_VFORK: we are
+        // suspended until it exits), and `entry` never returns.
         let ret = unsafe {
             spawn::clone3_on_stack(
                 &mut args,
-                &middle_stack,
-                ctx as *const Ctx as *const c_void,
-                middle,
+                &stack,
+                &mut ctx as *mut Ctx<'_> as *const std::ffi::c_void,
+                entry,
             )
         };
+        drop(blocked);
         if ret < 0 {
             return Err(io::Error::from_raw_os_error(-ret as i32));
         }
-        // SAFETY: our own child, exited (CLONE_VFORK), unreaped: its PID is still its own.
+        reap(ret as libc::pid_t);
+        outcome(&ctx.out)
+    }
+
+    /// Elsewhere: the middle process is a `fork` too, and reports through a pipe.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) fn start(fds: &Fds) -> io::Result<(Pid, OwnedFd)> {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let blocked = crate::linux::spawn::BlockedSignals::all()?;
+        // SAFETY: we have one thread (the caller checked), so the copy holds no lock
+        // another thread held; the middle process leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mut out = Outcome::default();
+            // SAFETY: as the middle process, a copy of us.
+            unsafe { middle(fds, &mut out) };
+            let bytes = [out.pid.to_ne_bytes(), out.pidfd.to_ne_bytes()].concat();
+            let _ = rustix::io::write(&write, &bytes);
+            // SAFETY: leaves without running the host's exit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        drop(blocked);
+        drop(write);
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut bytes = [0u8; 8];
+        let mut got = 0;
+        while got < bytes.len() {
+            match rustix::io::read(&read, &mut bytes[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        reap(pid);
+        if got < bytes.len() {
+            return Err(io::Error::other(
+                "the middle process did not name the watchdog",
+            ));
+        }
+        let pid = libc::pid_t::from_ne_bytes(bytes[..4].try_into().expect("4 bytes"));
+        // The middle process's pidfd is in its table, not ours: ours is made by PID. The
+        // watchdog exits only once we are gone or have closed our end of the socket, so
+        // the PID is still its own (short of a SIGKILL from elsewhere meanwhile).
+        let pidfd = if pid > 0 {
+            libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd
+        } else {
+            pid
+        };
+        outcome(&Outcome { pid, pidfd })
+    }
+
+    /// Reaps our exited child `pid` (unreaped until here: its PID is its own).
+    fn reap(pid: libc::pid_t) {
+        // SAFETY: plain waitpid of our own child.
         unsafe {
             let mut status = 0;
-            while libc::waitpid(ret as libc::pid_t, &mut status, libc::__WALL) < 0
+            while libc::waitpid(pid, &mut status, libc::__WALL) < 0
                 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
             {}
         }
-        let pid = ctx.pid.load(Ordering::SeqCst);
-        let pidfd = ctx.pidfd.load(Ordering::SeqCst);
-        if pid <= 0 || pidfd < 0 {
-            return Err(io::Error::from_raw_os_error(if pid < 0 {
-                -pid
+    }
+
+    fn outcome(out: &Outcome) -> io::Result<(Pid, OwnedFd)> {
+        if out.pid <= 0 {
+            return Err(io::Error::from_raw_os_error(if out.pid < 0 {
+                -out.pid
             } else {
                 libc::EINVAL
             }));
         }
-        // SAFETY: the middle process stored a pidfd CLONE_PIDFD made in our table (it
-        // shared it), close-on-exec, owned by nothing else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        Ok((Pid::from_raw(pid).expect("positive"), pidfd))
-    }
-
-    /// One raw system call (x86_64: number in rax, arguments in rdi rsi rdx r10 r8 r9).
-    ///
-    /// # Safety
-    /// As the system call `n` with these arguments.
-    #[inline(always)]
-    unsafe fn sys(n: libc::c_long, a: [usize; 6]) -> isize {
-        let ret: isize;
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") n as isize => ret,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            in("rdx") a[2],
-            in("r10") a[3],
-            in("r8") a[4],
-            in("r9") a[5],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-        ret
-    }
-
-    /// The middle process: a session of its own, then the watchdog, then exit.
-    extern "C" fn middle(ctx: *const c_void) -> ! {
-        // SAFETY: `ctx` is the host's context, valid while we run (the host waits for us);
-        // raw system calls only.
-        unsafe {
-            let ctx = &*(ctx as *const Ctx);
-            sys(libc::SYS_setsid, [0; 6]);
-            let mut pidfd: libc::c_int = -1;
-            let mut args = CloneArgs {
-                flags: spawn::CLONE_VM | spawn::CLONE_PIDFD,
-                pidfd: &mut pidfd as *mut libc::c_int as u64,
-                exit_signal: libc::SIGCHLD as u64,
-                ..CloneArgs::default()
-            };
-            let ret = spawn::clone3_on_stack(
-                &mut args,
-                &*ctx.stack,
-                ctx as *const Ctx as *const c_void,
-                watchdog,
-            );
-            if ret > 0 {
-                ctx.pidfd.store(pidfd, Ordering::SeqCst);
-                ctx.pid.store(ret as i32, Ordering::SeqCst);
-            } else {
-                ctx.pid.store(ret as i32, Ordering::SeqCst);
-            }
-            sys(libc::SYS_exit, [0; 6]);
+        if out.pidfd < 0 {
+            return Err(io::Error::from_raw_os_error(-out.pidfd));
         }
-        unreachable_exit()
-    }
-
-    /// Never reached (the `exit` system call does not return); no panic machinery here.
-    fn unreachable_exit() -> ! {
-        loop {
-            // SAFETY: `exit` of this task.
-            unsafe { sys(libc::SYS_exit, [1, 0, 0, 0, 0, 0]) };
-        }
-    }
-
-    /// The watchdog until it execs.
-    extern "C" fn watchdog(ctx: *const c_void) -> ! {
-        // SAFETY: `ctx` is the host's, kept while we may run on its memory; raw system
-        // calls only, on descriptors of our own table (a copy of the host's).
-        unsafe {
-            let ctx = &*(ctx as *const Ctx);
-            sys(
-                libc::SYS_prctl,
-                [
-                    libc::PR_SET_NAME as usize,
-                    c"corral-watchdog".as_ptr() as usize,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-            );
-            let all: u64 = !0;
-            sys(
-                libc::SYS_rt_sigprocmask,
-                [
-                    libc::SIG_SETMASK as usize,
-                    &all as *const u64 as usize,
-                    0,
-                    8,
-                    0,
-                    0,
-                ],
-            );
-            // Ours at 3 (the host's pidfd), 4 (the socket), 5 (the wake-up pipe), /dev/null
-            // at 0-2, each first moved above them all so that no move overwrites another.
-            let mut high = [0usize; 4];
-            let mut i = 0;
-            while i < 4 {
-                let fd = sys(
-                    libc::SYS_fcntl,
-                    [
-                        ctx.fds[i] as usize,
-                        libc::F_DUPFD_CLOEXEC as usize,
-                        10,
-                        0,
-                        0,
-                        0,
-                    ],
-                );
-                if fd < 0 {
-                    unreachable_exit();
-                }
-                high[i] = fd as usize;
-                i += 1;
-            }
-            let moves: [(usize, usize, usize); 6] = [
-                (high[3], 0, 0),
-                (high[3], 1, 0),
-                (high[3], 2, 0),
-                (high[0], HOST_FD as usize, 0),
-                (high[1], PLAN_FD as usize, 0),
-                (high[2], WAKE_FD as usize, libc::O_CLOEXEC as usize),
-            ];
-            let mut i = 0;
-            while i < moves.len() {
-                let (from, to, flags) = moves[i];
-                if sys(libc::SYS_dup3, [from, to, flags, 0, 0, 0]) < 0 {
-                    unreachable_exit();
-                }
-                i += 1;
-            }
-            sys(
-                libc::SYS_close_range,
-                [WAKE_FD as usize + 1, u32::MAX as usize, 0, 0, 0, 0],
-            );
-            // Until the pipe hangs up, both; then our pidfd alone (a negative descriptor
-            // is skipped by `ppoll`).
-            let mut wake = WAKE_FD;
-            loop {
-                let mut fds = [
-                    libc::pollfd {
-                        fd: HOST_FD,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: wake,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                ];
-                let n = sys(libc::SYS_ppoll, [fds.as_mut_ptr() as usize, 2, 0, 0, 0, 0]);
-                if n == -(libc::EINTR as isize) || n == 0 {
-                    continue;
-                }
-                let registered = WATCHED.load(Ordering::SeqCst) > 0;
-                if n < 0 || fds[0].revents != 0 {
-                    // The host is gone (or we cannot tell: act as if).
-                    if !registered {
-                        sys(libc::SYS_exit, [0; 6]);
-                    }
-                    break;
-                }
-                if fds[1].revents != 0 {
-                    if !registered {
-                        sys(libc::SYS_exit, [0; 6]);
-                    }
-                    wake = -1;
-                }
-            }
-            // The host has exited: the plan is what it last published, and nothing changes
-            // it any more. Into the memfd, for the watchdog we exec to read.
-            let plan = PLAN.load(Ordering::SeqCst);
-            if !plan.is_null() {
-                let plan = &*plan;
-                let (mut at, len) = (plan.as_ptr() as usize, plan.len());
-                let end = at + len;
-                while at < end {
-                    let n = sys(libc::SYS_write, [PLAN_FD as usize, at, end - at, 0, 0, 0]);
-                    if n == -(libc::EINTR as isize) {
-                        continue;
-                    }
-                    if n <= 0 {
-                        break;
-                    }
-                    at += n as usize;
-                }
-            }
-            sys(
-                libc::SYS_execve,
-                [
-                    ctx.program.as_ptr() as usize,
-                    ctx.argv.as_ptr() as usize,
-                    ctx.envp.as_ptr() as usize,
-                    0,
-                    0,
-                    0,
-                ],
-            );
-        }
-        unreachable_exit()
+        // SAFETY: a pidfd made in our table (shared with, or sent by, the middle process),
+        // owned by nothing else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(out.pidfd) };
+        Ok((Pid::from_raw(out.pid).expect("positive"), pidfd))
     }
 }
 
@@ -984,8 +650,7 @@ struct Entry {
 
 struct Watchdog {
     host: OwnedFd,
-    /// The host's messages; none when a lazy watchdog handed us its host's plan instead.
-    socket: Option<OwnedFd>,
+    socket: OwnedFd,
     watched: HashMap<PathBuf, Entry>,
     /// Where messages are received (allocated once: the watchdog wakes twice per job).
     buf: Vec<u8>,
@@ -1015,65 +680,37 @@ impl Watchdog {
                 BorrowedFd::borrow_raw(SOCKET_FD),
             )
         };
-        let kind = rustix::fs::fstat(socket)
-            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode))
-            .ok()?;
-        if rustix::io::fcntl_getfd(host).is_err() {
+        let is_socket = rustix::fs::fstat(socket).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket
+        });
+        if !is_socket || rustix::io::fcntl_getfd(host).is_err() {
             return None;
         }
         // SAFETY: both are open (checked above), and by the protocol they are ours.
-        let (host, socket) = unsafe {
-            (
+        Some(unsafe {
+            Watchdog::new(
                 OwnedFd::from_raw_fd(HOST_FD),
                 OwnedFd::from_raw_fd(SOCKET_FD),
             )
-        };
-        match kind {
-            rustix::fs::FileType::Socket => Some(Watchdog::new(host, Some(socket))),
-            // A lazy watchdog's memfd: its host's plan, the host gone.
-            rustix::fs::FileType::RegularFile => {
-                let mut w = Watchdog::new(host, None);
-                w.read_plan(socket);
-                Some(w)
-            }
-            _ => None,
-        }
-    }
-
-    /// Handles each message of a plan ([`PLAN`]'s form: each after its length).
-    fn read_plan(&mut self, plan: OwnedFd) {
-        let mut bytes = Vec::new();
-        let mut file = std::fs::File::from(plan);
-        if std::io::Seek::rewind(&mut file).is_err()
-            || std::io::Read::read_to_end(&mut file, &mut bytes).is_err()
-        {
-            return;
-        }
-        let mut rest = &bytes[..];
-        while let Some((len, after)) = rest.split_first_chunk::<4>() {
-            let len = u32::from_ne_bytes(*len) as usize;
-            let Some((msg, after)) = after.split_at_checked(len) else {
-                return;
-            };
-            self.handle(msg);
-            rest = after;
-        }
+        })
     }
 
     /// The watchdog in a fork of the host ([`Running::fork`]): /dev/null on 0, 1 and 2,
-    /// the host's pidfd and the socket at 3 and 4, every other descriptor closed, as the
-    /// exec'd one has them.
+    /// the host's pidfd and the socket at 3 and 4, every other descriptor closed, in `/`,
+    /// as the exec'd one has them.
     fn forked(host: OwnedFd, socket: OwnedFd, null: OwnedFd) -> Option<Watchdog> {
         // Fifteen bytes: the kernel's limit for a task's name.
         let _ = rustix::thread::set_name(c"corral-watchdog");
         ignore_signals();
-        // Nothing of the host's runs here: no handler of its may run on a signal either.
+        // Nothing of the host's runs here: no handler of its may run on a signal either
+        // (every signal was blocked across the fork already).
         // SAFETY: plain data in and out of sigprocmask.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
             libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
         }
+        let _ = rustix::process::chdir("/");
         let (host, socket, null) = (host.into_raw_fd(), socket.into_raw_fd(), null.into_raw_fd());
         // First above every descriptor the moves below write to, so none overwrites another.
         // SAFETY: plain descriptor calls; each result is checked, and every descriptor left
@@ -1104,12 +741,12 @@ impl Watchdog {
         Some(unsafe {
             Watchdog::new(
                 OwnedFd::from_raw_fd(HOST_FD),
-                Some(OwnedFd::from_raw_fd(SOCKET_FD)),
+                OwnedFd::from_raw_fd(SOCKET_FD),
             )
         })
     }
 
-    fn new(host: OwnedFd, socket: Option<OwnedFd>) -> Watchdog {
+    fn new(host: OwnedFd, socket: OwnedFd) -> Watchdog {
         // A host with many jobs at once: each holds two descriptors here.
         let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         if let Some(max) = nofile.maximum {
@@ -1121,32 +758,20 @@ impl Watchdog {
                 },
             );
         }
-        let socket_given = socket.is_some();
         Watchdog {
             host,
             socket,
             watched: HashMap::new(),
-            buf: if socket_given {
-                vec![0u8; MAX_MESSAGE]
-            } else {
-                Vec::new()
-            },
+            buf: vec![0u8; MAX_MESSAGE],
         }
     }
 
     /// Waits for the host to go, then deals with what it left. Returns the exit status.
     fn run(mut self) -> i32 {
-        let Some(socket) = self.socket.take() else {
-            // Handed a plan: the host is gone, and that is all there is.
-            self.kill_all();
-            return 0;
-        };
-        self.socket = Some(socket);
         loop {
-            let socket = self.socket.as_ref().expect("kept");
             let mut fds = [
                 PollFd::new(&self.host, PollFlags::IN),
-                PollFd::new(socket, PollFlags::IN),
+                PollFd::new(&self.socket, PollFlags::IN),
             ];
             if crate::linux::poll(&mut fds, None).is_err() {
                 return 1;
@@ -1168,11 +793,8 @@ impl Watchdog {
     /// Reads every queued message.
     fn read_messages(&mut self) -> Read {
         let mut buf = std::mem::take(&mut self.buf);
-        let Some(socket) = self.socket.take() else {
-            return Read::Eof;
-        };
         let read = loop {
-            match rustix::net::recv(&socket, &mut buf[..], RecvFlags::DONTWAIT) {
+            match rustix::net::recv(&self.socket, &mut buf[..], RecvFlags::DONTWAIT) {
                 Ok((0, _)) => break Read::Eof,
                 Ok((n, _)) => self.handle(&buf[..n]),
                 Err(Errno::INTR) => continue,
@@ -1182,7 +804,6 @@ impl Watchdog {
             }
         };
         self.buf = buf;
-        self.socket = Some(socket);
         read
     }
 
@@ -1317,77 +938,8 @@ mod tests {
 
     /// A watchdog that died is replaced at the next `add`, and the new one is given what the
     /// old one watched. (Paths that are no cgroup: the watchdog ignores them.)
-    /// The tests that look at this process's one watchdog run one at a time.
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-    /// A lazy watchdog is sent nothing: the plan it would act on holds every cgroup
-    /// registered and not forgotten, each as its `add` message after its length.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn a_lazy_watchdogs_plan_holds_what_is_registered() {
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        if !lazy::kernel_confines_core_dumps() {
-            eprintln!("SKIPPED: no lazy watchdog before Linux 5.16");
-            return;
-        }
-        let plan = || -> Vec<Vec<u8>> {
-            let _state = WATCHDOG.lock().unwrap();
-            let p = PLAN.load(Ordering::SeqCst);
-            let bytes = if p.is_null() {
-                Vec::new()
-            } else {
-                // SAFETY: replaced (and freed) only under the lock we hold.
-                unsafe { (*p).clone() }
-            };
-            let mut out = Vec::new();
-            let mut rest = &bytes[..];
-            while let Some((len, after)) = rest.split_first_chunk::<4>() {
-                let (msg, after) = after.split_at(u32::from_ne_bytes(*len) as usize);
-                out.push(msg.to_vec());
-                rest = after;
-            }
-            out
-        };
-        let a = match Watch::add(
-            Path::new("/nonexistent/corral-test-plan-a"),
-            &[PathBuf::from("/run/x")],
-        ) {
-            Ok(w) => w,
-            Err(e @ Error::NoSupervisor { .. }) => {
-                if std::env::var_os("CORRAL_REQUIRE_ALL").is_some_and(|v| v == "1") {
-                    panic!("test cannot run and CORRAL_REQUIRE_ALL=1: {e}");
-                }
-                eprintln!("SKIPPED: {e}");
-                return;
-            }
-            Err(e) => panic!("{e}"),
-        };
-        let b = Watch::add(Path::new("/nonexistent/corral-test-plan-b"), &[]).expect("add");
-        let msgs = plan();
-        assert!(
-            msgs.contains(&b"add /nonexistent/corral-test-plan-a\0/run/x".to_vec()),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs.contains(&b"add /nonexistent/corral-test-plan-b".to_vec()),
-            "{msgs:?}"
-        );
-        drop(a);
-        let msgs = plan();
-        assert!(
-            !msgs.iter().any(|m| m.ends_with(b"plan-a\0/run/x")),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs.contains(&b"add /nonexistent/corral-test-plan-b".to_vec()),
-            "{msgs:?}"
-        );
-        drop(b);
-    }
-
     #[test]
     fn a_dead_watchdog_is_replaced() {
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let first = match Watch::add(Path::new("/nonexistent/corral-test-a"), &[]) {
             Ok(w) => w,
             Err(e @ Error::NoSupervisor { .. }) => {
@@ -1401,29 +953,14 @@ mod tests {
         };
         let old = Pid::from_raw(first.watchdog_pid() as i32).expect("a PID");
         // Not our child: opened by PID, then checked to be our watchdog, so the pidfd is.
-        // Exec'd, it is `corral __watchdog <us>`; lazy or forked, `corral-watchdog` with
-        // our command line.
-        // A lazy one names itself as it starts, while we go on: looked at until it has.
         let fd = pidfd::open(old).expect("pidfd of the watchdog");
+        let argv = std::fs::read(format!("/proc/{}/cmdline", old.get())).unwrap_or_default();
         let ours = format!("{ARG}\0{}\0", std::process::id());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let argv = std::fs::read(format!("/proc/{}/cmdline", old.get())).unwrap_or_default();
-            let comm =
-                std::fs::read_to_string(format!("/proc/{}/comm", old.get())).unwrap_or_default();
-            let execd = argv.windows(ours.len()).any(|w| w == ours.as_bytes());
-            let shared = comm.trim_end() == "corral-watchdog"
-                && std::fs::read("/proc/self/cmdline").is_ok_and(|me| me == argv);
-            if execd || shared {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process {} is not our watchdog: {comm:?}",
-                old.get()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        assert!(
+            argv.windows(ours.len()).any(|w| w == ours.as_bytes()),
+            "process {} is not our watchdog",
+            old.get()
+        );
         pidfd::send_signal(fd.as_fd(), crate::options::Signal::KILL).expect("SIGKILL");
         let mut fds = [PollFd::new(&fd, PollFlags::IN)];
         crate::linux::poll(&mut fds, Some(Duration::from_secs(10))).expect("poll");

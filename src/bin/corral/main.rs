@@ -317,9 +317,10 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let report = job.run(Some(&mut signals))?;
     drop(job);
-    // The job is over: so is the watchdog's work. It exits before we do, so a corral nested
-    // in another corral's job leaves nothing behind in that job.
-    corral::__release_watchdog();
+    // The job is over: so is the watchdog's work. It exits while we write the summary and
+    // the report, and before we do, so a corral nested in another corral's job leaves
+    // nothing behind in that job.
+    let watchdog = corral::__release_watchdog();
     job_args::print_summary(&report, &args.job, "corral");
     if args.diagnose_timeout_signals {
         diagnose_timeout_signals(&report);
@@ -330,6 +331,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         value["limits_skipped"] = serde_json::Value::Object(skipped);
         job_args::write_report_after_job(to, &value.to_string(), "corral");
     }
+    watchdog.wait(std::time::Duration::from_secs(2));
     Ok(job_args::finish(&report, &args.job))
 }
 
