@@ -652,7 +652,8 @@ struct Watchdog {
     host: OwnedFd,
     socket: OwnedFd,
     watched: HashMap<PathBuf, Entry>,
-    /// Where messages are received (allocated once: the watchdog wakes twice per job).
+    /// Where messages are received (allocated once: the watchdog wakes twice per job; never
+    /// written beyond the longest message).
     buf: Vec<u8>,
 }
 
@@ -762,7 +763,7 @@ impl Watchdog {
             host,
             socket,
             watched: HashMap::new(),
-            buf: vec![0u8; MAX_MESSAGE],
+            buf: Vec::with_capacity(MAX_MESSAGE),
         }
     }
 
@@ -794,9 +795,13 @@ impl Watchdog {
     fn read_messages(&mut self) -> Read {
         let mut buf = std::mem::take(&mut self.buf);
         let read = loop {
-            match rustix::net::recv(&self.socket, &mut buf[..], RecvFlags::DONTWAIT) {
+            buf.clear();
+            // Into the spare capacity: only what a message fills is ever written (and made
+            // resident), not the whole buffer.
+            let spare = rustix::buffer::spare_capacity(&mut buf);
+            match rustix::net::recv(&self.socket, spare, RecvFlags::DONTWAIT) {
                 Ok((0, _)) => break Read::Eof,
-                Ok((n, _)) => self.handle(&buf[..n]),
+                Ok(_) => self.handle(&buf),
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => break Read::Drained,
                 // A reset or failed socket: nobody can talk to us any more.
