@@ -1392,18 +1392,6 @@ pub fn storm_section(f: &StormFigures, vm: Option<&str>) -> String {
     o
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc(UNIX_EPOCH), "1970-01-01 00:00 UTC");
-        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // 2024-02-29 12:34:56
-        assert_eq!(utc(t), "2024-02-29 12:34 UTC");
-    }
-}
-
 /// `corral run` may take this much longer than `timeout`.
 const CLI_TARGET: f64 = 1.25;
 /// ... and its memory (with its watchdog's) be this much of `timeout`'s.
@@ -1700,4 +1688,16 @@ pub fn cost_section(c: &CostFigures) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(UNIX_EPOCH), "1970-01-01 00:00 UTC");
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // 2024-02-29 12:34:56
+        assert_eq!(utc(t), "2024-02-29 12:34 UTC");
+    }
 }

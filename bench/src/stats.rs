@@ -15,6 +15,10 @@ impl Samples {
         self.0.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn sorted(&self) -> Vec<f64> {
         let mut v: Vec<f64> = self.0.iter().map(Duration::as_secs_f64).collect();
         v.sort_by(f64::total_cmp);
