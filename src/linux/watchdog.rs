@@ -592,7 +592,8 @@ mod forked {
         // watchdog exits only once we are gone or have closed our end of the socket, so
         // the PID is still its own (short of a SIGKILL from elsewhere meanwhile).
         let pidfd = if pid > 0 {
-            libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd
+            // SAFETY: pidfd_open takes plain values and makes a new descriptor.
+            unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd }
         } else {
             pid
         };
