@@ -194,14 +194,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<CostFigures> {
         super::check_interrupted()?;
         for k in 0..Cli::ALL.len() {
             let v = Cli::ALL[(round + k) % Cli::ALL.len()];
-            let mut cmd = v.command(&corral, &jobs);
-            let t0 = Instant::now();
-            let exit = Child::spawn(&mut cmd)?.wait()?;
-            let took = t0.elapsed();
-            bench.expect(
-                exit.success(),
-                format!("{} ended with {}", v.label(), exit.describe()),
-            );
+            let took = bench.timed_run(&mut v.command(&corral, &jobs), v.label())?;
             if round >= plan.cost_warmup {
                 cli[Cli::ALL.iter().position(|c| *c == v).expect("listed")].push(took);
             }

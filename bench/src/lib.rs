@@ -181,6 +181,19 @@ impl Bench {
         }
     }
 
+    /// Runs `cmd` to its end, timed from its spawn to its reaping; records an anomaly (named
+    /// by `what`) unless it exits 0.
+    pub fn timed_run(&mut self, cmd: &mut std::process::Command, what: &str) -> Result<Duration> {
+        let t0 = Instant::now();
+        let exit = procs::Child::spawn(cmd)?.wait()?;
+        let took = t0.elapsed();
+        self.expect(
+            exit.success(),
+            format!("{what} ended with {}", exit.describe()),
+        );
+        Ok(took)
+    }
+
     /// Records an anomaly unless `ok` (printed the first time it comes up, counted after).
     pub fn expect(&mut self, ok: bool, what: impl Into<String>) {
         if !ok {

@@ -4,11 +4,9 @@
 //! which is the same on both sides of each ratio.
 
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use anyhow::Result;
 
-use super::procs::Child;
 use super::stats::Samples;
 use super::{Bench, Plan};
 
@@ -94,13 +92,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<PidnsFigures> {
                 cmd.arg("--pid-namespace");
             }
             cmd.args(["--", "true"]);
-            let t0 = Instant::now();
-            let exit = Child::spawn(&mut cmd)?.wait()?;
-            let took = t0.elapsed();
-            bench.expect(
-                exit.success(),
-                format!("{} ended with {}", v.label(), exit.describe()),
-            );
+            let took = bench.timed_run(&mut cmd, v.label())?;
             if round >= plan.pidns_warmup {
                 f.samples[v.index()].push(took);
             }
