@@ -2,7 +2,7 @@
 //! runs in both mechanisms (`--mechanism cgroup` and `--mechanism pgroup`) where it
 //! applies, as `<module>::<behaviour>::{cgroup,pgroup}`.
 //!
-//! Process trees come from the `corral-testtree` helper (`src/bin/corral-testtree.rs`),
+//! Process trees come from the `corral-testtree` helper (`testkit/src/bin/corral-testtree.rs`),
 //! which lists every process it creates once the process is ready; the tests hold each one
 //! by a pidfd and check it is gone after corral returns. Each test owns a cgroup subtree
 //! (see `util::CgroupTree`) in which corral runs, so anything that escaped every check is

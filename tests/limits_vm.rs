@@ -1,11 +1,13 @@
 //! Resource limits that need the cgroup controllers: run in the systemd VM (pure cgroup v2,
-//! controllers available), by `CORRAL_VM=1 cargo test --all-features --test limits_vm`.
+//! controllers available), by
+//! `CORRAL_VM=1 cargo test --all-features --test limits_vm -- --include-ignored`.
 //!
-//! Without `CORRAL_VM=1` every test here returns at once (it says so on stderr): on a host
-//! whose controllers are bound to cgroup v1 (a hybrid layout) none of them can run, and
-//! that is what `tests/containment/limits.rs` covers. With `CORRAL_VM=1`, a test that
-//! cannot enable the controllers it needs under its test cgroup prints `SKIPPED: <reason>`,
-//! and fails under `CORRAL_REQUIRE_ALL=1`.
+//! Every test is `#[ignore]`d with its reason, so a host's `cargo test` lists them as
+//! ignored: on a host whose controllers are bound to cgroup v1 (a hybrid layout) none of
+//! them can run, and that is what `tests/containment/limits.rs` covers. The VM runs them
+//! with `--include-ignored` and `CORRAL_VM=1`. Asked for without `CORRAL_VM=1`, or unable
+//! to enable the controllers it needs under its test cgroup, a test prints
+//! `SKIPPED: <reason>`, and fails under `CORRAL_REQUIRE_ALL=1`.
 //!
 //! Each test enables the controllers in its own subtree's root (`<mount>/corral-test-...`),
 //! so the `jobs` parent offers them and corral enables them in `jobs` itself.
@@ -22,11 +24,13 @@ use std::time::Duration;
 
 use util::{executable_by_others, skip, Mechanism, Sandbox};
 
-/// The sandbox, with `controllers` enabled in its root; `None` when the VM suite is not
-/// asked for (a pass) or the controllers cannot be had (after [`skip`]).
+/// The sandbox, with `controllers` enabled in its root; `None` (after [`skip`]) when the VM
+/// suite did not ask for the test or the controllers cannot be had.
 fn vm_sandbox(name: &str, controllers: &[&str]) -> Option<Sandbox> {
     if std::env::var("CORRAL_VM").as_deref() != Ok("1") {
-        eprintln!("{name}: not run: the systemd VM suite runs it (CORRAL_VM=1)");
+        skip(format!(
+            "{name}: the systemd VM suite runs it (CORRAL_VM=1, cargo xtask vm-test)"
+        ));
         return None;
     }
     let sandbox = Sandbox::with_cgroup(name)?;
@@ -62,6 +66,7 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 }
 
 #[test]
+#[ignore = "needs the systemd VM (cgroup controllers): cargo xtask vm-test"]
 fn an_oom_killed_command_is_reported_and_exits_137() {
     let Some(sandbox) = vm_sandbox("vm-oom", &["memory"]) else {
         return;
@@ -113,6 +118,7 @@ fn an_oom_killed_command_is_reported_and_exits_137() {
 }
 
 #[test]
+#[ignore = "needs the systemd VM (cgroup controllers): cargo xtask vm-test"]
 fn pids_max_stops_a_fork_storm() {
     let Some(sandbox) = vm_sandbox("vm-pids", &["pids"]) else {
         return;
@@ -149,6 +155,7 @@ fn pids_max_stops_a_fork_storm() {
 }
 
 #[test]
+#[ignore = "needs the systemd VM (cgroup controllers): cargo xtask vm-test"]
 fn cpu_max_throttles_the_job() {
     let Some(sandbox) = vm_sandbox("vm-cpu-max", &["cpu"]) else {
         return;
@@ -181,6 +188,7 @@ fn cpu_max_throttles_the_job() {
 }
 
 #[test]
+#[ignore = "needs the systemd VM (cgroup controllers): cargo xtask vm-test"]
 fn every_limit_is_written_and_the_peaks_are_reported() {
     let Some(sandbox) = vm_sandbox("vm-all", &["memory", "pids", "cpu"]) else {
         return;
@@ -232,6 +240,7 @@ fn every_limit_is_written_and_the_peaks_are_reported() {
 /// The parent is the cgroup corral runs in: corral moves itself into
 /// `<parent>/supervisor` first (cgroup v2's no-internal-processes rule).
 #[test]
+#[ignore = "needs the systemd VM (cgroup controllers): cargo xtask vm-test"]
 fn corral_leaves_its_own_cgroup_to_enable_controllers_there() {
     let Some(sandbox) = vm_sandbox("vm-move-self", &["pids"]) else {
         return;
@@ -277,6 +286,7 @@ fn corral_leaves_its_own_cgroup_to_enable_controllers_there() {
 
 /// A parent whose `cgroup.subtree_control` the user may not write is not delegated.
 #[test]
+#[ignore = "needs the systemd VM (cgroup controllers): cargo xtask vm-test"]
 fn a_parent_not_delegated_for_controllers_is_an_error() {
     let Some(sandbox) = vm_sandbox("vm-not-delegated", &["pids"]) else {
         return;
@@ -320,6 +330,7 @@ fn a_parent_not_delegated_for_controllers_is_an_error() {
 /// `corral-helper` (docs/security.md) applies the policy's maxima: a limit not asked for
 /// gets the maximum, a lower one is kept, a higher one is refused before anything runs.
 #[test]
+#[ignore = "needs the systemd VM (cgroup controllers): cargo xtask vm-test"]
 fn the_helper_applies_the_policys_maxima() {
     use std::os::unix::fs::MetadataExt;
     use std::process::Command;
@@ -350,7 +361,7 @@ fn the_helper_applies_the_policys_maxima() {
         fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let helper = prefix.join("bin/corral-helper");
-    fs::copy(env!("CARGO_BIN_EXE_corral-helper"), &helper).unwrap();
+    fs::copy(corral_testkit::CORRAL_HELPER, &helper).unwrap();
     fs::set_permissions(&helper, fs::Permissions::from_mode(0o4755)).unwrap();
     assert_eq!(
         fs::metadata(&helper).unwrap().uid(),
@@ -434,6 +445,7 @@ fn the_helper_applies_the_policys_maxima() {
 /// assertions, written to `$CORRAL_VM_RESULTS/fork-storm-limit.md` for `cargo xtask bench`
 /// (docs/benchmarks.md, figure 9b).
 #[test]
+#[ignore = "needs the systemd VM (cgroup controllers): cargo xtask vm-test"]
 fn a_fork_storm_stops_at_its_pids_limit() {
     use std::time::Instant;
 

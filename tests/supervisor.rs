@@ -23,7 +23,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
+const CORRAL: &str = corral_testkit::CORRAL;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Waits until `fd` is readable (a pidfd: the process exited) or `d` passes.

@@ -26,7 +26,7 @@ use windows_sys::Win32::System::Threading::{
     OpenProcess, WaitForSingleObject, PROCESS_SYNCHRONIZE,
 };
 
-const WINTREE: &str = env!("CARGO_BIN_EXE_corral-wintree");
+const WINTREE: &str = corral_testkit::WINTREE;
 /// Wine is slow to start processes: generous, since every wait ends on an event.
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -562,6 +562,10 @@ pub fn build_cli() -> Result<()> {
     let args = [
         "build",
         "--release",
+        "-p",
+        "corral-cli",
+        "-p",
+        "corral-testkit",
         "--bin",
         "corral",
         "--bin",

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs inside the VM (from corral-vm-payload.service, as root), from the 9p share:
 #   share/target-dir   the host's target/debug path: the test binaries find corral,
-#                      corral-testtree and corral-host there (env!("CARGO_BIN_EXE_..")),
+#                      corral-testtree and corral-host there (corral-testkit's paths),
 #                      and CARGO_TARGET_TMPDIR next to it
 #   share/bin/         corral, corral-testtree, corral-host, vm-tests/<name>
 #   share/payload.list one command a line: `TAG: COMMAND` (see scripts/vm/payload.list)

@@ -2,7 +2,7 @@
 # The cargo runner for the x86_64-pc-windows-gnu target under Wine (see docs/windows.md):
 #
 #   CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=scripts/wine/run.sh \
-#       cargo test --target x86_64-pc-windows-gnu --test windows
+#       cargo test --target x86_64-pc-windows-gnu -p corral-testkit --test windows
 #
 # Runs "$@" in the prefix scripts/wine/setup.sh made, without a display and without
 # Wine's debug chatter.

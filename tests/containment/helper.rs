@@ -30,7 +30,7 @@ use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::util::{cgroup2_mount, describe_status, exited, skip, wait_exited, CgroupTree};
 
-const HELPER: &str = env!("CARGO_BIN_EXE_corral-helper");
+const HELPER: &str = corral_testkit::CORRAL_HELPER;
 /// The helper's exit status for a refusal.
 const REFUSED: i32 = 125;
 /// Root's job registry, where helper jobs are recorded.

@@ -308,7 +308,7 @@ fn corral_command(args: &[&str]) -> String {
 
 /// The fixture crate, and where it is built (shared, so it is built once).
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nextest-leaky")
+    corral_testkit::workspace_root().join("tests/fixtures/nextest-leaky")
 }
 
 fn fixture_target_dir() -> PathBuf {

@@ -1,7 +1,7 @@
 //! 2000 `corral run -v` jobs, 32 at a time, share one stderr pipe. Each corral writes two
 //! lines there, its start (`corral: job ID pid N mechanism pgroup`) and its summary
 //! (`corral: job ID: sh exited with status 3`), each in one `write(2)` shorter than
-//! PIPE_BUF (`stderr_line`, src/bin/shared/job_args.rs), which a pipe never splits nor
+//! PIPE_BUF (`stderr_line`, cli/src/bin/shared/job_args.rs), which a pipe never splits nor
 //! mixes with another writer's. So the reader sees only whole corral lines: one start and
 //! one summary per job, each naming that job's own id; every job returns COMMAND's 3, and
 //! the registry is empty afterwards.

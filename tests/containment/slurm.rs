@@ -41,7 +41,7 @@
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -569,7 +569,7 @@ fn installed(program: &str) -> bool {
 
 /// The script `scripts/slurm/<name>`.
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    corral_testkit::workspace_root()
         .join("scripts/slurm")
         .join(name)
 }

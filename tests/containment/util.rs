@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-pub const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
-pub const TESTTREE: &str = env!("CARGO_BIN_EXE_corral-testtree");
+pub const CORRAL: &str = corral_testkit::CORRAL;
+pub const TESTTREE: &str = corral_testkit::TESTTREE;
 
 /// How long a tree may take to report itself ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(15);

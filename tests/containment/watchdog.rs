@@ -29,7 +29,7 @@ use crate::util::{
     READY_DEADLINE, TESTTREE,
 };
 
-const HOST: &str = env!("CARGO_BIN_EXE_corral-host");
+const HOST: &str = corral_testkit::HOST;
 
 /// The bound: every process of the job gone, and its cgroup, within this.
 const BOUND: Duration = Duration::from_secs(1);

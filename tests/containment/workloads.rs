@@ -53,7 +53,7 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// The script `scripts/workloads/<name>`.
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    corral_testkit::workspace_root()
         .join("scripts/workloads")
         .join(name)
 }

@@ -24,7 +24,7 @@ use crate::common::{
 };
 use crate::util::{self, place_in_cgroup, skip, CgroupTree, Sandbox, GONE_DEADLINE};
 
-const HOST: &str = env!("CARGO_BIN_EXE_corral-host");
+const HOST: &str = corral_testkit::HOST;
 const NOBODY: u32 = 65534;
 
 fn nobody() -> corral::Credentials {

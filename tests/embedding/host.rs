@@ -1,5 +1,5 @@
 //! No process-wide side effects: a fresh program embedding the library (`corral-host`, see
-//! `src/bin/corral-host.rs`) runs jobs of each mechanism, pgroup ones under the default
+//! `testkit/src/bin/corral-host.rs`) runs jobs of each mechanism, pgroup ones under the default
 //! supervisor (found next to `corral-host`), and checks that it is still no child
 //! subreaper, that its own child's exit status is still its to collect, that its SIGINT
 //! handler still runs, and that its thread count, signal dispositions and signal mask are
@@ -15,7 +15,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use crate::common::{read_in_thread, recv_bytes, Outside, DEADLINE};
 use crate::util::{both_mechanisms, describe_status, place_in_cgroup, Mechanism, Sandbox};
 
-const HOST: &str = env!("CARGO_BIN_EXE_corral-host");
+const HOST: &str = corral_testkit::HOST;
 
 /// Every check the host must report as passed.
 const CHECKS: &[&str] = &[

@@ -3,8 +3,8 @@
 //!
 //! `scripts/wine/setup.sh` makes the prefix (`target/wine-prefix`, with the
 //! `bcryptprimitives.dll` stand-in Rust's std needs under Wine 8); `scripts/wine/run.sh` is
-//! the cargo runner. `--no-default-features`: the `serde` feature's binaries (the CLI and
-//! corral-helper) are Linux programs, and cargo builds every binary for an integration test.
+//! the cargo runner. The test is a `corral-testkit` target, so cargo builds the kit's
+//! programs (`corral-wintree` among them) for it.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -36,7 +36,8 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             "test",
             "--target",
             TARGET,
-            "--no-default-features",
+            "-p",
+            "corral-testkit",
             "--test",
             "windows",
         ])

@@ -267,7 +267,8 @@ fn footer(
 fn build_testtree() -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--bin", "corral-testtree"])
+        .args(["build", "--release", "--quiet", "-p", "corral-testkit"])
+        .args(["--bin", "corral-testtree"])
         .current_dir(corral_bench::workspace_root())
         .status()
         .context("failed to run cargo")?;

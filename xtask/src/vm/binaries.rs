@@ -1,5 +1,6 @@
-//! The binaries the guest runs: every test executable of the `corral` package and the
-//! programs they call through `env!("CARGO_BIN_EXE_..")`.
+//! The binaries the guest runs: the library's unit tests, every integration test (targets
+//! of `corral-testkit`) and the programs they call by the paths the kit compiled into them
+//! (the CLI's `corral` and `corral-helper`, the kit's helpers).
 
 use std::fs;
 use std::io::BufRead;
@@ -34,6 +35,7 @@ pub fn build_into(repo: &Path, bin: &Path) -> Result<Built> {
         .spawn()
         .context("run cargo test --no-run")?;
     let manifest = repo.join("Cargo.toml");
+    let testkit = repo.join("testkit/Cargo.toml");
     let mut tests = Vec::new();
     let mut helpers = Vec::new();
     for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
@@ -41,17 +43,22 @@ pub fn build_into(repo: &Path, bin: &Path) -> Result<Built> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if msg["reason"] != "compiler-artifact"
-            || msg["manifest_path"].as_str() != manifest.to_str()
-        {
+        if msg["reason"] != "compiler-artifact" {
             continue;
         }
+        // The library's unit tests (the root's manifest) and the integration tests
+        // (corral-testkit's).
+        let manifest_path = msg["manifest_path"].as_str();
+        let of_root = manifest_path == manifest.to_str() || manifest_path == testkit.to_str();
         let Some(exe) = msg["executable"].as_str() else {
             continue;
         };
         let name = msg["target"]["name"].as_str().unwrap_or_default();
         let kind = msg["target"]["kind"][0].as_str().unwrap_or_default();
         if msg["profile"]["test"] == true {
+            if !of_root {
+                continue;
+            }
             let name = if kind == "test" {
                 name.to_string()
             } else {

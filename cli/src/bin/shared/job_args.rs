@@ -395,7 +395,14 @@ pub fn usage_error(e: clap::Error, program: &str, sub: &str) -> Option<String> {
         Some(head) if !missing.is_empty() => format!("{head}: {missing}"),
         _ => first.to_string(),
     };
-    Some(format!("{first}; see `{program} {sub} --help`"))
+    // An invalid value names the ones that would do ("  [possible values: a, b]").
+    let possible = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("[possible values:"))
+        .map(|l| format!(" {l}"))
+        .unwrap_or_default();
+    Some(format!("{first}{possible}; see `{program} {sub} --help`"))
 }
 
 /// Fails early (before anything runs) when the report could not be written there, by

@@ -12,9 +12,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[cfg(target_os = "linux")]
+use std::io::Write;
+
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use job_args::JobArgs;
 
 #[derive(Parser)]
@@ -49,6 +50,27 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Print a completion script for SHELL: `corral completions bash >
+    /// /usr/share/bash-completion/completions/corral`.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page of corral, or of one of its commands, in roff: `corral man |
+    /// man -l -`, `corral man run > corral-run.1`.
+    Man {
+        /// The command whose page to print (run, ps, kill, sweep, timeout, completions).
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
+    },
+}
+
+/// The shells `corral completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Args)]
@@ -146,7 +168,7 @@ fn run() -> anyhow::Result<ExitCode> {
             let sub = argv
                 .get(1)
                 .map(|a| a.to_string_lossy().into_owned())
-                .filter(|a| ["ps", "kill", "sweep"].contains(&a.as_str()))
+                .filter(|a| ["ps", "kill", "sweep", "completions", "man"].contains(&a.as_str()))
                 .unwrap_or_else(|| "run".into());
             match job_args::usage_error(e, "corral", &sub) {
                 Some(line) => anyhow::bail!(line),
@@ -163,6 +185,56 @@ fn run() -> anyhow::Result<ExitCode> {
         #[cfg(target_os = "linux")]
         Cmd::Sweep(args) => registry::sweep(args),
         Cmd::Timeout { .. } => unreachable!("translated to `run` above"),
+        Cmd::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "corral", &mut script);
+            print_generated(&script).context("write the completion script")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { command } => man(command.as_deref()),
+    }
+}
+
+/// `corral man [COMMAND]`: the page clap_mangen renders from the clap definition, for
+/// corral itself (corral(1)) or one command (corral-run(1), ...).
+fn man(command: Option<&str>) -> anyhow::Result<ExitCode> {
+    let cli = Cli::command();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let Some(sub) = cli.find_subcommand(name) else {
+                let names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+                anyhow::bail!(
+                    "no command `{name}` to print a page for; choose one of {}",
+                    names.join(", ")
+                );
+            };
+            sub.clone()
+                .name(format!("corral-{name}"))
+                .bin_name(format!("corral {name}"))
+                .version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    let mut text = Vec::new();
+    clap_mangen::Man::new(page)
+        .render(&mut text)
+        .context("render the manual page")?;
+    print_generated(&text).context("write the manual page")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a generated page or script to stdout. A reader that went away (`corral man |
+/// head`) ends the output quietly, as it would end `cat`'s.
+fn print_generated(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 
