@@ -29,8 +29,10 @@
 #![warn(missing_docs)]
 
 mod error;
+mod exit_status;
 #[cfg(target_os = "linux")]
 mod job;
+mod ladder;
 mod options;
 mod report;
 

@@ -14,15 +14,14 @@ use rustix::event::PollFlags;
 
 use super::{Backend, Job};
 use crate::error::{Error, Result};
+use crate::exit_status::Ending;
+use crate::ladder::{self, Kill, Ladder, Next, Pace, Sent, KILL_WAIT};
 use crate::linux::cgroup::KillMethod;
 use crate::linux::pidfd::{self, ExitKind, Pid};
 use crate::linux::supervise::SupervisorEvent;
 use crate::linux::{pgroup, procs};
 use crate::options::{Leftovers, Signal};
-use crate::report::{
-    Cleanup, ExitInfo, ProcessInfo, Report, Requester, StopOutcome, StopReason, StopReport,
-    StopStep,
-};
+use crate::report::{Cleanup, ProcessInfo, Report, Requester, StopOutcome, StopReason, StopReport};
 use crate::Mechanism;
 
 /// How often a job whose main process exited, with no leftover found, looks for leftovers
@@ -30,27 +29,12 @@ use crate::Mechanism;
 const SETTLE: Duration = Duration::from_millis(250);
 /// pgroup: how often the grace walks the tree again for members the freeze missed.
 const GRACE_REWALK: Duration = Duration::from_millis(50);
-/// A stop begun with SIGINT (Ctrl+C) sends SIGTERM to what is left this long after it,
-/// still within the grace: a shell starts its `&` commands with SIGINT ignored, and a
-/// Ctrl+C must not wait out the whole grace on them in silence.
-const INT_THEN_TERM: Duration = Duration::from_millis(500);
-/// How long the kill stage waits for the job to empty before reporting survivors, unless
-/// it is making progress (see [`KILL_WAIT_MAX`]).
-const KILL_WAIT: Duration = Duration::from_secs(10);
-/// A kill that is making progress (fewer live members than at the last check, every
-/// [`KILL_WAIT`]) is waited for up to this long in all: on a slow machine (an emulated VM,
-/// thousands of processes) dying processes can take longer than one `KILL_WAIT` to exit,
-/// and reporting them as survivors would be wrong. A member that does not die (stuck in
-/// uninterruptible sleep) stops the progress and is reported after one more `KILL_WAIT`.
+/// How long in all a kill that is making progress is waited for ([`Pace::kill_wait_max`]):
+/// on a slow machine (an emulated VM, thousands of processes) dying processes can take
+/// longer than one [`KILL_WAIT`] to exit, and reporting them as survivors would be wrong.
 const KILL_WAIT_MAX: Duration = Duration::from_secs(120);
 /// cgroup: how soon after `cgroup.kill` the members it missed get SIGKILL through pidfds.
 const CGROUP_RESIGNAL: Duration = Duration::from_millis(100);
-/// A second SIGINT or SIGTERM cuts the grace short, but only when it comes at least this
-/// long after the first signal of the stop: a service manager or batch system often
-/// delivers one stop twice at once (systemd to the main process and to a bound scope's
-/// cgroup, Slurm's linuxproc to each process in turn), and no person presses Ctrl+C twice
-/// in under a tenth of a second.
-pub(crate) const SECOND_SIGNAL_AFTER: Duration = Duration::from_millis(100);
 /// pgroup: how often the kill stage walks `/proc` again (descendants that are not our
 /// children give no event when they exit).
 const PGROUP_REWALK: Duration = Duration::from_millis(20);
@@ -71,48 +55,28 @@ pub(super) enum Phase {
     Over,
 }
 
-/// A stop ladder in progress.
+/// A stop in progress: the ladder (`crate::ladder`), and what the mechanism keeps for it.
 pub(super) struct Stopping {
-    reason: StopReason,
+    ladder: Ladder,
     /// Reason `external`: who asked.
     requested_by: Option<Requester>,
-    t0: Instant,
-    steps: Vec<StopStep>,
-    /// When the first SIGINT or SIGTERM of this stop arrived (the one that began it, for a
-    /// stop of reason `signal`): a second one cuts the grace short.
-    first_signal: Option<Instant>,
-    /// pgroup: the processes stopped with SIGSTOP before the polite signal.
-    held: Option<pgroup::Frozen>,
-    stage: Stage,
+    kept: Kept,
 }
 
-enum Stage {
-    /// The polite signal went out; waiting for the job to empty until `end`. pgroup: at
-    /// `next_walk` the tree is walked again, and a member the freeze did not hold (a walk
-    /// can miss a process being re-parented while it reads) gets the polite signal too.
-    Grace {
-        end: Instant,
-        grace: Duration,
-        polite: Signal,
-        next_walk: Option<Instant>,
-        late: HashSet<(Pid, u64)>,
-        /// When SIGTERM follows a polite SIGINT ([`INT_THEN_TERM`]); `None` once sent, or
-        /// for another polite signal.
-        term_at: Option<Instant>,
-    },
-    /// SIGKILL went out; waiting for the job to empty until `until`, signalling again at
-    /// `next`.
-    Kill {
-        until: Instant,
-        next: Instant,
-        step: usize,
-        method: Option<KillMethod>,
-        killed: HashSet<Pid>,
-        /// When SIGKILL went out, and the live members at the last progress check
-        /// (`None` before the first check).
-        since: Instant,
-        live: Option<usize>,
-    },
+/// What a stop keeps for the mechanism between the ladder's steps.
+#[derive(Default)]
+struct Kept {
+    /// The stop began with a signal the terminal delivers to its whole process group.
+    group_delivered: bool,
+    /// pgroup: the processes stopped with SIGSTOP before the polite signal.
+    held: Option<pgroup::Frozen>,
+    /// pgroup: members the freeze did not hold that got the polite signal since (by PID
+    /// and start time).
+    late: HashSet<(Pid, u64)>,
+    /// pgroup: the processes the kill stage sent SIGKILL to.
+    killed: HashSet<Pid>,
+    /// cgroup: how the kill stage kills.
+    method: Option<KillMethod>,
 }
 
 /// What a pending job waits for. The descriptors belong to the job and stay open (and keep
@@ -179,18 +143,9 @@ impl Job {
                     }
                 }
                 (_, stop) => {
-                    let polite = match stop {
-                        Some((sig, grace)) => {
-                            self.opts.grace = grace;
-                            sig
-                        }
-                        None => {
-                            self.opts.grace = Duration::ZERO;
-                            Signal::KILL
-                        }
-                    };
+                    let (polite, grace) = stop.unwrap_or((Signal::KILL, Duration::ZERO));
                     self.external = Some(polite);
-                    self.begin_stop(StopReason::External, polite, false)?;
+                    self.begin_stop(StopReason::External, polite, grace, false)?;
                     if let Phase::Stopping(s) = &mut self.phase {
                         s.requested_by = Some(requester);
                     }
@@ -216,12 +171,14 @@ impl Job {
                         let group_delivered = matches!(first, Signal::INT | Signal::QUIT);
                         // Signals read together arrived together: one request (see
                         // `SECOND_SIGNAL_AFTER`).
-                        self.begin_stop(StopReason::Signal, first, group_delivered)?;
+                        let grace = self.opts.grace;
+                        self.begin_stop(StopReason::Signal, first, grace, group_delivered)?;
                         continue;
                     }
                     if self.deadline.is_some_and(|d| Instant::now() >= d) {
                         self.timed_out = true;
-                        self.begin_stop(StopReason::Timeout, self.opts.signal, false)?;
+                        let (polite, grace) = (self.opts.signal, self.opts.grace);
+                        self.begin_stop(StopReason::Timeout, polite, grace, false)?;
                         continue;
                     }
                     if matches!(self.phase, Phase::Draining) {
@@ -290,13 +247,16 @@ impl Job {
                     else {
                         unreachable!()
                     };
-                    let result = self.advance_stop(&mut s, std::mem::take(&mut signals));
-                    match result {
-                        Ok(Some(wants)) => {
+                    let signals = std::mem::take(&mut signals);
+                    self.signals.extend(signals.iter().map(|s| s.to_string()));
+                    let Stopping { ladder, kept, .. } = &mut *s;
+                    let next = ladder.advance(&mut JobMembers { job: self, kept }, &signals);
+                    match next {
+                        Ok(Next::Wait(wake)) => {
                             self.phase = Phase::Stopping(s);
-                            return Ok(Progress::Pending(wants));
+                            return Ok(Progress::Pending(self.wants_empty(Some(wake))));
                         }
-                        Ok(None) => self.end_stop(*s)?,
+                        Ok(Next::Done(stop)) => self.end_stop(*s, stop)?,
                         Err(e) => {
                             self.phase = Phase::Stopping(s);
                             return Err(e);
@@ -311,7 +271,8 @@ impl Job {
     fn apply_leftovers_policy(&mut self) -> Result<()> {
         match self.opts.leftovers {
             Leftovers::Kill | Leftovers::Fail => {
-                self.begin_stop(StopReason::Leftovers, self.opts.signal, false)
+                let (polite, grace) = (self.opts.signal, self.opts.grace);
+                self.begin_stop(StopReason::Leftovers, polite, grace, false)
             }
             Leftovers::Wait => {
                 self.phase = Phase::Draining;
@@ -321,372 +282,68 @@ impl Job {
     }
 
     /// Starts the stop ladder (or moves a ladder in its grace on to the kill, for
-    /// [`Job::kill`]). Does nothing once the job is over.
+    /// [`Job::kill`]: `at_once`). Does nothing once the job is over.
     pub(crate) fn request_stop(&mut self, polite: Signal, at_once: bool) -> Result<()> {
-        if at_once {
-            self.opts.grace = Duration::ZERO;
-        }
-        match &mut self.phase {
+        match &self.phase {
             Phase::Over => Ok(()),
-            Phase::Stopping(s) => {
-                if at_once && matches!(s.stage, Stage::Grace { .. }) {
-                    let Phase::Stopping(mut s) = std::mem::replace(&mut self.phase, Phase::Over)
-                    else {
-                        unreachable!()
-                    };
-                    s.steps.push(step(
-                        "grace",
-                        None,
-                        None,
-                        Some("cut short by kill()".into()),
-                        s.t0,
-                    ));
-                    let entered = self.enter_kill(&mut s);
-                    self.phase = Phase::Stopping(s);
-                    entered?;
-                }
-                Ok(())
+            Phase::Stopping(_) if at_once => {
+                let Phase::Stopping(mut s) = std::mem::replace(&mut self.phase, Phase::Over) else {
+                    unreachable!()
+                };
+                let Stopping { ladder, kept, .. } = &mut *s;
+                let result = ladder.kill_now(&mut JobMembers { job: self, kept });
+                self.phase = Phase::Stopping(s);
+                result
             }
+            Phase::Stopping(_) => Ok(()),
             Phase::Running | Phase::Settling { .. } | Phase::Draining => {
-                self.begin_stop(StopReason::Requested, polite, false)
+                let grace = if at_once {
+                    Duration::ZERO
+                } else {
+                    self.opts.grace
+                };
+                self.begin_stop(StopReason::Requested, polite, grace, false)
             }
         }
     }
 
-    /// The ladder's first steps: [freeze (pgroup)], the polite signal and SIGCONT, then the
-    /// grace; or straight to the kill when there is no grace.
+    /// Starts the ladder. `group_delivered`: the stop began with a signal the terminal
+    /// delivered to corral's whole process group (members still in it have it already).
     fn begin_stop(
         &mut self,
         reason: StopReason,
         polite: Signal,
+        grace: Duration,
         group_delivered: bool,
     ) -> Result<()> {
         if matches!(self.phase, Phase::Draining) {
             self.refresh_leftovers();
         }
-        let t0 = Instant::now();
-        let grace = self.opts.grace;
-        let gentle = !grace.is_zero() && polite != Signal::KILL;
-        let mut s = Box::new(Stopping {
-            reason,
+        let mut kept = Kept {
+            group_delivered,
+            ..Kept::default()
+        };
+        let members = &mut JobMembers {
+            job: self,
+            kept: &mut kept,
+        };
+        let ladder = Ladder::start(members, reason, polite, grace)?;
+        self.phase = Phase::Stopping(Box::new(Stopping {
+            ladder,
             requested_by: None,
-            t0,
-            steps: Vec::new(),
-            first_signal: (reason == StopReason::Signal).then_some(t0),
-            held: None,
-            stage: Stage::Grace {
-                end: t0,
-                grace,
-                polite,
-                next_walk: None,
-                late: HashSet::new(),
-                term_at: None,
-            },
-        });
-        if let Some(root) = self.walk_root() {
-            if !grace.is_zero() {
-                let held = pgroup::freeze(root);
-                s.steps.push(step(
-                    "freeze",
-                    Some(Signal::STOP),
-                    Some(held.len()),
-                    None,
-                    t0,
-                ));
-                s.held = Some(held);
-            }
-        }
-        if gentle {
-            let own_pgid = self.own_pgid;
-            let skip_group = group_delivered && self.mechanism == Mechanism::Cgroup;
-            let filter = move |pid: Pid| -> bool {
-                !skip_group
-                    || procs::stat(pid)
-                        .map(|st| st.pgid != own_pgid)
-                        .unwrap_or(true)
-            };
-            let (n_polite, n_cont, cgroup_frozen) = match self.backend.as_ref().expect("backend") {
-                Backend::Cgroup(leaf) => leaf.signal_then_continue(polite, &filter)?,
-                Backend::Pgroup { .. } | Backend::Supervised(_) => {
-                    let h = s.held.as_ref().expect("frozen set");
-                    (
-                        h.signal_all(polite, &filter).len(),
-                        h.signal_all(Signal::CONT, &|_| true).len(),
-                        false,
-                    )
-                }
-            };
-            let mut notes = Vec::new();
-            if cgroup_frozen {
-                notes.push("members forked meanwhile got it with the cgroup frozen");
-            }
-            if skip_group {
-                notes.push("members in corral's process group got it from the terminal");
-            }
-            if self.opts.pid_namespace && self.main_exit.is_none() {
-                notes.push(
-                    "COMMAND is PID 1 of its PID namespace: it gets the signal only if it \
-                     handles it, else the kill after the grace ends it",
-                );
-            }
-            let detail = (!notes.is_empty()).then(|| notes.join("; "));
-            s.steps
-                .push(step("signal", Some(polite), Some(n_polite), detail, t0));
-            s.steps
-                .push(step("continue", Some(Signal::CONT), Some(n_cont), None, t0));
-            // The grace runs from the polite signal (a freeze before it may take a while).
-            let now = Instant::now();
-            s.stage = Stage::Grace {
-                end: now + grace,
-                grace,
-                polite,
-                next_walk: self.walk_root().map(|_| now + GRACE_REWALK),
-                late: HashSet::new(),
-                term_at: (polite == Signal::INT && INT_THEN_TERM < grace)
-                    .then(|| now + INT_THEN_TERM),
-            };
-        } else {
-            self.enter_kill(&mut s)?;
-        }
-        self.phase = Phase::Stopping(s);
+            kept,
+        }));
         Ok(())
     }
 
-    /// One turn of the ladder. `Ok(None)`: the ladder is finished (empty, or survivors).
-    fn advance_stop(&mut self, s: &mut Stopping, signals: Vec<Signal>) -> Result<Option<Wants>> {
-        if !signals.is_empty() {
-            self.signals.extend(signals.iter().map(|s| s.to_string()));
-        }
-        let stop_signal = signals
-            .iter()
-            .any(|s| matches!(*s, Signal::INT | Signal::TERM));
-        let cut_short = stop_signal
-            && match s.first_signal {
-                Some(first) => first.elapsed() >= SECOND_SIGNAL_AFTER,
-                // The stop began for another reason (leftovers, a timeout, `corral kill`):
-                // this is the first signal, not a second one.
-                None => {
-                    s.first_signal = Some(Instant::now());
-                    false
-                }
-            };
-        loop {
-            let now = Instant::now();
-            match &mut s.stage {
-                Stage::Grace {
-                    end,
-                    grace,
-                    polite,
-                    next_walk,
-                    late,
-                    term_at,
-                } => {
-                    let (end, grace, polite) = (*end, *grace, *polite);
-                    let late_note = |late: &HashSet<(Pid, u64)>| {
-                        (!late.is_empty()).then(|| {
-                            format!(
-                                "; {} found after the freeze got the polite signal then",
-                                late.len()
-                            )
-                        })
-                    };
-                    if self.is_empty()? {
-                        let detail = format!("all exited{}", late_note(late).unwrap_or_default());
-                        s.steps.push(step("grace", None, None, Some(detail), s.t0));
-                        return Ok(None);
-                    }
-                    let detail = if cut_short {
-                        "cut short by a second signal".to_string()
-                    } else if now >= end {
-                        format!(
-                            "{} ms passed{}",
-                            grace.as_millis(),
-                            late_note(late).unwrap_or_default()
-                        )
-                    } else {
-                        if term_at.is_some_and(|at| now >= at) {
-                            *term_at = None;
-                            let n = match self.backend.as_ref().expect("backend") {
-                                Backend::Cgroup(leaf) => {
-                                    leaf.signal_then_continue(Signal::TERM, &|_| true)?.0
-                                }
-                                Backend::Pgroup { .. } | Backend::Supervised(_) => {
-                                    let h = s.held.as_ref().expect("frozen set");
-                                    let n = h.signal_all(Signal::TERM, &|_| true).len();
-                                    h.signal_all(Signal::CONT, &|_| true);
-                                    n
-                                }
-                            };
-                            s.steps.push(step(
-                                "signal",
-                                Some(Signal::TERM),
-                                Some(n),
-                                Some(format!(
-                                    "{} ms after SIGINT, to what was left: a shell starts its \
-                                     background commands with SIGINT ignored",
-                                    INT_THEN_TERM.as_millis()
-                                )),
-                                s.t0,
-                            ));
-                        }
-                        if let (Some(at), Some(root)) = (*next_walk, self.walk_root()) {
-                            if now >= at {
-                                let held = s.held.as_ref();
-                                signal_late(root, polite, held, late);
-                                *next_walk = Some(now + GRACE_REWALK);
-                            }
-                        }
-                        let wake =
-                            super::earliest(super::earliest(Some(end), *next_walk), *term_at);
-                        return Ok(Some(self.wants_empty(wake)));
-                    };
-                    s.steps.push(step("grace", None, None, Some(detail), s.t0));
-                    self.enter_kill(s)?;
-                }
-                Stage::Kill {
-                    until,
-                    next,
-                    killed,
-                    method,
-                    since,
-                    live,
-                    ..
-                } => {
-                    if self.is_empty()? {
-                        return Ok(None);
-                    }
-                    if now >= *until {
-                        // Still dying, only slowly: wait another KILL_WAIT.
-                        let left = self.snapshot().len();
-                        let progress = live.map_or(true, |before| left < before);
-                        if progress && now + KILL_WAIT <= *since + KILL_WAIT_MAX {
-                            *live = Some(left);
-                            *until = now + KILL_WAIT;
-                            continue;
-                        }
-                        return Ok(None);
-                    }
-                    if now >= *next {
-                        match self.backend.as_ref().expect("backend") {
-                            Backend::Cgroup(leaf) => {
-                                // cgroup.kill misses a process whose main thread exited while
-                                // other threads run; a process-directed SIGKILL does not.
-                                *method = Some(KillMethod::CgroupKillThenSignal);
-                                leaf.for_each_member(&mut |_, fd| {
-                                    let _ = pidfd::send_signal(fd, Signal::KILL);
-                                })?;
-                                *next = now + CGROUP_RESIGNAL;
-                            }
-                            Backend::Pgroup { supervisor, .. } => {
-                                kill_pass(*supervisor, true, killed);
-                                *next = now + PGROUP_REWALK;
-                            }
-                            Backend::Supervised(sup) => {
-                                kill_pass(sup.supervisor, false, killed);
-                                *next = now + PGROUP_REWALK;
-                            }
-                        }
-                        continue;
-                    }
-                    let wake = (*next).min(*until);
-                    return Ok(Some(self.wants_empty(Some(wake))));
-                }
-            }
-        }
-    }
-
-    /// SIGKILL to everything: `cgroup.kill` (or the freezer loop), or a walk.
-    fn enter_kill(&mut self, s: &mut Stopping) -> Result<()> {
-        if self.main_exit.is_none() {
-            self.sigkill_sent.store(true, Ordering::Relaxed);
-        }
-        let now = Instant::now();
-        let at_ms = at(s.t0);
-        let mut killed = HashSet::new();
-        let (present, method, next) = match self.backend.as_ref().expect("backend") {
-            Backend::Cgroup(leaf) => {
-                let present = leaf.members()?.len();
-                let method = leaf.kill_start(self.opts.debug.no_cgroup_kill, now + KILL_WAIT)?;
-                (Some(present), Some(method), now + CGROUP_RESIGNAL)
-            }
-            Backend::Pgroup { supervisor, .. } => {
-                if let Some(h) = &s.held {
-                    killed = h.signal_all(Signal::KILL, &|_| true);
-                }
-                kill_pass(*supervisor, true, &mut killed);
-                (None, None, now + PGROUP_REWALK)
-            }
-            Backend::Supervised(sup) => {
-                if let Some(h) = &s.held {
-                    killed = h.signal_all(Signal::KILL, &|_| true);
-                }
-                kill_pass(sup.supervisor, false, &mut killed);
-                (None, None, now + PGROUP_REWALK)
-            }
-        };
-        let mut kill_step = step("kill", Some(Signal::KILL), present, None, s.t0);
-        kill_step.at_ms = at_ms;
-        s.steps.push(kill_step);
-        // What the progress checks compare with: the members at the kill (cgroup), or the
-        // processes the first pass signalled (pgroup).
-        let live = present.or(Some(killed.len()));
-        s.stage = Stage::Kill {
-            until: now + KILL_WAIT,
-            next,
-            step: s.steps.len() - 1,
-            method,
-            killed,
-            since: now,
-            live,
-        };
-        Ok(())
-    }
-
-    /// The ladder is finished: fill in the kill step, note survivors, clean up.
-    fn end_stop(&mut self, mut s: Stopping) -> Result<()> {
-        let mut outcome = StopOutcome::Exited;
-        if let Stage::Kill {
-            step,
-            method,
-            killed,
-            ..
-        } = &s.stage
-        {
-            outcome = StopOutcome::Killed;
-            let kill = &mut s.steps[*step];
-            kill.detail = Some(
-                match method {
-                    Some(KillMethod::CgroupKill) => "cgroup.kill",
-                    Some(KillMethod::CgroupKillThenSignal) => {
-                        "cgroup.kill, then SIGKILL through pidfds to members it missed"
-                    }
-                    Some(KillMethod::FreezeAndSignal) => {
-                        "freeze, SIGKILL each member, thaw (no cgroup.kill)"
-                    }
-                    None => "SIGKILL to every descendant until none is found",
-                }
-                .to_string(),
-            );
-            if method.is_none() {
-                kill.processes = Some(killed.len());
-                self.killed_pids = killed.iter().map(|p| p.get() as u32).collect();
-            }
-            if !self.is_empty()? {
-                outcome = StopOutcome::Survivors;
-            }
-        }
-        if outcome == StopOutcome::Survivors {
+    /// The ladder is finished: note survivors, clean up.
+    fn end_stop(&mut self, s: Stopping, mut stop: StopReport) -> Result<()> {
+        if stop.outcome == StopOutcome::Survivors {
             self.survivors = self.snapshot();
-        } else {
-            s.steps.push(step("empty", None, None, None, s.t0));
         }
-        drop(s.held.take());
-        self.stop = Some(StopReport {
-            reason: s.reason,
-            requested_by: s.requested_by,
-            steps: s.steps,
-            outcome,
-        });
+        stop.requested_by = s.requested_by;
+        drop(s.kept);
+        self.stop = Some(stop);
         self.finish()
     }
 
@@ -912,51 +569,25 @@ impl Job {
                 }
             }
         }
-        let exit = self.main_exit.map(|e| match e {
-            ExitKind::Code(c) => ExitInfo {
-                code: Some(c),
-                signal: None,
-            },
-            ExitKind::Signal(s) => ExitInfo {
-                code: None,
-                signal: Some(s),
-            },
-        });
-        let own_status = match self.main_exit {
-            Some(ExitKind::Code(c)) => c,
-            Some(ExitKind::Signal(s)) => 128 + s,
-            None => 125,
-        };
+        let exit = self.main_exit.map(ExitKind::info);
         // The OOM killer's SIGKILL looks like anyone's: it is the OOM killer's when the
         // cgroup counted an OOM kill and corral sent no SIGKILL while the main process lived.
-        let oom_killed = self.main_exit == Some(ExitKind::Signal(Signal::KILL.as_raw()))
+        let oom_killed = self.main_exit.is_some_and(ExitKind::killed)
             && usage
                 .as_ref()
                 .and_then(|u: &crate::report::Usage| u.oom_kills)
                 .is_some_and(|n| n > 0)
             && !self.sigkill_sent.load(Ordering::Relaxed);
-        let exit_status = if oom_killed {
-            128 + Signal::KILL.as_raw()
-        } else if self.timed_out && !self.opts.preserve_status {
-            // As coreutils `timeout`: 124, or 128 + 9 when COMMAND had to be killed (scripts
-            // test for 137 after `timeout -k`).
-            if self.main_exit == Some(ExitKind::Signal(Signal::KILL.as_raw())) {
-                128 + Signal::KILL.as_raw()
-            } else {
-                124
-            }
-        } else if let (Some(sig), false) = (self.external, self.opts.preserve_status) {
-            // Stopped from outside (`corral kill`): the status of a process killed by the
-            // signal asked for, whatever the main process made of it.
-            128 + sig.as_raw()
-        } else {
-            own_status
-        };
-        let exit_status = crate::options::leftovers_fail(
-            self.opts.leftovers,
-            exit_status,
-            !self.leftovers.is_empty(),
-        );
+        let exit_status = Ending {
+            main: self.main_exit,
+            oom_killed,
+            timed_out: self.timed_out,
+            external: self.external,
+            preserve_status: self.opts.preserve_status,
+            leftovers: self.opts.leftovers,
+            left: !self.leftovers.is_empty(),
+        }
+        .status();
         self.report = Some(Report {
             version: crate::report::REPORT_VERSION,
             id: self.id.clone(),
@@ -1011,6 +642,180 @@ impl Job {
     }
 }
 
+/// The job's processes as the ladder sees them: the cgroup, or the processes under the
+/// supervisor (ourselves in-process), walked through `/proc`.
+struct JobMembers<'a> {
+    job: &'a mut Job,
+    kept: &'a mut Kept,
+}
+
+impl ladder::Members for JobMembers<'_> {
+    fn is_empty(&mut self) -> Result<bool> {
+        self.job.is_empty()
+    }
+
+    /// pgroup: SIGSTOP to everything found, until a walk finds nothing new.
+    fn hold(&mut self) -> Option<usize> {
+        let held = pgroup::freeze(self.job.walk_root()?);
+        let n = held.len();
+        self.kept.held = Some(held);
+        Some(n)
+    }
+
+    fn signal(&mut self, polite: Signal) -> Result<Sent> {
+        let job = &*self.job;
+        let own_pgid = job.own_pgid;
+        let skip_group = self.kept.group_delivered && job.mechanism == Mechanism::Cgroup;
+        let filter = move |pid: Pid| -> bool {
+            !skip_group
+                || procs::stat(pid)
+                    .map(|st| st.pgid != own_pgid)
+                    .unwrap_or(true)
+        };
+        let (n_polite, n_cont, cgroup_frozen) = match job.backend.as_ref().expect("backend") {
+            Backend::Cgroup(leaf) => leaf.signal_then_continue(polite, &filter)?,
+            Backend::Pgroup { .. } | Backend::Supervised(_) => {
+                let h = self.kept.held.as_ref().expect("frozen set");
+                (
+                    h.signal_all(polite, &filter).len(),
+                    h.signal_all(Signal::CONT, &|_| true).len(),
+                    false,
+                )
+            }
+        };
+        let mut notes = Vec::new();
+        if cgroup_frozen {
+            notes.push("members forked meanwhile got it with the cgroup frozen");
+        }
+        if skip_group {
+            notes.push("members in corral's process group got it from the terminal");
+        }
+        if job.opts.pid_namespace && job.main_exit.is_none() {
+            notes.push(
+                "COMMAND is PID 1 of its PID namespace: it gets the signal only if it \
+                 handles it, else the kill after the grace ends it",
+            );
+        }
+        Ok(Sent {
+            reached: n_polite,
+            continued: Some(n_cont),
+            detail: (!notes.is_empty()).then(|| notes.join("; ")),
+        })
+    }
+
+    fn signal_again(&mut self, sig: Signal) -> Result<usize> {
+        Ok(match self.job.backend.as_ref().expect("backend") {
+            Backend::Cgroup(leaf) => leaf.signal_then_continue(sig, &|_| true)?.0,
+            Backend::Pgroup { .. } | Backend::Supervised(_) => {
+                let h = self.kept.held.as_ref().expect("frozen set");
+                let n = h.signal_all(sig, &|_| true).len();
+                h.signal_all(Signal::CONT, &|_| true);
+                n
+            }
+        })
+    }
+
+    /// pgroup: a member the freeze did not hold (a walk can miss a process being
+    /// re-parented while it reads) gets the polite signal too.
+    fn signal_late(&mut self, polite: Signal) -> Result<usize> {
+        let Some(root) = self.job.walk_root() else {
+            return Ok(0);
+        };
+        Ok(signal_late(
+            root,
+            polite,
+            self.kept.held.as_ref(),
+            &mut self.kept.late,
+        ))
+    }
+
+    /// `cgroup.kill` (or the freezer loop), or SIGKILL to what the freeze held and a walk.
+    fn kill(&mut self) -> Result<Kill> {
+        let job = &*self.job;
+        if job.main_exit.is_none() {
+            job.sigkill_sent.store(true, Ordering::Relaxed);
+        }
+        let kept = &mut *self.kept;
+        let root = match job.backend.as_ref().expect("backend") {
+            Backend::Cgroup(leaf) => {
+                let present = leaf.members()?.len();
+                let deadline = Instant::now() + KILL_WAIT;
+                kept.method = Some(leaf.kill_start(job.opts.debug.no_cgroup_kill, deadline)?);
+                return Ok(Kill {
+                    counted: Some(present),
+                    live: Some(present),
+                });
+            }
+            Backend::Pgroup { supervisor, .. } => (*supervisor, true),
+            Backend::Supervised(sup) => (sup.supervisor, false),
+        };
+        if let Some(h) = &kept.held {
+            kept.killed = h.signal_all(Signal::KILL, &|_| true);
+        }
+        kill_pass(root.0, root.1, &mut kept.killed);
+        // The progress checks compare with the processes the first pass signalled.
+        Ok(Kill {
+            counted: None,
+            live: Some(kept.killed.len()),
+        })
+    }
+
+    fn kill_again(&mut self) -> Result<()> {
+        match self.job.backend.as_ref().expect("backend") {
+            Backend::Cgroup(leaf) => {
+                // cgroup.kill misses a process whose main thread exited while other threads
+                // run; a process-directed SIGKILL does not.
+                self.kept.method = Some(KillMethod::CgroupKillThenSignal);
+                leaf.for_each_member(&mut |_, fd| {
+                    let _ = pidfd::send_signal(fd, Signal::KILL);
+                })?;
+            }
+            Backend::Pgroup { supervisor, .. } => {
+                kill_pass(*supervisor, true, &mut self.kept.killed);
+            }
+            Backend::Supervised(sup) => kill_pass(sup.supervisor, false, &mut self.kept.killed),
+        }
+        Ok(())
+    }
+
+    fn live(&mut self) -> Result<usize> {
+        Ok(self.job.snapshot().len())
+    }
+
+    fn kill_report(&mut self) -> (Option<usize>, String) {
+        let detail = match self.kept.method {
+            Some(KillMethod::CgroupKill) => "cgroup.kill",
+            Some(KillMethod::CgroupKillThenSignal) => {
+                "cgroup.kill, then SIGKILL through pidfds to members it missed"
+            }
+            Some(KillMethod::FreezeAndSignal) => {
+                "freeze, SIGKILL each member, thaw (no cgroup.kill)"
+            }
+            None => "SIGKILL to every descendant until none is found",
+        };
+        if self.kept.method.is_some() {
+            return (None, detail.to_string());
+        }
+        let killed = &self.kept.killed;
+        self.job.killed_pids = killed.iter().map(|p| p.get() as u32).collect();
+        (Some(killed.len()), detail.to_string())
+    }
+
+    fn pace(&self) -> Pace {
+        let walked = self.job.walk_root().is_some();
+        Pace {
+            late: walked.then_some(GRACE_REWALK),
+            kill_again: Some(if walked {
+                PGROUP_REWALK
+            } else {
+                CGROUP_RESIGNAL
+            }),
+            kill_wait_max: KILL_WAIT_MAX,
+            int_then_term: true,
+        }
+    }
+}
+
 /// The polite signal, then SIGCONT, to every member under `root` that the freeze did not
 /// hold and that has not had them yet (recorded in `late`, by PID and start time).
 fn signal_late(
@@ -1018,7 +823,8 @@ fn signal_late(
     polite: Signal,
     held: Option<&pgroup::Frozen>,
     late: &mut HashSet<(Pid, u64)>,
-) {
+) -> usize {
+    let before = late.len();
     for st in pgroup::members(root) {
         if held.is_some_and(|h| h.holds(&st)) || late.contains(&(st.pid, st.starttime)) {
             continue;
@@ -1029,6 +835,7 @@ fn signal_late(
             late.insert((st.pid, st.starttime));
         }
     }
+    late.len() - before
 }
 
 /// SIGKILL to every process found under `root`: its direct children first (one small read,
@@ -1054,25 +861,5 @@ fn kill_pass(root: Pid, own_children: bool, killed: &mut HashSet<Pid>) {
                 killed.insert(s.pid);
             }
         }
-    }
-}
-
-fn at(t0: Instant) -> u64 {
-    t0.elapsed().as_millis() as u64
-}
-
-fn step(
-    name: &str,
-    sig: Option<Signal>,
-    processes: Option<usize>,
-    detail: Option<String>,
-    t0: Instant,
-) -> StopStep {
-    StopStep {
-        step: name.to_string(),
-        signal: sig.map(|s| s.to_string()),
-        processes,
-        detail,
-        at_ms: at(t0),
     }
 }

@@ -69,11 +69,7 @@ pub(crate) fn send_signal(fd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
 }
 
 /// How a reaped child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ExitKind {
-    Code(i32),
-    Signal(i32),
-}
+pub(crate) use crate::exit_status::ExitKind;
 
 /// Reaps the child behind `fd` if it has exited (non-blocking), or blocks until it does.
 pub(crate) fn reap(fd: BorrowedFd<'_>, block: bool) -> io::Result<Option<ExitKind>> {

@@ -17,10 +17,10 @@
 //! before a walk sees it escapes: nothing on macOS links it to the job any more.
 //!
 //! Members outside the group are signalled by PID after their identity is checked again
-//! (no pidfds on macOS: see `tree.rs` for the residual race). The stop ladder: the polite
-//! signal and SIGCONT to the group and to members outside it, the grace (walking again for
-//! late members), then SIGKILL to all, repeated until no member is found or [`KILL_WAIT`]
-//! passes (the rest are survivors).
+//! (no pidfds on macOS: see `tree.rs` for the residual race). The stop ladder
+//! (`crate::ladder`, over [`TreeMembers`]): the polite signal and SIGCONT to the group and
+//! to members outside it, the grace (walking again for late members), then SIGKILL to all,
+//! repeated until no member is found or `KILL_WAIT` passes (the rest are survivors).
 //!
 //! A job is over when its main process has exited and a walk finds no live member. Nothing
 //! is process-wide: no signal handler, no thread; the kqueue is not inherited by children.
@@ -33,10 +33,10 @@ use std::collections::HashSet;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use crate::exit_status::Ending;
+use crate::ladder::{self, Kill, Ladder, Next, Pace, Sent, KILL_WAIT};
 use crate::options::{Leftovers, Signal};
-use crate::report::{
-    Cleanup, ExitInfo, ProcessInfo, StopOutcome, StopReason, StopReport, StopStep,
-};
+use crate::report::{Cleanup, ProcessInfo, StopOutcome, StopReason, StopReport};
 use crate::{Error, Mechanism, Options, Report, Result};
 use sys::{BsdInfo, ExitKind, Kqueue, Pid};
 use tree::{Ident, Tree};
@@ -47,8 +47,6 @@ const TRACK: Duration = Duration::from_millis(100);
 /// How often the grace and the kill stage walk again (processes that are not our children
 /// give no exit event once they left the watch list).
 const REWALK: Duration = Duration::from_millis(20);
-/// How long the kill stage waits for the job to empty before reporting survivors.
-const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// A running job: a main process and everything it starts.
 #[derive(Debug)]
@@ -63,7 +61,8 @@ pub struct Job {
     name: Option<String>,
     not_registered: Option<String>,
     grace: Duration,
-    polite: libc::c_int,
+    /// The polite signal (valid on macOS: `rules::check_options` said so).
+    signal: Signal,
     leftovers_policy: Leftovers,
     preserve_status: bool,
     deadline: Option<Instant>,
@@ -87,30 +86,22 @@ enum Phase {
     Over,
 }
 
+/// A stop in progress: the ladder, and what the walks keep for it.
 #[derive(Debug)]
 struct Stopping {
-    reason: StopReason,
-    t0: Instant,
-    steps: Vec<StopStep>,
-    stage: Stage,
+    ladder: Ladder,
+    kept: Kept,
 }
 
-#[derive(Debug)]
-enum Stage {
-    Grace {
-        end: Instant,
-        polite: libc::c_int,
-        next_walk: Instant,
-        /// Members outside the group that already had the polite signal.
-        signalled: HashSet<Ident>,
-    },
-    Kill {
-        until: Instant,
-        next: Instant,
-        step: usize,
-        killed: HashSet<Ident>,
-        in_group: usize,
-    },
+/// What a stop keeps between the ladder's steps.
+#[derive(Debug, Default)]
+struct Kept {
+    /// Members outside the group that already had the polite signal.
+    signalled: HashSet<Ident>,
+    /// Members outside the group that got SIGKILL by PID.
+    killed: HashSet<Ident>,
+    /// The most members the group's SIGKILL reached.
+    in_group: usize,
 }
 
 /// What [`Job::advance`] says.
@@ -124,7 +115,7 @@ impl Job {
     /// Starts `cmd` as a job under `opts`.
     pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
         use std::os::unix::process::CommandExt;
-        let polite = rules::check_options(opts)?;
+        rules::check_options(opts)?;
         let program = cmd.get_program().to_string_lossy().into_owned();
         let mut command = vec![program.clone()];
         command.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
@@ -167,7 +158,7 @@ impl Job {
                 .register
                 .then(|| "the job registry exists only on Linux".to_string()),
             grace: opts.grace,
-            polite,
+            signal: opts.signal,
             leftovers_policy: opts.leftovers,
             preserve_status: opts.preserve_status,
             deadline: opts.timeout.map(|t| started + t),
@@ -225,28 +216,27 @@ impl Job {
     /// Stops the job with its stop sequence and waits until it is over.
     pub fn stop(&mut self) -> Result<Report> {
         if matches!(self.phase, Phase::Running | Phase::Draining) {
-            self.begin_stop(StopReason::Requested, self.polite);
+            self.begin_stop(StopReason::Requested, self.signal, self.grace)?;
         }
         self.wait()
     }
 
     /// Kills every process of the job at once and waits until it is over.
     pub fn kill(&mut self) -> Result<Report> {
-        self.grace = Duration::ZERO;
-        match &mut self.phase {
+        match &self.phase {
             Phase::Running | Phase::Draining => {
-                self.begin_stop(StopReason::Requested, libc::SIGKILL)
+                self.begin_stop(StopReason::Requested, Signal::KILL, Duration::ZERO)?
             }
-            Phase::Stopping(s) if matches!(s.stage, Stage::Grace { .. }) => {
-                s.steps
-                    .push(step("grace", None, None, Some("cut short by kill()"), s.t0));
+            Phase::Stopping(_) => {
                 let Phase::Stopping(mut s) = std::mem::replace(&mut self.phase, Phase::Over) else {
                     unreachable!()
                 };
-                self.enter_kill(&mut s);
+                let Stopping { ladder, kept } = &mut *s;
+                let result = ladder.kill_now(&mut TreeMembers { job: self, kept });
                 self.phase = Phase::Stopping(s);
+                result?;
             }
-            _ => {}
+            Phase::Over => {}
         }
         self.wait()
     }
@@ -310,7 +300,7 @@ impl Job {
                 Phase::Running | Phase::Draining => {
                     if self.deadline.is_some_and(|d| Instant::now() >= d) {
                         self.timed_out = true;
-                        self.begin_stop(StopReason::Timeout, self.polite);
+                        self.begin_stop(StopReason::Timeout, self.signal, self.grace)?;
                         continue;
                     }
                     self.poll_main()?;
@@ -330,7 +320,7 @@ impl Job {
                     self.leftovers = self.describe(&members);
                     match self.leftovers_policy {
                         Leftovers::Kill | Leftovers::Fail => {
-                            self.begin_stop(StopReason::Leftovers, self.polite)
+                            self.begin_stop(StopReason::Leftovers, self.signal, self.grace)?
                         }
                         Leftovers::Wait => self.phase = Phase::Draining,
                     }
@@ -340,171 +330,42 @@ impl Job {
                     else {
                         unreachable!()
                     };
-                    match self.advance_stop(&mut s)? {
-                        Some(wake) => {
+                    let Stopping { ladder, kept } = &mut *s;
+                    match ladder.advance(&mut TreeMembers { job: self, kept }, &[]) {
+                        Ok(Next::Wait(wake)) => {
                             self.phase = Phase::Stopping(s);
                             return Ok(Progress::Wait(Some(wake)));
                         }
-                        None => self.end_stop(*s)?,
-                    }
-                }
-            }
-        }
-    }
-
-    /// The polite signal and SIGCONT, then the grace; or the kill at once.
-    fn begin_stop(&mut self, reason: StopReason, polite: libc::c_int) {
-        let t0 = Instant::now();
-        let mut s = Box::new(Stopping {
-            reason,
-            t0,
-            steps: Vec::new(),
-            stage: Stage::Grace {
-                end: t0,
-                polite,
-                next_walk: t0,
-                signalled: HashSet::new(),
-            },
-        });
-        if rules::gentle(self.grace, polite) {
-            let members = self.track();
-            let running = self.main_exit.is_none();
-            let none = HashSet::new();
-            let sent = self.tree.signal(polite, running, &members, &none);
-            let cont = self.tree.signal(libc::SIGCONT, running, &members, &none);
-            s.steps
-                .push(step_sig("signal", polite, Some(sent.reached), None, t0));
-            s.steps.push(step_sig(
-                "continue",
-                libc::SIGCONT,
-                Some(cont.reached),
-                None,
-                t0,
-            ));
-            let now = Instant::now();
-            s.stage = Stage::Grace {
-                end: now + self.grace,
-                polite,
-                next_walk: now + REWALK,
-                signalled: sent.outside,
-            };
-        } else {
-            self.enter_kill(&mut s);
-        }
-        self.phase = Phase::Stopping(s);
-    }
-
-    /// One turn of the ladder. `None`: finished (empty, or survivors after [`KILL_WAIT`]).
-    fn advance_stop(&mut self, s: &mut Stopping) -> Result<Option<Instant>> {
-        loop {
-            let now = Instant::now();
-            match &mut s.stage {
-                Stage::Grace {
-                    end,
-                    polite,
-                    next_walk,
-                    signalled,
-                } => {
-                    if self.is_empty()? {
-                        s.steps
-                            .push(step("grace", None, None, Some("all exited"), s.t0));
-                        return Ok(None);
-                    }
-                    if now < *end {
-                        if now >= *next_walk {
-                            // Members found late (outside the group) get the polite signal
-                            // too; the group already had it.
-                            let members = self.tree.scan(self.kq.as_ref());
-                            let late = self.tree.signal(*polite, false, &members, signalled);
-                            let _ = self.tree.signal(libc::SIGCONT, false, &members, signalled);
-                            signalled.extend(late.outside);
-                            *next_walk = now + REWALK;
+                        Ok(Next::Done(stop)) => self.end_stop(stop),
+                        Err(e) => {
+                            self.phase = Phase::Stopping(s);
+                            return Err(e);
                         }
-                        return Ok(Some((*end).min(*next_walk)));
                     }
-                    let detail = format!("{} ms passed", self.grace.as_millis());
-                    s.steps.push(step("grace", None, None, Some(&detail), s.t0));
-                    self.enter_kill(s);
-                }
-                Stage::Kill {
-                    until,
-                    next,
-                    killed,
-                    in_group,
-                    ..
-                } => {
-                    if self.is_empty()? || now >= *until {
-                        return Ok(None);
-                    }
-                    if now >= *next {
-                        let members = self.tree.scan(self.kq.as_ref());
-                        let running = self.main_exit.is_none();
-                        let sent = self.tree.signal(libc::SIGKILL, running, &members, killed);
-                        *in_group = (*in_group).max(sent.reached - sent.outside.len());
-                        killed.extend(sent.outside);
-                        *next = now + REWALK;
-                        continue;
-                    }
-                    return Ok(Some((*next).min(*until)));
                 }
             }
         }
     }
 
-    /// SIGKILL to the group and to every member outside it.
-    fn enter_kill(&mut self, s: &mut Stopping) {
-        let members = self.track();
-        let running = self.main_exit.is_none();
-        let sent = self
-            .tree
-            .signal(libc::SIGKILL, running, &members, &HashSet::new());
-        s.steps
-            .push(step_sig("kill", libc::SIGKILL, None, None, s.t0));
-        let now = Instant::now();
-        s.stage = Stage::Kill {
-            until: now + KILL_WAIT,
-            next: now + REWALK,
-            step: s.steps.len() - 1,
-            in_group: sent.reached - sent.outside.len(),
-            killed: sent.outside,
+    /// Starts the ladder: the polite signal and SIGCONT, then the grace; or the kill at once.
+    fn begin_stop(&mut self, reason: StopReason, polite: Signal, grace: Duration) -> Result<()> {
+        let mut kept = Kept::default();
+        let members = &mut TreeMembers {
+            job: self,
+            kept: &mut kept,
         };
-    }
-
-    /// The ladder is finished: fill in the kill step, note survivors, clean up.
-    fn end_stop(&mut self, mut s: Stopping) -> Result<()> {
-        let mut outcome = StopOutcome::Exited;
-        if let Stage::Kill {
-            step,
-            killed,
-            in_group,
-            ..
-        } = &s.stage
-        {
-            outcome = StopOutcome::Killed;
-            let kill = &mut s.steps[*step];
-            kill.processes = Some(in_group + killed.len());
-            kill.detail = Some(format!(
-                "killpg to the job's group, then SIGKILL by PID to {} process(es) outside it, \
-                 until none is found",
-                killed.len()
-            ));
-            if !self.is_empty()? {
-                outcome = StopOutcome::Survivors;
-                let members = self.track();
-                self.survivors = self.describe(&members);
-            }
-        }
-        if outcome != StopOutcome::Survivors {
-            s.steps.push(step("empty", None, None, None, s.t0));
-        }
-        let stop = StopReport {
-            reason: s.reason,
-            requested_by: None,
-            steps: s.steps,
-            outcome,
-        };
-        self.finish_with(Some(stop));
+        let ladder = Ladder::start(members, reason, polite, grace)?;
+        self.phase = Phase::Stopping(Box::new(Stopping { ladder, kept }));
         Ok(())
+    }
+
+    /// The ladder is finished: note survivors, clean up.
+    fn end_stop(&mut self, stop: StopReport) {
+        if stop.outcome == StopOutcome::Survivors {
+            let members = self.track();
+            self.survivors = self.describe(&members);
+        }
+        self.finish_with(Some(stop));
     }
 
     fn finish(&mut self) {
@@ -528,16 +389,17 @@ impl Job {
                 self.main.get()
             ));
         }
-        let exit = self.main_exit.map(|e| match e {
-            ExitKind::Code(c) => ExitInfo {
-                code: Some(c),
-                signal: None,
-            },
-            ExitKind::Signal(s) => ExitInfo {
-                code: None,
-                signal: Some(s),
-            },
-        });
+        let exit = self.main_exit.map(ExitKind::info);
+        let exit_status = Ending {
+            main: self.main_exit,
+            oom_killed: false,
+            timed_out: self.timed_out,
+            external: None,
+            preserve_status: self.preserve_status,
+            leftovers: self.leftovers_policy,
+            left: !self.leftovers.is_empty(),
+        }
+        .status();
         self.report = Some(Report {
             version: crate::report::REPORT_VERSION,
             id: self.id.clone(),
@@ -559,11 +421,7 @@ impl Job {
             cgroup: None,
             cgroup_parent_source: None,
             exit,
-            exit_status: crate::options::leftovers_fail(
-                self.leftovers_policy,
-                rules::exit_status(self.main_exit, self.timed_out, self.preserve_status),
-                !self.leftovers.is_empty(),
-            ),
+            exit_status,
             timed_out: self.timed_out,
             signals_received: Vec::new(),
             stop,
@@ -622,31 +480,102 @@ fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-fn step(
-    name: &str,
-    sig: Option<Signal>,
-    processes: Option<usize>,
-    detail: Option<&str>,
-    t0: Instant,
-) -> StopStep {
-    StopStep {
-        step: name.to_string(),
-        signal: sig.map(|s| s.to_string()),
-        processes,
-        detail: detail.map(str::to_string),
-        at_ms: t0.elapsed().as_millis() as u64,
-    }
+/// The polite signal's macOS number.
+fn darwin(sig: Signal) -> Result<libc::c_int> {
+    rules::darwin_signal(sig).map_err(Error::InvalidOptions)
 }
 
-/// A step that sends a (macOS-numbered) signal; the report names it as on Linux.
-fn step_sig(
-    name: &str,
-    sig: libc::c_int,
-    processes: Option<usize>,
-    detail: Option<&str>,
-    t0: Instant,
-) -> StopStep {
-    let mut st = step(name, None, processes, detail, t0);
-    st.signal = Some(format!("SIG{}", rules::darwin_name(sig)));
-    st
+/// The job's processes as the ladder sees them: the group (`killpg`), and the members the
+/// walks found outside it (by PID, each checked again just before).
+struct TreeMembers<'a> {
+    job: &'a mut Job,
+    kept: &'a mut Kept,
+}
+
+impl ladder::Members for TreeMembers<'_> {
+    fn is_empty(&mut self) -> Result<bool> {
+        self.job.is_empty()
+    }
+
+    fn signal(&mut self, polite: Signal) -> Result<Sent> {
+        let polite = darwin(polite)?;
+        let members = self.job.track();
+        let running = self.job.main_exit.is_none();
+        let none = HashSet::new();
+        let sent = self.job.tree.signal(polite, running, &members, &none);
+        let cont = self
+            .job
+            .tree
+            .signal(libc::SIGCONT, running, &members, &none);
+        self.kept.signalled = sent.outside;
+        Ok(Sent {
+            reached: sent.reached,
+            continued: Some(cont.reached),
+            detail: None,
+        })
+    }
+
+    /// Members found late (outside the group) get the polite signal too; the group already
+    /// had it.
+    fn signal_late(&mut self, polite: Signal) -> Result<usize> {
+        let polite = darwin(polite)?;
+        let job = &mut *self.job;
+        let members = job.tree.scan(job.kq.as_ref());
+        let signalled = &mut self.kept.signalled;
+        let late = job.tree.signal(polite, false, &members, signalled);
+        let _ = job.tree.signal(libc::SIGCONT, false, &members, signalled);
+        let n = late.outside.len();
+        signalled.extend(late.outside);
+        Ok(n)
+    }
+
+    /// SIGKILL to the group and to every member outside it.
+    fn kill(&mut self) -> Result<Kill> {
+        let members = self.job.track();
+        let running = self.job.main_exit.is_none();
+        let sent = self
+            .job
+            .tree
+            .signal(libc::SIGKILL, running, &members, &HashSet::new());
+        self.kept.in_group = sent.reached - sent.outside.len();
+        self.kept.killed = sent.outside;
+        Ok(Kill::default())
+    }
+
+    fn kill_again(&mut self) -> Result<()> {
+        let job = &mut *self.job;
+        let members = job.tree.scan(job.kq.as_ref());
+        let running = job.main_exit.is_none();
+        let kept = &mut *self.kept;
+        let sent = job
+            .tree
+            .signal(libc::SIGKILL, running, &members, &kept.killed);
+        kept.in_group = kept.in_group.max(sent.reached - sent.outside.len());
+        kept.killed.extend(sent.outside);
+        Ok(())
+    }
+
+    fn live(&mut self) -> Result<usize> {
+        Ok(self.job.track().len())
+    }
+
+    fn kill_report(&mut self) -> (Option<usize>, String) {
+        let outside = self.kept.killed.len();
+        (
+            Some(self.kept.in_group + outside),
+            format!(
+                "killpg to the job's group, then SIGKILL by PID to {outside} process(es) \
+                 outside it, until none is found"
+            ),
+        )
+    }
+
+    fn pace(&self) -> Pace {
+        Pace {
+            late: Some(REWALK),
+            kill_again: Some(REWALK),
+            kill_wait_max: KILL_WAIT,
+            int_then_term: false,
+        }
+    }
 }

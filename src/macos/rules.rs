@@ -1,10 +1,7 @@
 //! The pure decisions of the macOS backend, kept apart so unit tests reach them without a
-//! process: which options it can honour, what a signal is called on macOS, and the exit
-//! status of a job.
+//! process: which options it can honour, and what a signal is called on macOS. (The exit
+//! status of a job is `crate::exit_status`'s, the same on every OS.)
 
-use std::time::Duration;
-
-use super::sys::ExitKind;
 use crate::error::{Error, Result};
 use crate::options::{MechanismRequest, Options, Signal, Supervisor};
 
@@ -17,14 +14,6 @@ pub(crate) fn darwin_signal(sig: Signal) -> Result<libc::c_int, String> {
         .find(|(n, _)| *n == name)
         .map(|(_, v)| *v)
         .ok_or_else(|| format!("signal SIG{name} does not exist on macOS; use TERM, INT or HUP"))
-}
-
-/// The name (without `SIG`) of a macOS signal number, or the number.
-pub(crate) fn darwin_name(sig: libc::c_int) -> String {
-    DARWIN
-        .iter()
-        .find(|(_, v)| *v == sig)
-        .map_or_else(|| sig.to_string(), |(n, _)| (*n).to_string())
 }
 
 /// Signal names and their macOS numbers (`<sys/signal.h>`).
@@ -104,29 +93,6 @@ pub(crate) fn check_options(opts: &Options) -> Result<libc::c_int> {
     darwin_signal(opts.signal).map_err(Error::InvalidOptions)
 }
 
-/// Whether a stop starts with the polite signal and a grace (else it kills at once).
-pub(crate) fn gentle(grace: Duration, polite: libc::c_int) -> bool {
-    !grace.is_zero() && polite != libc::SIGKILL
-}
-
-/// The status the CLI returns: the main process's code, 128 + the (macOS) signal that
-/// killed it, 125 if its end was not seen; after a timeout unless `preserve_status`, 124,
-/// or 137 when the main process had to be killed (as coreutils `timeout`).
-pub(crate) fn exit_status(main: Option<ExitKind>, timed_out: bool, preserve_status: bool) -> i32 {
-    if timed_out && !preserve_status {
-        return if main == Some(ExitKind::Signal(libc::SIGKILL)) {
-            128 + libc::SIGKILL
-        } else {
-            124
-        };
-    }
-    match main {
-        Some(ExitKind::Code(c)) => c,
-        Some(ExitKind::Signal(s)) => 128 + s,
-        None => 125,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,14 +124,6 @@ mod tests {
             let err = darwin_signal(sig).unwrap_err();
             assert!(err.contains("does not exist on macOS"), "{err}");
         }
-    }
-
-    #[test]
-    fn macos_numbers_are_named_as_on_linux() {
-        assert_eq!(darwin_name(libc::SIGTERM), "TERM");
-        assert_eq!(darwin_name(libc::SIGCONT), "CONT");
-        assert_eq!(darwin_name(libc::SIGUSR1), "USR1");
-        assert_eq!(darwin_name(libc::SIGINFO), "29");
     }
 
     #[test]
@@ -222,23 +180,5 @@ mod tests {
             ..Options::default()
         };
         assert!(check_options(&pgroup).is_ok());
-    }
-
-    #[test]
-    fn exit_status_follows_the_linux_rules() {
-        assert_eq!(exit_status(Some(ExitKind::Code(3)), false, false), 3);
-        assert_eq!(exit_status(Some(ExitKind::Signal(15)), false, false), 143);
-        assert_eq!(exit_status(Some(ExitKind::Signal(15)), true, false), 124);
-        assert_eq!(exit_status(Some(ExitKind::Signal(9)), true, false), 137);
-        assert_eq!(exit_status(Some(ExitKind::Signal(9)), true, true), 137);
-        assert_eq!(exit_status(None, false, false), 125);
-    }
-
-    #[test]
-    fn a_stop_without_grace_kills_at_once() {
-        let s = Duration::from_secs(1);
-        assert!(gentle(s, libc::SIGTERM));
-        assert!(!gentle(Duration::ZERO, libc::SIGTERM));
-        assert!(!gentle(s, libc::SIGKILL));
     }
 }

@@ -41,13 +41,7 @@ impl ProcessGroup {
 }
 
 /// How a process ended, in macOS's own numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ExitKind {
-    /// It exited with this code.
-    Code(i32),
-    /// This (macOS-numbered) signal killed it.
-    Signal(i32),
-}
+pub(crate) use crate::exit_status::ExitKind;
 
 /// `kill(2)` to one process. See <https://man.freebsd.org/cgi/man.cgi?kill(2)>.
 pub(crate) fn kill_process(pid: Pid, sig: libc::c_int) -> io::Result<()> {

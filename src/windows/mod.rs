@@ -18,12 +18,13 @@
 //! falls back to [`Mechanism::Taskkill`]: `taskkill /T /F` over parent links at stop, which
 //! misses descendants whose parent already exited (the report says it is weaker).
 //!
-//! **Stop.** The polite step, when `opts.signal` is not `KILL` and the grace is not zero:
-//! `CTRL_BREAK_EVENT` to the main process's console process group (every process of the
-//! job that shares corral's console and did not make its own group) and `WM_CLOSE` to the
-//! top-level windows of the job's processes; then the grace, polling the job until it is
-//! empty. Then `TerminateJobObject` (exit code [`TERMINATED_EXIT_CODE`] for every process),
-//! and a wait until the job is empty. The job is over when it has no active process
+//! **Stop.** The stop ladder (`crate::ladder`, over [`JobMembers`]). The polite step, when
+//! `opts.signal` is not `KILL` and the grace is not zero: `CTRL_BREAK_EVENT` to the main
+//! process's console process group (every process of the job that shares corral's console
+//! and did not make its own group) and `WM_CLOSE` to the top-level windows of the job's
+//! processes; then the grace, polling the job until it is empty. Then `TerminateJobObject`
+//! (exit code [`TERMINATED_EXIT_CODE`] for every process), and a wait until the job is
+//! empty. The job is over when it has no active process
 //! (`JobObjectBasicAccountingInformation.ActiveProcesses == 0`, polled against a deadline:
 //! completion-port notifications are not delivered under Wine) and the main process is
 //! reaped.
@@ -51,10 +52,12 @@ use std::time::{Duration, Instant};
 
 use windows_sys::Win32::System::Threading::{CREATE_NEW_PROCESS_GROUP, CREATE_SUSPENDED};
 
+use crate::exit_status::{Ending, ExitKind};
+use crate::ladder::{self, Dialect, Kill, Ladder, Next, Pace, Sent, KILL_WAIT};
 use crate::{
-    Cleanup, Error, ExitInfo, Leftovers, LimitValue, Limits, LimitsReport, Mechanism,
-    MechanismRequest, Options, ProcessInfo, Report, Result, Signal, StopOutcome, StopReason,
-    StopReport, StopStep, Supervisor, REPORT_VERSION,
+    Cleanup, Error, Leftovers, LimitValue, Limits, LimitsReport, Mechanism, MechanismRequest,
+    Options, ProcessInfo, Report, Result, Signal, StopOutcome, StopReason, StopReport, Supervisor,
+    REPORT_VERSION,
 };
 use job_object::{JobLimits, JobObject};
 
@@ -64,10 +67,6 @@ pub const TERMINATED_EXIT_CODE: u32 = 1;
 
 /// How often a waiting job is polled.
 const POLL: Duration = Duration::from_millis(10);
-
-/// How long the job may take to empty after `TerminateJobObject` before what is left is
-/// reported as survivors.
-const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// What holds the job's processes.
 #[derive(Debug)]
@@ -233,25 +232,20 @@ impl Job {
 
     /// Stops the job with its stop sequence and waits until it is over.
     pub fn stop(&mut self) -> Result<Report> {
-        self.stop_now(self.polite())
+        self.stop_now(self.opts.signal, self.opts.grace)
     }
 
     /// Kills every process of the job at once and waits until it is over.
     pub fn kill(&mut self) -> Result<Report> {
-        self.stop_now(false)
+        self.stop_now(Signal::KILL, Duration::ZERO)
     }
 
-    fn stop_now(&mut self, polite: bool) -> Result<Report> {
+    fn stop_now(&mut self, polite: Signal, grace: Duration) -> Result<Report> {
         if let Some(r) = &self.report {
             return Ok(r.clone());
         }
-        let stop = self.stop_sequence(StopReason::Requested, polite)?;
+        let stop = self.stop_sequence(StopReason::Requested, polite, grace)?;
         self.finish(Some(stop), false)
-    }
-
-    /// Whether the stop sequence starts with the polite step.
-    fn polite(&self) -> bool {
-        self.opts.signal != Signal::KILL && !self.opts.grace.is_zero()
     }
 
     /// Advances the job until it is over (`Some`) or `until` passes (`None`).
@@ -262,7 +256,8 @@ impl Job {
             }
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d) {
-                let stop = self.stop_sequence(StopReason::Timeout, self.polite())?;
+                let (polite, grace) = (self.opts.signal, self.opts.grace);
+                let stop = self.stop_sequence(StopReason::Timeout, polite, grace)?;
                 return self.finish(Some(stop), true).map(Some);
             }
             if self.main_exit.is_none() && self.reap_main()? {
@@ -270,7 +265,8 @@ impl Job {
                 if !members.is_empty() {
                     self.leftovers = describe(&members);
                     if matches!(self.opts.leftovers, Leftovers::Kill | Leftovers::Fail) {
-                        let stop = self.stop_sequence(StopReason::Leftovers, self.polite())?;
+                        let (polite, grace) = (self.opts.signal, self.opts.grace);
+                        let stop = self.stop_sequence(StopReason::Leftovers, polite, grace)?;
                         return self.finish(Some(stop), false).map(Some);
                     }
                 }
@@ -342,20 +338,6 @@ impl Job {
         }
     }
 
-    /// Polls until the job is empty or `deadline` passes; true if it emptied.
-    fn wait_empty(&mut self, deadline: Instant) -> Result<bool> {
-        loop {
-            if self.is_empty()? {
-                return Ok(true);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            thread::sleep(POLL.min(deadline - now));
-        }
-    }
-
     /// Ends every process of the job at once; returns how, for the report.
     fn terminate(&mut self) -> Result<String> {
         match &self.containment {
@@ -382,79 +364,27 @@ impl Job {
         }
     }
 
-    /// The stop sequence: the polite step and the grace (when `polite`), then terminate,
-    /// then wait for the job to be empty.
-    fn stop_sequence(&mut self, reason: StopReason, polite: bool) -> Result<StopReport> {
-        let t0 = Instant::now();
-        let at = || t0.elapsed().as_millis() as u64;
-        let mut steps = Vec::new();
-        let report = |steps, outcome| StopReport {
-            reason,
-            steps,
-            outcome,
-            requested_by: None,
+    /// The stop ladder, polled every [`POLL`] (the job gives no event of its own:
+    /// completion-port notifications are not delivered under Wine).
+    fn stop_sequence(
+        &mut self,
+        reason: StopReason,
+        polite: Signal,
+        grace: Duration,
+    ) -> Result<StopReport> {
+        let members = &mut JobMembers {
+            job: self,
+            how: String::new(),
         };
-        if polite {
-            let members = self.members()?;
-            let mut detail = Vec::new();
-            match process::ctrl_break(self.pid) {
-                Ok(()) => detail.push(format!("CTRL_BREAK_EVENT to process group {}", self.pid)),
-                Err(e) => detail.push(format!(
-                    "CTRL_BREAK_EVENT to process group {} failed: {e}",
-                    self.pid
-                )),
-            }
-            let windows = process::close_windows(&members);
-            detail.push(format!("WM_CLOSE to {windows} window(s)"));
-            steps.push(StopStep {
-                step: "signal".into(),
-                signal: Some(self.opts.signal.name()),
-                processes: Some(members.len()),
-                detail: Some(detail.join("; ")),
-                at_ms: at(),
-            });
-            let emptied = self.wait_empty(t0 + self.opts.grace)?;
-            steps.push(StopStep {
-                step: "grace".into(),
-                signal: None,
-                processes: None,
-                detail: Some(
-                    if emptied {
-                        "the job emptied"
-                    } else {
-                        "grace elapsed"
-                    }
-                    .into(),
-                ),
-                at_ms: at(),
-            });
-            if emptied {
-                return Ok(report(steps, StopOutcome::Exited));
+        let mut ladder = Ladder::start(members, reason, polite, grace)?;
+        loop {
+            match ladder.advance(members, &[])? {
+                Next::Done(stop) => return Ok(stop),
+                Next::Wait(wake) => {
+                    thread::sleep(POLL.min(wake.saturating_duration_since(Instant::now())))
+                }
             }
         }
-        let members = self.members()?.len();
-        let how = self.terminate()?;
-        steps.push(StopStep {
-            step: "kill".into(),
-            signal: None,
-            processes: Some(members),
-            detail: Some(how),
-            at_ms: at(),
-        });
-        let emptied = self.wait_empty(Instant::now() + KILL_WAIT)?;
-        steps.push(StopStep {
-            step: "empty".into(),
-            signal: None,
-            processes: None,
-            detail: (!emptied).then(|| "processes left after the kill".into()),
-            at_ms: at(),
-        });
-        let outcome = if emptied {
-            StopOutcome::Killed
-        } else {
-            StopOutcome::Survivors
-        };
-        Ok(report(steps, outcome))
     }
 
     /// Builds the report once the job is over, and keeps it.
@@ -465,16 +395,17 @@ impl Job {
         };
         self.reap_main()?;
         let code = self.main_exit;
-        let exit_status = if timed_out && !self.opts.preserve_status {
-            124
-        } else {
-            code.unwrap_or(TERMINATED_EXIT_CODE as i32)
-        };
-        let exit_status = crate::options::leftovers_fail(
-            self.opts.leftovers,
-            exit_status,
-            !self.leftovers.is_empty(),
-        );
+        let exit_status = Ending {
+            // A main process not seen to exit (it survived the kill) counts as terminated.
+            main: Some(ExitKind::Code(code.unwrap_or(TERMINATED_EXIT_CODE as i32))),
+            oom_killed: false,
+            timed_out,
+            external: None,
+            preserve_status: self.opts.preserve_status,
+            leftovers: self.opts.leftovers,
+            left: !self.leftovers.is_empty(),
+        }
+        .status();
         let mechanism = self.mechanism();
         let on_supervisor_death = match mechanism {
             Mechanism::JobObject => "killed by Windows when the job handle closes with the \
@@ -504,10 +435,7 @@ impl Job {
             credentials: None,
             cgroup: None,
             cgroup_parent_source: None,
-            exit: code.map(|c| ExitInfo {
-                code: Some(c),
-                signal: None,
-            }),
+            exit: code.map(|c| ExitKind::Code(c).info()),
             exit_status,
             timed_out,
             signals_received: Vec::new(),
@@ -535,6 +463,72 @@ impl Drop for Job {
         let _ = self.terminate();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The job's processes as the ladder sees them: the Job Object's (or those taskkill would
+/// find by parent links).
+struct JobMembers<'a> {
+    job: &'a mut Job,
+    /// How the kill was done, for the kill step.
+    how: String,
+}
+
+impl ladder::Members for JobMembers<'_> {
+    fn is_empty(&mut self) -> Result<bool> {
+        self.job.is_empty()
+    }
+
+    /// `CTRL_BREAK_EVENT` to the main process's console process group and `WM_CLOSE` to
+    /// the top-level windows of the job's processes, whatever the polite signal.
+    fn signal(&mut self, _polite: Signal) -> Result<Sent> {
+        let members = self.job.members()?;
+        let pid = self.job.pid;
+        let mut detail = Vec::new();
+        match process::ctrl_break(pid) {
+            Ok(()) => detail.push(format!("CTRL_BREAK_EVENT to process group {pid}")),
+            Err(e) => detail.push(format!(
+                "CTRL_BREAK_EVENT to process group {pid} failed: {e}"
+            )),
+        }
+        let windows = process::close_windows(&members);
+        detail.push(format!("WM_CLOSE to {windows} window(s)"));
+        Ok(Sent {
+            reached: members.len(),
+            continued: None,
+            detail: Some(detail.join("; ")),
+        })
+    }
+
+    /// `TerminateJobObject`, or taskkill.
+    fn kill(&mut self) -> Result<Kill> {
+        let members = self.job.members()?.len();
+        self.how = self.job.terminate()?;
+        Ok(Kill {
+            counted: Some(members),
+            live: None,
+        })
+    }
+
+    fn live(&mut self) -> Result<usize> {
+        Ok(self.job.members()?.len())
+    }
+
+    fn kill_report(&mut self) -> (Option<usize>, String) {
+        (None, std::mem::take(&mut self.how))
+    }
+
+    fn pace(&self) -> Pace {
+        Pace {
+            late: None,
+            kill_again: None,
+            kill_wait_max: KILL_WAIT,
+            int_then_term: false,
+        }
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Windows
     }
 }
 
