@@ -186,5 +186,18 @@ impl Error {
     }
 }
 
+/// `a: b: c` for an error and its sources: one line for a report or a log.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::options::Signal;
-use crate::report::{StopOutcome, StopReason, StopReport, StopStep};
+use crate::report::{StepKind, StepSignal, StopOutcome, StopReason, StopReport, StopStep};
 
 /// A stop begun with SIGINT (Ctrl+C) sends SIGTERM to what is left this long after it,
 /// still within the grace: a shell starts its `&` commands with SIGINT ignored, and a
@@ -237,7 +237,7 @@ impl Ladder {
         if !grace.is_zero() {
             if let Some(n) = m.hold() {
                 ladder.held = true;
-                ladder.step("freeze", Some(Signal::STOP), Some(n), None, m.now());
+                ladder.step(StepKind::Freeze, Some(Signal::STOP), Some(n), None, m.now());
             }
         }
         if grace.is_zero() || polite == Signal::KILL {
@@ -247,9 +247,15 @@ impl Ladder {
         let sent = m.signal(polite)?;
         let label = ladder.dialect.signal(polite);
         let now = m.now();
-        ladder.push("signal", Some(label), Some(sent.reached), sent.detail, now);
+        ladder.push(
+            StepKind::Signal,
+            Some(label),
+            Some(sent.reached),
+            sent.detail,
+            now,
+        );
         if let Some(n) = sent.continued {
-            ladder.step("continue", Some(Signal::CONT), Some(n), None, now);
+            ladder.step(StepKind::Continue, Some(Signal::CONT), Some(n), None, now);
         }
         // The grace runs from the polite signal (a hold before it may take a while).
         let now = m.now();
@@ -318,7 +324,13 @@ impl Ladder {
                             INT_THEN_TERM.as_millis()
                         );
                         let label = self.dialect.signal(Signal::TERM);
-                        self.push("signal", Some(label), Some(n), Some(detail), m.now());
+                        self.push(
+                            StepKind::Signal,
+                            Some(label),
+                            Some(n),
+                            Some(detail),
+                            m.now(),
+                        );
                         continue;
                     }
                     if let (Some(at), Some(every)) = (*next_late, self.pace.late) {
@@ -391,10 +403,10 @@ impl Ladder {
         let now = m.now();
         let kill = m.kill()?;
         let label = match self.dialect {
-            Dialect::Unix => Some(Signal::KILL.to_string()),
+            Dialect::Unix => Some(StepSignal::Prefixed(Signal::KILL)),
             Dialect::Windows => None,
         };
-        self.push("kill", label, kill.counted, None, now);
+        self.push(StepKind::Kill, label, kill.counted, None, now);
         self.stage = Stage::Kill {
             step: self.steps.len() - 1,
             until: now + KILL_WAIT,
@@ -421,7 +433,7 @@ impl Ladder {
             (GraceEnd::SecondSignal, _) => "cut short by a second signal".to_string(),
             (GraceEnd::KillNow, _) => "cut short by kill()".to_string(),
         };
-        self.push("grace", None, None, Some(detail), now);
+        self.push(StepKind::Grace, None, None, Some(detail), now);
     }
 
     /// The stop report: the kill step completed, the `empty` step; the ladder is done.
@@ -441,7 +453,7 @@ impl Ladder {
         if empty_step {
             let detail = (outcome == StopOutcome::Survivors)
                 .then(|| "processes left after the kill".to_string());
-            self.push("empty", None, None, detail, m.now());
+            self.push(StepKind::Empty, None, None, detail, m.now());
         }
         self.stage = Stage::Done;
         StopReport {
@@ -454,25 +466,25 @@ impl Ladder {
 
     fn step(
         &mut self,
-        name: &str,
+        kind: StepKind,
         sig: Option<Signal>,
         processes: Option<usize>,
         detail: Option<String>,
         now: Instant,
     ) {
-        self.push(name, sig.map(|s| s.to_string()), processes, detail, now);
+        self.push(kind, sig.map(StepSignal::Prefixed), processes, detail, now);
     }
 
     fn push(
         &mut self,
-        name: &str,
-        signal: Option<String>,
+        kind: StepKind,
+        signal: Option<StepSignal>,
         processes: Option<usize>,
         detail: Option<String>,
         now: Instant,
     ) {
         self.steps.push(StopStep {
-            step: name.to_string(),
+            step: kind,
             signal,
             processes,
             detail,
@@ -483,10 +495,10 @@ impl Ladder {
 
 impl Dialect {
     /// How a step names the signal it sent.
-    fn signal(self, sig: Signal) -> String {
+    fn signal(self, sig: Signal) -> StepSignal {
         match self {
-            Dialect::Unix => sig.to_string(),
-            Dialect::Windows => sig.name(),
+            Dialect::Unix => StepSignal::Prefixed(sig),
+            Dialect::Windows => StepSignal::Bare(sig),
         }
     }
 }
@@ -659,11 +671,25 @@ mod tests {
         Ladder::start(m, StopReason::Requested, polite, grace).expect("start")
     }
 
-    fn steps(report: &StopReport) -> Vec<(&str, Option<&str>, Option<&str>)> {
+    /// Each step as the report's JSON gives it: step, signal, detail.
+    type Texts = Vec<(String, Option<String>, Option<String>)>;
+
+    fn steps(report: &StopReport) -> Texts {
         report
             .steps
             .iter()
-            .map(|s| (s.step.as_str(), s.signal.as_deref(), s.detail.as_deref()))
+            .map(|s| {
+                let signal = s.signal.map(|sig| sig.to_string());
+                (s.step.to_string(), signal, s.detail.clone())
+            })
+            .collect()
+    }
+
+    fn want(steps: &[(&str, Option<&str>, Option<&str>)]) -> Texts {
+        let text = |s: Option<&str>| s.map(str::to_string);
+        steps
+            .iter()
+            .map(|&(step, signal, detail)| (step.to_string(), text(signal), text(detail)))
             .collect()
     }
 
@@ -671,7 +697,7 @@ mod tests {
         report
             .steps
             .iter()
-            .find(|s| s.step == name)
+            .find(|s| s.step.name() == name)
             .unwrap_or_else(|| panic!("no {name} step: {report:?}"))
     }
 
@@ -683,12 +709,12 @@ mod tests {
         assert_eq!(report.outcome, StopOutcome::Exited);
         assert_eq!(
             steps(&report),
-            [
+            want(&[
                 ("signal", Some("SIGTERM"), None),
                 ("continue", Some("SIGCONT"), None),
                 ("grace", None, Some("all exited")),
                 ("empty", None, None),
-            ]
+            ])
         );
         assert_eq!(m.calls, [Call::Hold, Call::Signal(Signal::TERM)]);
         assert_eq!(report.requested_by, None);
@@ -722,10 +748,10 @@ mod tests {
         assert_eq!(report.outcome, StopOutcome::Killed);
         assert_eq!(
             steps(&report),
-            [
+            want(&[
                 ("kill", Some("SIGKILL"), Some("mock kill")),
                 ("empty", None, None)
-            ]
+            ])
         );
         assert_eq!(step(&report, "kill").processes, Some(3));
     }
@@ -739,11 +765,11 @@ mod tests {
         assert_eq!(m.calls, [Call::Hold, Call::Kill]);
         assert_eq!(
             steps(&report),
-            [
+            want(&[
                 ("freeze", Some("SIGSTOP"), None),
                 ("kill", Some("SIGKILL"), Some("mock kill")),
                 ("empty", None, None)
-            ]
+            ])
         );
         assert_eq!(step(&report, "freeze").processes, Some(4));
     }
@@ -756,13 +782,13 @@ mod tests {
         assert_eq!(report.outcome, StopOutcome::Killed);
         assert_eq!(
             steps(&report),
-            [
+            want(&[
                 ("signal", Some("SIGHUP"), None),
                 ("continue", Some("SIGCONT"), None),
                 ("grace", None, Some("1500 ms passed")),
                 ("kill", Some("SIGKILL"), Some("mock kill")),
                 ("empty", None, None),
-            ]
+            ])
         );
         assert_eq!(step(&report, "kill").at_ms, 1500);
         assert_eq!(m.count(Call::Kill), 1);
@@ -837,13 +863,13 @@ mod tests {
         let report = drive(&mut ladder, &mut m);
         assert_eq!(
             steps(&report),
-            [
+            want(&[
                 ("signal", Some("SIGTERM"), None),
                 ("continue", Some("SIGCONT"), None),
                 ("grace", None, Some("cut short by kill()")),
                 ("kill", Some("SIGKILL"), Some("mock kill")),
                 ("empty", None, None),
-            ]
+            ])
         );
         assert_eq!(step(&report, "empty").at_ms, 60);
     }
@@ -857,7 +883,7 @@ mod tests {
         assert_eq!(report.outcome, StopOutcome::Survivors);
         assert_eq!(
             steps(&report),
-            [("kill", Some("SIGKILL"), Some("mock kill"))]
+            want(&[("kill", Some("SIGKILL"), Some("mock kill"))])
         );
         assert_eq!(m.now, t0 + KILL_WAIT);
         // No extension is possible: the live members are not even counted.
@@ -927,13 +953,13 @@ mod tests {
         let report = drive(&mut ladder, &mut m);
         let cont = step(&report, "continue");
         assert_eq!(cont.processes, Some(7));
-        assert_eq!(cont.signal.as_deref(), Some("SIGCONT"));
+        assert_eq!(cont.signal, Some(StepSignal::Prefixed(Signal::CONT)));
 
         let mut m = Mock::new().empty_after(ms(10));
         m.continued = None;
         let mut ladder = start(&mut m, Signal::TERM, SECOND);
         let report = drive(&mut ladder, &mut m);
-        assert!(report.steps.iter().all(|s| s.step != "continue"));
+        assert!(report.steps.iter().all(|s| s.step != StepKind::Continue));
     }
 
     #[test]
@@ -948,13 +974,13 @@ mod tests {
         }
         let report = drive(&mut ladder, &mut m);
         assert_eq!(m.count(Call::Again(Signal::TERM)), 1);
-        let names: Vec<_> = report.steps.iter().map(|s| s.step.as_str()).collect();
+        let names: Vec<_> = report.steps.iter().map(|s| s.step.name()).collect();
         assert_eq!(
             names,
             ["signal", "continue", "signal", "grace", "kill", "empty"]
         );
         let term = &report.steps[2];
-        assert_eq!(term.signal.as_deref(), Some("SIGTERM"));
+        assert_eq!(term.signal, Some(StepSignal::Prefixed(Signal::TERM)));
         assert_eq!(term.at_ms, 500);
         assert!(term
             .detail
@@ -1021,10 +1047,10 @@ mod tests {
         assert_eq!(report.outcome, StopOutcome::Exited);
         assert_eq!(
             steps(&report),
-            [
+            want(&[
                 ("signal", Some("TERM"), None),
                 ("grace", None, Some("the job emptied"))
-            ]
+            ])
         );
         // The grace elapsed, then the kill.
         let mut m = windows(Mock::new().dies_of_kill());
@@ -1033,12 +1059,12 @@ mod tests {
         assert_eq!(report.outcome, StopOutcome::Killed);
         assert_eq!(
             steps(&report),
-            [
+            want(&[
                 ("signal", Some("TERM"), None),
                 ("grace", None, Some("grace elapsed")),
                 ("kill", None, Some("mock kill")),
                 ("empty", None, None),
-            ]
+            ])
         );
         // Survivors: an `empty` step that says so.
         let mut m = windows(Mock::new());
@@ -1047,10 +1073,10 @@ mod tests {
         assert_eq!(report.outcome, StopOutcome::Survivors);
         assert_eq!(
             steps(&report),
-            [
+            want(&[
                 ("kill", None, Some("mock kill")),
                 ("empty", None, Some("processes left after the kill")),
-            ]
+            ])
         );
     }
 

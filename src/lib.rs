@@ -44,6 +44,8 @@ mod windows;
 #[cfg(target_os = "linux")]
 mod linux;
 
+#[cfg(target_os = "linux")]
+mod control;
 #[cfg(all(target_os = "linux", feature = "serde"))]
 pub mod registry;
 #[cfg(all(target_os = "linux", not(feature = "serde")))]
@@ -66,14 +68,15 @@ pub use options::{
     LEFTOVERS_FAILED, MAX_DURATION,
 };
 pub use report::{
-    Cleanup, ExitInfo, LimitsReport, ProcessInfo, Report, Requester, StopOutcome, StopReason,
-    StopReport, StopStep, Usage, REPORT_VERSION,
+    CgroupParentSource, Cleanup, ExitInfo, LimitsReport, OnSupervisorDeath, ProcessInfo, Report,
+    Requester, SignalReceived, Spawn, StepKind, StepSignal, StopOutcome, StopReason, StopReport,
+    StopStep, Uncovered, Usage, UsageField, REPORT_VERSION,
 };
 #[cfg(windows)]
 pub use windows::Job;
 
 /// The entry point of `corral __supervise`, the per-job supervisor process of a pgroup job
-/// (see `src/linux/supervise.rs`). Called by the `corral` binary; not for other programs.
+/// (see `src/linux/supervise/`). Called by the `corral` binary; not for other programs.
 #[cfg(target_os = "linux")]
 #[doc(hidden)]
 pub fn __supervise() -> ! {

@@ -21,9 +21,10 @@
 //! of the job (blocking and tokio) poll the listening socket with the job's other
 //! descriptors, so a request is served while the job runs, without a thread. The job checks
 //! the caller with `SO_PEERCRED` (the job's owner or root), reads one request (`stop <signal>
-//! <grace_ms>` or `kill`), answers `ok`, `denied` or `over`, starts the stop ladder with
-//! reason `external`, and keeps the connection open until the job is over: the requester
-//! learns that the job ended when the socket closes.
+//! <grace_ms>` or `kill`), answers `ok`, `denied` or `bad request`, starts the stop ladder
+//! with reason `external`, and keeps the connection open until the job is over: the
+//! requester learns that the job ended when the socket closes. Both ends encode and decode
+//! the words in one place, `src/control.rs`.
 //!
 //! **Stale jobs.** A record whose supervisor is not alive (no process with that PID and
 //! start time) is stale: [`sweep`] kills what is left in its cgroup, removes the cgroup, the
@@ -53,6 +54,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 
+use crate::control::{self, Answer};
 use crate::linux::cgroup;
 use crate::linux::pidfd::Pid;
 use crate::linux::procs;
@@ -63,6 +65,267 @@ use crate::options::Signal;
 pub const RUNTIME_DIR_ENV: &str = "CORRAL_RUNTIME_DIR";
 /// Version of the record format.
 pub const RECORD_VERSION: u32 = 1;
+
+/// What went wrong in the job registry. Each message is one whole line for the user, the
+/// cause within it (`corral ps`, `corral kill` and `corral sweep` print it as it is; a
+/// report's `not_registered` holds it).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A job name that is not 1-64 characters of `[A-Za-z0-9._-]` not starting with `.`.
+    #[error(
+        "invalid job name `{}`; use 1-64 characters of A-Z a-z 0-9 . _ - not starting with `.`",
+        .name.escape_debug()
+    )]
+    InvalidName {
+        /// The name as given.
+        name: String,
+    },
+
+    /// The registry directory is missing and cannot be created.
+    #[error(
+        "cannot create the job registry {} ({error}); set {} to a directory of yours",
+        .dir.display(),
+        RUNTIME_DIR_ENV
+    )]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why `mkdir` failed.
+        error: io::Error,
+    },
+
+    /// The registry directory cannot be looked at.
+    #[error(
+        "cannot use the job registry {} ({error}); create it (mode 0700) or set {}",
+        .dir.display(),
+        RUNTIME_DIR_ENV
+    )]
+    StatDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why `lstat` failed.
+        error: io::Error,
+    },
+
+    /// The registry directory is one others could feed records through.
+    #[error(
+        "the job registry {} {problem}; remove it, or chmod 0700 it, or set {}",
+        .dir.display(),
+        RUNTIME_DIR_ENV
+    )]
+    UnsafeDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        problem: DirProblem,
+    },
+
+    /// No job of this user has that id or name (another user's job is not told about).
+    #[error("no such job `{job}`; `corral ps` lists your jobs")]
+    NoSuchJob {
+        /// The id or name as given.
+        job: String,
+    },
+
+    /// More than one job has that name.
+    #[error("{count} jobs are named `{job}`; give the id instead (`corral ps` lists them)")]
+    AmbiguousName {
+        /// The name as given.
+        job: String,
+        /// How many jobs have it.
+        count: usize,
+    },
+
+    /// The socket to reach a job with could not be made.
+    #[error("socket(AF_UNIX, SOCK_SEQPACKET) failed: {0}")]
+    Socket(io::Error),
+
+    /// A job's control socket path cannot be connected to.
+    #[error("bad socket path {}: {error}", .socket.display())]
+    SocketPath {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+
+    /// A job's supervisor is alive but does not take connections on its control socket.
+    #[error(
+        "cannot reach job {id} at {}: {error}; is its supervisor (pid {supervisor}) still \
+         serving it?",
+        .socket.display()
+    )]
+    Unreachable {
+        /// The job's id.
+        id: String,
+        /// Its control socket.
+        socket: PathBuf,
+        /// Its supervisor's PID.
+        supervisor: u32,
+        /// Why `connect` failed.
+        error: io::Error,
+    },
+
+    /// The request could not be sent to a job.
+    #[error("cannot send the request to job {id}: {error}")]
+    Send {
+        /// The job's id.
+        id: String,
+        /// Why.
+        error: io::Error,
+    },
+
+    /// A job did not answer a request in time (or its socket failed).
+    #[error("no answer from job {id}: {error}")]
+    NoAnswer {
+        /// The job's id.
+        id: String,
+        /// Why.
+        error: io::Error,
+    },
+
+    /// A job refused the request: it is another user's (and its existence is not told).
+    #[error("no such job `{id}`")]
+    Denied {
+        /// The job's id.
+        id: String,
+    },
+
+    /// A job answered something else than a request's answers.
+    #[error("job {id} answered `{answer}`")]
+    Answer {
+        /// The job's id.
+        id: String,
+        /// The answer.
+        answer: String,
+    },
+
+    /// Waiting for a job to be over failed.
+    #[error("{0}")]
+    Wait(crate::Error),
+
+    /// This process's own start time cannot be read (`/proc/<pid>/stat`), so it cannot be
+    /// recorded as a job's supervisor.
+    #[error("cannot read /proc/{pid}/stat ({error})")]
+    OwnStat {
+        /// This process's PID.
+        pid: u32,
+        /// Why.
+        error: io::Error,
+    },
+
+    /// This process's `/proc/<pid>/stat` has no start time where it should.
+    #[error("cannot parse /proc/{pid}/stat")]
+    OwnStatFormat {
+        /// This process's PID.
+        pid: u32,
+    },
+
+    /// A running job already has the record a new job's id needs.
+    #[error(
+        "a running job (supervisor pid {supervisor}) already has the record {}",
+        .record.display()
+    )]
+    IdTaken {
+        /// That job's supervisor.
+        supervisor: u32,
+        /// The record.
+        record: PathBuf,
+    },
+
+    /// Something that is not a record lies where a new job's record goes.
+    #[error("{} is in the way: {why}", .record.display())]
+    InTheWay {
+        /// The record's path.
+        record: PathBuf,
+        /// What is wrong with what lies there.
+        why: String,
+    },
+
+    /// A stale control socket under a new job's id cannot be removed.
+    #[error("cannot remove the stale {} ({error})", .socket.display())]
+    StaleSocket {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+
+    /// A job's control socket cannot be made.
+    #[error("socket(AF_UNIX, SOCK_SEQPACKET): {0}")]
+    ListenSocket(io::Error),
+
+    /// A job's control socket path cannot be bound to (too long, say).
+    #[error("socket path {} unusable ({error})", .socket.display())]
+    ListenPath {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+
+    /// A job's control socket cannot be bound.
+    #[error("bind {}: {error}", .socket.display())]
+    Bind {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+
+    /// A job's control socket cannot listen.
+    #[error("listen on {}: {error}", .socket.display())]
+    Listen {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+
+    /// A job's record cannot be written.
+    #[error("cannot write {} ({error})", .record.display())]
+    WriteRecord {
+        /// The record.
+        record: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+}
+
+/// What makes a registry directory unsafe to use ([`Error::UnsafeDir`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DirProblem {
+    /// It is not a directory, or it is a symbolic link.
+    NotADirectory,
+    /// Another user owns it.
+    Owner {
+        /// Its owner.
+        owner: u32,
+        /// This user.
+        expected: u32,
+    },
+    /// Group or others can write to it.
+    OpenToOthers {
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+impl std::fmt::Display for DirProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirProblem::NotADirectory => f.write_str("is not a directory (or is a symlink)"),
+            DirProblem::Owner { owner, expected } => {
+                write!(f, "is owned by uid {owner}, not {expected}")
+            }
+            DirProblem::OpenToOthers { mode } => {
+                write!(f, "is writable by group or others (mode {mode:o})")
+            }
+        }
+    }
+}
 
 /// One job's record, as stored in `<dir>/<id>.json` (see `docs/registry.md`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -186,15 +449,14 @@ fn remove_in(dir: Option<&OwnedFd>, path: &Path) -> io::Result<()> {
 }
 
 /// Checks a job name: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), Error> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('.') {
-        return Err(format!(
-            "invalid job name `{}`; use 1-64 characters of A-Z a-z 0-9 . _ - not starting with `.`",
-            name.escape_debug()
-        ));
+        return Err(Error::InvalidName {
+            name: name.to_string(),
+        });
     }
     Ok(())
 }
@@ -204,7 +466,7 @@ fn euid() -> u32 {
 }
 
 /// This user's registry directory, created if missing and checked (see the module docs).
-pub fn own_dir() -> Result<PathBuf, String> {
+pub fn own_dir() -> Result<PathBuf, Error> {
     let uid = euid();
     if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
         // Made if missing (mode 0700, this user's), as the default directories are: a
@@ -245,42 +507,42 @@ fn scope_dirs() -> Vec<PathBuf> {
 
 /// Makes `dir` (mode 0700) if `create` and it is missing; checks it is a real directory
 /// owned by `uid` and closed to others.
-fn ensure_dir(dir: &Path, uid: u32, create: bool) -> Result<(), String> {
+fn ensure_dir(dir: &Path, uid: u32, create: bool) -> Result<(), Error> {
     if create {
         match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(format!(
-                    "cannot create the job registry {} ({e}); set {RUNTIME_DIR_ENV} to a directory of yours",
-                    dir.display()
-                ))
+            Err(error) => {
+                return Err(Error::CreateDir {
+                    dir: dir.to_path_buf(),
+                    error,
+                })
             }
         }
     }
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| {
-        format!(
-            "cannot use the job registry {} ({e}); create it (mode 0700) or set {RUNTIME_DIR_ENV}",
-            dir.display()
-        )
+    let meta = std::fs::symlink_metadata(dir).map_err(|error| Error::StatDir {
+        dir: dir.to_path_buf(),
+        error,
     })?;
     let problem = if !meta.file_type().is_dir() {
-        Some("is not a directory (or is a symlink)".to_string())
+        Some(DirProblem::NotADirectory)
     } else if meta.uid() != uid {
-        Some(format!("is owned by uid {}, not {uid}", meta.uid()))
+        Some(DirProblem::Owner {
+            owner: meta.uid(),
+            expected: uid,
+        })
     } else if meta.mode() & 0o022 != 0 {
-        Some(format!(
-            "is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        ))
+        Some(DirProblem::OpenToOthers {
+            mode: meta.mode() & 0o7777,
+        })
     } else {
         None
     };
     match problem {
-        Some(p) => Err(format!(
-            "the job registry {} {p}; remove it, or chmod 0700 it, or set {RUNTIME_DIR_ENV}",
-            dir.display()
-        )),
+        Some(problem) => Err(Error::UnsafeDir {
+            dir: dir.to_path_buf(),
+            problem,
+        }),
         None => Ok(()),
     }
 }
@@ -528,7 +790,7 @@ fn scan_own() -> Scan {
     match own_dir() {
         Ok(dir) => scan_dirs(&[dir]),
         Err(e) => Scan {
-            problems: vec![e],
+            problems: vec![e.to_string()],
             ..Scan::default()
         },
     }
@@ -604,7 +866,7 @@ fn read_procs_recursive(dir: &Path) -> Option<Vec<u32>> {
 /// Finds a job by id or name among the records this user may act on. `Err` is the
 /// one-line message for the user: "no such job" (also for another user's job, whose
 /// existence is not told).
-pub fn find(job: &str) -> Result<Entry, String> {
+pub fn find(job: &str) -> Result<Entry, Error> {
     let scan = scan();
     for p in &scan.problems {
         eprintln!("corral: warning: {p}");
@@ -617,12 +879,15 @@ pub fn find(job: &str) -> Result<Entry, String> {
     // A live job wins over stale records of the same name.
     hits.sort_by_key(|e| !e.live);
     match hits.len() {
-        0 => Err(format!("no such job `{job}`; `corral ps` lists your jobs")),
+        0 => Err(Error::NoSuchJob {
+            job: job.to_string(),
+        }),
         1 => Ok(hits.remove(0)),
         _ if hits[0].live && !hits[1].live => Ok(hits.remove(0)),
-        n => Err(format!(
-            "{n} jobs are named `{job}`; give the id instead (`corral ps` lists them)"
-        )),
+        count => Err(Error::AmbiguousName {
+            job: job.to_string(),
+            count,
+        }),
     }
 }
 
@@ -648,7 +913,7 @@ pub fn kill(
     signal: Signal,
     grace: Duration,
     margin: Duration,
-) -> Result<KillOutcome, String> {
+) -> Result<KillOutcome, Error> {
     let r = &entry.record;
     let sup_fd = r.supervisor.open();
     if sup_fd.is_none() {
@@ -662,7 +927,7 @@ pub fn kill(
         SocketFlags::CLOEXEC,
         None,
     )
-    .map_err(|e| format!("socket(AF_UNIX, SOCK_SEQPACKET) failed: {e}"))?;
+    .map_err(|e| Error::Socket(e.into()))?;
     // Through the directory the record was read from (`/proc/self/fd/N/<id>.sock`): a
     // user who swapped their registry for a link since cannot send root's request to
     // another socket.
@@ -672,8 +937,10 @@ pub fn kill(
         }
         _ => r.socket.clone(),
     };
-    let addr = SocketAddrUnix::new(&through_dir)
-        .map_err(|e| format!("bad socket path {}: {e}", r.socket.display()))?;
+    let addr = SocketAddrUnix::new(&through_dir).map_err(|e| Error::SocketPath {
+        socket: r.socket.clone(),
+        error: e.into(),
+    })?;
     if let Err(e) = rustix::net::connect(&sock, &addr) {
         if !r.supervisor.alive() {
             let mut lines = Vec::new();
@@ -684,28 +951,33 @@ pub fn kill(
         if !entry.path.exists() {
             return Ok(KillOutcome::AlreadyOver);
         }
-        return Err(format!(
-            "cannot reach job {} at {}: {e}; is its supervisor (pid {}) still serving it?",
-            r.id,
-            r.socket.display(),
-            r.supervisor.pid
-        ));
+        return Err(Error::Unreachable {
+            id: r.id.clone(),
+            socket: r.socket.clone(),
+            supervisor: r.supervisor.pid,
+            error: e.into(),
+        });
     }
-    let request = if signal == Signal::KILL || grace.is_zero() {
-        "kill".to_string()
-    } else {
-        format!("stop {} {}", signal.as_raw(), grace.as_millis())
-    };
-    rustix::net::send(&sock, request.as_bytes(), SendFlags::NOSIGNAL)
-        .map_err(|e| format!("cannot send the request to job {}: {e}", r.id))?;
+    let request = control::Request::new(signal, grace).encode();
+    rustix::net::send(&sock, request.as_bytes(), SendFlags::NOSIGNAL).map_err(|e| Error::Send {
+        id: r.id.clone(),
+        error: e.into(),
+    })?;
     let deadline = Instant::now() + grace + margin;
-    let answer =
-        recv_until(&sock, deadline).map_err(|e| format!("no answer from job {}: {e}", r.id))?;
-    match answer.as_deref() {
-        Some("ok") => {}
-        Some("over") | None => return Ok(KillOutcome::AlreadyOver),
-        Some("denied") => return Err(format!("no such job `{}`", r.id)),
-        Some(other) => return Err(format!("job {} answered `{other}`", r.id)),
+    let answer = recv_until(&sock, deadline).map_err(|error| Error::NoAnswer {
+        id: r.id.clone(),
+        error,
+    })?;
+    match answer.as_deref().map(|a| (a, Answer::decode(a))) {
+        Some((_, Some(Answer::Ok))) => {}
+        Some((_, Some(Answer::Over))) | None => return Ok(KillOutcome::AlreadyOver),
+        Some((_, Some(Answer::Denied))) => return Err(Error::Denied { id: r.id.clone() }),
+        Some((other, Some(Answer::BadRequest) | None)) => {
+            return Err(Error::Answer {
+                id: r.id.clone(),
+                answer: other.to_string(),
+            })
+        }
     }
     // The job keeps the connection open until it is over.
     let sup_fd = sup_fd.expect("checked above");
@@ -718,7 +990,7 @@ pub fn kill(
             PollFd::from_borrowed_fd(sock.as_fd(), PollFlags::IN),
             PollFd::from_borrowed_fd(sup_fd.as_fd(), PollFlags::IN),
         ];
-        crate::linux::poll(&mut fds, Some(deadline - now)).map_err(|e| e.to_string())?;
+        crate::linux::poll(&mut fds, Some(deadline - now)).map_err(Error::Wait)?;
         if !fds[0].revents().is_empty() {
             match recv_until(&sock, Instant::now()) {
                 Ok(None) | Err(_) => return Ok(KillOutcome::Stopped),
@@ -811,14 +1083,14 @@ fn clean_stale(entry: &Entry, dry_run: bool, lines: &mut Vec<String>) {
                         (Err(e), _) | (_, Err(e)) => lines.push(format!(
                             "job {label}: cleaning {} failed: {}",
                             cg.display(),
-                            crate::job::error_chain(&e)
+                            crate::error::error_chain(&e)
                         )),
                     }
                 }
                 Err(e) => lines.push(format!(
                     "job {label}: cannot open its cgroup {}: {}",
                     cg.display(),
-                    crate::job::error_chain(&e)
+                    crate::error::error_chain(&e)
                 )),
             },
         }
@@ -1070,14 +1342,14 @@ impl LeafSweep<'_> {
                     Err(e) => lines.push(format!(
                         "leftover cgroup {}: cleaning failed: {}",
                         path.display(),
-                        crate::job::error_chain(&e)
+                        crate::error::error_chain(&e)
                     )),
                 }
             }
             Err(e) => lines.push(format!(
                 "leftover cgroup {}: cannot open it: {}",
                 path.display(),
-                crate::job::error_chain(&e)
+                crate::error::error_chain(&e)
             )),
         }
     }
@@ -1241,13 +1513,13 @@ fn boot_time() -> Option<u64> {
 
 /// A job name's check as a library error.
 pub(crate) fn validate(name: &str) -> crate::Result<()> {
-    validate_name(name).map_err(crate::Error::InvalidOptions)
+    validate_name(name).map_err(|e| crate::Error::InvalidOptions(e.to_string()))
 }
 
 /// Before a job with `name` is spawned: the name is valid and no live job of this user
 /// (or of the same caller, for a privileged helper's job) has it.
 pub(crate) fn check_name(name: &str, on_behalf_of: Option<u32>) -> crate::Result<()> {
-    validate_name(name).map_err(crate::Error::InvalidOptions)?;
+    validate(name)?;
     let scan = scan_own();
     if let Some(e) = scan.entries.iter().find(|e| {
         e.live && e.record.name.as_deref() == Some(name) && e.record.on_behalf_of == on_behalf_of
@@ -1286,15 +1558,15 @@ pub(crate) struct Request {
     /// The requester's PID and uid.
     pub(crate) pid: u32,
     pub(crate) uid: u32,
-    /// The polite signal and grace; `None`: kill at once.
-    pub(crate) stop: Option<(Signal, Duration)>,
+    /// What it asks.
+    pub(crate) request: control::Request,
     conn: OwnedFd,
 }
 
 /// This process as a supervisor: its PID and start time. Read once per process (neither
 /// changes; a host that forks is another process, with another PID), and by hand: the
 /// general `/proc` parser costs more than the rest of the registration.
-fn own_identity() -> Result<SupervisorId, String> {
+fn own_identity() -> Result<SupervisorId, Error> {
     // Keyed by getpid(): a forked child reads its own. The PID recorded is the one `/proc`
     // shows (`procs::own_pid`), the host's also inside a PID namespace.
     static ME: std::sync::Mutex<Option<(u32, SupervisorId)>> = std::sync::Mutex::new(None);
@@ -1307,11 +1579,10 @@ fn own_identity() -> Result<SupervisorId, String> {
     }
     let pid = procs::own_pid();
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("cannot read /proc/{pid}/stat ({e})"))?;
+        .map_err(|error| Error::OwnStat { pid, error })?;
     let id = SupervisorId {
         pid,
-        start_time: start_time_field(&text)
-            .ok_or_else(|| format!("cannot parse /proc/{pid}/stat"))?,
+        start_time: start_time_field(&text).ok_or(Error::OwnStatFormat { pid })?,
     };
     *me = Some((getpid, id));
     Ok(id)
@@ -1330,34 +1601,38 @@ fn start_time_field(stat: &str) -> Option<u64> {
 /// its job and removing the record). Its record is removed without acting on its cgroup:
 /// ids are leaf names, and ours was free when our leaf was made, so that cgroup was gone
 /// then (and the path may now be our own job's).
-fn clear_stale_id(record: &Path, socket: &Path, uid: u32) -> Result<(), String> {
+fn clear_stale_id(record: &Path, socket: &Path, uid: u32) -> Result<(), Error> {
     if record.exists() {
         match read_record(record, uid) {
             Ok(r) if r.supervisor.alive() => {
-                return Err(format!(
-                    "a running job (supervisor pid {}) already has the record {}",
-                    r.supervisor.pid,
-                    record.display()
-                ))
+                return Err(Error::IdTaken {
+                    supervisor: r.supervisor.pid,
+                    record: record.to_path_buf(),
+                })
             }
             Ok(_) => {
                 let _ = std::fs::remove_file(record);
             }
-            Err(why) => return Err(format!("{} is in the way: {why}", record.display())),
+            Err(why) => {
+                return Err(Error::InTheWay {
+                    record: record.to_path_buf(),
+                    why,
+                })
+            }
         }
     }
     match std::fs::remove_file(socket) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!(
-            "cannot remove the stale {} ({e})",
-            socket.display()
-        )),
+        Err(error) => Err(Error::StaleSocket {
+            socket: socket.to_path_buf(),
+            error,
+        }),
     }
 }
 
 /// Registers a job: binds its control socket, then writes its record atomically.
-pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
+pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, Error> {
     let dir = own_dir()?;
     let uid = euid();
     let me = own_identity()?;
@@ -1370,10 +1645,15 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )
-    .map_err(|e| format!("socket(AF_UNIX, SOCK_SEQPACKET): {e}"))?;
-    let addr = SocketAddrUnix::new(&socket)
-        .map_err(|e| format!("socket path {} unusable ({e})", socket.display()))?;
-    rustix::net::bind(&listener, &addr).map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    .map_err(|e| Error::ListenSocket(e.into()))?;
+    let addr = SocketAddrUnix::new(&socket).map_err(|e| Error::ListenPath {
+        socket: socket.clone(),
+        error: e.into(),
+    })?;
+    rustix::net::bind(&listener, &addr).map_err(|e| Error::Bind {
+        socket: socket.clone(),
+        error: e.into(),
+    })?;
     let reg = Registration {
         record: record_path.clone(),
         socket: socket.clone(),
@@ -1381,8 +1661,10 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
         uid,
         waiters: Vec::new(),
     };
-    rustix::net::listen(&reg.listener, 16)
-        .map_err(|e| format!("listen on {}: {e}", socket.display()))?;
+    rustix::net::listen(&reg.listener, 16).map_err(|e| Error::Listen {
+        socket: socket.clone(),
+        error: e.into(),
+    })?;
     let record = Record {
         version: RECORD_VERSION,
         id: new.id.to_string(),
@@ -1412,7 +1694,10 @@ pub(crate) fn register(new: &NewRecord<'_>) -> Result<Registration, String> {
         // `reg` drops: the socket goes; the record path is not ours to remove.
         let mut reg = reg;
         reg.record = PathBuf::new();
-        return Err(format!("cannot write {} ({e})", record_path.display()));
+        return Err(Error::WriteRecord {
+            record: record_path,
+            error: e,
+        });
     }
     Ok(reg)
 }
@@ -1450,29 +1735,21 @@ impl Registration {
             };
             let uid = cred.uid.as_raw();
             if uid != self.uid && uid != 0 {
-                let _ =
-                    rustix::net::send(&conn, b"denied", SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+                answer(&conn, Answer::Denied);
                 continue;
             }
             let text = match recv_until(&conn, Instant::now() + Duration::from_millis(100)) {
                 Ok(Some(t)) => t,
                 _ => continue,
             };
-            let stop = match parse_request(&text) {
-                Some(s) => s,
-                None => {
-                    let _ = rustix::net::send(
-                        &conn,
-                        b"bad request",
-                        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-                    );
-                    continue;
-                }
+            let Some(request) = control::Request::decode(&text) else {
+                answer(&conn, Answer::BadRequest);
+                continue;
             };
             out.push(Request {
                 pid: cred.pid.as_raw_nonzero().get() as u32,
                 uid,
-                stop,
+                request,
                 conn,
             });
         }
@@ -1481,23 +1758,16 @@ impl Registration {
 
     /// Answers `ok` to `req` and keeps its connection open until the job is over.
     pub(crate) fn accepted(&mut self, req: Request) {
-        let _ = rustix::net::send(&req.conn, b"ok", SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+        answer(&req.conn, Answer::Ok);
         self.waiters.push(req.conn);
     }
 }
 
-/// `stop <signal> <grace_ms>` or `kill`; `Some(None)` is kill.
-fn parse_request(text: &str) -> Option<Option<(Signal, Duration)>> {
-    let mut words = text.split_whitespace();
-    match words.next()? {
-        "kill" => Some(None),
-        "stop" => {
-            let sig = Signal::from_raw(words.next()?.parse().ok()?)?;
-            let grace = Duration::from_millis(words.next()?.parse().ok()?);
-            Some(Some((sig, grace)))
-        }
-        _ => None,
-    }
+/// Sends `answer` on a requester's connection, never blocking (a requester that does not
+/// read it loses it).
+fn answer(conn: &OwnedFd, answer: Answer) {
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+    let _ = rustix::net::send(conn, answer.encode().as_bytes(), flags);
 }
 
 impl Drop for Registration {
@@ -1521,6 +1791,75 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn errors_are_the_one_line_messages_users_read() {
+        assert_eq!(
+            validate_name("a b").unwrap_err().to_string(),
+            "invalid job name `a b`; use 1-64 characters of A-Z a-z 0-9 . _ - not starting with \
+             `.`"
+        );
+        let dir = std::env::temp_dir().join(format!("corral-open-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let chmod = |mode| {
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        };
+        chmod(0o777).unwrap();
+        let open = ensure_dir(&dir, euid(), false);
+        let other = ensure_dir(&dir, euid() + 1, false);
+        chmod(0o700).unwrap();
+        let fine = ensure_dir(&dir, euid(), false);
+        let _ = std::fs::remove_dir_all(&dir);
+        let open = open.unwrap_err();
+        assert!(
+            matches!(
+                open,
+                Error::UnsafeDir {
+                    problem: DirProblem::OpenToOthers { mode: 0o777 },
+                    ..
+                }
+            ),
+            "{open:?}"
+        );
+        assert_eq!(
+            open.to_string(),
+            format!(
+                "the job registry {} is writable by group or others (mode 777); remove it, or \
+                 chmod 0700 it, or set CORRAL_RUNTIME_DIR",
+                dir.display()
+            )
+        );
+        assert!(other.unwrap_err().to_string().contains(&format!(
+            "is owned by uid {}, not {}",
+            euid(),
+            euid() + 1
+        )));
+        assert!(fine.is_ok());
+        assert_eq!(
+            Error::NoSuchJob { job: "x".into() }.to_string(),
+            "no such job `x`; `corral ps` lists your jobs"
+        );
+        assert_eq!(
+            Error::AmbiguousName {
+                job: "x".into(),
+                count: 2
+            }
+            .to_string(),
+            "2 jobs are named `x`; give the id instead (`corral ps` lists them)"
+        );
+        let unreachable = Error::Unreachable {
+            id: "corral-1-0".into(),
+            socket: "/r/corral-1-0.sock".into(),
+            supervisor: 1,
+            error: io::Error::from_raw_os_error(libc::ECONNREFUSED),
+        };
+        assert_eq!(
+            unreachable.to_string(),
+            "cannot reach job corral-1-0 at /r/corral-1-0.sock: Connection refused (os error \
+             111); is its supervisor (pid 1) still serving it?"
+        );
     }
 
     #[test]
@@ -1608,17 +1947,6 @@ mod tests {
         ] {
             assert!(!valid_id(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn requests() {
-        assert_eq!(parse_request("kill"), Some(None));
-        assert_eq!(
-            parse_request("stop 15 1500"),
-            Some(Some((Signal::TERM, Duration::from_millis(1500))))
-        );
-        assert_eq!(parse_request("stop 0 1"), None);
-        assert_eq!(parse_request("reboot"), None);
     }
 
     #[test]

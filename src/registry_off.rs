@@ -4,9 +4,6 @@
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::time::Duration;
-
-use crate::options::Signal;
 
 pub(crate) fn check_name(name: &str, _on_behalf_of: Option<u32>) -> crate::Result<()> {
     validate(name)
@@ -29,6 +26,13 @@ pub(crate) fn validate(name: &str) -> crate::Result<()> {
     }
 }
 
+/// Why a job is not registered: without the registry, always this.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("corral was built without the `serde` feature (records are JSON)")]
+    NoSerde,
+}
+
 pub(crate) struct NewRecord<'a> {
     pub(crate) id: &'a str,
     pub(crate) name: Option<&'a str>,
@@ -44,11 +48,11 @@ pub(crate) struct Registration(OwnedFd);
 pub(crate) struct Request {
     pub(crate) pid: u32,
     pub(crate) uid: u32,
-    pub(crate) stop: Option<(Signal, Duration)>,
+    pub(crate) request: crate::control::Request,
 }
 
-pub(crate) fn register(_: &NewRecord<'_>) -> Result<Registration, String> {
-    Err("corral was built without the `serde` feature (records are JSON)".into())
+pub(crate) fn register(_: &NewRecord<'_>) -> Result<Registration, Error> {
+    Err(Error::NoSerde)
 }
 
 /// What a killed job held (see `registry.rs`).

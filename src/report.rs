@@ -3,7 +3,10 @@
 //! The JSON schema is documented in `docs/report.md` and versioned by [`REPORT_VERSION`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
+
+use crate::options::Signal;
 
 /// Version of the report schema; bumped on any incompatible change.
 pub const REPORT_VERSION: u32 = 1;
@@ -31,13 +34,11 @@ pub struct Report {
     pub mechanism_reason: String,
     /// True when the mechanism is weaker than what `auto` would give on a capable host.
     pub degraded: bool,
-    /// How the main process was started (`clone3(CLONE_INTO_CGROUP|CLONE_PIDFD)`, ...).
-    pub spawn: String,
+    /// How the main process was started.
+    pub spawn: Spawn,
     /// What happens to the job if the process supervising it (the `corral` CLI, or the
-    /// program using the library) dies without ending it: `killed by the watchdog (pid N)`
-    /// (cgroup), `killed by its supervisor process when the host goes away` (pgroup under
-    /// a supervisor process), or `not covered: <why>`.
-    pub on_supervisor_death: String,
+    /// program using the library) dies without ending it.
+    pub on_supervisor_death: OnSupervisorDeath,
     /// The main process ran as PID 1 of a new PID namespace
     /// ([`crate::Options::pid_namespace`]): when it exited, the kernel killed every process
     /// left in the namespace before corral could see it, so `leftovers` stays empty.
@@ -47,16 +48,16 @@ pub struct Report {
     pub credentials: Option<crate::Credentials>,
     /// The job's cgroup (cgroup mechanism only).
     pub cgroup: Option<PathBuf>,
-    /// How the cgroup parent was chosen: `option`, `env` or `default`.
-    pub cgroup_parent_source: Option<String>,
+    /// How the cgroup parent was chosen (cgroup mechanism only).
+    pub cgroup_parent_source: Option<CgroupParentSource>,
     /// How the main process ended (`None` if it could not be observed).
     pub exit: Option<ExitInfo>,
     /// The exit status the CLI returns.
     pub exit_status: i32,
     /// Whether the timeout fired.
     pub timed_out: bool,
-    /// Signals corral received and passed to the job.
-    pub signals_received: Vec<String>,
+    /// Signals corral received, in order, and what became of each.
+    pub signals_received: Vec<SignalReceived>,
     /// The stop sequence, if one ran.
     pub stop: Option<StopReport>,
     /// Processes still running when the main process exited. With `Leftovers::Wait`, a
@@ -78,6 +79,277 @@ pub struct Report {
     pub cleanup: Cleanup,
     /// Wall time from spawn to the end of cleanup, in milliseconds.
     pub duration_ms: u64,
+}
+
+/// How the main process was started (the report's `spawn`; its text is the [`Display`]
+/// form).
+///
+/// [`Display`]: fmt::Display
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Spawn {
+    /// `clone3(CLONE_INTO_CGROUP|CLONE_PIDFD)` and the like: `clone3` with `CLONE_PIDFD`,
+    /// the child born in the job's cgroup when `into_cgroup`, in a new PID namespace when
+    /// `new_pid_namespace` (and a new user namespace too when `new_user_namespace`).
+    Clone3 {
+        /// `CLONE_INTO_CGROUP`.
+        into_cgroup: bool,
+        /// `CLONE_NEWPID`.
+        new_pid_namespace: bool,
+        /// `CLONE_NEWUSER` (only with `new_pid_namespace`).
+        new_user_namespace: bool,
+    },
+    /// `fork + write to cgroup.procs before exec`: the fallback without `clone3`.
+    ForkThenJoinCgroup,
+    /// `fork + pidfd_open`: the fallback without `clone3`, no cgroup.
+    ForkThenPidfd,
+    /// `std::process::Command (fork), joined the cgroup before exec`.
+    CommandJoinedCgroup,
+    /// `std::process::Command (fork), in-process subreaper`.
+    CommandInProcessSubreaper,
+    /// `std::process::Command under a corral supervisor (subreaper)`.
+    CommandUnderSupervisor,
+    /// `std::process::Command with process_group(0)` (macOS).
+    CommandProcessGroup,
+    /// `CreateProcessW(CREATE_SUSPENDED|CREATE_NEW_PROCESS_GROUP), AssignProcessToJobObject,
+    /// ResumeThread` (Windows).
+    CreateProcessSuspended,
+}
+
+impl fmt::Display for Spawn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match *self {
+            Spawn::Clone3 {
+                into_cgroup,
+                new_pid_namespace,
+                new_user_namespace,
+            } => {
+                f.write_str("clone3(")?;
+                if into_cgroup {
+                    f.write_str("CLONE_INTO_CGROUP|")?;
+                }
+                f.write_str("CLONE_PIDFD")?;
+                if new_pid_namespace {
+                    f.write_str("|CLONE_NEWPID")?;
+                }
+                if new_user_namespace {
+                    f.write_str("|CLONE_NEWUSER")?;
+                }
+                return f.write_str(")");
+            }
+            Spawn::ForkThenJoinCgroup => "fork + write to cgroup.procs before exec",
+            Spawn::ForkThenPidfd => "fork + pidfd_open",
+            Spawn::CommandJoinedCgroup => {
+                "std::process::Command (fork), joined the cgroup before exec"
+            }
+            Spawn::CommandInProcessSubreaper => {
+                "std::process::Command (fork), in-process subreaper"
+            }
+            Spawn::CommandUnderSupervisor => {
+                "std::process::Command under a corral supervisor (subreaper)"
+            }
+            Spawn::CommandProcessGroup => "std::process::Command with process_group(0)",
+            Spawn::CreateProcessSuspended => {
+                "CreateProcessW(CREATE_SUSPENDED|CREATE_NEW_PROCESS_GROUP), \
+                 AssignProcessToJobObject, ResumeThread"
+            }
+        };
+        f.write_str(text)
+    }
+}
+
+/// What ends the job if the process supervising it (the `corral` CLI, or the program using
+/// the library) dies without ending it (the report's `on_supervisor_death`; its text is the
+/// [`Display`] form).
+///
+/// [`Display`]: fmt::Display
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnSupervisorDeath {
+    /// `killed by the watchdog (pid N)`: the host's watchdog kills the cgroup job and
+    /// removes its cgroup; with `pid_namespace`, `, and by the kernel (PID namespace)` too.
+    Watchdog {
+        /// The watchdog's PID.
+        pid: u32,
+        /// The main process is PID 1 of its own PID namespace as well.
+        pid_namespace: bool,
+    },
+    /// `killed by corral-helper's privileged process (pid N)`: a job of the privileged
+    /// helper, whose root guardian kills the job's cgroup when the supervisor ends.
+    HelperGuardian {
+        /// The guardian's PID.
+        pid: u32,
+    },
+    /// `killed by its supervisor process when the host goes away`: a pgroup job under a
+    /// `corral __supervise` process.
+    SupervisorProcess,
+    /// `killed by the kernel: ... (no watchdog)`: a cgroup job whose main process is PID 1
+    /// of its own PID namespace, without a watchdog.
+    PidNamespace,
+    /// `killed by the kernel: ... (parent-death signal), ...`: an in-process pgroup job
+    /// whose main process is PID 1 of its own PID namespace.
+    PidNamespaceParentDeathSignal,
+    /// `killed by Windows when the job handle closes with the supervisor
+    /// (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE)`.
+    JobObject,
+    /// `not covered: <why>`.
+    NotCovered(Uncovered),
+}
+
+impl OnSupervisorDeath {
+    /// Whether something ends the job if its supervisor dies.
+    pub fn is_covered(&self) -> bool {
+        !matches!(self, OnSupervisorDeath::NotCovered(_))
+    }
+}
+
+impl fmt::Display for OnSupervisorDeath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OnSupervisorDeath::Watchdog { pid, pid_namespace } => {
+                write!(f, "killed by the watchdog (pid {pid})")?;
+                if *pid_namespace {
+                    f.write_str(", and by the kernel (PID namespace)")?;
+                }
+                Ok(())
+            }
+            OnSupervisorDeath::HelperGuardian { pid } => {
+                write!(
+                    f,
+                    "killed by corral-helper's privileged process (pid {pid})"
+                )
+            }
+            OnSupervisorDeath::SupervisorProcess => {
+                f.write_str("killed by its supervisor process when the host goes away")
+            }
+            OnSupervisorDeath::PidNamespace => f.write_str(
+                "killed by the kernel: COMMAND is PID 1 of its own PID namespace and dies with \
+                 this process (no watchdog)",
+            ),
+            OnSupervisorDeath::PidNamespaceParentDeathSignal => f.write_str(
+                "killed by the kernel: COMMAND is PID 1 of its own PID namespace and dies with \
+                 this process (parent-death signal), which ends every process in the namespace",
+            ),
+            OnSupervisorDeath::JobObject => f.write_str(
+                "killed by Windows when the job handle closes with the supervisor \
+                 (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE)",
+            ),
+            OnSupervisorDeath::NotCovered(why) => write!(f, "not covered: {why}"),
+        }
+    }
+}
+
+/// Why nothing ends a job whose supervisor dies ([`OnSupervisorDeath::NotCovered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Uncovered {
+    /// The watchdog is turned off ([`crate::DebugKnobs::no_watchdog`]).
+    WatchdogOff,
+    /// The watchdog could not be started; the error, with its causes.
+    WatchdogFailed(String),
+    /// A cgroup job with neither a watchdog nor the helper's guardian.
+    NoWatchdog,
+    /// An in-process pgroup job: its subreaper is the supervisor itself.
+    InProcessPgroup,
+    /// macOS has no watchdog or subreaper.
+    MacOs,
+    /// A Windows job without a Job Object.
+    NoJobObject,
+}
+
+impl fmt::Display for Uncovered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Uncovered::WatchdogOff => "the watchdog is turned off (--debug-no-watchdog)",
+            Uncovered::WatchdogFailed(e) => {
+                return write!(f, "the watchdog could not be started: {e}")
+            }
+            Uncovered::NoWatchdog => "no watchdog",
+            Uncovered::InProcessPgroup => {
+                "the job's subreaper is this process itself (in-process pgroup), and nothing \
+                 outlives it to stop the job: its processes are re-parented and keep running"
+            }
+            Uncovered::MacOs => {
+                "macOS has no watchdog or subreaper; the job's processes outlive corral"
+            }
+            Uncovered::NoJobObject => {
+                "no job object, so nothing ends the job when its supervisor dies"
+            }
+        };
+        f.write_str(text)
+    }
+}
+
+/// Where the parent directory of the job's cgroup came from (the report's
+/// `cgroup_parent_source`: `option`, `env`, `default`, `delegated` or `caller`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum CgroupParentSource {
+    /// [`crate::Options::cgroup_parent`] (`--cgroup-parent`).
+    Option,
+    /// `CORRAL_CGROUP_PARENT`.
+    Env,
+    /// `<mount>/corral`, created by corral when missing (corral runs in the root cgroup).
+    Default,
+    /// The cgroup corral runs in, delegated to it (or a scope the CLI obtained from
+    /// systemd).
+    Delegated,
+    /// The cgroup corral runs in, not delegated but writable, on a host whose tree systemd
+    /// does not manage (inside another corral's job, a Slurm step, a container): a job
+    /// stays inside what contains its caller.
+    Caller,
+}
+
+impl CgroupParentSource {
+    /// The name the report gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CgroupParentSource::Option => "option",
+            CgroupParentSource::Env => "env",
+            CgroupParentSource::Default => "default",
+            CgroupParentSource::Delegated => "delegated",
+            CgroupParentSource::Caller => "caller",
+        }
+    }
+}
+
+impl fmt::Display for CgroupParentSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A signal corral received while the job ran, and what became of it (an entry of the
+/// report's `signals_received`: `SIGINT`, `SIGUSR1 (passed on to COMMAND)`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignalReceived {
+    /// It stopped the job (or, during a stop, may have cut the grace short).
+    Stop(Signal),
+    /// One of [`crate::Options::forward_signals`], passed on to the main process.
+    PassedOn(Signal),
+    /// One of [`crate::Options::forward_signals`], dropped: the main process had exited.
+    Dropped(Signal),
+}
+
+impl SignalReceived {
+    /// The signal.
+    pub fn signal(self) -> Signal {
+        match self {
+            SignalReceived::Stop(s) | SignalReceived::PassedOn(s) | SignalReceived::Dropped(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for SignalReceived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SignalReceived::Stop(s) => write!(f, "{s}"),
+            SignalReceived::PassedOn(s) => write!(f, "{s} (passed on to COMMAND)"),
+            SignalReceived::Dropped(s) => write!(f, "{s} (dropped: COMMAND has exited)"),
+        }
+    }
 }
 
 /// How the main process ended.
@@ -149,10 +421,10 @@ pub enum StopOutcome {
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct StopStep {
-    /// `freeze`, `signal`, `continue`, `grace`, `kill` or `empty`.
-    pub step: String,
+    /// What the step did.
+    pub step: StepKind,
     /// The signal sent, where the step sends one.
-    pub signal: Option<String>,
+    pub signal: Option<StepSignal>,
     /// How many processes it reached, where it counts them.
     pub processes: Option<usize>,
     /// Free-form detail (`cgroup.kill`, `grace skipped by a second signal`, ...).
@@ -160,6 +432,89 @@ pub struct StopStep {
     /// Milliseconds since the stop sequence began.
     pub at_ms: u64,
 }
+
+/// What one step of the stop sequence did (the report's `step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum StepKind {
+    /// Every member held still before the polite signal (pgroup's SIGSTOP).
+    Freeze,
+    /// The polite signal (or SIGTERM after a polite SIGINT).
+    Signal,
+    /// SIGCONT after the polite signal.
+    Continue,
+    /// The grace ended (see the step's detail for how).
+    Grace,
+    /// SIGKILL to everything.
+    Kill,
+    /// The job was empty.
+    Empty,
+}
+
+impl StepKind {
+    /// The name the report gives it (`freeze`, `signal`, `continue`, `grace`, `kill`,
+    /// `empty`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Freeze => "freeze",
+            StepKind::Signal => "signal",
+            StepKind::Continue => "continue",
+            StepKind::Grace => "grace",
+            StepKind::Kill => "kill",
+            StepKind::Empty => "empty",
+        }
+    }
+}
+
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The signal a stop step sent, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepSignal {
+    /// With its `SIG` prefix (`SIGTERM`): Linux and macOS.
+    Prefixed(Signal),
+    /// Bare (`TERM`): the Windows backend's word for its polite step, kept since reports
+    /// are read by programs.
+    Bare(Signal),
+}
+
+impl StepSignal {
+    /// The signal.
+    pub fn signal(self) -> Signal {
+        match self {
+            StepSignal::Prefixed(s) | StepSignal::Bare(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for StepSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepSignal::Prefixed(s) => write!(f, "{s}"),
+            StepSignal::Bare(s) => f.write_str(&s.name()),
+        }
+    }
+}
+
+/// The report's fields whose JSON is their [`Display`](fmt::Display) text: the strings the
+/// schema (`docs/report.md`) has always had.
+#[cfg(feature = "serde")]
+macro_rules! serialize_as_text {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+#[cfg(feature = "serde")]
+serialize_as_text!(Spawn, OnSupervisorDeath, SignalReceived, StepSignal);
 
 /// One process of the job, as seen when it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,8 +570,65 @@ pub struct Usage {
     /// Processes of the job the OOM killer killed (`memory.events` `oom_kill`; memory
     /// controller).
     pub oom_kills: Option<u64>,
-    /// The names of the fields above that are `None`.
-    pub unavailable: Vec<String>,
+    /// The fields above that are `None` (in the JSON, their names).
+    pub unavailable: Vec<UsageField>,
+}
+
+/// A figure of [`Usage`], named in its `unavailable` as the JSON names the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum UsageField {
+    /// [`Usage::cpu_user_usec`].
+    CpuUserUsec,
+    /// [`Usage::cpu_system_usec`].
+    CpuSystemUsec,
+    /// [`Usage::cpu_nr_throttled`].
+    CpuNrThrottled,
+    /// [`Usage::cpu_throttled_usec`].
+    CpuThrottledUsec,
+    /// [`Usage::memory_peak_bytes`].
+    MemoryPeakBytes,
+    /// [`Usage::pids_peak`].
+    PidsPeak,
+    /// [`Usage::oom_kills`].
+    OomKills,
+}
+
+impl Usage {
+    /// Each figure with its value.
+    pub fn figures(&self) -> [(UsageField, Option<u64>); 7] {
+        [
+            (UsageField::CpuUserUsec, self.cpu_user_usec),
+            (UsageField::CpuSystemUsec, self.cpu_system_usec),
+            (UsageField::CpuNrThrottled, self.cpu_nr_throttled),
+            (UsageField::CpuThrottledUsec, self.cpu_throttled_usec),
+            (UsageField::MemoryPeakBytes, self.memory_peak_bytes),
+            (UsageField::PidsPeak, self.pids_peak),
+            (UsageField::OomKills, self.oom_kills),
+        ]
+    }
+}
+
+impl UsageField {
+    /// The field's name (`cpu_user_usec`, `memory_peak_bytes`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            UsageField::CpuUserUsec => "cpu_user_usec",
+            UsageField::CpuSystemUsec => "cpu_system_usec",
+            UsageField::CpuNrThrottled => "cpu_nr_throttled",
+            UsageField::CpuThrottledUsec => "cpu_throttled_usec",
+            UsageField::MemoryPeakBytes => "memory_peak_bytes",
+            UsageField::PidsPeak => "pids_peak",
+            UsageField::OomKills => "oom_kills",
+        }
+    }
+}
+
+impl fmt::Display for UsageField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What cleanup did.
@@ -261,7 +673,12 @@ impl Report {
             parts.push("timed out".to_string());
         }
         if !self.signals_received.is_empty() {
-            parts.push(format!("received {}", self.signals_received.join(", ")));
+            let received: Vec<String> = self
+                .signals_received
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            parts.push(format!("received {}", received.join(", ")));
         }
         if !self.leftovers.is_empty() {
             let n = self.leftovers.len();
@@ -312,9 +729,7 @@ impl Report {
             parts.push(format!("cleanup failed: {e}"));
         }
         // Weaker than a cgroup job should be: say so (a pgroup job's mechanism says it).
-        if self.mechanism == crate::Mechanism::Cgroup
-            && self.on_supervisor_death.starts_with("not covered")
-        {
+        if self.mechanism == crate::Mechanism::Cgroup && !self.on_supervisor_death.is_covered() {
             parts.push(format!(
                 "if its supervisor dies, the job is {}",
                 self.on_supervisor_death
@@ -351,8 +766,15 @@ mod tests {
             mechanism: crate::Mechanism::Cgroup,
             mechanism_reason: "cgroup parent /x (given)".into(),
             degraded: false,
-            spawn: "clone3".into(),
-            on_supervisor_death: "killed by the watchdog (pid 3)".into(),
+            spawn: Spawn::Clone3 {
+                into_cgroup: true,
+                new_pid_namespace: false,
+                new_user_namespace: false,
+            },
+            on_supervisor_death: OnSupervisorDeath::Watchdog {
+                pid: 3,
+                pid_namespace: false,
+            },
             pid_namespace: false,
             credentials: None,
             cgroup: None,
@@ -437,17 +859,195 @@ mod tests {
     #[test]
     fn summary_says_when_a_cgroup_job_is_not_covered() {
         let mut r = report();
-        r.on_supervisor_death = "not covered: no corral executable found".into();
+        r.on_supervisor_death = OnSupervisorDeath::NotCovered(Uncovered::WatchdogFailed(
+            "no corral executable found".into(),
+        ));
         assert_eq!(
             r.summary().unwrap(),
-            "corral: job corral-1-0: if its supervisor dies, the job is not covered: no corral \
-             executable found"
+            "corral: job corral-1-0: if its supervisor dies, the job is not covered: the \
+             watchdog could not be started: no corral executable found"
         );
         r.mechanism = crate::Mechanism::Pgroup;
         assert_eq!(
             r.summary(),
             None,
             "a pgroup job's mechanism says it already"
+        );
+    }
+
+    /// The typed fields give the JSON the strings they always had (`docs/report.md`).
+    #[cfg(feature = "serde")]
+    #[test]
+    fn typed_fields_keep_their_json_text() {
+        fn text<T: serde::Serialize>(value: T) -> String {
+            match serde_json::to_value(value).unwrap() {
+                serde_json::Value::String(s) => s,
+                other => panic!("not a string: {other}"),
+            }
+        }
+        let clone3 = |into_cgroup, new_pid_namespace, new_user_namespace| Spawn::Clone3 {
+            into_cgroup,
+            new_pid_namespace,
+            new_user_namespace,
+        };
+        let spawns = [
+            (
+                clone3(true, false, false),
+                "clone3(CLONE_INTO_CGROUP|CLONE_PIDFD)",
+            ),
+            (
+                clone3(true, true, false),
+                "clone3(CLONE_INTO_CGROUP|CLONE_PIDFD|CLONE_NEWPID)",
+            ),
+            (
+                clone3(true, true, true),
+                "clone3(CLONE_INTO_CGROUP|CLONE_PIDFD|CLONE_NEWPID|CLONE_NEWUSER)",
+            ),
+            (clone3(false, false, false), "clone3(CLONE_PIDFD)"),
+            (
+                clone3(false, true, false),
+                "clone3(CLONE_PIDFD|CLONE_NEWPID)",
+            ),
+            (
+                clone3(false, true, true),
+                "clone3(CLONE_PIDFD|CLONE_NEWPID|CLONE_NEWUSER)",
+            ),
+            (
+                Spawn::ForkThenJoinCgroup,
+                "fork + write to cgroup.procs before exec",
+            ),
+            (Spawn::ForkThenPidfd, "fork + pidfd_open"),
+            (
+                Spawn::CommandJoinedCgroup,
+                "std::process::Command (fork), joined the cgroup before exec",
+            ),
+            (
+                Spawn::CommandInProcessSubreaper,
+                "std::process::Command (fork), in-process subreaper",
+            ),
+            (
+                Spawn::CommandUnderSupervisor,
+                "std::process::Command under a corral supervisor (subreaper)",
+            ),
+            (
+                Spawn::CommandProcessGroup,
+                "std::process::Command with process_group(0)",
+            ),
+            (
+                Spawn::CreateProcessSuspended,
+                "CreateProcessW(CREATE_SUSPENDED|CREATE_NEW_PROCESS_GROUP), \
+                 AssignProcessToJobObject, ResumeThread",
+            ),
+        ];
+        for (spawn, want) in spawns {
+            assert_eq!(text(spawn), want);
+        }
+        let not_covered = OnSupervisorDeath::NotCovered;
+        let deaths = [
+            (
+                OnSupervisorDeath::Watchdog {
+                    pid: 7,
+                    pid_namespace: false,
+                },
+                "killed by the watchdog (pid 7)",
+            ),
+            (
+                OnSupervisorDeath::Watchdog {
+                    pid: 7,
+                    pid_namespace: true,
+                },
+                "killed by the watchdog (pid 7), and by the kernel (PID namespace)",
+            ),
+            (
+                OnSupervisorDeath::HelperGuardian { pid: 8 },
+                "killed by corral-helper's privileged process (pid 8)",
+            ),
+            (
+                OnSupervisorDeath::SupervisorProcess,
+                "killed by its supervisor process when the host goes away",
+            ),
+            (
+                OnSupervisorDeath::PidNamespace,
+                "killed by the kernel: COMMAND is PID 1 of its own PID namespace and dies with \
+                 this process (no watchdog)",
+            ),
+            (
+                OnSupervisorDeath::PidNamespaceParentDeathSignal,
+                "killed by the kernel: COMMAND is PID 1 of its own PID namespace and dies with \
+                 this process (parent-death signal), which ends every process in the namespace",
+            ),
+            (
+                OnSupervisorDeath::JobObject,
+                "killed by Windows when the job handle closes with the supervisor \
+                 (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE)",
+            ),
+            (
+                not_covered(Uncovered::WatchdogOff),
+                "not covered: the watchdog is turned off (--debug-no-watchdog)",
+            ),
+            (
+                not_covered(Uncovered::WatchdogFailed("EPERM".into())),
+                "not covered: the watchdog could not be started: EPERM",
+            ),
+            (
+                not_covered(Uncovered::NoWatchdog),
+                "not covered: no watchdog",
+            ),
+            (
+                not_covered(Uncovered::InProcessPgroup),
+                "not covered: the job's subreaper is this process itself (in-process pgroup), \
+                 and nothing outlives it to stop the job: its processes are re-parented and \
+                 keep running",
+            ),
+            (
+                not_covered(Uncovered::MacOs),
+                "not covered: macOS has no watchdog or subreaper; the job's processes outlive \
+                 corral",
+            ),
+            (
+                not_covered(Uncovered::NoJobObject),
+                "not covered: no job object, so nothing ends the job when its supervisor dies",
+            ),
+        ];
+        for (death, want) in deaths {
+            assert_eq!(text(&death), want);
+        }
+        for source in [
+            CgroupParentSource::Option,
+            CgroupParentSource::Env,
+            CgroupParentSource::Default,
+            CgroupParentSource::Delegated,
+            CgroupParentSource::Caller,
+        ] {
+            assert_eq!(text(source), source.name());
+        }
+        let usage = Usage::default();
+        for (field, _) in usage.figures() {
+            assert_eq!(text(field), field.name());
+            let json = serde_json::to_value(&usage).unwrap();
+            assert!(json.get(field.name()).is_some(), "no field {field}");
+        }
+        for kind in [
+            StepKind::Freeze,
+            StepKind::Signal,
+            StepKind::Continue,
+            StepKind::Grace,
+            StepKind::Kill,
+            StepKind::Empty,
+        ] {
+            assert_eq!(text(kind), kind.name());
+        }
+        let usr1 = Signal::from_raw(10).unwrap();
+        assert_eq!(text(StepSignal::Prefixed(Signal::TERM)), "SIGTERM");
+        assert_eq!(text(StepSignal::Bare(Signal::TERM)), "TERM");
+        assert_eq!(text(SignalReceived::Stop(Signal::INT)), "SIGINT");
+        assert_eq!(
+            text(SignalReceived::PassedOn(usr1)),
+            "SIGUSR1 (passed on to COMMAND)"
+        );
+        assert_eq!(
+            text(SignalReceived::Dropped(usr1)),
+            "SIGUSR1 (dropped: COMMAND has exited)"
         );
     }
 

@@ -45,8 +45,8 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use util::{
-    cgroup2_mount, describe_pid, exited, read_pids, runtime_dir, skip, wait_exited, CgroupTree,
-    Procs, CORRAL, READY_DEADLINE, TESTTREE,
+    cgroup2_mount, cgroup_dir_of, describe_pid, exited, read_pids, runtime_dir, skip, wait_exited,
+    CgroupTree, Procs, CORRAL, READY_DEADLINE, TESTTREE,
 };
 
 /// The cluster scripts, written into the cluster's directory at run time.
@@ -589,7 +589,7 @@ fn scancel_leaves_nothing_with_or_without_corral() {
     let procs = wait_ready(&cluster, id, &dir, &ROLES);
     // The escapee left its session, not the step's cgroup.
     let step = cluster.job_cgroup(id).join("step_batch");
-    let escapee = cgroup_of(procs.pid("setsid")).expect("the escapee's cgroup");
+    let escapee = cgroup_dir_of(procs.pid("setsid")).expect("the escapee's cgroup");
     assert!(escapee.starts_with(&step), "{escapee:?} is in {step:?}");
     let cancelled = Instant::now();
     cluster.run("scancel", &[&id.to_string()]);
@@ -621,7 +621,7 @@ fn scancel_leaves_nothing_with_or_without_corral() {
     // While it runs: every process of the tree is in corral's leaf, inside the step's
     // cgroup (job_<id>/step_batch).
     let step = cluster.job_cgroup(id).join("step_batch");
-    let leaf = cgroup_of(procs.pid("setsid")).expect("the escapee's cgroup");
+    let leaf = cgroup_dir_of(procs.pid("setsid")).expect("the escapee's cgroup");
     assert!(
         leaf.starts_with(&step) && leaf != step,
         "the job's leaf {} is inside the step's cgroup {}",
@@ -749,11 +749,4 @@ fn a_mem_limit_applies_under_corral() {
     cluster.assert_epilog_swept(id);
     cluster.assert_nothing_left();
     cluster.shutdown();
-}
-
-/// The cgroup directory of process `pid` (from `/proc/<pid>/cgroup`), if it is alive.
-fn cgroup_of(pid: i32) -> Option<PathBuf> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(cgroup2_mount()?.join(rel.trim_start_matches('/')))
 }

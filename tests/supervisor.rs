@@ -17,8 +17,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use corral_testkit::poll_until;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use rustix::process::{Pid, PidfdFlags, Signal};
@@ -39,18 +40,6 @@ fn readable(fd: BorrowedFd<'_>, d: Duration) -> bool {
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => panic!("poll: {e}"),
         }
-    }
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` at the deadline.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -131,7 +120,7 @@ impl Supervised {
             dir,
         };
         let proc_dir = PathBuf::from(format!("/proc/{}", s.pid()));
-        s.main = eventually("the supervisor to start", || {
+        s.main = poll_until("the supervisor to start", DEADLINE, || {
             let text = fs::read(proc_dir.join("cmdline")).ok()?;
             let args: Vec<&[u8]> = text.split(|b| *b == 0).collect();
             (args.get(1) == Some(&&b"__supervise"[..]))
@@ -139,7 +128,7 @@ impl Supervised {
         });
         // Set up once SIGCHLD is blocked (its last step before it waits): the shell that
         // exec'd it did not ignore any signal for it, as the hook does.
-        eventually("the supervisor to block SIGCHLD", || {
+        poll_until("the supervisor to block SIGCHLD", DEADLINE, || {
             let status = fs::read_to_string(proc_dir.join("status")).ok()?;
             let line = status.lines().find(|l| l.starts_with("SigBlk:"))?;
             let mask = u64::from_str_radix(line["SigBlk:".len()..].trim(), 16).ok()?;
@@ -169,7 +158,7 @@ impl Supervised {
     /// A PID the job wrote to `{dir}/name`.
     fn pid_file(&self, name: &str) -> i32 {
         let path = self.dir.join(name);
-        eventually(&format!("{}", path.display()), || {
+        poll_until(path.display(), DEADLINE, || {
             let text = fs::read_to_string(&path).ok()?;
             text.ends_with('\n').then(|| text.trim().parse().unwrap())
         })
@@ -260,7 +249,9 @@ fn end_of_file_kills_every_descendant() {
         "sh -c 'setsid sleep 1000 >/dev/null 2>&1 & echo $! >{dir}/escaped; exec sleep 1000'",
     );
     let escaped = s.pid_file("escaped");
-    eventually("setsid", || (stat(escaped)?.1 == escaped).then_some(()));
+    poll_until("setsid", DEADLINE, || {
+        (stat(escaped)?.1 == escaped).then_some(())
+    });
     s.track(escaped);
     let main = s.main;
     s.track(main);
@@ -294,7 +285,7 @@ fn detach_then_end_of_file_leaves_the_job_alone() {
     // After `detach` and end of file it closes its socket; were it to kill, it would kill
     // first (and exit).
     let fd3 = format!("/proc/{}/fd/3", s.pid());
-    eventually("the supervisor to close its socket", || {
+    poll_until("the supervisor to close its socket", DEADLINE, || {
         fs::symlink_metadata(&fd3).is_err().then_some(())
     });
     for fd in &s.tracked {
@@ -412,7 +403,7 @@ fn the_subreaper_attribute_survives_exec_and_is_not_inherited() {
         }
     }
     let mut cleanup = Cleanup(None, dir.clone());
-    let (sleep, r): (i32, i32) = eventually("the PIDs", || {
+    let (sleep, r): (i32, i32) = poll_until("the PIDs", DEADLINE, || {
         let text = fs::read_to_string(&file).ok()?;
         let mut w = text.split_whitespace().map(|w| w.parse().unwrap());
         Some((w.next()?, w.next()?))
@@ -422,7 +413,7 @@ fn the_subreaper_attribute_survives_exec_and_is_not_inherited() {
     // Open while the sleep is R's child or, once R has exited, adopted: alive either way.
     assert!(stat(sleep).is_some());
     cleanup.0 = Some(fd);
-    let ppid = eventually("R to exit", || {
+    let ppid = poll_until("R to exit", DEADLINE, || {
         let (ppid, _) = stat(sleep)?;
         (ppid != r).then_some(ppid)
     });

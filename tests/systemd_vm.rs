@@ -29,10 +29,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use corral_testkit::poll_until;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use util::{
-    cgroup2_mount, describe_pid, exited, read_pids, skip, wait_exited, wait_until, CgroupTree,
+    cgroup2_mount, cgroup_dir_of, describe_pid, exited, read_pids, skip, wait_exited, CgroupTree,
     Procs, CORRAL, READY_DEADLINE, TESTTREE,
 };
 
@@ -65,13 +66,6 @@ fn scratch(name: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     dir
-}
-
-/// The cgroup directory of process `pid` (from `/proc/<pid>/cgroup`), if it is alive.
-fn cgroup_of(pid: i32) -> Option<PathBuf> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(cgroup2_mount()?.join(rel.trim_start_matches('/')))
 }
 
 /// The deepest `.scope` directory on `path`'s way down from the mount.
@@ -164,7 +158,7 @@ impl Members {
                 continue;
             };
             // Opened first, checked second: a PID reused in between is not in the subtree.
-            if cgroup_of(pid).is_some_and(|c| c.starts_with(root)) && !exited(fd.as_fd()) {
+            if cgroup_dir_of(pid).is_some_and(|c| c.starts_with(root)) && !exited(fd.as_fd()) {
                 self.procs.push((pid, describe_pid(pid), fd));
             }
         }
@@ -221,7 +215,7 @@ mod in_a_unit {
 
     /// The system unit this test runs in, which must not be delegated.
     fn own_unit() -> String {
-        let own = cgroup_of(std::process::id() as i32).expect("our own cgroup");
+        let own = cgroup_dir_of(std::process::id() as i32).expect("our own cgroup");
         let unit = own
             .file_name()
             .and_then(|n| n.to_str())
@@ -302,7 +296,7 @@ mod in_a_unit {
                 .spawn()
                 .expect("spawn corral");
             let mut procs = Procs::default();
-            wait_until(Instant::now() + READY_DEADLINE, "the tree is ready", || {
+            poll_until("the tree is ready", Instant::now() + READY_DEADLINE, || {
                 let listed = read_pids(&pids);
                 procs.open_late(&listed);
                 if procs.procs.len() == 2 {
@@ -349,7 +343,7 @@ mod in_a_unit {
         let dir = scratch("systemd-bound");
         let job = Escapee::start(&dir, &["--mechanism", "cgroup"]);
         // While it runs: the job is in a scope bound to our unit, outside our unit.
-        let leaf = cgroup_of(job.procs.pid("setsid")).expect("the escapee's cgroup");
+        let leaf = cgroup_dir_of(job.procs.pid("setsid")).expect("the escapee's cgroup");
         let scope = scope_of(&leaf).unwrap_or_else(|| panic!("the job is in no scope: {leaf:?}"));
         let scope_name = scope.file_name().unwrap().to_str().unwrap().to_string();
         let binds_to = Manager::System.show(&scope_name, "BindsTo");
@@ -357,7 +351,7 @@ mod in_a_unit {
             binds_to.split(' ').any(|u| u == unit),
             "{scope_name} is bound to {unit}: BindsTo={binds_to}"
         );
-        let own = cgroup_of(std::process::id() as i32).unwrap();
+        let own = cgroup_dir_of(std::process::id() as i32).unwrap();
         assert!(!leaf.starts_with(&own), "the job left {own:?}: {leaf:?}");
         let (report, stderr) = job.finish();
         let text = serde_json::to_string_pretty(&report).unwrap();
@@ -373,9 +367,9 @@ mod in_a_unit {
         assert_eq!(report["survivors"].as_array().map(Vec::len), Some(0));
         assert_eq!(report["cleanup"]["cgroup_removed"], true, "{text}");
         // The scope goes with corral (`--collect`).
-        wait_until(
-            Instant::now() + BOUND,
+        poll_until(
             "the scope is gone",
+            Instant::now() + BOUND,
             || match scope.exists() {
                 false => Ok(()),
                 true => Err(format!("{} still exists", scope.display())),
@@ -423,10 +417,10 @@ mod in_a_unit {
         own_unit();
         let dir = scratch("systemd-user-plain");
         let job = Escapee::start(&dir, &[]);
-        let own = cgroup_of(std::process::id() as i32).unwrap();
+        let own = cgroup_dir_of(std::process::id() as i32).unwrap();
         for proc in &job.procs.procs {
             assert_eq!(
-                cgroup_of(proc.pid).as_ref(),
+                cgroup_dir_of(proc.pid).as_ref(),
                 Some(&own),
                 "{} stays in our unit's cgroup",
                 describe_pid(proc.pid)
@@ -570,7 +564,7 @@ mod service {
         let describe = || manager.describe(&unit);
 
         // Ready: the tree listed itself.
-        wait_until(Instant::now() + READY_DEADLINE, "the tree is ready", || {
+        poll_until("the tree is ready", Instant::now() + READY_DEADLINE, || {
             let listed = read_pids(&pids);
             procs.open_late(&listed);
             let mut missing = ROLES.to_vec();
@@ -589,10 +583,10 @@ mod service {
             mount.join(manager.show(&unit, "ControlGroup").trim_start_matches('/'));
         let main_pid: i32 = manager.show(&unit, "MainPID").parse().unwrap_or(0);
         assert!(main_pid > 1, "the service's main process; {}", describe());
-        let corral_cgroup = cgroup_of(main_pid).expect("corral's cgroup");
-        let leaf = cgroup_of(procs.pid("setsid")).expect("the job's cgroup");
+        let corral_cgroup = cgroup_dir_of(main_pid).expect("corral's cgroup");
+        let leaf = cgroup_dir_of(procs.pid("setsid")).expect("the job's cgroup");
         for proc in &procs.procs {
-            if let Some(cgroup) = cgroup_of(proc.pid) {
+            if let Some(cgroup) = cgroup_dir_of(proc.pid) {
                 assert_eq!(
                     cgroup,
                     leaf,
@@ -667,7 +661,7 @@ mod service {
         let gone_after = t0.elapsed();
         let mut cgroups = vec![leaf.clone(), service_cgroup.clone()];
         cgroups.extend(scope.clone());
-        wait_until(deadline, "no cgroup left", || {
+        poll_until("no cgroup left", deadline, || {
             match cgroups.iter().find(|c| c.exists()) {
                 None => Ok(()),
                 Some(c) => Err(format!("{} still exists", c.display())),

@@ -244,7 +244,7 @@ fn stop_async_escalates_to_kill() {
         let stop = report.stop.as_ref().expect("a stop report");
         assert_eq!(stop.reason, StopReason::Requested, "{report:#?}");
         assert_eq!(stop.outcome, StopOutcome::Killed, "{report:#?}");
-        let steps: Vec<&str> = stop.steps.iter().map(|s| s.step.as_str()).collect();
+        let steps: Vec<&str> = stop.steps.iter().map(|s| s.step.name()).collect();
         let signal = steps.iter().position(|s| *s == "signal");
         let kill = steps.iter().position(|s| *s == "kill");
         assert!(
@@ -341,7 +341,7 @@ fn cancelled_wait_resumes_and_kill_async_ends_it() {
         assert_eq!(stop.reason, StopReason::Requested, "{report:#?}");
         assert_eq!(stop.outcome, StopOutcome::Killed, "{report:#?}");
         assert_eq!(
-            stop.steps.first().map(|s| s.step.as_str()),
+            stop.steps.first().map(|s| s.step.name()),
             Some("kill"),
             "{report:#?}"
         );

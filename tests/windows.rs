@@ -15,10 +15,10 @@ use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use corral::{Error, LimitValue, Limits, Mechanism, Options, Signal, StopOutcome, StopReason};
+use corral_testkit::poll_until;
 use windows_sys::Win32::Foundation::{HANDLE, WAIT_OBJECT_0};
 use windows_sys::Win32::System::Console::AllocConsole;
 use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
@@ -75,20 +75,18 @@ fn out_file(dir: &Path) -> (PathBuf, File) {
 
 /// Waits until the file lists every key in `keys` (`<key> <value>` lines).
 fn wait_for(path: &Path, keys: &[&str]) -> BTreeMap<String, String> {
-    let end = Instant::now() + DEADLINE;
-    loop {
+    poll_until(format_args!("{keys:?} listed"), DEADLINE, || {
         let text = fs::read_to_string(path).unwrap_or_default();
         let found: BTreeMap<String, String> = text
             .lines()
             .filter_map(|l| l.split_once(' '))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        if keys.iter().all(|k| found.contains_key(*k)) {
-            return found;
+        match keys.iter().all(|k| found.contains_key(*k)) {
+            true => Ok(found),
+            false => Err(format!("have:\n{text}")),
         }
-        assert!(Instant::now() < end, "waited for {keys:?}; have:\n{text}");
-        thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 /// A handle to a running process, opened while it is known to run.
@@ -162,10 +160,12 @@ fn kill_ends_the_whole_tree() {
     assert!(r.survivors.is_empty());
     let stop = r.stop.expect("a stop");
     assert_eq!(stop.outcome, StopOutcome::Killed);
-    assert_eq!(stop.steps[0].step, "kill");
+    assert_eq!(stop.steps[0].step.name(), "kill");
     assert_eq!(r.exit_status, corral_exit_terminated());
     assert!(
-        r.on_supervisor_death.contains("KILL_ON_JOB_CLOSE"),
+        r.on_supervisor_death
+            .to_string()
+            .contains("KILL_ON_JOB_CLOSE"),
         "{}",
         r.on_supervisor_death
     );
@@ -196,7 +196,7 @@ fn stop_polite_step_lets_the_tree_exit_within_the_grace() {
     let r = job.stop().expect("stop");
     assert_gone(&procs);
     let stop = r.stop.expect("a stop");
-    assert_eq!(stop.steps[0].step, "signal", "{stop:?}");
+    assert_eq!(stop.steps[0].step.name(), "signal", "{stop:?}");
     assert_eq!(stop.outcome, StopOutcome::Exited, "{stop:?}");
     assert_eq!(r.exit_status, 42, "the handler's exit code");
 }
@@ -212,7 +212,11 @@ fn stop_with_no_grace_terminates_at_once() {
     let r = job.stop().expect("stop");
     assert_gone(&procs);
     let stop = r.stop.expect("a stop");
-    assert_eq!(stop.steps[0].step, "kill", "no polite step: {stop:?}");
+    assert_eq!(
+        stop.steps[0].step.name(),
+        "kill",
+        "no polite step: {stop:?}"
+    );
     assert_eq!(stop.outcome, StopOutcome::Killed);
     assert_eq!(r.exit_status, corral_exit_terminated());
 }
@@ -227,7 +231,7 @@ fn stop_with_signal_kill_has_no_polite_step() {
     let (mut job, procs) = spawn_tree(&dir, &["--on-break", "exit"], &opts);
     let r = job.stop().expect("stop");
     assert_gone(&procs);
-    assert_eq!(r.stop.expect("a stop").steps[0].step, "kill");
+    assert_eq!(r.stop.expect("a stop").steps[0].step.name(), "kill");
 }
 
 #[test]
@@ -241,7 +245,7 @@ fn stop_ignored_break_is_terminated_after_the_grace() {
     let r = job.stop().expect("stop");
     assert_gone(&procs);
     let stop = r.stop.expect("a stop");
-    let steps: Vec<&str> = stop.steps.iter().map(|s| s.step.as_str()).collect();
+    let steps: Vec<&str> = stop.steps.iter().map(|s| s.step.name()).collect();
     assert_eq!(steps, ["signal", "grace", "kill", "empty"]);
     assert_eq!(stop.outcome, StopOutcome::Killed);
 }
@@ -284,12 +288,13 @@ fn leftovers_wait_keeps_the_job_until_they_end() {
 /// Polls the job until its main process has exited (the job itself still runs).
 fn open_top_gone(job: &mut corral::Job) -> Proc {
     let pid = job.pid();
-    let end = Instant::now() + DEADLINE;
-    while corral_main_running(pid) {
+    poll_until("the top's exit", DEADLINE, || {
+        if !corral_main_running(pid) {
+            return true;
+        }
         assert!(job.try_wait().expect("try_wait").is_none());
-        assert!(Instant::now() < end, "the top did not exit");
-        thread::sleep(Duration::from_millis(20));
-    }
+        false
+    });
     Proc {
         pid,
         handle: dummy_signalled(),

@@ -11,16 +11,15 @@
 //! came from, then every cgroup below the root is emptied with `cgroup.kill`, waited for
 //! (`populated 0` in `cgroup.events`, woken by `POLLPRI`) and removed, depth first.
 
-use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use corral_testkit::mountinfo;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 pub const PROCS: &str = "cgroup.procs";
@@ -40,11 +39,16 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// Finds the first cgroup2 mount in `/proc/self/mountinfo`.
+    /// Finds the first cgroup2 mount in `/proc/self/mountinfo` (read by the test kit's
+    /// parser, which the tests share).
     pub fn find() -> Result<Mount> {
-        let text = fs::read_to_string("/proc/self/mountinfo")
-            .context("failed to read /proc/self/mountinfo")?;
-        parse_mountinfo(&text).context("no cgroup2 filesystem in /proc/self/mountinfo")
+        let mount = mountinfo::Cgroup2Mount::find()
+            .context("failed to read /proc/self/mountinfo")?
+            .context("no cgroup2 filesystem in /proc/self/mountinfo")?;
+        Ok(Mount {
+            path: mount.path,
+            root: mount.root,
+        })
     }
 
     /// The directory of the cgroup `/proc/<pid>/cgroup` calls `cgroup`.
@@ -58,42 +62,6 @@ impl Mount {
         })?;
         Ok(self.path.join(rel))
     }
-}
-
-fn parse_mountinfo(text: &str) -> Option<Mount> {
-    text.lines().find_map(|line| {
-        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-        let (left, right) = line.split_once(" - ")?;
-        if right.split(' ').next() != Some("cgroup2") {
-            return None;
-        }
-        let fields: Vec<&str> = left.split(' ').collect();
-        Some(Mount {
-            root: unescape_mountinfo(fields.get(3)?).into(),
-            path: unescape_mountinfo(fields.get(4)?).into(),
-        })
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> OsString {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4);
-        match octal {
-            Some(o) if b[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c)) => {
-                out.push((o[0] - b'0') * 64 + (o[1] - b'0') * 8 + (o[2] - b'0'));
-                i += 4;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    OsString::from_vec(out)
 }
 
 /// The cgroup v2 path of the calling process (`0::<path>` in `/proc/self/cgroup`).
@@ -414,22 +382,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_hybrid() {
-        let text = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
-                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        let m = parse_mountinfo(text).unwrap();
-        assert_eq!(m.path, Path::new("/sys/fs/cgroup/unified"));
-        assert_eq!(m.root, Path::new("/"));
-        let dir = m.dir_of(Path::new("/a/b")).unwrap();
+    fn a_cgroup_is_found_below_the_mounts_root() {
+        let mount = Mount {
+            path: "/sys/fs/cgroup/unified".into(),
+            root: "/sub".into(),
+        };
+        let dir = mount.dir_of(Path::new("/sub/a/b")).unwrap();
         assert_eq!(dir, Path::new("/sys/fs/cgroup/unified/a/b"));
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        let text = "41 31 0:38 /sub /mnt/my\\040cg rw shared:9 - cgroup2 none rw\n";
-        let m = parse_mountinfo(text).unwrap();
-        assert_eq!(m.path, Path::new("/mnt/my cg"));
-        assert_eq!(m.root, Path::new("/sub"));
-        assert!(parse_mountinfo("1 2 0:1 / / rw - ext4 /dev/vda rw\n").is_none());
+        assert!(mount.dir_of(Path::new("/elsewhere")).is_err());
     }
 }

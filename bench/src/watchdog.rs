@@ -117,7 +117,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<WatchdogFigures> {
     let cmd = corral::JobCommand::new("/bin/true");
     // The bench's watchdog: started by its first cgroup job (figure 1's, or this one).
     let first = corral::Job::spawn_command(&cmd, &with)?.wait()?;
-    let pid = watchdog_pid(&first.on_supervisor_death)?;
+    let pid = watchdog_pid(&first.on_supervisor_death.to_string())?;
     let total = plan.watchdog_warmup + plan.watchdog_rounds;
     eprintln!(
         "bench: 5/5 watchdog: {} rounds (+{} warm-up) of {} variants; then its idle cost",
@@ -183,7 +183,7 @@ pub fn run(bench: &mut Bench, plan: &Plan) -> Result<WatchdogFigures> {
                 "not covered: the watchdog is turned off (--debug-no-watchdog)".to_string()
             };
             bench.expect(
-                report.on_supervisor_death == expect,
+                report.on_supervisor_death.to_string() == expect,
                 format!(
                     "{}: on_supervisor_death {:?}, expected {expect:?}",
                     v.label(),

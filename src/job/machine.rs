@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rustix::event::PollFlags;
 
 use super::{Backend, Job};
+use crate::control::Request;
 use crate::error::{Error, Result};
 use crate::exit_status::Ending;
 use crate::ladder::{self, Kill, Ladder, Next, Pace, Sent, KILL_WAIT};
@@ -21,7 +22,9 @@ use crate::linux::pidfd::{self, ExitKind, Pid};
 use crate::linux::supervise::SupervisorEvent;
 use crate::linux::{pgroup, procs};
 use crate::options::{Leftovers, Signal};
-use crate::report::{Cleanup, ProcessInfo, Report, Requester, StopOutcome, StopReason, StopReport};
+use crate::report::{
+    Cleanup, ProcessInfo, Report, Requester, SignalReceived, StopOutcome, StopReason, StopReport,
+};
 use crate::Mechanism;
 
 /// How often a job whose main process exited, with no leftover found, looks for leftovers
@@ -135,15 +138,12 @@ impl Job {
                 pid: req.pid,
                 uid: req.uid,
             };
-            match (&self.phase, req.stop) {
+            match (&self.phase, req.request) {
                 (Phase::Over, _) => {}
-                (Phase::Stopping(_), stop) => {
-                    if stop.is_none() {
-                        self.request_stop(Signal::KILL, true)?;
-                    }
-                }
-                (_, stop) => {
-                    let (polite, grace) = stop.unwrap_or((Signal::KILL, Duration::ZERO));
+                (Phase::Stopping(_), Request::Kill) => self.request_stop(Signal::KILL, true)?,
+                (Phase::Stopping(_), Request::Stop { .. }) => {}
+                (_, request) => {
+                    let (polite, grace) = request.ladder();
                     self.external = Some(polite);
                     self.begin_stop(StopReason::External, polite, grace, false)?;
                     if let Phase::Stopping(s) = &mut self.phase {
@@ -165,7 +165,8 @@ impl Job {
                 Phase::Running | Phase::Settling { .. } | Phase::Draining => {
                     if let Some(&first) = signals.first() {
                         let sigs = std::mem::take(&mut signals);
-                        self.signals.extend(sigs.iter().map(|s| s.to_string()));
+                        self.signals
+                            .extend(sigs.iter().map(|&s| SignalReceived::Stop(s)));
                         // SIGINT/SIGQUIT are the terminal's signals: members still in our
                         // process group got them from the terminal (or whoever signalled it).
                         let group_delivered = matches!(first, Signal::INT | Signal::QUIT);
@@ -248,7 +249,8 @@ impl Job {
                         unreachable!()
                     };
                     let signals = std::mem::take(&mut signals);
-                    self.signals.extend(signals.iter().map(|s| s.to_string()));
+                    self.signals
+                        .extend(signals.iter().map(|&s| SignalReceived::Stop(s)));
                     let Stopping { ladder, kept, .. } = &mut *s;
                     let next = ladder.advance(&mut JobMembers { job: self, kept }, &signals);
                     match next {
@@ -364,14 +366,11 @@ impl Job {
             (None, Some(fd)) => pidfd::send_signal(fd.as_fd(), sig).is_ok(),
             _ => false,
         };
-        self.signals.push(format!(
-            "{sig} ({})",
-            if sent {
-                "passed on to COMMAND"
-            } else {
-                "dropped: COMMAND has exited"
-            }
-        ));
+        self.signals.push(if sent {
+            SignalReceived::PassedOn(sig)
+        } else {
+            SignalReceived::Dropped(sig)
+        });
         Ok(())
     }
 
@@ -536,7 +535,7 @@ impl Job {
                     Ok(()) => cleanup.cgroup_removed = Some(true),
                     Err(e) => {
                         cleanup.cgroup_removed = Some(false);
-                        cleanup.error = Some(super::error_chain(&e));
+                        cleanup.error = Some(crate::error::error_chain(&e));
                     }
                 }
                 // The job is empty: nothing left for the watchdog to do.
@@ -549,7 +548,7 @@ impl Job {
                     .expect("in-process jobs hold the main pidfd");
                 match pgroup::settle(self.main_pid, fd.as_fd(), &mut self.main_exit) {
                     Ok(settled) => self.reaped += settled.reaped,
-                    Err(e) => cleanup.error = Some(super::error_chain(&e)),
+                    Err(e) => cleanup.error = Some(crate::error::error_chain(&e)),
                 }
                 cleanup.reaped = Some(self.reaped);
             }
@@ -598,12 +597,12 @@ impl Job {
             mechanism: self.mechanism,
             mechanism_reason: self.mechanism_reason.clone(),
             degraded: self.degraded,
-            spawn: self.spawn_method.to_string(),
+            spawn: self.spawn,
             on_supervisor_death: self.on_supervisor_death.clone(),
             pid_namespace: self.opts.pid_namespace,
             credentials: self.credentials.clone(),
             cgroup,
-            cgroup_parent_source: self.parent_source.map(str::to_string),
+            cgroup_parent_source: self.parent_source,
             exit,
             exit_status,
             timed_out: self.timed_out,

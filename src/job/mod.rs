@@ -291,10 +291,10 @@ pub struct Job {
     mechanism: Mechanism,
     mechanism_reason: String,
     degraded: bool,
-    spawn_method: &'static str,
+    spawn: crate::report::Spawn,
     /// Who the main process runs as ([`JobCommand::credentials`]).
     credentials: Option<Credentials>,
-    parent_source: Option<&'static str>,
+    parent_source: Option<crate::report::CgroupParentSource>,
     /// The limits applied to the job's cgroup.
     limits: Option<crate::report::LimitsReport>,
     /// corral sent SIGKILL to the job (the ladder's kill, or [`Job::signal`]) while the main
@@ -302,7 +302,7 @@ pub struct Job {
     sigkill_sent: AtomicBool,
     started: Instant,
     timed_out: bool,
-    signals: Vec<String>,
+    signals: Vec<crate::report::SignalReceived>,
     leftovers: Vec<ProcessInfo>,
     stop: Option<StopReport>,
     survivors: Vec<ProcessInfo>,
@@ -323,7 +323,7 @@ pub struct Job {
     /// job is over or detached).
     watch: Option<crate::linux::watchdog::Watch>,
     /// What happens to the job if this process dies (the report's `on_supervisor_death`).
-    on_supervisor_death: String,
+    on_supervisor_death: crate::report::OnSupervisorDeath,
     /// The job's record and control socket in the job registry, while it runs.
     registration: Option<crate::registry::Registration>,
     /// Why the job is not in the registry (registration asked for and failed).
@@ -705,18 +705,6 @@ impl Pipe {
             }
         }
     }
-}
-
-/// `a: b: c` for an error and its sources.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

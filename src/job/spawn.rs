@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use super::machine::Phase;
 use super::{Backend, Job, JobCommand};
-use crate::error::{Error, Result};
+use crate::error::{error_chain, Error, Result};
 use crate::linux::cgroup::Leaf;
 use crate::linux::pidfd::{self, Pid};
 use crate::linux::spawn::{self as raw_spawn, Placement, SpawnSpec};
@@ -25,7 +25,7 @@ use crate::linux::watchdog::Watch;
 use crate::linux::{self, pgroup, supervise};
 use crate::options::{Leftovers, Options, Supervisor};
 use crate::registry;
-use crate::report::LimitsReport;
+use crate::report::{CgroupParentSource, LimitsReport, OnSupervisorDeath, Spawn, Uncovered};
 use crate::Credentials;
 use crate::Mechanism;
 
@@ -38,7 +38,7 @@ struct Started {
     main_fd: Option<OwnedFd>,
     /// The main process's own group, when it got one; else it shares ours.
     own_group: bool,
-    method: &'static str,
+    method: Spawn,
     stdio: Stdio,
     /// Who the main process runs as, when not as the caller ([`JobCommand::credentials`]).
     credentials: Option<Credentials>,
@@ -52,14 +52,14 @@ struct Chosen {
     mechanism: Mechanism,
     reason: String,
     degraded: bool,
-    parent_source: Option<&'static str>,
+    parent_source: Option<CgroupParentSource>,
     /// The limits applied to the leaf (cgroup, with limits asked for).
     limits: Option<LimitsReport>,
     /// cgroup: the leaf registered with the watchdog, or why it is not.
-    watch: Option<std::result::Result<Watch, String>>,
+    watch: Option<std::result::Result<Watch, Uncovered>>,
     /// The job's registry record and control socket, or why there is none (`None`: not
     /// asked for).
-    registration: Option<std::result::Result<registry::Registration, String>>,
+    registration: Option<std::result::Result<registry::Registration, registry::Error>>,
 }
 
 impl Job {
@@ -105,7 +105,7 @@ impl Job {
                         main_pid,
                         main_fd: Some(main_fd),
                         own_group: false,
-                        method: "std::process::Command (fork), joined the cgroup before exec",
+                        method: Spawn::CommandJoinedCgroup,
                         stdio,
                         credentials: None,
                     },
@@ -130,7 +130,7 @@ impl Job {
                             main_pid,
                             main_fd: Some(main_fd),
                             own_group: true,
-                            method: "std::process::Command (fork), in-process subreaper",
+                            method: Spawn::CommandInProcessSubreaper,
                             stdio,
                             credentials: None,
                         }
@@ -150,7 +150,7 @@ impl Job {
                             main_fd: None,
                             backend: Backend::Supervised(sup),
                             own_group: true,
-                            method: "std::process::Command under a corral supervisor (subreaper)",
+                            method: Spawn::CommandUnderSupervisor,
                             stdio,
                             credentials: None,
                         }
@@ -225,7 +225,7 @@ impl Job {
                 // On failure `leaf` drops here and removes itself.
                 let spawned = raw_spawn::spawn(&spec)?;
                 note_pid_namespace(&mut chosen, &spawned);
-                let method = spawned.method_name();
+                let method = spawned.spawn();
                 (
                     chosen,
                     Started {
@@ -245,7 +245,7 @@ impl Job {
                 chosen.register(opts, &id, &display, None);
                 let spawned = raw_spawn::spawn(&spec)?;
                 note_pid_namespace(&mut chosen, &spawned);
-                let method = spawned.method_name();
+                let method = spawned.spawn();
                 (
                     chosen,
                     Started {
@@ -283,50 +283,32 @@ impl Job {
         let (stdin, stdout, stderr) = started.stdio;
         let (watch, on_supervisor_death) = match (&started.backend, chosen.watch) {
             (Backend::Cgroup(_), Some(Ok(watch))) => {
-                let mut text = format!("killed by the watchdog (pid {})", watch.watchdog_pid());
-                if opts.pid_namespace {
-                    text.push_str(", and by the kernel (PID namespace)");
-                }
-                (Some(watch), text)
+                let covered = OnSupervisorDeath::Watchdog {
+                    pid: watch.watchdog_pid(),
+                    pid_namespace: opts.pid_namespace,
+                };
+                (Some(watch), covered)
             }
-            (Backend::Cgroup(_), Some(Err(_))) if opts.pid_namespace => (
-                None,
-                "killed by the kernel: COMMAND is PID 1 of its own PID namespace and dies with \
-                 this process (no watchdog)"
-                    .to_string(),
-            ),
-            (Backend::Cgroup(_), Some(Err(why))) => (None, format!("not covered: {why}")),
+            (Backend::Cgroup(_), Some(Err(_))) if opts.pid_namespace => {
+                (None, OnSupervisorDeath::PidNamespace)
+            }
+            (Backend::Cgroup(_), Some(Err(why))) => (None, OnSupervisorDeath::NotCovered(why)),
             (Backend::Cgroup(_), None) => match &opts.helper {
-                Some(h) => (
-                    None,
-                    format!(
-                        "killed by corral-helper's privileged process (pid {})",
-                        h.guardian
-                    ),
-                ),
-                None => (None, "not covered: no watchdog".to_string()),
+                Some(h) => (None, OnSupervisorDeath::HelperGuardian { pid: h.guardian }),
+                None => (None, OnSupervisorDeath::NotCovered(Uncovered::NoWatchdog)),
             },
-            (Backend::Supervised(_), _) => (
-                None,
-                "killed by its supervisor process when the host goes away".to_string(),
-            ),
-            (Backend::Pgroup { .. }, _) if opts.pid_namespace => (
-                None,
-                "killed by the kernel: COMMAND is PID 1 of its own PID namespace and dies with \
-                 this process (parent-death signal), which ends every process in the namespace"
-                    .to_string(),
-            ),
+            (Backend::Supervised(_), _) => (None, OnSupervisorDeath::SupervisorProcess),
+            (Backend::Pgroup { .. }, _) if opts.pid_namespace => {
+                (None, OnSupervisorDeath::PidNamespaceParentDeathSignal)
+            }
             (Backend::Pgroup { .. }, _) => (
                 None,
-                "not covered: the job's subreaper is this process itself (in-process \
-                 pgroup), and nothing outlives it to stop the job: its processes are \
-                 re-parented and keep running"
-                    .to_string(),
+                OnSupervisorDeath::NotCovered(Uncovered::InProcessPgroup),
             ),
         };
         let (registration, not_registered) = match chosen.registration {
             Some(Ok(r)) => (Some(r), None),
-            Some(Err(why)) => (None, Some(why)),
+            Some(Err(why)) => (None, Some(why.to_string())),
             None => (None, None),
         };
         Job {
@@ -347,7 +329,7 @@ impl Job {
             mechanism: chosen.mechanism,
             mechanism_reason: chosen.reason,
             degraded: chosen.degraded,
-            spawn_method: started.method,
+            spawn: started.method,
             credentials: started.credentials,
             parent_source: chosen.parent_source,
             limits: chosen.limits,
@@ -527,7 +509,7 @@ fn new_leaf(
     id: &mut String,
     command: &[String],
 ) -> Result<(Leaf, Chosen)> {
-    let parent_source = parent.source.name();
+    let parent_source = parent.source;
     let degraded = parent.bound_to.is_some();
     let leaf = Leaf::create(parent, id)?;
     *id = leaf.name().to_string();
@@ -559,20 +541,16 @@ fn watch(
     leaf: &Leaf,
     opts: &Options,
     files: &[std::path::PathBuf],
-) -> std::result::Result<Watch, String> {
+) -> std::result::Result<Watch, Uncovered> {
     if opts.debug.no_watchdog {
-        return Err("the watchdog is turned off (--debug-no-watchdog)".into());
+        return Err(Uncovered::WatchdogOff);
     }
     let binary = match &opts.supervisor {
         Supervisor::Binary(path) => Some(path.as_path()),
         _ => None,
     };
-    Watch::add_using(binary, &leaf.path, files).map_err(|e| {
-        format!(
-            "the watchdog could not be started: {}",
-            super::error_chain(&e)
-        )
-    })
+    Watch::add_using(binary, &leaf.path, files)
+        .map_err(|e| Uncovered::WatchdogFailed(error_chain(&e)))
 }
 
 /// Writes the limit files of `opts` in the fresh `leaf` (the controllers were enabled in

@@ -131,35 +131,9 @@ fn is_cgroup2(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(st.f_type as i64 == CGROUP2_SUPER_MAGIC)
 }
 
-/// How the parent directory for job cgroups was chosen (reported to the user).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ParentSource {
-    /// `--cgroup-parent` / `Options::cgroup_parent`.
-    Option,
-    /// `CORRAL_CGROUP_PARENT`.
-    Env,
-    /// `<mount>/corral`, created by us when missing.
-    Default,
-    /// The cgroup corral runs in, delegated to us (see [`super::delegate`]).
-    Delegated,
-    /// The cgroup corral runs in, not delegated but writable, on a host whose tree systemd
-    /// does not manage (inside another corral's job, a Slurm step, a container): a job stays
-    /// inside what contains its caller.
-    Caller,
-}
-
-impl ParentSource {
-    /// The name the report gives it (`cgroup_parent_source`).
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            ParentSource::Option => "option",
-            ParentSource::Env => "env",
-            ParentSource::Default => "default",
-            ParentSource::Delegated => "delegated",
-            ParentSource::Caller => "caller",
-        }
-    }
-}
+/// How the parent directory for job cgroups was chosen (the report's, so a public type;
+/// `Delegated`: see [`super::delegate`]).
+pub(crate) use crate::report::CgroupParentSource as ParentSource;
 
 /// An open directory under which job leaves are created.
 #[derive(Debug)]
@@ -925,19 +899,11 @@ impl Leaf {
             oom_kills: memory_events.as_deref().and_then(|t| keyed(t, "oom_kill")),
             unavailable: Vec::new(),
         };
-        for (name, value) in [
-            ("cpu_user_usec", usage.cpu_user_usec),
-            ("cpu_system_usec", usage.cpu_system_usec),
-            ("cpu_nr_throttled", usage.cpu_nr_throttled),
-            ("cpu_throttled_usec", usage.cpu_throttled_usec),
-            ("memory_peak_bytes", usage.memory_peak_bytes),
-            ("pids_peak", usage.pids_peak),
-            ("oom_kills", usage.oom_kills),
-        ] {
-            if value.is_none() {
-                usage.unavailable.push(name.to_string());
-            }
-        }
+        usage.unavailable = usage
+            .figures()
+            .into_iter()
+            .filter_map(|(field, value)| value.is_none().then_some(field))
+            .collect();
         usage
     }
 

@@ -11,9 +11,11 @@
 //! Single processes are only ever signalled through pidfds ([`pidfd`]).
 
 pub(crate) mod cgroup;
+pub(crate) mod channel;
 pub(crate) mod delegate;
 pub(crate) mod pgroup;
 pub(crate) mod pidfd;
+pub(crate) mod postfork;
 pub(crate) mod procs;
 pub(crate) mod spawn;
 pub(crate) mod supervise;

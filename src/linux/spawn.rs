@@ -57,6 +57,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::Error;
 use crate::linux::pidfd::{self, Pid};
+use crate::report::Spawn;
 use crate::{Credentials, Resource, ResourceLimit};
 
 /// Where the child goes.
@@ -119,17 +120,6 @@ pub(crate) enum SpawnMethod {
     Fork,
 }
 
-impl SpawnMethod {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            SpawnMethod::Clone3IntoCgroup => "clone3(CLONE_INTO_CGROUP|CLONE_PIDFD)",
-            SpawnMethod::Clone3 => "clone3(CLONE_PIDFD)",
-            SpawnMethod::ForkThenMove => "fork + write to cgroup.procs before exec",
-            SpawnMethod::Fork => "fork + pidfd_open",
-        }
-    }
-}
-
 pub(crate) struct Spawned {
     pub(crate) pid: Pid,
     pub(crate) pidfd: OwnedFd,
@@ -143,17 +133,17 @@ pub(crate) struct Spawned {
 
 impl Spawned {
     /// How the child was created, for the report.
-    pub(crate) fn method_name(&self) -> &'static str {
-        match (self.method, self.pid_namespace) {
-            (SpawnMethod::Clone3IntoCgroup, Some(false)) => {
-                "clone3(CLONE_INTO_CGROUP|CLONE_PIDFD|CLONE_NEWPID)"
-            }
-            (SpawnMethod::Clone3IntoCgroup, Some(true)) => {
-                "clone3(CLONE_INTO_CGROUP|CLONE_PIDFD|CLONE_NEWPID|CLONE_NEWUSER)"
-            }
-            (SpawnMethod::Clone3, Some(false)) => "clone3(CLONE_PIDFD|CLONE_NEWPID)",
-            (SpawnMethod::Clone3, Some(true)) => "clone3(CLONE_PIDFD|CLONE_NEWPID|CLONE_NEWUSER)",
-            (method, _) => method.name(),
+    pub(crate) fn spawn(&self) -> Spawn {
+        let clone3 = |into_cgroup| Spawn::Clone3 {
+            into_cgroup,
+            new_pid_namespace: self.pid_namespace.is_some(),
+            new_user_namespace: self.pid_namespace == Some(true),
+        };
+        match self.method {
+            SpawnMethod::Clone3IntoCgroup => clone3(true),
+            SpawnMethod::Clone3 => clone3(false),
+            SpawnMethod::ForkThenMove => Spawn::ForkThenJoinCgroup,
+            SpawnMethod::Fork => Spawn::ForkThenPidfd,
         }
     }
 }
@@ -751,15 +741,8 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, Error> {
     // Wait for exec: EOF means it succeeded (the pipe is close-on-exec); 8 bytes mean a
     // step failed. A detached spawn's middle process first sends the grandchild's PID.
     let mut buf = [0u8; 16];
-    let mut got = 0;
-    while got < buf.len() {
-        match rustix::io::read(&err_read, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e == rustix::io::Errno::INTR => continue,
-            Err(e) => return Err(fail("read the exec status pipe", e.into())),
-        }
-    }
+    let got = crate::linux::channel::read_until_closed(err_read.as_fd(), &mut buf)
+        .map_err(|e| fail("read the exec status pipe", e))?;
     drop(argv_store);
     drop(env_store);
     let record = |at: usize| {
@@ -1107,7 +1090,7 @@ unsafe fn spawn_grandchild(ctx: &ChildCtx) -> i64 {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let pid = crate::linux::supervise::raw_fork();
+        let pid = crate::linux::postfork::raw_fork();
         if pid == 0 {
             child_setup_and_exec(ctx);
         }

@@ -43,10 +43,10 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
 use crate::error::{Error, Result};
 use crate::linux::cgroup::{self, Leaf};
+use crate::linux::channel::{self, Received, Take};
 use crate::linux::pidfd::{self, Pid};
 use crate::linux::spawn::{self, Placement, SpawnSpec};
 use crate::linux::supervise;
@@ -240,13 +240,7 @@ impl Running {
     /// Starts a watchdog for this process: a fork of it when it has one thread (the
     /// `corral` CLI), otherwise `corral __watchdog` (see the module docs).
     fn start(binary: Option<&Path>) -> Result<Running> {
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| Error::sys("socketpair for the watchdog", e))?;
+        let (ours, theirs) = channel::pair("the watchdog")?;
         let host = std::process::id();
         // Our own pidfd: readable once this process has exited, whatever killed it.
         let me = rustix::process::pidfd_open(
@@ -391,27 +385,18 @@ fn is_gone(e: &io::Error) -> bool {
     )
 }
 
-/// Sends one packet, without SIGPIPE, waiting up to [`SEND_DEADLINE`] for room.
+/// Sends one packet, waiting up to [`SEND_DEADLINE`] for room.
 fn send(fd: BorrowedFd<'_>, msg: &[u8]) -> io::Result<()> {
-    let deadline = Instant::now() + SEND_DEADLINE;
-    loop {
-        match rustix::net::send(fd, msg, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-            Ok(_) => return Ok(()),
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the watchdog read nothing for {SEND_DEADLINE:?}"),
-                    ));
-                }
-                let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::OUT)];
-                crate::linux::poll(&mut fds, Some(left)).map_err(io::Error::other)?;
-            }
-            Err(e) => return Err(e.into()),
+    channel::send(fd, msg, Some(SEND_DEADLINE)).map_err(|e| {
+        if e.kind() == io::ErrorKind::TimedOut {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the watchdog read nothing for {SEND_DEADLINE:?}"),
+            )
+        } else {
+            e
         }
-    }
+    })
 }
 
 /// Whether this process has one thread (`/proc/self/task` has two links more than
@@ -572,16 +557,10 @@ mod forked {
             return Err(io::Error::last_os_error());
         }
         let mut bytes = [0u8; 8];
-        let mut got = 0;
-        while got < bytes.len() {
-            match rustix::io::read(&read, &mut bytes[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let got =
+            crate::linux::channel::read_until_closed(std::os::fd::AsFd::as_fd(&read), &mut bytes);
         reap(pid);
+        let got = got?;
         if got < bytes.len() {
             return Err(io::Error::other(
                 "the middle process did not name the watchdog",
@@ -674,7 +653,7 @@ impl Watchdog {
             _ => return None,
         }
         ignore_signals();
-        supervise::close_descriptors_from(SOCKET_FD + 1);
+        crate::linux::postfork::close_descriptors_from(SOCKET_FD + 1);
         // SAFETY: only borrowed for the fstat; ownership is taken below.
         let (host, socket) = unsafe {
             (
@@ -738,7 +717,7 @@ impl Watchdog {
         }
         // Every copy of the host's descriptors goes (its stdio, pipes, the job's leaf...):
         // none may stay open for as long as the watchdog runs.
-        supervise::close_descriptors_from(SOCKET_FD + 1);
+        crate::linux::postfork::close_descriptors_from(SOCKET_FD + 1);
         // SAFETY: just duplicated there, and owned by nothing else.
         Some(unsafe {
             Watchdog::new(
@@ -796,16 +775,13 @@ impl Watchdog {
     fn read_messages(&mut self) -> Read {
         let mut buf = std::mem::take(&mut self.buf);
         let read = loop {
-            buf.clear();
             // Into the spare capacity: only what a message fills is ever written (and made
             // resident), not the whole buffer.
-            let spare = rustix::buffer::spare_capacity(&mut buf);
-            match rustix::net::recv(&self.socket, spare, RecvFlags::DONTWAIT) {
-                Ok((0, _)) => break Read::Eof,
-                Ok(_) => self.handle(&buf),
-                Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) => break Read::Drained,
-                // A reset or failed socket: nobody can talk to us any more.
+            match channel::recv(self.socket.as_fd(), &mut buf, Take::Now) {
+                Ok(Received::Message) => self.handle(&buf),
+                Ok(Received::Closed) => break Read::Eof,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Read::Drained,
+                // A failed socket: nobody can talk to us any more.
                 Err(_) => break Read::Eof,
             }
         };

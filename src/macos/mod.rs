@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 use crate::exit_status::Ending;
 use crate::ladder::{self, Kill, Ladder, Next, Pace, Sent, KILL_WAIT};
 use crate::options::{Leftovers, Signal};
-use crate::report::{Cleanup, ProcessInfo, StopOutcome, StopReason, StopReport};
+use crate::report::{
+    Cleanup, OnSupervisorDeath, ProcessInfo, Spawn, StopOutcome, StopReason, StopReport, Uncovered,
+};
 use crate::{Error, Mechanism, Options, Report, Result};
 use sys::{BsdInfo, ExitKind, Kqueue, Pid};
 use tree::{Ident, Tree};
@@ -412,10 +414,8 @@ impl Job {
                                subreaper)"
                 .into(),
             degraded: false,
-            spawn: "std::process::Command with process_group(0)".into(),
-            on_supervisor_death: "not covered: macOS has no watchdog or subreaper; the job's \
-                                  processes outlive corral"
-                .into(),
+            spawn: Spawn::CommandProcessGroup,
+            on_supervisor_death: OnSupervisorDeath::NotCovered(Uncovered::MacOs),
             pid_namespace: false,
             credentials: None,
             cgroup: None,

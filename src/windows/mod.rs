@@ -56,8 +56,8 @@ use crate::exit_status::{Ending, ExitKind};
 use crate::ladder::{self, Dialect, Kill, Ladder, Next, Pace, Sent, KILL_WAIT};
 use crate::{
     Cleanup, Error, Leftovers, LimitValue, Limits, LimitsReport, Mechanism, MechanismRequest,
-    Options, ProcessInfo, Report, Result, Signal, StopOutcome, StopReason, StopReport, Supervisor,
-    REPORT_VERSION,
+    OnSupervisorDeath, Options, ProcessInfo, Report, Result, Signal, Spawn, StopOutcome,
+    StopReason, StopReport, Supervisor, Uncovered, REPORT_VERSION,
 };
 use job_object::{JobLimits, JobObject};
 
@@ -408,11 +408,8 @@ impl Job {
         .status();
         let mechanism = self.mechanism();
         let on_supervisor_death = match mechanism {
-            Mechanism::JobObject => "killed by Windows when the job handle closes with the \
-                                     supervisor (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE)"
-                .to_string(),
-            _ => "not covered: no job object, so nothing ends the job when its supervisor dies"
-                .to_string(),
+            Mechanism::JobObject => OnSupervisorDeath::JobObject,
+            _ => OnSupervisorDeath::NotCovered(Uncovered::NoJobObject),
         };
         let report = Report {
             version: REPORT_VERSION,
@@ -427,9 +424,7 @@ impl Job {
             mechanism,
             mechanism_reason: self.mechanism_reason.clone(),
             degraded: mechanism == Mechanism::Taskkill,
-            spawn: "CreateProcessW(CREATE_SUSPENDED|CREATE_NEW_PROCESS_GROUP), \
-                    AssignProcessToJobObject, ResumeThread"
-                .into(),
+            spawn: Spawn::CreateProcessSuspended,
             on_supervisor_death,
             pid_namespace: false,
             credentials: None,

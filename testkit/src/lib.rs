@@ -1,4 +1,5 @@
-//! corral's test kit: the programs the tests run, and where cargo puts them.
+//! corral's test kit: the programs the tests run, where cargo puts them, and the helpers
+//! the tests and the bench share ([`poll_until`], [`mountinfo`]).
 //!
 //! The programs are `corral` and `corral-helper` (the `corral-cli` package) and this
 //! package's helpers: `corral-testtree` (adversarial process trees), `corral-host` (a
@@ -8,6 +9,12 @@
 //! corral-engine` runs whatever was built last.
 //!
 //! Never published or installed (`publish = false`).
+
+#[cfg(target_os = "linux")]
+pub mod mountinfo;
+mod poll;
+
+pub use poll::{poll_until, poll_until_every, Described, NotYet, Probe, Until};
 
 /// The directory cargo puts the workspace's programs in for this build
 /// (`target/[<triple>/]<profile>`; see `build.rs`).

@@ -40,12 +40,7 @@ fn ignored_sigterm_escalates_to_kill_after_the_grace(mechanism: Mechanism) {
         kill_at.saturating_sub(signal_at),
         done.report_text()
     );
-    assert_eq!(
-        done.stop_outcome().as_deref(),
-        Some("killed"),
-        "{}",
-        done.report_text()
-    );
+    done.assert_stop_outcome("killed");
 }
 
 fn zero_grace_kills_at_once(mechanism: Mechanism) {
@@ -64,11 +59,7 @@ fn zero_grace_kills_at_once(mechanism: Mechanism) {
     sandbox.assert_clean();
     done.assert_code(0);
     done.assert_report_basics(mechanism);
-    assert!(
-        done.stop_steps().iter().any(|s| s == "kill"),
-        "no kill step:\n{}",
-        done.report_text()
-    );
+    done.assert_has_step("kill");
     assert_eq!(
         done.stop_steps().first().map(String::as_str),
         Some("kill"),

@@ -112,12 +112,7 @@ fn freezer_kill_fallback_escalates_and_empties() {
         "the kill step must name the freezer fallback:\n{}",
         done.report_text()
     );
-    assert_eq!(
-        done.stop_outcome().as_deref(),
-        Some("killed"),
-        "{}",
-        done.report_text()
-    );
+    done.assert_stop_outcome("killed");
 }
 
 #[test]

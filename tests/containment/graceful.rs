@@ -45,12 +45,7 @@ fn slow_sigterm_handler_finishes_within_the_grace(mechanism: Mechanism) {
         "nothing needed SIGKILL:\n{}",
         done.report_text()
     );
-    assert_eq!(
-        done.stop_outcome().as_deref(),
-        Some("exited"),
-        "{}",
-        done.report_text()
-    );
+    done.assert_stop_outcome("exited");
     // It must return once the job is empty, not wait out the grace: the grace step says so
     // (not a timing check, which would be flaky under load).
     let grace = done.step("grace");

@@ -15,7 +15,6 @@
 //! and a `/tmp` mounted without `nosuid`; each test prints `SKIPPED:` without them.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt::Display;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -26,9 +25,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use corral_testkit::poll_until;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-use crate::util::{cgroup2_mount, describe_status, exited, skip, wait_exited, CgroupTree};
+use crate::util::{
+    cgroup2_mount, describe_status, exited, pidfd_of_child, skip, wait_exited, CgroupTree,
+};
 
 const HELPER: &str = corral_testkit::CORRAL_HELPER;
 /// The helper's exit status for a refusal.
@@ -48,18 +50,6 @@ const LOCK_DEADLINE: Duration = Duration::from_secs(10);
 fn next() -> usize {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     COUNTER.fetch_add(1, Ordering::SeqCst)
-}
-
-/// Polls `probe` until it gives a value; panics naming `what` after `within`.
-fn poll<T>(what: impl Display, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not after {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // ---- prerequisites ---------------------------------------------------------------------
@@ -237,14 +227,7 @@ impl Drop for TestGroup {
 /// description for messages.
 fn processes_of(uid: u32) -> Vec<(i32, String)> {
     let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in crate::util::proc_pids() {
         let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
             continue;
         };
@@ -417,7 +400,7 @@ impl Installed {
         // that descriptor until it execs, and until then executing the copy fails with
         // ETXTBSY ("Text file busy"). The copy is closed now, so no new holder can appear:
         // wait until it runs.
-        poll(
+        poll_until(
             "the installed helper runs (no ETXTBSY)",
             Duration::from_secs(10),
             || match Command::new(&installed.helper).arg("--version").output() {
@@ -447,6 +430,14 @@ impl Installed {
     /// `work/<name>`, made as [`Installed::make_dir`] does.
     fn work_dir(&self, name: &str, owner: Option<&TestUser>, mode: u32) -> PathBuf {
         self.make_dir(&self.work.join(name), owner, mode)
+    }
+
+    /// [`Installed::new`], and one user the policy lets run anything.
+    fn with_user(tag: &str) -> Option<(Installed, TestUser)> {
+        let fx = Installed::new(tag)?;
+        let user = TestUser::create(&[]);
+        fx.write_policy(&fx.rule(&[&user], ""));
+        Some((fx, user))
     }
 
     /// A cgroup under `allowed` made by the test (not counted as left behind).
@@ -705,8 +696,7 @@ impl Call<'_> {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
         // Our own unreaped child: its PID is its own.
-        let pidfd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty())
-            .expect("pidfd_open on our own child");
+        let pidfd = pidfd_of_child(&child);
         Running {
             pid: child.id() as i32,
             child: Some(child),
@@ -900,11 +890,9 @@ fn assert_run_refused(
 ///    cgroup that is under it works (so the refusals are the checks, not a broken option).
 #[test]
 fn refuses_a_cgroup_parent_outside_the_policy() {
-    let Some(fx) = Installed::new("cgroup-parent") else {
+    let Some((fx, user)) = Installed::with_user("cgroup-parent") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     let link = fx.work.join("link");
     std::os::unix::fs::symlink(&fx.allowed, &link).expect("symlink to the allowed cgroup");
     let other = fx.other().to_string_lossy().into_owned();
@@ -947,11 +935,9 @@ fn refuses_a_cgroup_parent_outside_the_policy() {
 /// 2. A job name is a file name in root's registry: one with `/` or `..` is refused.
 #[test]
 fn refuses_a_job_name_with_a_slash_or_dotdot() {
-    let Some(fx) = Installed::new("name") else {
+    let Some((fx, user)) = Installed::with_user("name") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     for name in ["../x", "a/b"] {
         let escaped = Path::new(REGISTRY).join(format!("{name}.json"));
         assert_run_refused(
@@ -969,11 +955,9 @@ fn refuses_a_job_name_with_a_slash_or_dotdot() {
 ///    never runs and the file is neither made nor changed.
 #[test]
 fn refuses_a_report_the_caller_could_not_write() {
-    let Some(fx) = Installed::new("report-refused") else {
+    let Some((fx, user)) = Installed::with_user("report-refused") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     let root_only = fx.work_dir("rootonly", None, 0o700);
     let report = root_only.join("r.json");
     let report_arg = report.to_string_lossy().into_owned();
@@ -1097,7 +1081,7 @@ fn ps_and_kill_do_not_reach_another_users_job() {
         .helper(&a)
         .args(["run", "--name", "a-job", "--", "/bin/sleep", "30"])
         .spawn();
-    let id = poll("A's ps --json lists a-job", READY_DEADLINE, || {
+    let id = poll_until("A's ps --json lists a-job", READY_DEADLINE, || {
         assert!(job.alive(), "A's run returned early:\n{}", job.stderr());
         let jobs = fx.ps(&a);
         let listed = jobs.iter().find(|j| j["name"] == "a-job")?;
@@ -1148,11 +1132,9 @@ fn ps_and_kill_do_not_reach_another_users_job() {
 ///    helper, is removed by the helper and named in the report).
 #[test]
 fn the_callers_environment_steers_nothing() {
-    let Some(fx) = Installed::new("environment") else {
+    let Some((fx, user)) = Installed::with_user("environment") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     let evil_rt = fx.work.join("evil-rt");
     let evil_xdg = fx.work.join("evil-xdg");
     let reports = fx.work_dir("reports", Some(&user), 0o700);
@@ -1316,11 +1298,9 @@ fn the_job_has_the_callers_identity_and_no_privilege() {
 ///     registry, no socket, pipe or anonymous inode (pidfd, signalfd).
 #[test]
 fn the_job_gets_the_callers_descriptors_and_none_of_the_helpers() {
-    let Some(fx) = Installed::new("descriptors") else {
+    let Some((fx, user)) = Installed::with_user("descriptors") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     let mine = fx.work.join("mine");
     fs::write(&mine, "the caller's\n").expect("write the caller's file");
     std::os::unix::fs::chown(&mine, Some(user.uid), Some(user.gid)).expect("chown");
@@ -1382,7 +1362,7 @@ const GAVE_UP_ROOT: &str = "corral-helper: job ";
 /// and its supervisor has given up root (it says so on stderr when it is done); returns
 /// the supervisor's PID and pidfd.
 fn running_supervisor(fx: &Installed, job: &Running, processes: usize) -> (i32, OwnedFd) {
-    poll(
+    poll_until(
         format!("{processes} job processes and a supervisor that gave up root"),
         READY_DEADLINE,
         || {
@@ -1401,11 +1381,9 @@ fn running_supervisor(fx: &Installed, job: &Running, processes: usize) -> (i32, 
 ///     it.
 #[test]
 fn the_supervisor_is_the_callers_and_the_guardian_is_out_of_reach() {
-    let Some(fx) = Installed::new("supervisor") else {
+    let Some((fx, user)) = Installed::with_user("supervisor") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     let job = fx
         .helper(&user)
         .args([
@@ -1489,11 +1467,9 @@ fn the_supervisor_is_the_callers_and_the_guardian_is_out_of_reach() {
 ///     process, no cgroup, no record).
 #[test]
 fn killing_the_supervisor_kills_the_job() {
-    let Some(fx) = Installed::new("supervisor-killed") else {
+    let Some((fx, user)) = Installed::with_user("supervisor-killed") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     let job = fx
         .helper(&user)
         .args([
@@ -1507,7 +1483,7 @@ fn killing_the_supervisor_kills_the_job() {
         .spawn();
     let (supervisor, pidfd) = running_supervisor(&fx, &job, 3);
     // `setsid` execs `sleep` in its own time.
-    poll("the job's two sleeps", READY_DEADLINE, || {
+    poll_until("the job's two sleeps", READY_DEADLINE, || {
         let sleeps = processes_of(user.uid)
             .into_iter()
             .filter(|(_, p)| p.contains(" sleep "))
@@ -1531,11 +1507,9 @@ fn killing_the_supervisor_kills_the_job() {
 ///     uid; no temporary file is left beside it.
 #[test]
 fn the_report_is_written_as_the_caller() {
-    let Some(fx) = Installed::new("report") else {
+    let Some((fx, user)) = Installed::with_user("report") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     let dir = fx.work_dir("userdir", Some(&user), 0o700);
     let path = dir.join("r.json");
     let out = fx
@@ -1646,11 +1620,9 @@ fn run_as_another_allowed_account_and_stop_it_politely() {
 ///     case is run and cleaned up before the differences are reported together.
 #[test]
 fn a_caller_ignoring_sigchld_changes_nothing() {
-    let Some(fx) = Installed::new("sigchld") else {
+    let Some((fx, user)) = Installed::with_user("sigchld") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     let dir = fx.work_dir("userdir", Some(&user), 0o700);
     let path = dir.join("r.json");
     let mut wrong = Vec::new();
@@ -1753,11 +1725,9 @@ fn may_lift_hard_limits() -> bool {
 ///     error with COMMAND's status kept.
 #[test]
 fn the_callers_rlimits_bind_command_and_leave_nothing_of_roots() {
-    let Some(fx) = Installed::new("rlimits") else {
+    let Some((fx, user)) = Installed::with_user("rlimits") else {
         return;
     };
-    let user = TestUser::create(&[]);
-    fx.write_policy(&fx.rule(&[&user], ""));
     let reports = fx.work_dir("reports", Some(&user), 0o700);
     let since = std::time::SystemTime::now() - Duration::from_secs(1);
     let lift = may_lift_hard_limits();

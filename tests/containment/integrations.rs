@@ -33,11 +33,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use corral_testkit::poll_until;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::util::{
-    describe_pid, describe_status, exited, place_in_cgroup, skip, wait_exited, Sandbox, CORRAL,
-    GONE_DEADLINE, READY_DEADLINE,
+    describe_pid, describe_status, exited, pidfd_of_child, place_in_cgroup, skip, wait_exited,
+    Sandbox, CORRAL, GONE_DEADLINE, READY_DEADLINE,
 };
 
 /// How long one run of a tool may take, a build of the fixture included: a hang detector.
@@ -72,14 +73,7 @@ struct Marked {
 impl Marked {
     fn find(marker: &str) -> Marked {
         let mut held = Vec::new();
-        for entry in fs::read_dir("/proc").expect("list /proc").flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
+        for pid in crate::util::proc_pids() {
             if !has_arg(pid, marker) {
                 continue;
             }
@@ -102,21 +96,21 @@ impl Marked {
     /// Waits until `count` processes carry the marker (a leak being started by `setsid`
     /// may not have reached `exec` yet).
     fn wait_for(marker: &str, count: usize, context: &str) -> Marked {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
+        let what = format!("{context}: {count} processes with `{marker}`");
+        let found = poll_until(what, READY_DEADLINE, || {
             let found = Marked::find(marker);
-            if found.held.len() >= count || Instant::now() >= deadline {
-                assert_eq!(
-                    found.held.len(),
-                    count,
-                    "{context}: processes with `{marker}` left running: {}",
-                    found.describe()
-                );
-                return found;
+            match found.held.len() >= count {
+                true => Ok(found),
+                false => Err(found.describe()),
             }
-            drop(found);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        });
+        assert_eq!(
+            found.held.len(),
+            count,
+            "{context}: processes with `{marker}` left running: {}",
+            found.describe()
+        );
+        found
     }
 
     /// Asserts nothing carries the marker. Called once the tool has returned: corral has
@@ -222,8 +216,7 @@ impl Tool {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-        let pidfd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty())
-            .expect("pidfd of our own child");
+        let pidfd = pidfd_of_child(&child);
         Tool {
             child,
             pidfd,

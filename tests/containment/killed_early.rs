@@ -44,15 +44,7 @@ fn a_corral_killed_in_its_first_milliseconds_leaves_nothing_after_one_sweep() {
     // The watchdogs of the corrals that got to start one clean up on their own, from the
     // cgroup they share with corral; once it is empty, all of them are done.
     let corral_leaf = sandbox.cgroup().corral_leaf();
-    let deadline = Instant::now() + WATCHDOGS_DONE;
-    while CgroupTree::populated(&corral_leaf) {
-        assert!(
-            Instant::now() < deadline,
-            "corral's watchdogs still run after {WATCHDOGS_DONE:?}: {:?}",
-            CgroupTree::procs_recursive(&corral_leaf)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    CgroupTree::wait_empty(&corral_leaf, WATCHDOGS_DONE, "corral's watchdogs done");
     let before = litter(&sandbox, &jobs);
     let mut sweep = sandbox.corral_bare();
     sweep.arg("sweep").env("CORRAL_CGROUP_PARENT", &jobs);

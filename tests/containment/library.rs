@@ -2,7 +2,9 @@
 //! calling process a subreaper and claims all of its children, which in a test binary
 //! would include other tests' processes).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use corral_testkit::poll_until;
 
 use crate::util::{Sandbox, TESTTREE};
 
@@ -17,19 +19,13 @@ fn options(sandbox: &Sandbox) -> corral::Options {
 
 /// Polls `job.members()` until it lists at least `n` processes, against a deadline.
 fn wait_members(job: &corral::Job, n: usize) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    poll_until(format_args!("{n} members"), Duration::from_secs(15), || {
         let members = job.members().expect("members");
-        if members.len() >= n {
-            return members;
+        match members.len() >= n {
+            true => Ok(members),
+            false => Err(format!("only {members:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} members appeared",
-            members.len()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    })
 }
 
 #[test]
@@ -84,7 +80,7 @@ fn stop_runs_the_ladder_and_kill_skips_it() {
         assert_eq!(stop.outcome, outcome, "{report:#?}");
         assert!(report.survivors.is_empty(), "{report:#?}");
         assert_eq!(
-            stop.steps.first().map(|s| s.step.as_str()),
+            stop.steps.first().map(|s| s.step.name()),
             Some(if kill { "kill" } else { "signal" })
         );
     }

@@ -55,12 +55,7 @@ fn run(name: &str, stubborn: bool) {
         done.report_text()
     );
     let expected = if stubborn { "killed" } else { "exited" };
-    assert_eq!(
-        done.stop_outcome().as_deref(),
-        Some(expected),
-        "{}",
-        done.report_text()
-    );
+    done.assert_stop_outcome(expected);
 }
 
 #[test]

@@ -129,15 +129,7 @@ fn sigkill_leaves_nothing(mechanism: Mechanism, name: &str, whole_group: bool) {
         if let Some(cgroup) = &sandbox.cgroup {
             // Nothing else of the job either (corral's leaf holds a pgroup job; the job
             // cgroup, left behind by the dead corral, a cgroup job).
-            while CgroupTree::populated(cgroup.root()) {
-                assert!(
-                    killed_at.elapsed() < WITHIN,
-                    "{name}: processes left in {}: {:?}",
-                    cgroup.root().display(),
-                    CgroupTree::procs_recursive(cgroup.root())
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            CgroupTree::wait_empty(cgroup.root(), killed_at + WITHIN, &name);
         }
         let done = job.finish();
         assert_eq!(
@@ -159,18 +151,7 @@ fn leftovers_wait_is_refused(mechanism: Mechanism) {
     run.args(["--pid-namespace", "--leftovers", "wait"])
         .tree(&["sleep"]);
     let done = run.run();
-    done.assert_code(125);
-    done.assert_one_line_error();
-    assert!(
-        done.stderr.contains("--leftovers wait"),
-        "the error must name the conflict: {}",
-        done.stderr
-    );
-    assert!(
-        !done.tree_started(),
-        "COMMAND was started: {:?}",
-        done.listed()
-    );
+    done.assert_refused(&["--leftovers wait"]);
     sandbox.assert_clean();
 }
 
@@ -309,17 +290,6 @@ fn without_clone3_is_refused() {
     run.args(["--pid-namespace", "--debug-no-clone3"])
         .tree(&["sleep"]);
     let done = run.run();
-    done.assert_code(125);
-    done.assert_one_line_error();
-    assert!(
-        done.stderr.contains("needs clone3"),
-        "the error must name clone3: {}",
-        done.stderr
-    );
-    assert!(
-        !done.tree_started(),
-        "COMMAND was started: {:?}",
-        done.listed()
-    );
+    done.assert_refused(&["needs clone3"]);
     sandbox.assert_clean();
 }

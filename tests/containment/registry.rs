@@ -5,8 +5,9 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use corral_testkit::poll_until;
 use rustix::process::Signal;
 
 use crate::util::{
@@ -50,15 +51,6 @@ fn files(rt: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// Polls until `cond` holds, against a deadline.
-fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !cond() {
-        assert!(Instant::now() < end, "{what}: not after {deadline:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The job whose name is `name` in a `ps --json` listing.
@@ -203,9 +195,40 @@ fn kill_stops_a_job_from_outside(mechanism: Mechanism) {
     );
 }
 
+/// A cgroup job whose supervisor was SIGKILLed mid-job, with its processes still running.
+struct Orphan {
+    procs: crate::util::Procs,
+    /// Its record in the registry.
+    record: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl Orphan {
+    /// Nothing of the job is left once cleaned up (`context`): no process, no cgroup, no
+    /// record nor anything else in the registry.
+    fn assert_cleaned_up(&self, sandbox: &Sandbox, context: &str) {
+        self.procs.assert_all_gone(context); // within GONE_DEADLINE
+        poll_until("the stale job's cgroup removed", GONE_DEADLINE, || {
+            !self.cgroup.exists()
+        });
+        assert!(
+            !self.record.exists(),
+            "record left: {}",
+            self.record.display()
+        );
+        let rt = &sandbox.runtime;
+        assert!(
+            files(rt).is_empty(),
+            "left in the registry: {:?}",
+            files(rt)
+        );
+        sandbox.assert_clean();
+    }
+}
+
 /// A cgroup job whose supervisor was SIGKILLed mid-job, with a setsid escapee and a
-/// double-fork daemon still running. Returns the job's processes and its record's path.
-fn orphaned_job(sandbox: &Sandbox, name: &str) -> (crate::util::Procs, PathBuf, PathBuf) {
+/// double-fork daemon still running.
+fn orphaned_job(sandbox: &Sandbox, name: &str) -> Orphan {
     let rt = sandbox.runtime.clone();
     let job = sandbox
         .corral(Mechanism::Cgroup)
@@ -222,7 +245,11 @@ fn orphaned_job(sandbox: &Sandbox, name: &str) -> (crate::util::Procs, PathBuf, 
     assert_eq!(done.status.code(), None, "corral was SIGKILLed");
     procs.assert_alive("daemon");
     procs.assert_alive("top");
-    (procs, record, cgroup)
+    Orphan {
+        procs,
+        record,
+        cgroup,
+    }
 }
 
 /// 3. `corral sweep` after a supervisor was SIGKILLed mid-job: `--dry-run` lists the job and
@@ -233,7 +260,8 @@ fn sweep_cleans_up_after_a_killed_supervisor() {
         return;
     };
     let rt = sandbox.runtime.clone();
-    let (procs, record, cgroup) = orphaned_job(&sandbox, "orphan");
+    let orphan = orphaned_job(&sandbox, "orphan");
+    let (procs, record, cgroup) = (&orphan.procs, &orphan.record, &orphan.cgroup);
 
     let jobs = ps_json(&sandbox, &rt, None);
     assert_eq!(job_named(&jobs, "orphan")["stale"], true, "{jobs:#?}");
@@ -254,17 +282,7 @@ fn sweep_cleans_up_after_a_killed_supervisor() {
     let (swept, out) = cli(&sandbox, &rt, None, &["sweep"]);
     swept.assert_code(0);
     assert!(out.contains("killed"), "the sweep says what it did:\n{out}");
-    procs.assert_all_gone("sweep"); // within GONE_DEADLINE
-    eventually("the stale job's cgroup removed", GONE_DEADLINE, || {
-        !cgroup.exists()
-    });
-    assert!(!record.exists(), "record left: {}", record.display());
-    assert!(
-        files(&rt).is_empty(),
-        "left in the registry: {:?}",
-        files(&rt)
-    );
-    sandbox.assert_clean();
+    orphan.assert_cleaned_up(&sandbox, "sweep");
     let (again, out) = cli(&sandbox, &rt, None, &["sweep"]);
     again.assert_code(0);
     assert_eq!(out.trim(), "nothing to sweep");
@@ -278,8 +296,7 @@ fn start_up_sweep_cleans_a_stale_job() {
     let Some(sandbox) = Sandbox::with_cgroup("registry-startup") else {
         return;
     };
-    let rt = sandbox.runtime.clone();
-    let (procs, record, cgroup) = orphaned_job(&sandbox, "left");
+    let orphan = orphaned_job(&sandbox, "left");
     let done = sandbox.corral(Mechanism::Cgroup).args(["--", "true"]).run();
     done.assert_code(0);
     assert_eq!(done.stderr, "", "the start-up sweep is silent without -v");
@@ -290,17 +307,7 @@ fn start_up_sweep_cleans_a_stale_job() {
             .any(|l| l.as_str().is_some_and(|l| l.contains("left")))),
         "the report says what the start-up sweep did: {swept}"
     );
-    procs.assert_all_gone("start-up sweep");
-    eventually("the stale job's cgroup removed", GONE_DEADLINE, || {
-        !cgroup.exists()
-    });
-    assert!(!record.exists(), "record left: {}", record.display());
-    assert!(
-        files(&rt).is_empty(),
-        "left in the registry: {:?}",
-        files(&rt)
-    );
-    sandbox.assert_clean();
+    orphan.assert_cleaned_up(&sandbox, "start-up sweep");
 }
 
 /// `corral kill` of a job whose supervisor is gone stops what is left itself, and says so.
@@ -310,7 +317,7 @@ fn kill_of_a_stale_job_cleans_up() {
         return;
     };
     let rt = sandbox.runtime.clone();
-    let (procs, record, cgroup) = orphaned_job(&sandbox, "gone");
+    let orphan = orphaned_job(&sandbox, "gone");
     let (kill, _) = cli(&sandbox, &rt, None, &["kill", "gone"]);
     kill.assert_code(0);
     assert!(
@@ -318,17 +325,7 @@ fn kill_of_a_stale_job_cleans_up() {
         "one line saying what happened: {}",
         kill.stderr
     );
-    procs.assert_all_gone("kill of a stale job");
-    eventually("the stale job's cgroup removed", GONE_DEADLINE, || {
-        !cgroup.exists()
-    });
-    assert!(!record.exists(), "record left: {}", record.display());
-    assert!(
-        files(&rt).is_empty(),
-        "left in the registry: {:?}",
-        files(&rt)
-    );
-    sandbox.assert_clean();
+    orphan.assert_cleaned_up(&sandbox, "kill of a stale job");
 }
 
 /// 5. Corrupt, half-written and forged records are reported (one warning each) and skipped
@@ -531,10 +528,7 @@ fn bad_input_is_one_line_and_125() {
     let mut run = sandbox.corral(Mechanism::Pgroup);
     run.args(["--name", "dup"]).tree(&["sleep"]);
     let second = run.spawn().finish();
-    second.assert_code(125);
-    second.assert_one_line_error();
-    assert!(second.stderr.contains("already named"), "{}", second.stderr);
-    assert!(!second.tree_started());
+    second.assert_refused(&["already named"]);
     first.signal(Signal::TERM);
     first.finish().assert_code(143);
     procs.assert_all_gone("dup");

@@ -33,12 +33,7 @@ fn polite_signal(mechanism: Mechanism, name: &str, arg: &str, signo: i32) {
     job.go();
     let done = job.finish();
     let stubborn = procs.pid("stubborn");
-    let got: Vec<i32> = done
-        .marker_lines()
-        .iter()
-        .filter(|(_, p, _)| *p == stubborn)
-        .map(|m| m.2)
-        .collect();
+    let got = done.signals_of(stubborn);
     assert_eq!(
         got,
         vec![signo],

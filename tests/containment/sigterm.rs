@@ -2,12 +2,12 @@
 //! with SIGTERM as the polite signal, SIGHUP with SIGHUP, and a second SIGTERM skips the
 //! rest of the grace; a first one during a stop that began otherwise does not.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::process::Signal;
 
 use crate::util::{
-    both_mechanisms, read_marker, sigterm_stops_tree, Mechanism, Sandbox, SECOND_SIGNAL_AFTER,
+    both_mechanisms, second_signal_cuts_the_grace, sigterm_stops_tree, Mechanism, Sandbox,
 };
 
 both_mechanisms!(
@@ -34,47 +34,15 @@ fn second_sigterm_skips_the_rest_of_the_grace(mechanism: Mechanism) {
     job.signal(Signal::TERM);
     // The stubborn process records the polite SIGTERM and carries on: corral is now in
     // its 60 s grace.
-    let stubborn = procs.pid("stubborn");
-    wait_for_mark(
-        &job.dir.join("marker"),
-        ("stubborn", stubborn, libc::SIGTERM),
+    job.wait_signalled(procs.pid("stubborn"), &[libc::SIGTERM]);
+    let done = second_signal_cuts_the_grace(
+        &sandbox,
+        mechanism,
+        (job, &procs),
+        (libc::SIGTERM, "second SIGTERM"),
+        |job| job.signal(Signal::TERM),
     );
-    // A second signal counts from 100 ms after corral took the first in (a stop delivered
-    // twice at once is one stop), which it had by the mark seen above: wait that long, with
-    // a margin. A timing condition, not a proof of anything.
-    std::thread::sleep(SECOND_SIGNAL_AFTER + Duration::from_millis(50));
-    let second = Instant::now();
-    job.signal(Signal::TERM);
-    let done = job.finish();
-    let after_second = second.elapsed();
-    procs.assert_all_gone("second sigterm");
-    sandbox.assert_clean();
-    assert!(
-        after_second < Duration::from_secs(30),
-        "corral took {after_second:?} after the second SIGTERM; it must skip the 60s grace"
-    );
-    let grace = done.step("grace");
-    assert_eq!(
-        grace["detail"],
-        "cut short by a second signal",
-        "{}",
-        done.report_text()
-    );
-    // The second signal sends SIGKILL at once: COMMAND dies of the first signal or of
-    // SIGKILL, whichever the scheduler lets happen first.
-    done.assert_code_in(&[128 + libc::SIGTERM, 128 + libc::SIGKILL]);
-    done.assert_report_basics(mechanism);
-    assert!(
-        done.stop_steps().iter().any(|s| s == "kill"),
-        "{}",
-        done.report_text()
-    );
-    assert_eq!(
-        done.stop_outcome().as_deref(),
-        Some("killed"),
-        "{}",
-        done.report_text()
-    );
+    done.assert_stop_outcome("killed");
 }
 
 /// COMMAND exits leaving a stubborn process, so corral stops it (reason `leftovers`); then
@@ -92,12 +60,8 @@ fn a_first_sigterm_during_a_leftovers_stop_keeps_the_grace(mechanism: Mechanism)
         .spawn();
     let procs = job.wait_ready(&["top", "stubborn"]);
     job.go();
-    let stubborn = procs.pid("stubborn");
     // The leftovers stop has begun: the stubborn process got corral's polite SIGTERM.
-    wait_for_mark(
-        &job.dir.join("marker"),
-        ("stubborn", stubborn, libc::SIGTERM),
-    );
+    job.wait_signalled(procs.pid("stubborn"), &[libc::SIGTERM]);
     job.signal(Signal::TERM);
     let done = job.finish();
     procs.assert_all_gone("leftovers stop, then sigterm");
@@ -109,12 +73,7 @@ fn a_first_sigterm_during_a_leftovers_stop_keeps_the_grace(mechanism: Mechanism)
         "the grace is not cut short:\n{}",
         done.report_text()
     );
-    assert_eq!(
-        done.stop_outcome().as_deref(),
-        Some("killed"),
-        "{}",
-        done.report_text()
-    );
+    done.assert_stop_outcome("killed");
 }
 
 fn sighup_to_corral_is_the_polite_signal(mechanism: Mechanism) {
@@ -132,32 +91,11 @@ fn sighup_to_corral_is_the_polite_signal(mechanism: Mechanism) {
     procs.assert_all_gone("sighup");
     sandbox.assert_clean();
     let stubborn = procs.pid("stubborn");
-    let got: Vec<i32> = done
-        .marker_lines()
-        .iter()
-        .filter(|(_, p, _)| *p == stubborn)
-        .map(|m| m.2)
-        .collect();
+    let got = done.signals_of(stubborn);
     assert!(
         got.contains(&libc::SIGHUP) && !got.contains(&libc::SIGTERM),
         "the polite signal must be SIGHUP (the one corral received); the job got {got:?}"
     );
     done.assert_code(128 + libc::SIGHUP);
     done.assert_report_basics(mechanism);
-}
-
-/// Waits until the marker file holds `mark`.
-fn wait_for_mark(path: &std::path::Path, (role, pid, signo): (&str, i32, i32)) {
-    let deadline = Instant::now() + crate::util::READY_DEADLINE;
-    while !read_marker(path)
-        .iter()
-        .any(|(r, p, s)| r == role && *p == pid && *s == signo)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{role} never recorded signal {signo}; marker: {:?}",
-            read_marker(path)
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }

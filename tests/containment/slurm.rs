@@ -49,8 +49,8 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::util::{
-    describe_pid, exited, place_in_cgroup, read_pids, skip, wait_exited, CgroupTree, Procs,
-    Sandbox, CORRAL, READY_DEADLINE, TESTTREE,
+    describe_pid, exited, pidfd_of_child, place_in_cgroup, read_pids, skip, wait_exited,
+    CgroupTree, Procs, Sandbox, CORRAL, READY_DEADLINE, TESTTREE,
 };
 
 /// For each `fn name(proctrack: Proctrack)` given, generates `mod name { fn pgid();
@@ -803,8 +803,7 @@ impl Cluster {
             .stderr(file);
         place_in_cgroup(&mut command, &sandbox.cgroup().other_leaf());
         let child = command.spawn().expect("spawn srun");
-        let pidfd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty())
-            .expect("pidfd_open on our own unreaped child");
+        let pidfd = pidfd_of_child(&child);
         Srun {
             job: Submitted {
                 id: None,

@@ -56,12 +56,7 @@ fn stopped(mechanism: Mechanism, name: &str, left_over: bool) {
     sandbox.assert_clean();
     done.assert_code(if left_over { 0 } else { 128 + libc::SIGTERM });
     done.assert_report_basics(mechanism);
-    assert_eq!(
-        done.stop_outcome().as_deref(),
-        Some("exited"),
-        "{}",
-        done.report_text()
-    );
+    done.assert_stop_outcome("exited");
 }
 
 /// COMMAND stops itself (SIGSTOP) and is never continued: the timeout's stop sequence must

@@ -6,6 +6,8 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
 
+use corral_testkit::poll_until;
+
 use crate::util::{describe_status, Sandbox, CORRAL};
 
 /// The status as a shell sees it, and whether it was a signal.
@@ -135,22 +137,16 @@ fn corral_timeout_leaves_no_escapee_where_timeout_does() {
         format!("setsid bash -c 'exec -a {marker} sleep 30' </dev/null >/dev/null 2>&1 & sleep 5");
     let (theirs_status, _) = theirs(&["0.3", "sh", "-c", &script]);
     assert_eq!(theirs_status.code(), Some(124));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while crate::util::processes_with_arg0(&marker).is_empty() {
-        if std::time::Instant::now() > deadline {
-            panic!("the control failed: timeout left no escapee named {marker}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let within = std::time::Duration::from_secs(5);
+    poll_until(
+        format_args!("the control: timeout leaving an escapee named {marker}"),
+        within,
+        || !crate::util::processes_with_arg0(&marker).is_empty(),
+    );
     crate::util::kill_by_arg0(&marker);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !crate::util::processes_with_arg0(&marker).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the control's escapee did not die"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    poll_until("the control's escapee's death", within, || {
+        crate::util::processes_with_arg0(&marker).is_empty()
+    });
     let (ours_status, _) = ours(
         &sandbox,
         std::path::Path::new(CORRAL),

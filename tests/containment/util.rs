@@ -23,6 +23,8 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use corral_testkit::mountinfo::Cgroup2Mount;
+use corral_testkit::{poll_until, Described, Until};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
@@ -98,18 +100,15 @@ pub fn skip(reason: impl std::fmt::Display) {
 
 /// The cgroup2 mount point, from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        // <id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ...
-        let (before, after) = line.split_once(" - ")?;
-        if after.split(' ').next()? != "cgroup2" {
-            return None;
-        }
-        before
-            .split(' ')
-            .nth(4)
-            .map(|p| PathBuf::from(unescape_mountinfo(p)))
-    })
+    Some(Cgroup2Mount::find().ok()??.path)
+}
+
+/// The cgroup directory of process `pid` (`"self"` for this one), from its
+/// `/proc/<pid>/cgroup`; `None` if it is gone (or cgroup2 is not mounted).
+pub fn cgroup_dir_of(pid: impl std::fmt::Display) -> Option<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(cgroup2_mount()?.join(rel.trim_start_matches('/')))
 }
 
 /// Where test cgroups go.
@@ -172,29 +171,6 @@ fn find_test_cgroup_base() -> Result<PathBuf, String> {
         let _ = fs::write(own.join("cgroup.subtree_control"), format!("+{controller}"));
     }
     Ok(own)
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape_mountinfo(field: &str) -> OsString {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
-        {
-            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap();
-            if let Ok(b) = u8::from_str_radix(octal, 8) {
-                out.push(b);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    OsString::from_vec(out)
 }
 
 /// A cgroup subtree owned by one test:
@@ -289,6 +265,21 @@ impl CgroupTree {
             pids.extend(Self::procs_recursive(&child));
         }
         pids
+    }
+
+    /// Polls until no process is left in `path`'s subtree; panics naming `what` and the
+    /// processes left once `until` has passed.
+    pub fn wait_empty(path: &Path, until: impl Into<Until>, what: impl std::fmt::Display) {
+        poll_until(
+            format_args!("{what}: {} empty", path.display()),
+            until,
+            || match Self::populated(path) {
+                false => Ok(()),
+                true => Err(Described(|| {
+                    format!("left: {}", describe_pids(&Self::procs_recursive(path)))
+                })),
+            },
+        );
     }
 
     /// All cgroups of the subtree, children before their parent.
@@ -550,18 +541,11 @@ impl Sandbox {
     pub fn assert_clean(&self) {
         let Some(cgroup) = &self.cgroup else { return };
         let leaf = cgroup.corral_leaf();
-        let deadline = Instant::now() + GONE_DEADLINE;
-        while CgroupTree::populated(&leaf) {
-            if Instant::now() >= deadline {
-                let pids = CgroupTree::procs_recursive(&leaf);
-                panic!(
-                    "processes left in corral's cgroup {} after corral returned: {}",
-                    leaf.display(),
-                    describe_pids(&pids)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        CgroupTree::wait_empty(
+            &leaf,
+            GONE_DEADLINE,
+            "after corral returned, corral's cgroup",
+        );
         let jobs = cgroup.jobs();
         let left = CgroupTree::children(&jobs);
         assert!(
@@ -674,19 +658,6 @@ impl Run {
             .arg("--go")
             .arg(go);
         self.args(args)
-    }
-
-    /// The corral-testtree arguments that [`Run::tree`] would pass before the mode.
-    pub fn tree_prefix(&self) -> Vec<OsString> {
-        vec![
-            TESTTREE.into(),
-            "--pids".into(),
-            self.pids_file().into(),
-            "--marker".into(),
-            self.marker_file().into(),
-            "--go".into(),
-            self.go_file().into(),
-        ]
     }
 
     pub fn env(&mut self, key: &str, value: impl AsRef<OsStr>) -> &mut Run {
@@ -811,7 +782,7 @@ impl Run {
 }
 
 /// A pidfd for our own child, which cannot have been reaped yet, so its PID is its own.
-fn pidfd_of_child(child: &Child) -> OwnedFd {
+pub fn pidfd_of_child(child: &Child) -> OwnedFd {
     rustix::process::pidfd_open(Pid::from_child(child), PidfdFlags::empty())
         .expect("pidfd_open on our own unreaped child")
 }
@@ -834,8 +805,7 @@ impl Job {
     /// more than once, meaning that many processes of the role), and returns pidfds for all
     /// processes listed so far. Panics if corral exits first or the deadline passes.
     pub fn wait_ready(&self, roles: &[&str]) -> Procs {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
+        poll_until("the tree ready", READY_DEADLINE, || {
             let listed = read_pids(&self.dir.join("pids"));
             let missing: Vec<&str> = missing_roles(&listed, roles);
             if missing.is_empty() {
@@ -843,7 +813,7 @@ impl Job {
                 // yet (nothing asked for it), so each pidfd refers to the listed process.
                 let mut procs = Procs::default();
                 procs.open(&listed);
-                return procs;
+                return Ok(procs);
             }
             if exited(self.pidfd.as_fd()) {
                 panic!(
@@ -851,37 +821,31 @@ impl Job {
                     self.diagnostics()
                 );
             }
-            if Instant::now() >= deadline {
-                panic!(
-                    "tree not ready after {READY_DEADLINE:?} (missing {missing:?}, listed \
-                     {listed:?}); {}",
+            Err(Described(move || {
+                format!(
+                    "missing {missing:?}, listed {listed:?}; {}",
                     self.diagnostics()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+                )
+            }))
+        })
     }
 
     /// Like [`Job::wait_ready`], for jobs that may already be stopping (a short
     /// `--timeout`): stops waiting when corral exits, and a listed process that is already
     /// gone is recorded as gone.
     pub fn wait_listed(&self, roles: &[&str]) -> Procs {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
+        poll_until("the tree listed", READY_DEADLINE, || {
             let listed = read_pids(&self.dir.join("pids"));
             let missing = missing_roles(&listed, roles);
             if missing.is_empty() || exited(self.pidfd.as_fd()) {
                 let mut procs = Procs::default();
                 procs.open_late(&listed);
-                return procs;
+                return Ok(procs);
             }
-            assert!(
-                Instant::now() < deadline,
-                "tree never listed {missing:?}; {}",
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            Err(Described(move || {
+                format!("never listed {missing:?}; {}", self.diagnostics())
+            }))
+        })
     }
 
     /// Everything the pids file lists now.
@@ -892,6 +856,23 @@ impl Job {
     /// Lets the tree's top process proceed past `--go` (usually: exit, leaving leftovers).
     pub fn go(&self) {
         fs::write(self.dir.join("go"), "go\n").expect("create go file");
+    }
+
+    /// Waits until the tree's marker file records each of `signals` for `pid` (its handler
+    /// ran).
+    pub fn wait_signalled(&self, pid: i32, signals: &[i32]) {
+        let marker = self.dir.join("marker");
+        poll_until(
+            format_args!("pid {pid} to record signals {signals:?}"),
+            READY_DEADLINE,
+            || {
+                let got = signals_of(&read_marker(&marker), pid);
+                match signals.iter().all(|s| got.contains(s)) {
+                    true => Ok(()),
+                    false => Err(format!("recorded {got:?}")),
+                }
+            },
+        );
     }
 
     /// Sends `signal` to corral alone, through its pidfd.
@@ -999,18 +980,17 @@ impl Direct {
 
     /// Waits until it lists `role` in its pids file.
     pub fn wait_ready(&self, role: &str) {
-        let deadline = Instant::now() + READY_DEADLINE;
-        while missing_roles(&read_pids(&self.dir.join("pids")), &[role]).len() == 1 {
+        poll_until(format_args!("{role} ready"), READY_DEADLINE, || {
+            let listed = read_pids(&self.dir.join("pids"));
+            if missing_roles(&listed, &[role]).is_empty() {
+                return Ok(());
+            }
             assert!(
                 !exited(self.pidfd.as_fd()),
                 "{role} exited before it was ready"
             );
-            assert!(
-                Instant::now() < deadline,
-                "{role} not ready after {READY_DEADLINE:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            Err(format!("listed {listed:?}"))
+        });
     }
 
     /// Asserts it stays alive for `window`: fails as soon as it exits.
@@ -1197,6 +1177,27 @@ impl Finished {
             .map(str::to_string)
     }
 
+    /// Asserts the stop sequence ended with `outcome` (`exited`, `killed`, ...).
+    #[track_caller]
+    pub fn assert_stop_outcome(&self, outcome: &str) {
+        assert_eq!(
+            self.stop_outcome().as_deref(),
+            Some(outcome),
+            "{}",
+            self.report_text()
+        );
+    }
+
+    /// Asserts the stop sequence has a `name` step (`signal`, `kill`, ...).
+    #[track_caller]
+    pub fn assert_has_step(&self, name: &str) {
+        assert!(
+            self.stop_steps().iter().any(|s| s == name),
+            "no `{name}` step:\n{}",
+            self.report_text()
+        );
+    }
+
     /// The `leftovers` entry for `pid`.
     pub fn leftover(&self, pid: i32) -> &serde_json::Value {
         self.report()["leftovers"]
@@ -1236,9 +1237,32 @@ impl Finished {
         );
     }
 
+    /// Asserts corral refused before it started COMMAND: status 125, one line on stderr
+    /// that says each of `says`, and nothing of the tree ran.
+    #[track_caller]
+    pub fn assert_refused(&self, says: &[&str]) {
+        self.assert_code(125);
+        self.assert_one_line_error();
+        assert!(
+            says.iter().all(|s| self.stderr.contains(s)),
+            "the error must say {says:?}: {:?}",
+            self.stderr
+        );
+        assert!(
+            !self.tree_started(),
+            "COMMAND was started: {:?}",
+            self.listed()
+        );
+    }
+
     /// Lines of the marker file the tree's handlers wrote: `(role, pid, signo)`.
     pub fn marker_lines(&self) -> Vec<(String, i32, i32)> {
         read_marker(&self.dir.join("marker"))
+    }
+
+    /// The signals the marker file records for `pid`, in order.
+    pub fn signals_of(&self, pid: i32) -> Vec<i32> {
+        signals_of(&self.marker_lines(), pid)
     }
 
     /// Everything the tree's pids file lists.
@@ -1426,6 +1450,15 @@ pub fn read_pids(path: &Path) -> Vec<(String, i32)> {
             let (role, pid) = line.split_once(' ')?;
             Some((role.to_string(), pid.parse().ok()?))
         })
+        .collect()
+}
+
+/// The signals `marks` (a marker file's lines) record for `pid`, in order.
+pub fn signals_of(marks: &[(String, i32, i32)], pid: i32) -> Vec<i32> {
+    marks
+        .iter()
+        .filter(|(_, p, _)| *p == pid)
+        .map(|(_, _, signo)| *signo)
         .collect()
 }
 
@@ -1623,19 +1656,44 @@ pub fn sigterm_stops_tree(mechanism: Mechanism, name: &str, mode: &str, roles: &
     );
 }
 
-/// Polls `check` until it returns `Ok`, panicking with `what` and its last error once
-/// `deadline` has passed.
-pub fn wait_until(deadline: Instant, what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    loop {
-        let err = match check() {
-            Ok(()) => return,
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            panic!("{what}: not by the deadline: {err}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// The end of a "second signal" test: `job`'s stubborn process has recorded the first stop
+/// signal (`first`), so corral has taken it in and is in its 60 s grace. `send` sends the
+/// second one: corral must cut the grace short and kill at once, and everything must be
+/// gone. The result, for the caller's own checks.
+pub fn second_signal_cuts_the_grace(
+    sandbox: &Sandbox,
+    mechanism: Mechanism,
+    (job, procs): (Job, &Procs),
+    (first, what): (i32, &str),
+    send: impl FnOnce(&Job),
+) -> Finished {
+    // A second signal counts from 100 ms after corral took the first in (a stop delivered
+    // twice at once is one stop), which it had by the mark seen: wait that long, with a
+    // margin. A timing condition, not a proof of anything.
+    std::thread::sleep(SECOND_SIGNAL_AFTER + Duration::from_millis(50));
+    let second = Instant::now();
+    send(&job);
+    let done = job.finish();
+    let after_second = second.elapsed();
+    procs.assert_all_gone(what);
+    sandbox.assert_clean();
+    assert!(
+        after_second < Duration::from_secs(30),
+        "corral took {after_second:?} after the {what}; it must skip the 60s grace"
+    );
+    let grace = done.step("grace");
+    assert_eq!(
+        grace["detail"],
+        "cut short by a second signal",
+        "{}",
+        done.report_text()
+    );
+    // The second signal sends SIGKILL at once: COMMAND dies of the first signal or of
+    // SIGKILL, whichever the scheduler lets happen first.
+    done.assert_code_in(&[128 + first, 128 + libc::SIGKILL]);
+    done.assert_report_basics(mechanism);
+    done.assert_has_step("kill");
+    done
 }
 
 /// Delegates the cgroup `dir` to `uid` as systemd's `Delegate=yes` does: the directory and
@@ -1668,19 +1726,23 @@ pub fn executable_by_others(path: &std::path::Path) -> bool {
     ok
 }
 
+/// The PIDs `/proc` lists now: a snapshot, in which any process may exit (and its PID be
+/// reused) at once. Never a target for a signal; open a pidfd and check it first.
+pub fn proc_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// Live processes whose `argv[0]` is `marker` (a name a test gave its own process with
 /// `exec -a`). For failure messages and to clean up after a failed test: see
 /// [`kill_by_arg0`].
 pub fn processes_with_arg0(marker: &str) -> Vec<i32> {
     let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in proc_pids() {
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let arg0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
         let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -22,11 +22,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use corral_testkit::poll_until;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::util::{
-    describe_pid, exited, place_in_cgroup, read_pids, CgroupTree, Mechanism, Procs, Run, Sandbox,
-    READY_DEADLINE, TESTTREE,
+    describe_pid, exited, pidfd_of_child, place_in_cgroup, read_pids, CgroupTree, Mechanism, Procs,
+    Run, Sandbox, READY_DEADLINE, TESTTREE,
 };
 
 const HOST: &str = corral_testkit::HOST;
@@ -59,8 +60,7 @@ fn corral_with_escapees(sandbox: &Sandbox, options: &[&str]) -> Run {
 
 /// Waits until the pids file lists `ROLES`, then holds each listed process by a pidfd.
 fn wait_listed(pids: &Path, host: &OwnedFd) -> Procs {
-    let deadline = Instant::now() + READY_DEADLINE;
-    loop {
+    poll_until("the tree ready", READY_DEADLINE, || {
         let listed = read_pids(pids);
         let count = |role: &str| listed.iter().filter(|(r, _)| r == role).count();
         if ROLES
@@ -72,18 +72,14 @@ fn wait_listed(pids: &Path, host: &OwnedFd) -> Procs {
             let mut procs = Procs::default();
             procs.open_late(&listed);
             assert_eq!(procs.procs.len(), listed.len(), "a listed process is gone");
-            return procs;
+            return Ok(procs);
         }
         assert!(
             !exited(host.as_fd()),
             "the host exited before the tree was ready"
         );
-        assert!(
-            Instant::now() < deadline,
-            "tree not ready after {READY_DEADLINE:?}: {listed:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        Err(format!("listed {listed:?}"))
+    })
 }
 
 /// The one job cgroup under the sandbox's `jobs/`.
@@ -137,14 +133,7 @@ impl Watchdog {
     /// The watchdog of `host`, if one runs: found in `/proc` by its command line, and
     /// confirmed by it after its pidfd was opened (so the pidfd is the watchdog's).
     fn of(host: i32) -> Option<Watchdog> {
-        for entry in fs::read_dir("/proc").expect("list /proc").flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
+        for pid in crate::util::proc_pids() {
             if pid <= 1 || !is_watchdog_of(pid, host) {
                 continue;
             }
@@ -222,35 +211,40 @@ fn check_before(procs: &Procs, cgroup: &Path, watchdog: &Watchdog, host: i32) {
     );
 }
 
+/// The processes of `procs` still alive, described.
+fn alive(procs: &Procs) -> Vec<String> {
+    procs
+        .procs
+        .iter()
+        .filter(|p| !procs.gone(p.pid))
+        .map(|p| format!("{} {}", p.role, describe_pid(p.pid)))
+        .collect()
+}
+
 /// Within [`BOUND`] of `killed`: every process of the tree is gone, the job's cgroup is
 /// empty and removed, and then the watchdog has exited.
 fn assert_job_gone(procs: &Procs, cgroup: &Path, watchdog: &Watchdog, killed: Instant) {
     let deadline = killed + BOUND;
-    loop {
-        let alive: Vec<String> = procs
-            .procs
-            .iter()
-            .filter(|p| !procs.gone(p.pid))
-            .map(|p| format!("{} {}", p.role, describe_pid(p.pid)))
-            .collect();
-        let present = cgroup.exists();
-        if alive.is_empty() && !present {
-            break;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{BOUND:?} after the supervisor was killed: still running: {alive:?}; job \
-                 cgroup {} {}",
+    poll_until(
+        format_args!("{BOUND:?} after the supervisor was killed, the job gone"),
+        deadline,
+        || {
+            let alive = alive(procs);
+            let present = cgroup.exists();
+            if alive.is_empty() && !present {
+                return Ok(());
+            }
+            Err(format!(
+                "still running: {alive:?}; job cgroup {} {}",
                 cgroup.display(),
                 if present {
                     format!("still exists, cgroup.procs {:?}", cgroup_procs(cgroup))
                 } else {
                     "removed".into()
                 }
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+            ))
+        },
+    );
     watchdog.assert_exits_by(deadline, "after it killed the job");
 }
 
@@ -327,8 +321,7 @@ impl Host {
             .stderr(Stdio::null());
         place_in_cgroup(&mut cmd, &sandbox.cgroup().corral_leaf());
         let mut child = cmd.spawn().expect("spawn corral-host");
-        let fd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty())
-            .expect("pidfd_open on our own unreaped child");
+        let fd = pidfd_of_child(&child);
         let stdout = child.stdout.take().expect("piped");
         let (send, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -485,15 +478,7 @@ fn without_the_watchdog_the_job_is_not_covered() {
     }
     // Clean up through the cgroup, as the watchdog would have.
     fs::write(cgroup.join("cgroup.kill"), "1").expect("write cgroup.kill");
-    let deadline = Instant::now() + BOUND * 5;
-    while CgroupTree::populated(&cgroup) {
-        assert!(
-            Instant::now() < deadline,
-            "{} does not empty",
-            cgroup.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    CgroupTree::wait_empty(&cgroup, BOUND * 5, "after cgroup.kill, the job cgroup");
     fs::remove_dir(&cgroup).expect("remove the job cgroup");
     procs.assert_all_gone("after cgroup.kill");
     sandbox.assert_clean();
@@ -532,25 +517,19 @@ fn pgroup_host_killed(name: &str, whole_group: bool) {
     let status = host.child.wait().expect("reap corral-host");
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     let leaf = sandbox.cgroup().corral_leaf();
-    loop {
-        let alive: Vec<String> = procs
-            .procs
-            .iter()
-            .filter(|p| !procs.gone(p.pid))
-            .map(|p| format!("{} {}", p.role, describe_pid(p.pid)))
-            .collect();
+    let what = format!("{BOUND:?} after the host was killed, the job gone");
+    poll_until(what, killed + BOUND, || {
+        let alive = alive(&procs);
         let members = cgroup_procs(&leaf);
         if alive.is_empty() && members.is_empty() {
-            break;
+            return Ok(());
         }
-        assert!(
-            killed.elapsed() < BOUND,
-            "{BOUND:?} after the host was killed: still running: {alive:?}; in {}: {:?}",
+        Err(format!(
+            "still running: {alive:?}; in {}: {:?}",
             leaf.display(),
             members.iter().map(|&p| describe_pid(p)).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        ))
+    });
     // Without a cgroup nothing removes the dead host's record: it is stale, and
     // `corral sweep` removes it.
     assert_eq!(

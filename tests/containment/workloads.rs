@@ -33,6 +33,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use corral_testkit::poll_until;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::util::{
@@ -242,49 +243,32 @@ impl Drop for Members {
 
 /// Whether `/proc/<pid>/cgroup` puts the process under the cgroup directory `root`.
 fn in_subtree(pid: i32, root: &Path) -> bool {
-    let Some(mount) = crate::util::cgroup2_mount() else {
-        return false;
-    };
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .is_some_and(|rel| mount.join(rel.trim_start_matches('/')).starts_with(root))
+    crate::util::cgroup_dir_of(pid).is_some_and(|dir| dir.starts_with(root))
 }
 
 /// Whether `parent` has a child (running or a zombie) other than `except` whose `comm` is
 /// `comm`, from /proc.
 fn has_child_named(parent: i32, comm: &str, except: i32) -> bool {
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|entry| {
-            let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            // pid (comm) state ppid ...
-            let Some((head, rest)) = stat.rsplit_once(") ") else {
-                return false;
-            };
-            let name = head.split_once(" (").map(|(_, n)| n).unwrap_or_default();
-            let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<i32>().ok());
-            let pid = head
-                .split_once(" (")
-                .and_then(|(p, _)| p.parse::<i32>().ok());
-            name == comm && ppid == Some(parent) && pid != Some(except)
-        })
+    crate::util::proc_pids().into_iter().any(|pid| {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            return false;
+        };
+        let name = head.split_once(" (").map(|(_, n)| n).unwrap_or_default();
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<i32>().ok());
+        let pid = head
+            .split_once(" (")
+            .and_then(|(p, _)| p.parse::<i32>().ok());
+        name == comm && ppid == Some(parent) && pid != Some(except)
+    })
 }
 
 /// Every process whose chain of parents reaches `ancestor`, from /proc.
 fn descendants(ancestor: i32) -> Vec<i32> {
     let mut parent_of = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+    for pid in crate::util::proc_pids() {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // pid (comm) state ppid ...
         let ppid = stat
             .rsplit_once(") ")
@@ -310,12 +294,11 @@ fn descendants(ancestor: i32) -> Vec<i32> {
 }
 
 /// Polls `ready` until it returns `Some`, failing when corral exits first or `within`
-/// passes. Not a proof of death: it waits for a program to come up.
+/// passes (showing corral's stderr). Not a proof of death: it waits for a program to come up.
 fn wait_for<T>(what: &str, job: &Job, within: Duration, mut ready: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
+    poll_until(what, within, || {
         if let Some(value) = ready() {
-            return value;
+            return Ok(value);
         }
         let stderr = || fs::read_to_string(job.dir.join("stderr")).unwrap_or_default();
         assert!(
@@ -323,13 +306,8 @@ fn wait_for<T>(what: &str, job: &Job, within: Duration, mut ready: impl FnMut() 
             "{what}: corral exited first; stderr:\n{}",
             stderr()
         );
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not after {within:?}; stderr:\n{}",
-            stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        Err(format!("corral's stderr:\n{}", stderr()))
+    })
 }
 
 /// The report's `leftovers` as (pid, cmdline).

@@ -11,7 +11,9 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{describe_status, exited, wait_exited, Sandbox, CORRAL};
+use corral_testkit::poll_until;
+
+use crate::util::{describe_status, exited, pidfd_of_child, wait_exited, Sandbox, CORRAL};
 
 /// `corral run --mechanism pgroup ARGS` in the sandbox (its registry, no cgroup parent).
 fn corral(sandbox: &Sandbox, args: &[&str]) -> Command {
@@ -159,17 +161,11 @@ fn ctrl_c_stops_a_shell_loop_around_corral() {
         .stdin(Stdio::null())
         .process_group(0);
     let mut child = shell.spawn().expect("spawn bash");
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::PidfdFlags::empty(),
-    )
-    .expect("pidfd of our own child");
+    let pidfd = pidfd_of_child(&child);
     // Wait until the first corral runs its sleep.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&marker).is_ok_and(|t| t.lines().count() == 1) {
-        assert!(Instant::now() < deadline, "the loop did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until("the loop's start", Duration::from_secs(10), || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t.lines().count() == 1)
+    });
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !exited(std::os::fd::AsFd::as_fd(&pidfd)),
@@ -208,16 +204,10 @@ fn spawn_ready(
     let mut command = corral(sandbox, args);
     command.stdout(Stdio::piped());
     let child = command.spawn().expect("spawn corral");
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::PidfdFlags::empty(),
-    )
-    .expect("pidfd of our own child");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "COMMAND did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let pidfd = pidfd_of_child(&child);
+    poll_until("COMMAND's start", Duration::from_secs(10), || {
+        ready.exists()
+    });
     (child, pidfd)
 }
 
@@ -352,16 +342,10 @@ fn ctrl_c_reaches_processes_ignoring_sigint_within_a_second() {
             .stderr(Stdio::null())
             .process_group(0);
         let mut child = command.spawn().expect("spawn corral");
-        let pidfd = rustix::process::pidfd_open(
-            rustix::process::Pid::from_child(&child),
-            rustix::process::PidfdFlags::empty(),
-        )
-        .expect("pidfd of our own child");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready.exists() {
-            assert!(Instant::now() < deadline, "COMMAND did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let pidfd = pidfd_of_child(&child);
+        poll_until("COMMAND's start", Duration::from_secs(10), || {
+            ready.exists()
+        });
         // As a terminal's Ctrl+C: to the group corral leads (this test made it; corral is
         // our unreaped child, so the id is still its).
         let group = rustix::process::Pid::from_child(&child);

@@ -51,10 +51,5 @@ fn zombie_leader_ignoring_sigterm_is_killed(mechanism: Mechanism) {
     sandbox.assert_clean();
     done.assert_code(0);
     done.assert_report_basics(mechanism);
-    assert_eq!(
-        done.stop_outcome().as_deref(),
-        Some("killed"),
-        "{}",
-        done.report_text()
-    );
+    done.assert_stop_outcome("killed");
 }

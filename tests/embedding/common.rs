@@ -12,6 +12,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use corral_testkit::poll_until;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::util::{self, Mechanism, Sandbox};
@@ -161,17 +162,9 @@ pub fn assert_cleaned_up(report: &corral::Report, mechanism: Mechanism) {
 /// The cgroup2 directory of `pid` (from `/proc/<pid>/cgroup`), as a path under the mount.
 /// Reads `/proc/self/cgroup` for `None`.
 pub fn cgroup_of(pid: Option<u32>) -> PathBuf {
-    let file = match pid {
-        Some(pid) => format!("/proc/{pid}/cgroup"),
-        None => "/proc/self/cgroup".to_string(),
-    };
-    let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {file}: {e}"));
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or_else(|| panic!("no cgroup2 line in {file}: {text:?}"));
-    let mount = util::cgroup2_mount().expect("a cgroup2 mount");
-    mount.join(rel.trim_start_matches('/'))
+    let who = pid.map_or("self".to_string(), |pid| pid.to_string());
+    util::cgroup_dir_of(&who)
+        .unwrap_or_else(|| panic!("no cgroup2 directory for /proc/{who}/cgroup"))
 }
 
 /// `starttime` (field 22 of `/proc/<pid>/stat`), which tells a process from a later one
@@ -192,18 +185,6 @@ pub fn pidfd(pid: u32) -> OwnedFd {
         .unwrap_or_else(|| panic!("refusing to open a pidfd for pid {pid}"));
     rustix::process::pidfd_open(raw, PidfdFlags::empty())
         .unwrap_or_else(|e| panic!("pidfd_open({pid}): {e}"))
-}
-
-/// Polls `done` every few milliseconds until it is true; panics with `what` after `within`.
-pub fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not the case after {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Waits for a reader thread's bytes (see [`util::read_to_end_in_thread`]) against a deadline.
@@ -290,18 +271,14 @@ impl Held {
     /// pidfd for each listed process, checking it is a process of `job` (so it is the
     /// process the tree listed, not a later one with the same PID).
     pub fn from_tree(pids_file: &Path, roles: &[&str], job: &corral::Job) -> Held {
-        let deadline = Instant::now() + util::READY_DEADLINE;
-        let listed = loop {
+        let what = format!("the tree ready: {roles:?} listed");
+        let listed = poll_until(what, util::READY_DEADLINE, || {
             let listed = util::read_pids(pids_file);
-            if roles.iter().all(|r| listed.iter().any(|(l, _)| l == r)) {
-                break listed;
+            match roles.iter().all(|r| listed.iter().any(|(l, _)| l == r)) {
+                true => Ok(listed),
+                false => Err(format!("listed {listed:?}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "tree not ready: {roles:?} wanted, {listed:?} listed"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        });
         let mut held = Held::default();
         for (role, pid) in listed {
             let pid = pid as u32;

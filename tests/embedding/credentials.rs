@@ -17,11 +17,10 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
+use corral_testkit::poll_until;
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
-use crate::common::{
-    assert_cleaned_up, cgroup_of, cgroup_options, pidfd, wait_until, Outside, DEADLINE,
-};
+use crate::common::{assert_cleaned_up, cgroup_of, cgroup_options, pidfd, Outside, DEADLINE};
 use crate::util::{self, place_in_cgroup, skip, CgroupTree, Sandbox, GONE_DEADLINE};
 
 const HOST: &str = corral_testkit::HOST;
@@ -122,7 +121,7 @@ fn cgroup_job_as(test: &str, creds: corral::Credentials, fork_fallback: bool) {
     opts.debug.no_clone_into_cgroup = fork_fallback;
     let mut job = corral::Job::spawn_command(&cmd, &opts).expect("spawn");
     let mut members = Vec::new();
-    wait_until(DEADLINE, "sh and sleep in the job", || {
+    poll_until("sh and sleep in the job", DEADLINE, || {
         members = job.members().expect("members");
         members.len() >= 2
     });
@@ -141,7 +140,7 @@ fn cgroup_job_as(test: &str, creds: corral::Credentials, fork_fallback: bool) {
     } else {
         "clone3("
     };
-    assert!(report.spawn.starts_with(spawn), "{report:#?}");
+    assert!(report.spawn.to_string().starts_with(spawn), "{report:#?}");
     #[cfg(feature = "serde")]
     {
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
@@ -460,9 +459,7 @@ fn pid_namespace_job_runs_as_nobody_and_dies_with_its_host() {
         "the job ({pid}) outlived its host: no parent-death signal"
     );
     // No watchdog, no host: the empty leaf is the test's to remove.
-    wait_until(DEADLINE, "the job's cgroup empty", || {
-        !CgroupTree::populated(&cgroup)
-    });
+    CgroupTree::wait_empty(&cgroup, DEADLINE, "the job's cgroup");
     fs::remove_dir(&cgroup).unwrap_or_else(|e| panic!("rmdir {}: {e}", cgroup.display()));
     sandbox.assert_clean();
 }

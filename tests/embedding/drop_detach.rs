@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
-use crate::common::{stat_field, wait_until, Held, OwnChild, DEADLINE};
+use crate::common::{stat_field, Held, OwnChild, DEADLINE};
 use crate::util::{both_mechanisms, wait_exited, CgroupTree, Mechanism, Sandbox, TESTTREE};
 
 both_mechanisms!(
@@ -128,9 +128,7 @@ impl Takeover {
     fn end(&mut self) -> WaitStatus {
         if let Some(cgroup) = &self.cgroup {
             kill_cgroup(cgroup);
-            wait_until(DEADLINE, "the detached cgroup empties", || {
-                !CgroupTree::populated(cgroup)
-            });
+            CgroupTree::wait_empty(cgroup, DEADLINE, "the detached cgroup");
             fs::remove_dir(cgroup).unwrap_or_else(|e| panic!("rmdir {}: {e}", cgroup.display()));
         } else {
             self.held.kill_all();

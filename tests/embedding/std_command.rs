@@ -9,6 +9,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 
+use corral_testkit::poll_until;
+
 use crate::common::{
     assert_cleaned_up, cgroup_of, options, ppid_of, read_in_thread, recv_bytes, stat_field,
     Outside, OwnChild,
@@ -71,14 +73,14 @@ fn command_is_honoured(mechanism: Mechanism) {
     }
     // The main process may still be on its way to exec (the forked image's arguments, or
     // inside execve, none yet): read until it shows /bin/sh's, against a deadline.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let cmdline = loop {
+    let within = std::time::Duration::from_secs(10);
+    let cmdline = poll_until("the main process's exec of /bin/sh", within, || {
         let text = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        if text.starts_with(b"/bin/sh\0") || std::time::Instant::now() > deadline {
-            break text;
+        match text.starts_with(b"/bin/sh\0") {
+            true => Ok(text),
+            false => Err(format!("cmdline {:?}", String::from_utf8_lossy(&text))),
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
+    });
     let argv: Vec<&OsStr> = cmdline
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
@@ -127,7 +129,7 @@ fn command_is_honoured(mechanism: Mechanism) {
     assert_cleaned_up(&report, mechanism);
     own_child.assert_reaped();
     assert!(
-        report.spawn.contains("std::process::Command"),
+        report.spawn.to_string().contains("std::process::Command"),
         "report.spawn should name the std path: {:?}",
         report.spawn
     );

@@ -5,7 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{options, wait_until, DEADLINE};
+use corral_testkit::poll_until;
+
+use crate::common::{options, DEADLINE};
 use crate::util::{both_mechanisms, Mechanism, Sandbox};
 
 both_mechanisms!(stop_while_forking_reaches_every_process);
@@ -30,7 +32,7 @@ fn stop_while_forking_reaches_every_process(mechanism: Mechanism) {
              done; wait",
         ]);
         let mut job = corral::Job::spawn(&mut cmd, &opts).expect("spawn");
-        wait_until(DEADLINE, "the job forks", || {
+        poll_until("the job forks", DEADLINE, || {
             job.members().is_ok_and(|m| m.len() >= 100)
         });
         let report = job.stop().expect("stop");
@@ -44,7 +46,7 @@ fn stop_while_forking_reaches_every_process(mechanism: Mechanism) {
                     format!(
                         "{} {} processes={:?} at {} ms {}",
                         s.step,
-                        s.signal.as_deref().unwrap_or(""),
+                        s.signal.map(|s| s.to_string()).unwrap_or_default(),
                         s.processes,
                         s.at_ms,
                         s.detail.as_deref().unwrap_or("")

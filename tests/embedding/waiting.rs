@@ -7,9 +7,9 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    assert_cleaned_up, assert_in_job, options, pidfd, wait_until, OwnChild, DEADLINE,
-};
+use corral_testkit::poll_until;
+
+use crate::common::{assert_cleaned_up, assert_in_job, options, pidfd, OwnChild, DEADLINE};
 use crate::util::{both_mechanisms, exited, Mechanism, Sandbox};
 
 both_mechanisms!(
@@ -42,7 +42,7 @@ fn try_wait_is_none_while_running_then_the_report(mechanism: Mechanism) {
     stdin.write_all(b"\n").unwrap();
     drop(stdin);
     let mut report = None;
-    wait_until(DEADLINE, "try_wait returns the report", || {
+    poll_until("try_wait returns the report", DEADLINE, || {
         report = job.try_wait().expect("try_wait");
         report.is_some()
     });
@@ -169,7 +169,7 @@ fn no_stop_without_leftovers(mechanism: Mechanism) {
                     assert!(report.leftovers.is_empty(), "{report:#?}");
                     assert_cleaned_up(&report, mechanism);
                     if let Some(stop) = report.stop {
-                        let steps: Vec<&str> = stop.steps.iter().map(|s| s.step.as_str()).collect();
+                        let steps: Vec<&str> = stop.steps.iter().map(|s| s.step.name()).collect();
                         wrong
                             .lock()
                             .unwrap()

@@ -225,7 +225,7 @@ fn run_job(
     let requested = args.job.limits();
     let limits = rule.apply_limits(&requested).map_err(anyhow::Error::msg)?;
     if let Some(name) = &args.job.name {
-        corral::registry::validate_name(name).map_err(anyhow::Error::msg)?;
+        corral::registry::validate_name(name)?;
     }
     let me = Identity::of(&caller);
     match &args.job.report_to() {
@@ -602,7 +602,7 @@ fn guard(supervisor: libc::pid_t, from_sup: OwnedFd, place: Place) -> ExitCode {
                     }
                 }
             }
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     for p in &problems {
@@ -795,8 +795,7 @@ fn kill(args: KillArgs, caller: &Account) -> anyhow::Result<ExitCode> {
             args.job
         ),
     };
-    let outcome = corral::registry::kill(&entry, args.signal, args.grace, KILL_MARGIN)
-        .map_err(anyhow::Error::msg)?;
+    let outcome = corral::registry::kill(&entry, args.signal, args.grace, KILL_MARGIN)?;
     let label = entry.record.id.clone();
     match outcome {
         corral::registry::KillOutcome::Stopped => {

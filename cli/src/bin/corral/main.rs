@@ -246,12 +246,12 @@ fn diagnose_timeout_signals(report: &corral::Report) {
     let command = report.command.first().map(String::as_str).unwrap_or("");
     for step in &stop.steps {
         if let (true, Some(sig)) = (
-            matches!(step.step.as_str(), "signal" | "kill"),
-            step.signal.as_deref(),
+            matches!(step.step, corral::StepKind::Signal | corral::StepKind::Kill),
+            step.signal,
         ) {
             crate::job_args::stderr_line(&format!(
                 "corral timeout: sending signal {} to command '{command}'",
-                sig.trim_start_matches("SIG")
+                sig.signal().name()
             ));
         }
     }
@@ -323,7 +323,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         job_args::check_report(to).map_err(anyhow::Error::msg)?;
     }
     if let Some(name) = &args.job.name {
-        corral::registry::validate_name(name).map_err(anyhow::Error::msg)?;
+        corral::registry::validate_name(name)?;
     }
     let forward = args.job.forward_signals().map_err(anyhow::Error::msg)?;
     #[cfg(target_os = "linux")]

@@ -179,13 +179,12 @@ fn human_age(ms: u64) -> String {
 }
 
 pub fn kill(args: crate::job_args::KillArgs) -> anyhow::Result<ExitCode> {
-    let entry = registry::find(&args.job).map_err(anyhow::Error::msg)?;
+    let entry = registry::find(&args.job)?;
     let label = match &entry.record.name {
         Some(n) => format!("{} ({n})", entry.record.id),
         None => entry.record.id.clone(),
     };
-    let outcome =
-        registry::kill(&entry, args.signal, args.grace, KILL_MARGIN).map_err(anyhow::Error::msg)?;
+    let outcome = registry::kill(&entry, args.signal, args.grace, KILL_MARGIN)?;
     match outcome {
         KillOutcome::Stopped => {
             crate::job_args::stderr_line(&format!(

@@ -253,10 +253,11 @@ pub fn finish(report: &corral::Report, args: &JobArgs) -> std::process::ExitCode
     // A SIGKILL of corral's own stop ladder is not re-raised: corral dying of SIGKILL would
     // read as corral itself killed (to systemd, a shell); it exits 137, as `timeout` does
     // after its own kill.
-    let own_kill = report
-        .stop
-        .as_ref()
-        .is_some_and(|s| s.steps.iter().any(|step| step.step == "kill"));
+    let own_kill = report.stop.as_ref().is_some_and(|s| {
+        s.steps
+            .iter()
+            .any(|step| step.step == corral::StepKind::Kill)
+    });
     #[cfg(unix)]
     let ours = |s: i32| s == libc::SIGKILL && own_kill;
     #[cfg(unix)]
