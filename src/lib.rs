@@ -30,7 +30,6 @@
 
 mod error;
 mod exit_status;
-#[cfg(target_os = "linux")]
 mod job;
 mod ladder;
 mod options;
@@ -58,10 +57,9 @@ pub mod safe_file;
 pub mod tokio;
 
 pub use error::{Error, Result};
+pub use job::Job;
 #[cfg(target_os = "linux")]
-pub use job::{Detached, Job, JobCommand, JobStdio, Output, SignalSource};
-#[cfg(target_os = "macos")]
-pub use macos::Job;
+pub use linux::job::{Detached, JobCommand, JobStdio, Output, SignalSource};
 pub use options::{
     parse_duration, CpuMax, Credentials, DebugKnobs, HelperJob, Leftovers, LimitValue, Limits,
     MechanismRequest, Options, Resource, ResourceLimit, Signal, SignalSet, Supervisor,
@@ -72,8 +70,6 @@ pub use report::{
     Requester, SignalReceived, Spawn, StepKind, StepSignal, StopOutcome, StopReason, StopReport,
     StopStep, Uncovered, Usage, UsageField, REPORT_VERSION,
 };
-#[cfg(windows)]
-pub use windows::Job;
 
 /// The entry point of `corral __supervise`, the per-job supervisor process of a pgroup job
 /// (see `src/linux/supervise/`). Called by the `corral` binary; not for other programs.

@@ -65,7 +65,7 @@ use ::tokio::io::Interest;
 use rustix::event::PollFlags;
 
 use crate::error::{Error, Result};
-use crate::job::{earliest, Pipe, Progress, Wants};
+use crate::linux::job::{self as imp, earliest, Pipe, Progress, Wants};
 use crate::{Job, Output, Report, Signal};
 
 /// In-process pgroup: how often to look for exited children (no descriptor signals it).
@@ -81,8 +81,8 @@ impl Job {
     /// # Panics
     /// Outside a tokio runtime, or on one without the IO and time drivers.
     pub async fn wait_async(&mut self) -> Result<Report> {
-        drive(self, &mut []).await?;
-        Ok(finished(self))
+        drive(&mut self.imp, &mut []).await?;
+        Ok(finished(&self.imp))
     }
 
     /// Stops the job now with the full sequence (polite signal, SIGCONT, grace, SIGKILL),
@@ -94,7 +94,7 @@ impl Job {
     /// # Panics
     /// As [`Job::wait_async`].
     pub async fn stop_async(&mut self) -> Result<Report> {
-        self.request_stop(self.stop_signal(), false)?;
+        self.imp.request_stop(self.imp.stop_signal(), false)?;
         self.wait_async().await
     }
 
@@ -104,7 +104,7 @@ impl Job {
     /// # Panics
     /// As [`Job::wait_async`].
     pub async fn kill_async(&mut self) -> Result<Report> {
-        self.request_stop(Signal::KILL, true)?;
+        self.imp.request_stop(Signal::KILL, true)?;
         self.wait_async().await
     }
 
@@ -117,19 +117,25 @@ impl Job {
     ///
     /// # Panics
     /// As [`Job::wait_async`].
-    pub async fn wait_with_output_async(mut self) -> Result<Output> {
-        drop(self.stdin.take());
+    pub async fn wait_with_output_async(self) -> Result<Output> {
+        let Job {
+            mut imp,
+            stdin,
+            stdout,
+            stderr,
+        } = self;
+        drop(stdin);
         let mut pipes = [
-            self.stdout.take().map(|p| Pipe::new(p.into())),
-            self.stderr.take().map(|p| Pipe::new(p.into())),
+            stdout.map(|p| Pipe::new(p.into())),
+            stderr.map(|p| Pipe::new(p.into())),
         ];
         for p in pipes.iter().flatten() {
             p.set_nonblocking()?;
         }
-        drive(&mut self, &mut pipes).await?;
+        drive(&mut imp, &mut pipes).await?;
         let [out, err] = pipes;
         Ok(Output {
-            report: finished(&self),
+            report: finished(&imp),
             stdout: out.map(|p| p.buf).unwrap_or_default(),
             stderr: err.map(|p| p.buf).unwrap_or_default(),
         })
@@ -138,7 +144,7 @@ impl Job {
 
 /// The async `Job::drive`: turns of the state machine until the job is over, reading
 /// `pipes` whenever anything happens.
-async fn drive(job: &mut Job, pipes: &mut [Option<Pipe>]) -> Result<()> {
+async fn drive(job: &mut imp::Job, pipes: &mut [Option<Pipe>]) -> Result<()> {
     loop {
         let wants = match job.advance(Vec::new())? {
             Progress::Done => {
@@ -163,7 +169,7 @@ async fn drive(job: &mut Job, pipes: &mut [Option<Pipe>]) -> Result<()> {
 /// Waits until one of the descriptors `wants` names, or a pipe still open, is ready, or
 /// `deadline` passes. The descriptors are registered with the reactor for this call only.
 async fn ready_or_deadline<'j>(
-    _job: &'j Job,
+    _job: &'j imp::Job,
     wants: &Wants,
     pipes: &'j [Option<Pipe>],
     deadline: Option<Instant>,
@@ -224,7 +230,7 @@ fn register(fd: BorrowedFd<'_>, interest: Interest) -> Result<AsyncFd<BorrowedFd
     })
 }
 
-fn finished(job: &Job) -> Report {
+fn finished(job: &imp::Job) -> Report {
     job.report().cloned().expect("a finished job has a report")
 }
 

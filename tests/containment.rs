@@ -85,6 +85,8 @@ mod signal_option;
 mod sigterm;
 #[path = "containment/slurm.rs"]
 mod slurm;
+#[path = "containment/slurm_cluster.rs"]
+mod slurm_cluster;
 #[path = "containment/stopped.rs"]
 mod stopped;
 #[path = "containment/timeout.rs"]

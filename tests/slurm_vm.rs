@@ -35,18 +35,19 @@
 #[allow(unused_macros, unused_imports)] // the per-mechanism macro serves tests/containment
 mod util;
 
+#[path = "containment/slurm_cluster.rs"]
+mod slurm_cluster;
+
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, PidfdFlags, Signal};
-
+use slurm_cluster::{describe_census, output_text, write_epilog, JobInfo, Slurm};
 use util::{
-    cgroup2_mount, cgroup_dir_of, describe_pid, exited, read_pids, runtime_dir, skip, wait_exited,
-    CgroupTree, Procs, CORRAL, READY_DEADLINE, TESTTREE,
+    cgroup2_mount, cgroup_dir_of, hold_listed, read_pids, runtime_dir, skip, CgroupTree, Procs,
+    CORRAL, READY_DEADLINE, TESTTREE,
 };
 
 /// The cluster scripts, written into the cluster's directory at run time.
@@ -83,49 +84,20 @@ fn in_vm(name: &str) -> bool {
     true
 }
 
-fn output_text(output: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}stderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Field 22 of `/proc/<pid>/stat`: the start time, which tells a process from a later one
-/// given the same PID.
-fn start_time(pid: i32) -> Option<String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split(' ').nth(19).map(str::to_string)
-}
-
-/// A daemon of the cluster, held by a pidfd opened while it was the process start.sh
-/// recorded.
-struct Daemon {
-    name: String,
-    pid: i32,
-    fd: OwnedFd,
-}
-
 /// A one-node cluster with proctrack/cgroup and cgroup/v2, started by start.sh in
 /// `/tmp/corral-slurmcg-<pid>-<n>` (short: munge's socket path must fit in `sun_path`).
 /// `Drop` stops it (`stop.sh`: the daemons, slurmd's service and Slurm's step scope), then
 /// SIGKILLs through the pidfds any daemon left and stops the units again if they are still
 /// there, prints the logs if the test failed, and removes the directory and the registry.
 struct Cluster {
-    dir: PathBuf,
-    conf: PathBuf,
+    slurm: Slurm,
     /// slurmd's service: `corral-test-slurmd-<pid>-<n>.service`.
     unit: String,
     /// `<mount>/system.slice/slurmstepd.scope`.
     scope: PathBuf,
-    /// The test's registry (`CORRAL_RUNTIME_DIR`), for the jobs, the Epilog and the test.
-    runtime: PathBuf,
-    epilog_log: PathBuf,
-    daemons: Vec<Daemon>,
-    stopped: bool,
 }
+
+slurm_cluster::deref_to_slurm!(Cluster);
 
 impl Cluster {
     fn start(name: &str) -> Cluster {
@@ -145,33 +117,23 @@ impl Cluster {
         let runtime = runtime_dir("slurmcg-rt");
         let epilog = bin.join("epilog");
         let epilog_log = dir.join("epilog.log");
-        // The Epilog of docs/slurm.md: sweep after every job; it must exit 0.
-        fs::write(
-            &epilog,
-            format!(
-                "#!/bin/sh\n\
-                 CORRAL_RUNTIME_DIR='{runtime}' '{CORRAL}' sweep >>'{log}' 2>&1\n\
-                 echo \"job $SLURM_JOB_ID: corral sweep exited $?\" >>'{log}'\n\
-                 exit 0\n",
-                runtime = runtime.display(),
-                log = epilog_log.display(),
-            ),
-        )
-        .and_then(|()| fs::set_permissions(&epilog, fs::Permissions::from_mode(0o755)))
-        .unwrap_or_else(|e| panic!("write {}: {e}", epilog.display()));
+        write_epilog(&epilog, &runtime, &epilog_log);
         let unit = format!("corral-test-slurmd-{}-{n}", std::process::id());
         let mut cluster = Cluster {
-            conf: dir.join("slurm.conf"),
-            dir,
+            slurm: Slurm {
+                conf: dir.join("slurm.conf"),
+                stop_sh: bin.join("stop.sh"),
+                dir,
+                runtime,
+                epilog_log,
+                daemons: Vec::new(),
+                stopped: false,
+            },
             unit: format!("{unit}.service"),
             scope: cgroup2_mount()
                 .expect("the cgroup2 mount")
                 .join("system.slice")
                 .join(STEPD_SCOPE),
-            runtime,
-            epilog_log,
-            daemons: Vec::new(),
-            stopped: false,
         };
         let started = Instant::now();
         let output = Command::new(bin.join("start.sh"))
@@ -189,86 +151,13 @@ impl Cluster {
             .stdin(Stdio::null())
             .output()
             .expect("run scripts/slurm/start.sh");
-        // Held before the status is checked, so that a failing start is stopped in Drop.
-        cluster.hold_daemons();
-        assert!(
-            output.status.success(),
-            "{name}: start.sh failed: {}",
-            output_text(&output)
-        );
-        assert_eq!(
-            cluster
-                .daemons
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>(),
-            ["munged", "slurmctld", "slurmd"],
-            "start.sh recorded every daemon"
-        );
+        cluster.hold_started(&output);
         eprintln!(
             "slurm: {name}: cluster (proctrack/cgroup, cgroup/v2) up in {:.1} s in {}",
             started.elapsed().as_secs_f64(),
             cluster.dir.display()
         );
         cluster
-    }
-
-    /// Opens a pidfd for each daemon `<dir>/pids` records (`NAME PID STARTTIME`), keeping
-    /// it only if the process then has the recorded start time (so it is the recorded one).
-    fn hold_daemons(&mut self) {
-        let text = fs::read_to_string(self.dir.join("pids")).unwrap_or_default();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let [name, pid, start] = fields.as_slice() else {
-                continue;
-            };
-            let Some(pid) = pid.parse::<i32>().ok().filter(|&p| p > 1) else {
-                continue;
-            };
-            let Ok(fd) =
-                rustix::process::pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty())
-            else {
-                continue;
-            };
-            if start_time(pid).as_deref() == Some(*start) && !exited(fd.as_fd()) {
-                self.daemons.push(Daemon {
-                    name: name.to_string(),
-                    pid,
-                    fd,
-                });
-            }
-        }
-    }
-
-    /// A client command of this cluster, with the test's registry.
-    fn client(&self, program: &str) -> Command {
-        let mut command = Command::new(program);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SLURM_") {
-                command.env_remove(&key);
-            }
-        }
-        command
-            .env("SLURM_CONF", &self.conf)
-            .env("CORRAL_RUNTIME_DIR", &self.runtime)
-            .env_remove("CORRAL_CGROUP_PARENT")
-            .env_remove("CORRAL_IN_SYSTEMD_SCOPE")
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> Output {
-        let output = self
-            .client(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {program}: {e}"));
-        assert!(
-            output.status.success(),
-            "{program} {args:?}: {}",
-            output_text(&output)
-        );
-        output
     }
 
     /// Writes `<dir>/<name>/job.sh` (`#!/bin/sh` and `body`) and submits it with `sbatch
@@ -280,66 +169,29 @@ impl Cluster {
         fs::write(&script, format!("#!/bin/sh\n{body}\n"))
             .and_then(|()| fs::set_permissions(&script, fs::Permissions::from_mode(0o755)))
             .unwrap_or_else(|e| panic!("write {}: {e}", script.display()));
-        let (chdir, output) = (
-            dir.display().to_string(),
-            dir.join("slurm.out").display().to_string(),
-        );
-        let mut all = vec!["--parsable", "--job-name", name, "--chdir", &chdir];
-        all.extend(["--output", &output]);
-        all.extend(args);
-        let script = script.display().to_string();
-        all.push(&script);
-        let out = self.run("sbatch", &all);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let id = text
-            .trim()
-            .split(';')
-            .next()
-            .and_then(|id| id.parse().ok())
-            .unwrap_or_else(|| panic!("sbatch printed no job id: {text:?}"));
+        let id = self.sbatch(name, (&dir, &dir.join("slurm.out")), args, &script);
         (dir, id)
-    }
-
-    /// `JobState` and `ExitCode` from `scontrol show job` (MinJobAge keeps it known).
-    fn job(&self, id: u32) -> JobInfo {
-        let output = self.run("scontrol", &["show", "job", "--oneliner", &id.to_string()]);
-        let text = String::from_utf8_lossy(&output.stdout);
-        let field = |key: &str| {
-            text.split_whitespace()
-                .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
-                .unwrap_or_else(|| panic!("no {key} in scontrol show job: {text}"))
-                .to_string()
-        };
-        JobInfo {
-            state: field("JobState"),
-            exit_code: field("ExitCode"),
-        }
     }
 
     /// Waits until Slurm considers the job over (slurmstepd has finished, the Epilog has
     /// run).
     fn wait_ended(&self, id: u32) -> JobInfo {
-        let deadline = Instant::now() + JOB_END_DEADLINE;
-        loop {
-            let info = self.job(id);
-            let running = [
-                "PENDING",
-                "CONFIGURING",
-                "RUNNING",
-                "COMPLETING",
-                "SUSPENDED",
-            ];
-            if !running.contains(&info.state.as_str()) {
-                return info;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} still {} after {JOB_END_DEADLINE:?}; the steps' processes: {}",
-                info.state,
-                self.describe_census()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let every = Duration::from_millis(100);
+        self.slurm
+            .wait_ended(id, (JOB_END_DEADLINE, every), || self.describe_census())
+    }
+
+    /// `scancel` of the `scancel` test's job `id`: waits until the job is over and its
+    /// processes settled, and prints the figure (`how`: with or without corral). Returns
+    /// the survivors and the job's state.
+    fn scancel(&self, id: u32, procs: &Procs, how: &str) -> (Vec<i32>, JobInfo) {
+        let cancelled = Instant::now();
+        self.run("scancel", &[&id.to_string()]);
+        let info = self.wait_ended(id);
+        let survivors = self.survivors(procs, id);
+        let scenario = "scancel, setsid escapee + TERM-ignorer";
+        figure(scenario, how, &survivors, cancelled, &info);
+        (survivors, info)
     }
 
     /// The job's cgroup: `<scope>/job_<id>`.
@@ -371,12 +223,7 @@ impl Cluster {
     }
 
     fn describe_census(&self) -> String {
-        let described: Vec<String> = self.census().into_iter().map(describe_pid).collect();
-        if described.is_empty() {
-            "(none)".into()
-        } else {
-            described.join("; ")
-        }
+        describe_census(self.census())
     }
 
     /// Waits until the job's cgroup is gone and no other job's holds a process, then counts
@@ -401,15 +248,6 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    /// Asserts the Epilog ran `corral sweep` after job `id`, successfully.
-    fn assert_epilog_swept(&self, id: u32) {
-        let log = fs::read_to_string(&self.epilog_log).unwrap_or_default();
-        assert!(
-            log.contains(&format!("job {id}: corral sweep exited 0")),
-            "the Epilog's corral sweep after job {id}:\n{log}"
-        );
     }
 
     /// Asserts that nothing of the jobs is left: no job cgroup (so no process in one, and
@@ -437,15 +275,7 @@ impl Cluster {
         let started = Instant::now();
         let output = self.stop();
         assert!(output.status.success(), "stop.sh: {}", output_text(&output));
-        let deadline = Instant::now() + SETTLE_DEADLINE;
-        for daemon in &self.daemons {
-            assert!(
-                wait_exited(daemon.fd.as_fd(), deadline),
-                "stop.sh left {}: {}",
-                daemon.name,
-                describe_pid(daemon.pid)
-            );
-        }
+        self.assert_daemons_gone(Instant::now() + SETTLE_DEADLINE);
         for unit in [self.unit.as_str(), STEPD_SCOPE] {
             let state = systemctl(&["show", "-p", "LoadState", "--value", unit]);
             assert_eq!(state.trim(), "not-found", "{unit} is gone");
@@ -455,15 +285,6 @@ impl Cluster {
             "slurm: cluster stopped in {:.1} s (slurmd's service and {STEPD_SCOPE} with it)",
             started.elapsed().as_secs_f64()
         );
-    }
-
-    fn stop(&mut self) -> Output {
-        self.stopped = true;
-        Command::new(self.dir.join("bin/stop.sh"))
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run stop.sh")
     }
 }
 
@@ -479,18 +300,7 @@ fn systemctl(args: &[&str]) -> String {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if !self.stopped {
-            let output = self.stop();
-            if !output.status.success() {
-                eprintln!("cleanup: stop.sh: {}", output_text(&output));
-            }
-        }
-        for daemon in &self.daemons {
-            if !wait_exited(daemon.fd.as_fd(), Instant::now() + Duration::from_secs(2)) {
-                eprintln!("cleanup: {} survived stop.sh; SIGKILL", daemon.name);
-                let _ = rustix::process::pidfd_send_signal(&daemon.fd, Signal::KILL);
-            }
-        }
+        self.stop_and_kill();
         // What Slurm leaves and stop.sh should have stopped: its step scope (never removed
         // by Slurm) and slurmd's service. systemd kills what is left in them.
         for unit in [self.unit.as_str(), STEPD_SCOPE] {
@@ -500,56 +310,26 @@ impl Drop for Cluster {
                 systemctl(&["reset-failed", unit]);
             }
         }
-        if std::thread::panicking() {
-            for log in [
-                "log/slurmctld.log",
-                "log/slurmd.log",
-                "log/slurmd.out",
-                "munge/munged.log",
-                "epilog.log",
-            ] {
-                let text = fs::read_to_string(self.dir.join(log)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!("--- {log} (last lines)");
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        self.print_logs_and_remove(&[
+            "log/slurmctld.log",
+            "log/slurmd.log",
+            "log/slurmd.out",
+            "munge/munged.log",
+            "epilog.log",
+        ]);
         let _ = fs::remove_dir_all(&self.runtime);
     }
 }
 
-#[derive(Debug)]
-struct JobInfo {
-    state: String,
-    exit_code: String,
-}
-
 /// Waits until the tree in `dir` lists `roles`, and holds each listed process by a pidfd.
 fn wait_ready(cluster: &Cluster, id: u32, dir: &Path, roles: &[&str]) -> Procs {
-    let deadline = Instant::now() + READY_DEADLINE * 2;
-    loop {
-        let listed = read_pids(&dir.join("pids"));
-        let ready = roles.iter().all(|role| {
-            listed.iter().filter(|(r, _)| r == role).count()
-                >= roles.iter().filter(|r| *r == role).count()
-        });
-        if ready {
-            let mut procs = Procs::default();
-            procs.open_late(&listed);
-            assert_eq!(procs.procs.len(), listed.len(), "a listed process is gone");
-            return procs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} never listed {roles:?} (listed {listed:?}); job {:?}; output:\n{}",
+    hold_listed(&dir.join("pids"), roles, READY_DEADLINE * 2, || {
+        format!(
+            "job {id}: {:?}; output:\n{}",
             cluster.job(id),
             fs::read_to_string(dir.join("slurm.out")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )
+    })
 }
 
 fn read_report(path: &Path) -> serde_json::Value {
@@ -591,17 +371,7 @@ fn scancel_leaves_nothing_with_or_without_corral() {
     let step = cluster.job_cgroup(id).join("step_batch");
     let escapee = cgroup_dir_of(procs.pid("setsid")).expect("the escapee's cgroup");
     assert!(escapee.starts_with(&step), "{escapee:?} is in {step:?}");
-    let cancelled = Instant::now();
-    cluster.run("scancel", &[&id.to_string()]);
-    let info = cluster.wait_ended(id);
-    let survivors = cluster.survivors(&procs, id);
-    figure(
-        "scancel, setsid escapee + TERM-ignorer",
-        "without corral",
-        &survivors,
-        cancelled,
-        &info,
-    );
+    let (survivors, info) = cluster.scancel(id, &procs, "without corral");
     assert_eq!(
         survivors,
         Vec::<i32>::new(),
@@ -628,17 +398,7 @@ fn scancel_leaves_nothing_with_or_without_corral() {
         leaf.display(),
         step.display()
     );
-    let cancelled = Instant::now();
-    cluster.run("scancel", &[&id.to_string()]);
-    let info = cluster.wait_ended(id);
-    let survivors = cluster.survivors(&procs, id);
-    figure(
-        "scancel, setsid escapee + TERM-ignorer",
-        "with corral",
-        &survivors,
-        cancelled,
-        &info,
-    );
+    let (survivors, info) = cluster.scancel(id, &procs, "with corral");
     assert_eq!(
         survivors,
         Vec::<i32>::new(),
@@ -653,16 +413,7 @@ fn scancel_leaves_nothing_with_or_without_corral() {
     assert_eq!(report["cgroup_parent_source"], "delegated", "{report:#}");
     assert_eq!(report["survivors"].as_array().map(Vec::len), Some(0));
     assert_eq!(report["cleanup"]["cgroup_removed"], true, "{report:#}");
-    // corral re-raises COMMAND's death by a signal: Slurm then shows that signal.
-    let status = report["exit_status"].as_i64().unwrap_or(-1);
-    let expected = match report["exit"]["signal"].as_i64() {
-        Some(sig) if status == 128 + sig => format!("0:{sig}"),
-        _ => format!("{status}:0"),
-    };
-    assert_eq!(
-        info.exit_code, expected,
-        "Slurm's ExitCode is corral's exit status"
-    );
+    info.assert_exit_code_of(&report);
     assert_eq!(info.state, "CANCELLED");
     assert!(!leaf.exists(), "{} removed", leaf.display());
     cluster.assert_epilog_swept(id);

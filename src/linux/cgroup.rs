@@ -957,8 +957,10 @@ impl Leaf {
     /// and it is thawed: the frozen members act on their signals once thawed. The freezer
     /// is used only then, because its `frozen` notifications use up `cgroup.events`' rate
     /// limit (one per ~10 ms) and would delay the `populated 0` that ends the grace.
-    /// Without `cgroup.freeze` (Linux < 5.2), passes repeat until one finds no newcomer
-    /// (bounded: a member that ignores the signal and forks forever would never let it end).
+    /// Passes repeat until one finds no newcomer: frozen, the second finds none; a freeze
+    /// not complete within a second (a large tree on a slow machine), or no `cgroup.freeze`
+    /// at all (Linux < 5.2), lets forks through that the next passes reach. Bounded: a
+    /// member that ignores the signal and forks forever would never let it end.
     pub(crate) fn signal_then_continue(
         &self,
         sig: Signal,
@@ -996,22 +998,22 @@ impl Leaf {
             }
             Err(e) => return Err(e),
         };
-        let result = if frozen {
-            self.wait_frozen(Instant::now() + Duration::from_secs(1))
-                .and_then(|()| pass(&mut reached).map(drop))
-        } else {
-            let mut result = Ok(());
+        // Passes until one finds nobody new. Frozen, the first finds every newcomer and
+        // the second nobody. A freeze still under way when `wait_frozen` gives up (a large
+        // tree on a slow machine) lets some forks through, which the next passes reach.
+        let mut passes = || -> Result<()> {
             for _ in 0..100 {
-                match pass(&mut reached) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+                if pass(&mut reached)? == 0 {
+                    break;
                 }
             }
-            result
+            Ok(())
+        };
+        let result = if frozen {
+            self.wait_frozen(Instant::now() + Duration::from_secs(1))
+                .and_then(|()| passes())
+        } else {
+            passes()
         };
         if frozen {
             self.set_frozen(false)?;

@@ -8,11 +8,15 @@
 //! - [`pgroup`]: where no cgroup is writable. Process group + child subreaper + a `/proc`
 //!   walk. Weaker (see that module), and reported as degraded when `auto` had to pick it.
 //!
+//! The job itself ([`job`]: spawn, the state machine, the backend that holds the mechanism)
+//! is the Linux one; `corral::Job` is it on Linux.
+//!
 //! Single processes are only ever signalled through pidfds ([`pidfd`]).
 
 pub(crate) mod cgroup;
 pub(crate) mod channel;
 pub(crate) mod delegate;
+pub(crate) mod job;
 pub(crate) mod pgroup;
 pub(crate) mod pidfd;
 pub(crate) mod postfork;

@@ -50,9 +50,9 @@ const TRACK: Duration = Duration::from_millis(100);
 /// give no exit event once they left the watch list).
 const REWALK: Duration = Duration::from_millis(20);
 
-/// A running job: a main process and everything it starts.
+/// The macOS job behind [`crate::Job`] (documented there).
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     id: String,
     main: Pid,
     /// Holds the child's stdio handles; never waited on through it (that would reap).
@@ -115,7 +115,7 @@ enum Progress {
 
 impl Job {
     /// Starts `cmd` as a job under `opts`.
-    pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
+    pub(crate) fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
         use std::os::unix::process::CommandExt;
         rules::check_options(opts)?;
         let program = cmd.get_program().to_string_lossy().into_owned();
@@ -179,22 +179,22 @@ impl Job {
     }
 
     /// The job's id.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
     /// The mechanism the job runs under.
-    pub fn mechanism(&self) -> Mechanism {
+    pub(crate) fn mechanism(&self) -> Mechanism {
         Mechanism::Pgroup
     }
 
     /// The main process's PID.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.main.get() as u32
     }
 
     /// The report if the job is over; never blocks.
-    pub fn try_wait(&mut self) -> Result<Option<Report>> {
+    pub(crate) fn try_wait(&mut self) -> Result<Option<Report>> {
         Ok(match self.advance()? {
             Progress::Done => self.report.clone(),
             Progress::Wait(_) => None,
@@ -202,7 +202,7 @@ impl Job {
     }
 
     /// Waits until the job is over.
-    pub fn wait(&mut self) -> Result<Report> {
+    pub(crate) fn wait(&mut self) -> Result<Report> {
         loop {
             if let Some(r) = self.drive(None)? {
                 return Ok(r);
@@ -211,12 +211,12 @@ impl Job {
     }
 
     /// Waits at most `timeout`.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Report>> {
+    pub(crate) fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Report>> {
         self.drive(Some(Instant::now() + timeout))
     }
 
     /// Stops the job with its stop sequence and waits until it is over.
-    pub fn stop(&mut self) -> Result<Report> {
+    pub(crate) fn stop(&mut self) -> Result<Report> {
         if matches!(self.phase, Phase::Running | Phase::Draining) {
             self.begin_stop(StopReason::Requested, self.signal, self.grace)?;
         }
@@ -224,7 +224,7 @@ impl Job {
     }
 
     /// Kills every process of the job at once and waits until it is over.
-    pub fn kill(&mut self) -> Result<Report> {
+    pub(crate) fn kill(&mut self) -> Result<Report> {
         match &self.phase {
             Phase::Running | Phase::Draining => {
                 self.begin_stop(StopReason::Requested, Signal::KILL, Duration::ZERO)?

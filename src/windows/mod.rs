@@ -77,9 +77,9 @@ enum Containment {
     Taskkill,
 }
 
-/// A running job: a main process and everything it starts.
+/// The Windows job behind [`crate::Job`] (documented there).
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     id: String,
     command: Vec<String>,
     name: Option<String>,
@@ -99,7 +99,7 @@ pub struct Job {
 impl Job {
     /// Starts `cmd` as a job under `opts`. corral sets the command's creation flags
     /// (`CREATE_SUSPENDED | CREATE_NEW_PROCESS_GROUP`), replacing any set before.
-    pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
+    pub(crate) fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
         check_options(opts)?;
         let (job_limits, limits) = job_limits(&opts.limits)?;
         let nested = job_object::current_process_in_job().unwrap_or(false);
@@ -193,12 +193,12 @@ impl Job {
     }
 
     /// The job's id.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
     /// The mechanism the job runs under.
-    pub fn mechanism(&self) -> Mechanism {
+    pub(crate) fn mechanism(&self) -> Mechanism {
         match self.containment {
             Containment::JobObject(_) => Mechanism::JobObject,
             Containment::Taskkill => Mechanism::Taskkill,
@@ -206,18 +206,18 @@ impl Job {
     }
 
     /// The main process's PID.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
     /// The report if the job is over; never blocks (beyond a stop sequence the timeout or
     /// the leftovers policy starts now).
-    pub fn try_wait(&mut self) -> Result<Option<Report>> {
+    pub(crate) fn try_wait(&mut self) -> Result<Option<Report>> {
         self.poll(Some(Instant::now()))
     }
 
     /// Waits until the job is over.
-    pub fn wait(&mut self) -> Result<Report> {
+    pub(crate) fn wait(&mut self) -> Result<Report> {
         loop {
             if let Some(r) = self.poll(None)? {
                 return Ok(r);
@@ -226,17 +226,17 @@ impl Job {
     }
 
     /// Waits at most `timeout`.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Report>> {
+    pub(crate) fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Report>> {
         self.poll(Some(Instant::now() + timeout))
     }
 
     /// Stops the job with its stop sequence and waits until it is over.
-    pub fn stop(&mut self) -> Result<Report> {
+    pub(crate) fn stop(&mut self) -> Result<Report> {
         self.stop_now(self.opts.signal, self.opts.grace)
     }
 
     /// Kills every process of the job at once and waits until it is over.
-    pub fn kill(&mut self) -> Result<Report> {
+    pub(crate) fn kill(&mut self) -> Result<Report> {
         self.stop_now(Signal::KILL, Duration::ZERO)
     }
 

@@ -15,13 +15,12 @@ fn job_with_parent(sandbox: &Sandbox, configure: impl FnOnce(&mut Run)) -> Finis
     configure(&mut run);
     run.tree(&["--exit", "0", "grandchild"]);
     let job = run.spawn_with_report(report);
-    let procs = job.wait_ready(&["top", "grandchild"]);
-    job.go();
-    let done = job.finish();
-    procs.assert_all_gone("cgroup parent");
-    sandbox.assert_clean();
-    done.assert_code(0);
-    done.assert_report_basics(crate::util::Mechanism::Cgroup);
+    let (_procs, done) = job.exit_leaving(
+        sandbox,
+        crate::util::Mechanism::Cgroup,
+        &["top", "grandchild"],
+        "cgroup parent",
+    );
     done
 }
 

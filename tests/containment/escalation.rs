@@ -19,13 +19,8 @@ fn ignored_sigterm_escalates_to_kill_after_the_grace(mechanism: Mechanism) {
         .grace("300ms", Duration::from_millis(300))
         .tree(&["--exit", "0", "ignore-term"])
         .spawn();
-    let procs = job.wait_ready(&["top", "ignore-term"]);
-    job.go();
-    let done = job.finish();
-    procs.assert_all_gone("escalation");
-    sandbox.assert_clean();
-    done.assert_code(0);
-    done.assert_report_basics(mechanism);
+    let (procs, done) =
+        job.exit_leaving(&sandbox, mechanism, &["top", "ignore-term"], "escalation");
     done.leftover(procs.pid("ignore-term"));
 
     let at = |name: &str| {
@@ -52,13 +47,8 @@ fn zero_grace_kills_at_once(mechanism: Mechanism) {
         .args(["--grace", "0"])
         .tree(&["--exit", "0", "ignore-term"])
         .spawn();
-    let procs = job.wait_ready(&["top", "ignore-term"]);
-    job.go();
-    let done = job.finish();
-    procs.assert_all_gone("zero grace");
-    sandbox.assert_clean();
-    done.assert_code(0);
-    done.assert_report_basics(mechanism);
+    let (_procs, done) =
+        job.exit_leaving(&sandbox, mechanism, &["top", "ignore-term"], "zero grace");
     done.assert_has_step("kill");
     assert_eq!(
         done.stop_steps().first().map(String::as_str),

@@ -56,13 +56,12 @@ fn fork_fallback_contains_setsid_escapee() {
         .arg("--debug-no-clone3")
         .tree(&["--exit", "0", "setsid"])
         .spawn();
-    let procs = job.wait_ready(&["top", "setsid"]);
-    job.go();
-    let done = job.finish();
-    procs.assert_all_gone("spawn-fork");
-    sandbox.assert_clean();
-    done.assert_code(0);
-    done.assert_report_basics(Mechanism::Cgroup);
+    let (procs, done) = job.exit_leaving(
+        &sandbox,
+        Mechanism::Cgroup,
+        &["top", "setsid"],
+        "spawn-fork",
+    );
     assert_eq!(done.report()["spawn"], FORK, "{}", done.report_text());
     let leftover = done.leftover(procs.pid("setsid"));
     assert_eq!(leftover["left_session"], true, "{}", done.report_text());
@@ -97,13 +96,12 @@ fn freezer_kill_fallback_escalates_and_empties() {
         .grace("300ms", Duration::from_millis(300))
         .tree(&["--exit", "0", "ignore-term"])
         .spawn();
-    let procs = job.wait_ready(&["top", "ignore-term"]);
-    job.go();
-    let done = job.finish();
-    procs.assert_all_gone("kill-freezer");
-    sandbox.assert_clean();
-    done.assert_code(0);
-    done.assert_report_basics(Mechanism::Cgroup);
+    let (_procs, done) = job.exit_leaving(
+        &sandbox,
+        Mechanism::Cgroup,
+        &["top", "ignore-term"],
+        "kill-freezer",
+    );
     let kill = done.step("kill");
     assert!(
         kill["detail"]

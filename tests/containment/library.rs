@@ -180,15 +180,13 @@ fn bad_parent_is_an_error_and_leaves_nothing() {
         cgroup_parent: Some("/tmp".into()),
         ..options(&sandbox)
     };
-    let err = corral::Job::spawn_command(&corral::JobCommand::new("true"), &opts)
-        .err()
-        .expect("an error");
+    let err =
+        corral::Job::spawn_command(&corral::JobCommand::new("true"), &opts).expect_err("an error");
     assert!(err.is_usage(), "{err}");
     assert!(err.to_string().contains("cgroup2"), "{err}");
     let err =
         corral::Job::spawn_command(&corral::JobCommand::new("/nonexistent"), &options(&sandbox))
-            .err()
-            .expect("an error");
+            .expect_err("an error");
     assert!(matches!(err, corral::Error::NotFound { .. }), "{err}");
     sandbox.assert_clean();
 }

@@ -46,11 +46,13 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, PidfdFlags, Signal};
+use corral_testkit::{poll_until, Described};
+use rustix::process::Signal;
 
+use crate::slurm_cluster::{describe_census, output_text, write_epilog, JobInfo, Slurm};
 use crate::util::{
-    describe_pid, exited, pidfd_of_child, place_in_cgroup, read_pids, skip, wait_exited,
-    CgroupTree, Procs, Sandbox, CORRAL, READY_DEADLINE, TESTTREE,
+    describe_pid, hold_listed, pidfd_of_child, place_in_cgroup, skip, wait_exited, CgroupTree,
+    Procs, Sandbox, CORRAL, READY_DEADLINE, TESTTREE,
 };
 
 /// For each `fn name(proctrack: Proctrack)` given, generates `mod name { fn pgid();
@@ -194,16 +196,7 @@ fn scancel_leaves_the_escapee_without_corral_and_nothing_with_it(proctrack: Proc
         Some(0),
         "{report:#}"
     );
-    // corral re-raises COMMAND's death by a signal: Slurm then shows that signal.
-    let status = report["exit_status"].as_i64().unwrap_or(-1);
-    let expected = match report["exit"]["signal"].as_i64() {
-        Some(sig) if status == 128 + sig => format!("0:{sig}"),
-        _ => format!("{status}:0"),
-    };
-    assert_eq!(
-        info.exit_code, expected,
-        "Slurm's ExitCode is corral's exit status"
-    );
+    info.assert_exit_code_of(&report);
     assert_eq!(info.state, "CANCELLED");
     cluster.assert_epilog_swept(job.id.unwrap());
     cluster.shutdown();
@@ -401,11 +394,9 @@ fn srun_waits_for_an_escapee_holding_its_output_without_corral_and_not_with_it(
     let procs = control.job.wait_ready(&cluster, &roles);
     let went = Instant::now();
     control.job.go();
-    let deadline = Instant::now() + SETTLE_DEADLINE;
-    while !procs.gone(procs.pid("top")) {
-        assert!(Instant::now() < deadline, "the step's command did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    poll_until("the step's command's exit", SETTLE_DEADLINE, || {
+        procs.gone(procs.pid("top"))
+    });
     assert!(
         !wait_exited(control.pidfd.as_fd(), Instant::now() + STUCK_WINDOW),
         "srun returned while the escapee held the step's output:\n{}",
@@ -574,32 +565,20 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A daemon of the cluster, held by a pidfd opened while it was the process start.sh
-/// recorded.
-struct Daemon {
-    name: String,
-    pid: i32,
-    fd: OwnedFd,
-}
-
 /// A one-node cluster started by `scripts/slurm/start.sh` in a scratch directory
 /// `/tmp/corral-slurm-<pid>-<n>` (short: munge's socket path must fit in `sun_path`).
 /// `Drop` stops it (`stop.sh`, then SIGKILL through the pidfds to any daemon left), prints
 /// the daemons' logs if the test failed, and removes the directory.
 struct Cluster {
-    dir: PathBuf,
-    conf: PathBuf,
+    slurm: Slurm,
     proctrack: Proctrack,
     /// `<tree>/slurm/slurmd`: slurmd, its slurmstepds and their jobs.
     slurmd_leaf: PathBuf,
-    /// The test's registry (`CORRAL_RUNTIME_DIR`), for the jobs, the Epilog and the test.
-    runtime: PathBuf,
-    epilog_log: PathBuf,
-    daemons: Vec<Daemon>,
-    stopped: bool,
     /// When start.sh was run: the test's time is measured from here to the stop.
     started: Instant,
 }
+
+crate::slurm_cluster::deref_to_slurm!(Cluster);
 
 impl Cluster {
     fn start(sandbox: &Sandbox, proctrack: Proctrack) -> Cluster {
@@ -614,30 +593,19 @@ impl Cluster {
         let slurm_cgroup = sandbox.cgroup().root().join("slurm");
         let epilog = dir.join("epilog");
         let epilog_log = dir.join("epilog.log");
-        // The Epilog of docs/slurm.md: sweep after every job. It must exit 0: a failing
-        // Epilog drains the node.
-        fs::write(
-            &epilog,
-            format!(
-                "#!/bin/sh\n\
-                 CORRAL_RUNTIME_DIR='{runtime}' '{CORRAL}' sweep >>'{log}' 2>&1\n\
-                 echo \"job $SLURM_JOB_ID: corral sweep exited $?\" >>'{log}'\n\
-                 exit 0\n",
-                runtime = sandbox.runtime.display(),
-                log = epilog_log.display(),
-            ),
-        )
-        .and_then(|()| fs::set_permissions(&epilog, fs::Permissions::from_mode(0o755)))
-        .unwrap_or_else(|e| panic!("write {}: {e}", epilog.display()));
+        write_epilog(&epilog, &sandbox.runtime, &epilog_log);
         let mut cluster = Cluster {
-            conf: dir.join("slurm.conf"),
-            dir,
+            slurm: Slurm {
+                conf: dir.join("slurm.conf"),
+                dir,
+                runtime: sandbox.runtime.clone(),
+                epilog_log,
+                daemons: Vec::new(),
+                stop_sh: script("stop.sh"),
+                stopped: false,
+            },
             proctrack,
             slurmd_leaf: slurm_cgroup.join("slurmd"),
-            runtime: sandbox.runtime.clone(),
-            epilog_log,
-            daemons: Vec::new(),
-            stopped: false,
             started: Instant::now(),
         };
         let mut command = Command::new(script("start.sh"));
@@ -651,22 +619,7 @@ impl Cluster {
         // start.sh itself (and the clients it runs) in `other`; each daemon moves to its leaf.
         place_in_cgroup(&mut command, &sandbox.cgroup().other_leaf());
         let output = command.output().expect("run scripts/slurm/start.sh");
-        // Held before the status is checked, so that a failing start is stopped in Drop.
-        cluster.hold_daemons();
-        assert!(
-            output.status.success(),
-            "start.sh failed: {}",
-            output_text(&output)
-        );
-        assert_eq!(
-            cluster
-                .daemons
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>(),
-            ["munged", "slurmctld", "slurmd"],
-            "start.sh recorded every daemon"
-        );
+        cluster.hold_started(&output);
         eprintln!(
             "slurm: cluster ({}) up in {:.1} s in {}",
             proctrack.plugin(),
@@ -674,64 +627,6 @@ impl Cluster {
             cluster.dir.display()
         );
         cluster
-    }
-
-    /// Opens a pidfd for each daemon `<dir>/pids` records (`NAME PID STARTTIME`), keeping
-    /// it only if the process then has the recorded start time (so it is the recorded one).
-    fn hold_daemons(&mut self) {
-        let text = fs::read_to_string(self.dir.join("pids")).unwrap_or_default();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let [name, pid, start] = fields.as_slice() else {
-                continue;
-            };
-            let Some(pid) = pid.parse::<i32>().ok().filter(|&p| p > 1) else {
-                continue;
-            };
-            let Ok(fd) =
-                rustix::process::pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty())
-            else {
-                continue;
-            };
-            if start_time(pid).as_deref() == Some(*start) && !exited(fd.as_fd()) {
-                self.daemons.push(Daemon {
-                    name: name.to_string(),
-                    pid,
-                    fd,
-                });
-            }
-        }
-    }
-
-    /// A client command of this cluster, with the test's registry and nothing of a Slurm
-    /// job or corral parent the test itself may run in.
-    fn client(&self, program: &str) -> Command {
-        let mut command = Command::new(program);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SLURM_") {
-                command.env_remove(&key);
-            }
-        }
-        command
-            .env("SLURM_CONF", &self.conf)
-            .env("CORRAL_RUNTIME_DIR", &self.runtime)
-            .env_remove("CORRAL_CGROUP_PARENT")
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> Output {
-        let output = self
-            .client(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {program}: {e}"));
-        assert!(
-            output.status.success(),
-            "{program} {args:?}: {}",
-            output_text(&output)
-        );
-        output
     }
 
     /// `corral ARGS` with the test's registry (its status is the caller's to check).
@@ -761,26 +656,7 @@ impl Cluster {
         tree: &str,
     ) -> Submitted {
         let (dir, batch) = job_script(sandbox, name, corral_grace, tree);
-        let output = self.run(
-            "sbatch",
-            &[
-                "--parsable",
-                "--job-name",
-                name,
-                "--chdir",
-                &dir.display().to_string(),
-                "--output",
-                &dir.join("slurm-%j.out").display().to_string(),
-                &batch.display().to_string(),
-            ],
-        );
-        let text = String::from_utf8_lossy(&output.stdout);
-        let id = text
-            .trim()
-            .split(';')
-            .next()
-            .and_then(|id| id.parse().ok())
-            .unwrap_or_else(|| panic!("sbatch printed no job id: {text:?}"));
+        let id = self.sbatch(name, (&dir, &dir.join("slurm-%j.out")), &[], &batch);
         Submitted {
             id: Some(id),
             output: dir.join(format!("slurm-{id}.out")),
@@ -819,48 +695,12 @@ impl Cluster {
         self.run("scancel", &[&id.to_string()]);
     }
 
-    /// `JobState` and `ExitCode` from `scontrol show job` (MinJobAge keeps a job known for
-    /// an hour after it ended; there is no accounting database).
-    fn job(&self, id: u32) -> JobInfo {
-        let output = self.run("scontrol", &["show", "job", "--oneliner", &id.to_string()]);
-        let text = String::from_utf8_lossy(&output.stdout);
-        let field = |key: &str| {
-            text.split_whitespace()
-                .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
-                .unwrap_or_else(|| panic!("no {key} in scontrol show job: {text}"))
-                .to_string()
-        };
-        JobInfo {
-            state: field("JobState"),
-            exit_code: field("ExitCode"),
-        }
-    }
-
-    /// Waits until Slurm considers the job over (no longer pending, running or completing:
-    /// slurmstepd has finished, the Epilog has run).
+    /// Waits until Slurm considers the job over (slurmstepd has finished, the Epilog has
+    /// run).
     fn wait_ended(&self, id: u32) -> JobInfo {
-        let deadline = Instant::now() + JOB_END_DEADLINE;
-        loop {
-            let info = self.job(id);
-            if ![
-                "PENDING",
-                "CONFIGURING",
-                "RUNNING",
-                "COMPLETING",
-                "SUSPENDED",
-            ]
-            .contains(&info.state.as_str())
-            {
-                return info;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} still {} after {JOB_END_DEADLINE:?}; slurmd's processes: {}",
-                info.state,
-                self.describe_census()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let every = Duration::from_millis(50);
+        self.slurm
+            .wait_ended(id, (JOB_END_DEADLINE, every), || self.describe_census())
     }
 
     /// The processes in slurmd's subtree besides slurmd: slurmstepds, jobs, and whatever the
@@ -880,12 +720,7 @@ impl Cluster {
     }
 
     fn describe_census(&self) -> String {
-        let described: Vec<String> = self.census().into_iter().map(describe_pid).collect();
-        if described.is_empty() {
-            "(none)".into()
-        } else {
-            described.join("; ")
-        }
+        describe_census(self.census())
     }
 
     /// Asserts that, once slurmstepd is gone, exactly the processes of `roles` are left of
@@ -904,20 +739,21 @@ impl Cluster {
     fn assert_survivor_pids(&self, procs: &Procs, expected: &[i32], context: &str) -> Vec<i32> {
         let mut expected = expected.to_vec();
         expected.sort_unstable();
-        let deadline = Instant::now() + SETTLE_DEADLINE;
         // slurmstepd may still be exiting, and a watchdog removing a job's cgroup.
-        while self.census() != expected || !CgroupTree::children(&self.slurmd_leaf).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "{context} ({}): expected {} survivor(s) {expected:?} and no job cgroup in \
-                 slurmd's cgroup; it holds {:?} and the processes {}",
-                self.proctrack.plugin(),
-                expected.len(),
-                CgroupTree::children(&self.slurmd_leaf),
-                self.describe_census()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!(
+            "{context} ({}): {} survivor(s) {expected:?} and no job cgroup in slurmd's cgroup",
+            self.proctrack.plugin(),
+            expected.len(),
+        );
+        poll_until(what, SETTLE_DEADLINE, || {
+            let cgroups = CgroupTree::children(&self.slurmd_leaf);
+            match self.census() == expected && cgroups.is_empty() {
+                true => Ok(()),
+                false => Err(Described(move || {
+                    format!("{cgroups:?}, processes {}", self.describe_census())
+                })),
+            }
+        });
         for proc in &procs.procs {
             if expected.contains(&proc.pid) {
                 assert!(
@@ -942,15 +778,14 @@ impl Cluster {
     /// slurmd's subtree holds nothing else.
     fn kill_survivors(&self, procs: Procs) {
         drop(procs);
-        let deadline = Instant::now() + SETTLE_DEADLINE;
-        while !self.census().is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "the control's survivors did not die: {}",
-                self.describe_census()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(
+            "the control's survivors' death",
+            SETTLE_DEADLINE,
+            || match self.census().is_empty() {
+                true => Ok(()),
+                false => Err(Described(|| self.describe_census())),
+            },
+        );
     }
 
     /// Asserts the report's job cgroup was made inside slurmd's cgroup, where corral ran.
@@ -969,15 +804,6 @@ impl Cluster {
         assert_eq!(report["cleanup"]["cgroup_removed"], true, "{report:#}");
     }
 
-    /// Asserts the Epilog ran `corral sweep` after job `id`, successfully.
-    fn assert_epilog_swept(&self, id: u32) {
-        let log = fs::read_to_string(&self.epilog_log).unwrap_or_default();
-        assert!(
-            log.contains(&format!("job {id}: corral sweep exited 0")),
-            "the Epilog's corral sweep after job {id}:\n{log}"
-        );
-    }
-
     /// Stops the cluster with `stop.sh` and asserts every daemon is gone.
     fn shutdown(mut self) {
         let started = Instant::now();
@@ -989,15 +815,7 @@ impl Cluster {
                 String::from_utf8_lossy(&output.stderr).trim_end()
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for daemon in &self.daemons {
-            assert!(
-                wait_exited(daemon.fd.as_fd(), deadline),
-                "stop.sh left {}: {}",
-                daemon.name,
-                describe_pid(daemon.pid)
-            );
-        }
+        self.assert_daemons_gone(Instant::now() + Duration::from_secs(2));
         eprintln!(
             "slurm: cluster ({}) stopped in {:.1} s; {:.1} s from its start",
             self.proctrack.plugin(),
@@ -1005,47 +823,17 @@ impl Cluster {
             self.started.elapsed().as_secs_f64()
         );
     }
-
-    fn stop(&mut self) -> Output {
-        self.stopped = true;
-        Command::new(script("stop.sh"))
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/slurm/stop.sh")
-    }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if !self.stopped {
-            let output = self.stop();
-            if !output.status.success() {
-                eprintln!("cleanup: stop.sh: {}", output_text(&output));
-            }
-        }
-        for daemon in &self.daemons {
-            if !wait_exited(daemon.fd.as_fd(), Instant::now() + Duration::from_secs(2)) {
-                eprintln!("cleanup: {} survived stop.sh; SIGKILL", daemon.name);
-                let _ = rustix::process::pidfd_send_signal(&daemon.fd, Signal::KILL);
-            }
-        }
-        if std::thread::panicking() {
-            for log in [
-                "log/slurmctld.log",
-                "log/slurmd.log",
-                "munge/munged.log",
-                "epilog.log",
-            ] {
-                let text = fs::read_to_string(self.dir.join(log)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!("--- {log} (last lines)");
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        self.stop_and_kill();
+        self.print_logs_and_remove(&[
+            "log/slurmctld.log",
+            "log/slurmd.log",
+            "munge/munged.log",
+            "epilog.log",
+        ]);
     }
 }
 
@@ -1062,28 +850,14 @@ impl Submitted {
     /// Waits until the tree lists `roles`, and holds each listed process by a pidfd.
     /// Nothing stops the tree before the test acts, so each process is alive when opened.
     fn wait_ready(&self, cluster: &Cluster, roles: &[&str]) -> Procs {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            let listed = read_pids(&self.dir.join("pids"));
-            let ready = roles.iter().all(|role| {
-                listed.iter().filter(|(r, _)| r == role).count()
-                    >= roles.iter().filter(|r| *r == role).count()
-            });
-            if ready {
-                let mut procs = Procs::default();
-                procs.open_late(&listed);
-                assert_eq!(procs.procs.len(), listed.len(), "a listed process is gone");
-                return procs;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {:?} never listed {roles:?} (listed {listed:?}); job {:?}; output:\n{}",
+        hold_listed(&self.dir.join("pids"), roles, READY_DEADLINE, || {
+            format!(
+                "job {:?}: {:?}; output:\n{}",
                 self.id,
                 self.id.map(|id| cluster.job(id)),
                 fs::read_to_string(&self.output).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 
     /// Lets the tree's top process go on past `--go`.
@@ -1154,18 +928,6 @@ impl Drop for Srun {
     }
 }
 
-#[derive(Debug)]
-struct JobInfo {
-    state: String,
-    exit_code: String,
-}
-
-impl JobInfo {
-    fn outcome(&self) -> String {
-        format!("job {} {}", self.state, self.exit_code)
-    }
-}
-
 /// Prints one figure for docs/slurm.md.
 fn figure(
     proctrack: Proctrack,
@@ -1184,14 +946,6 @@ fn figure(
     );
 }
 
-/// Field 22 of `/proc/<pid>/stat`: the start time, which tells a process from a later one
-/// given the same PID.
-fn start_time(pid: i32) -> Option<String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split(' ').nth(19).map(str::to_string)
-}
-
 /// Whether `pid` is in the session of `leader`'s process (`/proc/<pid>/stat`'s session).
 fn in_session_of(pid: i32, other: i32) -> bool {
     let session = |pid: i32| -> Option<String> {
@@ -1200,13 +954,4 @@ fn in_session_of(pid: i32, other: i32) -> bool {
         rest.split(' ').nth(3).map(str::to_string)
     };
     session(pid).is_some_and(|s| Some(s) == session(other))
-}
-
-fn output_text(output: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}stderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }

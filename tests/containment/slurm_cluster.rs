@@ -8,14 +8,15 @@
 
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_testkit::{poll_until_every, Described};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-use crate::util::{describe_pid, exited, wait_exited};
+use crate::util::{describe_pid, exited, wait_exited, CORRAL};
 
 /// A daemon of the cluster, held by a pidfd opened while it was the process start.sh
 /// recorded.
@@ -39,6 +40,25 @@ pub struct Slurm {
     pub stopped: bool,
 }
 
+/// Makes a suite's `Cluster` (a struct with a field `slurm: Slurm`) deref to its [`Slurm`].
+macro_rules! deref_to_slurm {
+    ($cluster:ty) => {
+        impl std::ops::Deref for $cluster {
+            type Target = $crate::slurm_cluster::Slurm;
+            fn deref(&self) -> &Self::Target {
+                &self.slurm
+            }
+        }
+
+        impl std::ops::DerefMut for $cluster {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.slurm
+            }
+        }
+    };
+}
+pub(crate) use deref_to_slurm;
+
 /// `JobState` and `ExitCode` of a job, from `scontrol show job`.
 #[derive(Debug)]
 pub struct JobInfo {
@@ -51,10 +71,31 @@ impl JobInfo {
         format!("job {} {}", self.state, self.exit_code)
     }
 
+    /// Asserts Slurm's `ExitCode` is corral's exit status (its JSON `report`): corral
+    /// re-raises COMMAND's death by a signal, and Slurm then shows that signal.
+    #[track_caller]
+    pub fn assert_exit_code_of(&self, report: &serde_json::Value) {
+        let status = report["exit_status"].as_i64().unwrap_or(-1);
+        let expected = match report["exit"]["signal"].as_i64() {
+            Some(sig) if status == 128 + sig => format!("0:{sig}"),
+            _ => format!("{status}:0"),
+        };
+        assert_eq!(
+            self.exit_code, expected,
+            "Slurm's ExitCode is corral's exit status"
+        );
+    }
+
     /// Whether Slurm still considers the job running (or about to run, or completing).
     fn running(&self) -> bool {
-        ["PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"]
-            .contains(&self.state.as_str())
+        [
+            "PENDING",
+            "CONFIGURING",
+            "RUNNING",
+            "COMPLETING",
+            "SUSPENDED",
+        ]
+        .contains(&self.state.as_str())
     }
 }
 
@@ -84,6 +125,24 @@ impl Slurm {
                 });
             }
         }
+    }
+
+    /// After `start.sh`, whose `output` this is: holds the daemons it recorded (before its
+    /// status is checked, so that a failing start is stopped in `Drop`), then asserts it
+    /// succeeded and recorded every daemon.
+    pub fn hold_started(&mut self, output: &Output) {
+        self.hold_daemons();
+        assert!(
+            output.status.success(),
+            "start.sh failed: {}",
+            output_text(output)
+        );
+        let names: Vec<&str> = self.daemons.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["munged", "slurmctld", "slurmd"],
+            "start.sh recorded every daemon"
+        );
     }
 
     /// A client command of this cluster, with the test's registry and nothing of a Slurm
@@ -119,6 +178,29 @@ impl Slurm {
         output
     }
 
+    /// `sbatch --job-name NAME --chdir DIR --output OUTPUT ARGS SCRIPT`: the job's id.
+    pub fn sbatch(
+        &self,
+        name: &str,
+        (dir, output): (&Path, &Path),
+        args: &[&str],
+        script: &Path,
+    ) -> u32 {
+        let (dir, output) = (dir.display().to_string(), output.display().to_string());
+        let mut all = vec!["--parsable", "--job-name", name, "--chdir", &dir];
+        all.extend(["--output", &output]);
+        all.extend(args);
+        let script = script.display().to_string();
+        all.push(&script);
+        let out = self.run("sbatch", &all);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .split(';')
+            .next()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("sbatch printed no job id: {text:?}"))
+    }
+
     /// `JobState` and `ExitCode` from `scontrol show job` (MinJobAge keeps a job known for
     /// an hour after it ended; there is no accounting database).
     pub fn job(&self, id: u32) -> JobInfo {
@@ -145,11 +227,12 @@ impl Slurm {
         (within, every): (Duration, Duration),
         census: impl Fn() -> String,
     ) -> JobInfo {
+        let census = &census;
         poll_until_every(format_args!("job {id} over"), within, every, || {
             let info = self.job(id);
             match info.running() {
                 false => Ok(info),
-                true => Err(Described(|| {
+                true => Err(Described(move || {
                     format!("still {}; the jobs' processes: {}", info.state, census())
                 })),
             }
@@ -219,6 +302,24 @@ impl Slurm {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Writes the Epilog of docs/slurm.md at `path`: `corral sweep` of the registry `runtime`
+/// after every job, logged to `log`. It exits 0: a failing Epilog drains the node.
+pub fn write_epilog(path: &Path, runtime: &Path, log: &Path) {
+    fs::write(
+        path,
+        format!(
+            "#!/bin/sh\n\
+             CORRAL_RUNTIME_DIR='{runtime}' '{CORRAL}' sweep >>'{log}' 2>&1\n\
+             echo \"job $SLURM_JOB_ID: corral sweep exited $?\" >>'{log}'\n\
+             exit 0\n",
+            runtime = runtime.display(),
+            log = log.display(),
+        ),
+    )
+    .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o755)))
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// Each of `pids` described (state, parents, cgroup, command line), or `(none)`.

@@ -34,7 +34,7 @@ pub const TESTTREE: &str = corral_testkit::TESTTREE;
 /// How long a tree may take to report itself ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(15);
 /// How long after the first SIGINT/SIGTERM of a stop a second one counts as a second one
-/// (corral's `SECOND_SIGNAL_AFTER`, src/job/machine.rs).
+/// (corral's `SECOND_SIGNAL_AFTER`, src/ladder.rs).
 pub const SECOND_SIGNAL_AFTER: Duration = Duration::from_millis(100);
 /// How long a process may take to be seen gone once corral has returned.
 pub const GONE_DEADLINE: Duration = Duration::from_secs(2);
@@ -830,6 +830,27 @@ impl Job {
         })
     }
 
+    /// The end of a job whose COMMAND exits 0 once told to go, leaving processes behind:
+    /// waits until the tree lists `roles`, lets it go, and asserts that corral stopped
+    /// every listed process (`context`), left the sandbox clean, and returned 0 with a
+    /// sound report. The processes and the result, for the caller's own checks.
+    pub fn exit_leaving(
+        self,
+        sandbox: &Sandbox,
+        mechanism: Mechanism,
+        roles: &[&str],
+        context: &str,
+    ) -> (Procs, Finished) {
+        let procs = self.wait_ready(roles);
+        self.go();
+        let done = self.finish();
+        procs.assert_all_gone(context);
+        sandbox.assert_clean();
+        done.assert_code(0);
+        done.assert_report_basics(mechanism);
+        (procs, done)
+    }
+
     /// Like [`Job::wait_ready`], for jobs that may already be stopping (a short
     /// `--timeout`): stops waiting when corral exits, and a listed process that is already
     /// gone is recorded as gone.
@@ -1485,6 +1506,32 @@ fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
     complete.lines().filter(|l| !l.is_empty())
 }
 
+/// Waits until the pids file `pids` lists each of `roles` (as many times as it is named),
+/// then holds each listed process by a pidfd: for a tree nothing stops before the test
+/// acts, so each is alive when opened. `context` says what else is known (the job's state,
+/// its output) if the tree never lists them.
+pub fn hold_listed(
+    pids: &Path,
+    roles: &[&str],
+    within: Duration,
+    context: impl Fn() -> String,
+) -> Procs {
+    let context = &context;
+    let listed = poll_until(format_args!("the tree listing {roles:?}"), within, || {
+        let listed = read_pids(pids);
+        match missing_roles(&listed, roles).is_empty() {
+            true => Ok(listed),
+            false => Err(Described(move || {
+                format!("listed {listed:?}; {}", context())
+            })),
+        }
+    });
+    let mut procs = Procs::default();
+    procs.open_late(&listed);
+    assert_eq!(procs.procs.len(), listed.len(), "a listed process is gone");
+    procs
+}
+
 fn missing_roles<'a>(listed: &[(String, i32)], roles: &[&'a str]) -> Vec<&'a str> {
     let mut missing = Vec::new();
     for (i, role) in roles.iter().enumerate() {
@@ -1605,13 +1652,7 @@ pub fn leftover_is_stopped(
         .corral(mechanism)
         .tree(&["--exit", "0", mode])
         .spawn();
-    let procs = job.wait_ready(&["top", role]);
-    job.go();
-    let done = job.finish();
-    procs.assert_all_gone(name);
-    sandbox.assert_clean();
-    done.assert_code(0);
-    done.assert_report_basics(mechanism);
+    let (procs, done) = job.exit_leaving(&sandbox, mechanism, &["top", role], name);
     let leftover = done.leftover(procs.pid(role));
     assert_eq!(
         (

@@ -44,12 +44,11 @@ fn zombie_leader_ignoring_sigterm_is_killed(mechanism: Mechanism) {
         .grace("300ms", Duration::from_millis(300))
         .tree(&["--exit", "0", "zombie-leader", "--ignore-term"])
         .spawn();
-    let procs = job.wait_ready(&["top", "zombie-leader"]);
-    job.go();
-    let done = job.finish();
-    procs.assert_all_gone("zombie leader ignoring SIGTERM");
-    sandbox.assert_clean();
-    done.assert_code(0);
-    done.assert_report_basics(mechanism);
+    let (_procs, done) = job.exit_leaving(
+        &sandbox,
+        mechanism,
+        &["top", "zombie-leader"],
+        "zombie leader ignoring SIGTERM",
+    );
     done.assert_stop_outcome("killed");
 }

@@ -1,36 +1,39 @@
-//! A job: spawn ([`spawn`]) -> a state machine ([`machine`]) driven by a blocking loop here
-//! or by the tokio driver -> cleanup -> report.
+//! The Linux job: spawn ([`spawn`]) -> a state machine ([`machine`]) driven by a blocking
+//! loop here or by the tokio driver -> cleanup -> report. The mechanism the job runs under
+//! is one value ([`backend`]), chosen once at spawn, whose methods do the mechanism's part
+//! of each step.
 
+mod backend;
 mod machine;
 mod spawn;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStderr, ChildStdin, ChildStdout};
+use std::process::{ChildStderr, ChildStdout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
 use crate::error::Result;
-use crate::linux::cgroup::Leaf;
 use crate::linux::pidfd::{self, ExitKind, Pid};
-use crate::linux::supervise::Supervised;
-use crate::linux::{self, pgroup, procs};
+use crate::linux::{self, pgroup};
 use crate::options::{Options, Signal, SignalSet};
 use crate::report::{ProcessInfo, Report, StopReport};
 use crate::Credentials;
 use crate::Mechanism;
 use crate::ResourceLimit;
 
+use backend::Backend;
 use machine::Phase;
 pub(crate) use machine::{Progress, Wants};
+pub(crate) use spawn::Stdio;
 
 /// The program, arguments, environment, directory and stdio of a job's main process, for
-/// [`Job::spawn_command`]: the lean path the `corral` CLI takes (the child is born in its
-/// cgroup with `clone3`, vfork-style: nothing of the caller's memory is copied, where
-/// [`Job::spawn`] with a `std::process::Command` must fork).
+/// [`crate::Job::spawn_command`]: the lean path the `corral` CLI takes (the child is born
+/// in its cgroup with `clone3`, vfork-style: nothing of the caller's memory is copied,
+/// where [`crate::Job::spawn`] with a `std::process::Command` must fork).
 #[derive(Debug, Clone, Default)]
 pub struct JobCommand {
     program: OsString,
@@ -46,7 +49,7 @@ pub struct JobCommand {
 
 /// What one of the main process's standard streams is, for [`JobCommand`]: as
 /// `std::process::Stdio`'s `inherit`, `null` and `piped`. A piped stream's other end is
-/// [`Job::stdin`], [`Job::stdout`] or [`Job::stderr`].
+/// [`crate::Job::stdin`], [`crate::Job::stdout`] or [`crate::Job::stderr`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum JobStdio {
     /// The caller's (the default).
@@ -54,7 +57,7 @@ pub enum JobStdio {
     Inherit,
     /// `/dev/null`.
     Null,
-    /// A new pipe, its other end in the [`Job`].
+    /// A new pipe, its other end in the [`crate::Job`].
     Piped,
 }
 
@@ -129,7 +132,7 @@ impl JobCommand {
     /// spawn fails with [`crate::Error::Spawn`] naming the step, and nothing is left
     /// behind.
     ///
-    /// Only the raw spawn of [`Job::spawn_command`] can do this: in the cgroup mechanism, or
+    /// Only the raw spawn of [`crate::Job::spawn_command`] can do this: in the cgroup mechanism, or
     /// the pgroup one with [`crate::Supervisor::InProcess`]; a pgroup job under a
     /// supervisor process is refused ([`crate::Error::InvalidOptions`]). With
     /// [`Options::pid_namespace`] it needs `CAP_SYS_ADMIN` (without it the job would get a
@@ -214,8 +217,8 @@ impl JobCommand {
     }
 }
 
-/// Where [`Job::run`] learns about signals sent to the supervising program (the CLI feeds
-/// its signalfd here). The library itself never installs signal handlers.
+/// Where [`crate::Job::run`] learns about signals sent to the supervising program (the CLI
+/// feeds its signalfd here). The library itself never installs signal handlers.
 pub trait SignalSource {
     /// A descriptor that becomes readable when a signal is pending.
     fn fd(&self) -> BorrowedFd<'_>;
@@ -224,64 +227,15 @@ pub trait SignalSource {
     fn take(&mut self) -> Vec<Signal>;
 }
 
-enum Backend {
-    Cgroup(Leaf),
-    /// In-process pgroup: this process is the subreaper ([`crate::Supervisor::InProcess`]).
-    Pgroup {
-        supervisor: Pid,
-        /// Keeps the process a subreaper while the job lasts.
-        _subreaper: pgroup::Subreaper,
-    },
-    /// pgroup under a `corral __supervise` process of its own.
-    Supervised(Supervised),
-}
-
-/// A running job: a main process and everything it starts. Obtain one with [`Job::spawn`]
-/// (or [`Job::spawn_command`]); wait for it with [`Job::wait`], [`Job::wait_timeout`] or
-/// [`Job::try_wait`]; end it early with [`Job::stop`] or [`Job::kill`]. Each of these
-/// returns the [`Report`] once the job is over.
-///
-/// A `Job` is `Send` and `Sync`: jobs can be started, waited for and stopped from any
-/// thread, and many at once; they share nothing but a counter.
-///
-/// # Caveats
-/// - Dropping a `Job` that has not ended kills every process in it with SIGKILL, reaps the
-///   main process and removes the cgroup, blocking until that is done (normally
-///   milliseconds). To leave a job running, call [`Job::detach`].
-/// - The pgroup mechanism (no writable cgroup) runs each job under a small supervisor
-///   process (the `corral` binary, see [`crate::Supervisor`]), which is the job's child
-///   subreaper. It is weaker than a cgroup: see `docs/design.md`.
-/// - [`crate::Supervisor::InProcess`] makes the calling process itself a child subreaper
-///   and treats every child of the process as part of the job: only for a program that
-///   has no other children (the `corral` CLI).
-/// - [`Options::pid_namespace`] makes the main process PID 1 of a new PID namespace (with
-///   a user namespace mapping its own uid and gid where the caller lacks `CAP_SYS_ADMIN`).
-///   Only [`Job::spawn_command`] offers it (in cgroup mode or with
-///   [`crate::Supervisor::InProcess`]; [`Job::spawn`] returns an error): the child must be
-///   made with `clone3`, which std's `Command` cannot be asked for. The main process gets
-///   SIGKILL as its parent-death signal, and the kernel sends that when the *thread* that
-///   spawned it exits, not the process; so the spawn is refused on any thread but the main
-///   one, and a job cannot outlive the main thread (not even after [`Job::detach`]). When
-///   the main process exits, the kernel kills every other process of the namespace at once,
-///   without a grace, so [`crate::Leftovers::Wait`] is refused and `leftovers` stays empty.
-///   As PID 1, the main process receives from outside only the signals it has a handler
-///   for (SIGKILL and SIGSTOP aside): the polite signal of a stop, or a terminal's Ctrl+C,
-///   may not reach it, and the stop then ends it with SIGKILL after the grace. `/proc` in
-///   the job is still the host's (there is no new mount namespace): a program that reads
-///   `/proc/<getpid()>` there reads another process.
-pub struct Job {
-    /// The main process's stdin, if the `Command` asked for a pipe.
-    pub stdin: Option<ChildStdin>,
-    /// The main process's stdout, if the `Command` asked for a pipe.
-    pub stdout: Option<ChildStdout>,
-    /// The main process's stderr, if the `Command` asked for a pipe.
-    pub stderr: Option<ChildStderr>,
+/// The Linux job behind [`crate::Job`] (documented there): its state, driven by
+/// [`Job::advance`] (`machine.rs`), over the mechanism it runs under ([`Backend`]).
+pub(crate) struct Job {
     id: String,
     command: Vec<String>,
-    backend: Option<Backend>,
+    /// The mechanism, with what it holds of the job ([`Backend::Ended`] once the job is over
+    /// or detached).
+    backend: Backend,
     main_pid: Pid,
-    /// The main process's pidfd; `None` under a supervisor (the supervisor is its parent).
-    main_fd: Option<OwnedFd>,
     main_exit: Option<ExitKind>,
     main_pgid: i32,
     main_sid: i32,
@@ -306,22 +260,11 @@ pub struct Job {
     leftovers: Vec<ProcessInfo>,
     stop: Option<StopReport>,
     survivors: Vec<ProcessInfo>,
-    /// Orphans re-parented to the subreaper and reaped (pgroup).
-    reaped: usize,
-    /// Supervised: the supervisor said it is done (job empty, orphans counted).
-    supervisor_done: bool,
     /// pgroup: the processes the kill stage sent SIGKILL to, so that the corrals of nested
     /// jobs among them can have their records removed at the end.
     killed_pids: Vec<u32>,
-    /// Supervised: the main process was the supervisor's last child when it exited.
-    supervisor_last_child: bool,
-    /// Supervised: the supervisor has exited and been reaped.
-    supervisor_exit: Option<ExitKind>,
     phase: Phase,
     report: Option<Report>,
-    /// cgroup: the leaf's registration with the watchdog (dropped, so forgotten, once the
-    /// job is over or detached).
-    watch: Option<crate::linux::watchdog::Watch>,
     /// What happens to the job if this process dies (the report's `on_supervisor_death`).
     on_supervisor_death: crate::report::OnSupervisorDeath,
     /// The job's record and control socket in the job registry, while it runs.
@@ -332,7 +275,7 @@ pub struct Job {
     external: Option<Signal>,
 }
 
-/// What [`Job::wait_with_output`] returns.
+/// What [`crate::Job::wait_with_output`] returns.
 #[derive(Debug, Clone)]
 pub struct Output {
     /// The job's report.
@@ -343,7 +286,7 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
-/// A job left running by [`Job::detach`].
+/// A job left running by [`crate::Job::detach`].
 #[derive(Debug, Clone)]
 pub struct Detached {
     /// The job's id.
@@ -356,109 +299,63 @@ pub struct Detached {
 }
 
 impl Job {
-    /// The job's id (the name of its cgroup leaf in cgroup mode).
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
-    /// The job's name ([`Options::name`]).
-    pub fn name(&self) -> Option<&str> {
+    pub(crate) fn name(&self) -> Option<&str> {
         self.opts.name.as_deref()
     }
 
-    /// Why the job is not in the job registry, when [`Options::register`] asked for it and
-    /// the record could not be written (the job runs all the same).
-    pub fn not_registered(&self) -> Option<&str> {
+    pub(crate) fn not_registered(&self) -> Option<&str> {
         self.not_registered.as_deref()
     }
 
-    /// The mechanism actually in use.
-    pub fn mechanism(&self) -> Mechanism {
+    pub(crate) fn mechanism(&self) -> Mechanism {
         self.mechanism
     }
 
-    /// The main process's PID (never the supervisor's).
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.main_pid.get() as u32
     }
 
-    /// The job's cgroup, in cgroup mode.
-    pub fn cgroup(&self) -> Option<&Path> {
-        match &self.backend {
-            Some(Backend::Cgroup(leaf)) => Some(&leaf.path),
-            _ => None,
-        }
+    pub(crate) fn cgroup(&self) -> Option<&Path> {
+        self.backend.cgroup()
     }
 
-    /// The PIDs of the job's live processes right now (empty once the job is over).
-    pub fn members(&self) -> Result<Vec<u32>> {
-        Ok(match self.backend.as_ref() {
-            None => Vec::new(),
-            Some(Backend::Cgroup(leaf)) => leaf
-                .members()?
-                .into_iter()
-                .map(|p| p.get() as u32)
-                .collect(),
-            Some(Backend::Pgroup { supervisor, .. }) => pgroup::members(*supervisor)
-                .into_iter()
-                .map(|s| s.pid.get() as u32)
-                .collect(),
-            Some(Backend::Supervised(sup)) => pgroup::members(sup.supervisor)
-                .into_iter()
-                .map(|s| s.pid.get() as u32)
-                .collect(),
-        })
+    pub(crate) fn members(&self) -> Result<Vec<u32>> {
+        Ok(self
+            .backend
+            .members()?
+            .into_iter()
+            .map(|p| p.get() as u32)
+            .collect())
     }
 
-    /// Sends `sig` to every process of the job now (through pidfds; a PID reused by a
-    /// process outside the job is never signalled). Returns how many it reached.
-    pub fn signal(&self, sig: Signal) -> Result<usize> {
+    pub(crate) fn signal(&self, sig: Signal) -> Result<usize> {
         if sig == Signal::KILL && self.main_exit.is_none() {
             self.sigkill_sent.store(true, Ordering::Relaxed);
         }
-        Ok(match self.backend.as_ref() {
-            None => 0,
-            Some(Backend::Cgroup(leaf)) => {
-                let mut n = 0;
-                leaf.for_each_member(&mut |_, fd| {
-                    if pidfd::send_signal(fd, sig).is_ok() {
-                        n += 1;
-                    }
-                })?;
-                n
-            }
-            Some(Backend::Pgroup { supervisor, .. }) => signal_walk(*supervisor, sig),
-            Some(Backend::Supervised(sup)) => signal_walk(sup.supervisor, sig),
-        })
+        self.backend.signal(sig)
     }
 
-    /// The report, once the job is over.
-    pub fn report(&self) -> Option<&Report> {
+    pub(crate) fn report(&self) -> Option<&Report> {
         self.report.as_ref()
     }
 
-    /// Returns the report if the job is over, `None` if not; never blocks. Each call moves
-    /// the job on as far as it can go without waiting: it notices the main process's exit,
-    /// applies the timeout and the leftovers policy, and runs the stop ladder as far as its
-    /// deadlines have passed (so a job stopping its leftovers needs calls until the grace
-    /// is over).
-    pub fn try_wait(&mut self) -> Result<Option<Report>> {
+    pub(crate) fn try_wait(&mut self) -> Result<Option<Report>> {
         Ok(match self.advance(Vec::new())? {
             Progress::Done => self.report.clone(),
             Progress::Pending(_) => None,
         })
     }
 
-    /// Waits until the job is over (the main process exited and the leftovers policy has
-    /// been applied, or the timeout stopped it), then cleans up and reports.
-    pub fn wait(&mut self) -> Result<Report> {
+    pub(crate) fn wait(&mut self) -> Result<Report> {
         self.drive(None, None)?;
         Ok(self.finished_report())
     }
 
-    /// Like [`Job::wait`], for at most `timeout`; `None` if the job is not over by then (it
-    /// goes on, and a later call picks up where this one stopped).
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Report>> {
+    pub(crate) fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Report>> {
         Ok(if self.drive(Some(Instant::now() + timeout), None)? {
             Some(self.finished_report())
         } else {
@@ -466,37 +363,31 @@ impl Job {
         })
     }
 
-    /// Stops the job now with the full sequence (polite signal, SIGCONT, grace, SIGKILL) and
-    /// waits until it is over.
-    pub fn stop(&mut self) -> Result<Report> {
+    pub(crate) fn stop(&mut self) -> Result<Report> {
         self.request_stop(self.opts.signal, false)?;
         self.wait()
     }
 
-    /// Kills every process of the job at once (SIGKILL) and waits until it is over.
-    pub fn kill(&mut self) -> Result<Report> {
+    pub(crate) fn kill(&mut self) -> Result<Report> {
         self.request_stop(Signal::KILL, true)?;
         self.wait()
     }
 
-    /// Like [`Job::wait`], also watching `signals`: a signal received starts the stop
-    /// sequence with that signal as the polite one; a second SIGINT or SIGTERM, 100 ms or
-    /// more after the first, cuts the grace short (one that comes sooner is the same stop
-    /// delivered twice, as service managers do).
-    pub fn run(&mut self, signals: Option<&mut dyn SignalSource>) -> Result<Report> {
+    pub(crate) fn run(&mut self, signals: Option<&mut dyn SignalSource>) -> Result<Report> {
         self.drive(None, signals)?;
         Ok(self.finished_report())
     }
 
-    /// Waits like [`Job::wait`] while collecting the piped stdout and stderr (closing stdin
-    /// first). Returns once the job is over, with what was read by then: a process outside
-    /// the job that still holds the pipe (one it was passed to, or a detached one) does not
-    /// make it hang.
-    pub fn wait_with_output(mut self) -> Result<Output> {
-        drop(self.stdin.take());
+    /// [`crate::Job::wait_with_output`], with the job's piped stdout and stderr (its stdin
+    /// closed already).
+    pub(crate) fn wait_with_output(
+        mut self,
+        stdout: Option<ChildStdout>,
+        stderr: Option<ChildStderr>,
+    ) -> Result<Output> {
         let mut pipes = [
-            self.stdout.take().map(|p| Pipe::new(p.into())),
-            self.stderr.take().map(|p| Pipe::new(p.into())),
+            stdout.map(|p| Pipe::new(p.into())),
+            stderr.map(|p| Pipe::new(p.into())),
         ];
         for p in pipes.iter().flatten() {
             p.set_nonblocking()?;
@@ -537,28 +428,9 @@ impl Job {
         })
     }
 
-    /// Leaves the job running and gives up control of it: nothing is stopped, the cgroup is
-    /// not removed, and the main process is not reaped. The job leaves the job registry (its
-    /// record and control socket are removed): it is no longer corral's to stop or sweep.
-    ///
-    /// # Caveats
-    /// The main process is a child of the calling process: when it exits it stays a zombie
-    /// until the caller reaps it (by PID) or exits, as with a dropped
-    /// `std::process::Child`. Under a supervisor, the supervisor is told to let the job be;
-    /// it reaps the job's processes and exits once the job is empty, and it is then the
-    /// zombie child of the caller in the same way.
-    pub fn detach(mut self) -> Detached {
+    pub(crate) fn detach(mut self) -> Detached {
         drop(self.registration.take());
-        let cgroup = match self.backend.take() {
-            Some(Backend::Cgroup(leaf)) => Some(leaf.forget()),
-            Some(Backend::Supervised(sup)) => {
-                let _ = sup.detach();
-                None
-            }
-            Some(Backend::Pgroup { .. }) | None => None,
-        };
-        // A detached job is no longer ours to stop, not even when we die.
-        drop(self.watch.take());
+        let cgroup = self.backend.detach();
         self.phase = Phase::Over;
         Detached {
             id: self.id.clone(),
@@ -619,7 +491,7 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if self.backend.is_some() {
+        if !self.backend.is_ended() {
             // Not ended through the API: SIGKILL everything, then clean up. If that fails
             // part way, the cgroup leaf's own Drop kills and removes, and a supervisor kills
             // its job when its control socket closes.
@@ -627,8 +499,8 @@ impl Drop for Job {
                 let _ = self.drive(None, None);
             }
             if self.main_exit.is_none() {
-                if let Some(fd) = &self.main_fd {
-                    let _ = pidfd::reap(fd.as_fd(), true);
+                if let Some(fd) = self.backend.main_fd() {
+                    let _ = pidfd::reap(fd, true);
                 }
             }
         }
@@ -659,15 +531,6 @@ pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant
         (a, None) => a,
         (None, b) => b,
     }
-}
-
-/// Sends `sig` to every descendant of `root` (verified through pidfds).
-fn signal_walk(root: Pid, sig: Signal) -> usize {
-    pgroup::members(root)
-        .iter()
-        .filter_map(procs::open_verified)
-        .filter(|fd| pidfd::send_signal(fd.as_fd(), sig).is_ok())
-        .count()
 }
 
 /// One piped output stream being collected (both drivers).
@@ -704,20 +567,5 @@ impl Pipe {
                 Err(_) => self.eof = true,
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// Handles move between threads and can be shared (checked at compile time).
-    #[test]
-    fn handles_are_send_and_sync() {
-        fn is<T: Send + Sync>() {}
-        is::<super::Job>();
-        is::<crate::Report>();
-        is::<crate::Error>();
-        is::<super::JobCommand>();
-        is::<super::Output>();
-        is::<super::Detached>();
     }
 }

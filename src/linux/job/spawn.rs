@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::machine::Phase;
-use super::{Backend, Job, JobCommand};
+use super::{Backend, Job, JobCommand, JobStdio};
 use crate::error::{error_chain, Error, Result};
 use crate::linux::cgroup::Leaf;
 use crate::linux::pidfd::{self, Pid};
@@ -25,7 +25,7 @@ use crate::linux::watchdog::Watch;
 use crate::linux::{self, pgroup, supervise};
 use crate::options::{Leftovers, Options, Supervisor};
 use crate::registry;
-use crate::report::{CgroupParentSource, LimitsReport, OnSupervisorDeath, Spawn, Uncovered};
+use crate::report::{CgroupParentSource, LimitsReport, Spawn, Uncovered};
 use crate::Credentials;
 use crate::Mechanism;
 
@@ -35,7 +35,6 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 struct Started {
     backend: Backend,
     main_pid: Pid,
-    main_fd: Option<OwnedFd>,
     /// The main process's own group, when it got one; else it shares ours.
     own_group: bool,
     method: Spawn,
@@ -45,7 +44,7 @@ struct Started {
 }
 
 /// The main process's piped stdin, stdout and stderr.
-type Stdio = (Option<ChildStdin>, Option<ChildStdout>, Option<ChildStderr>);
+pub(crate) type Stdio = (Option<ChildStdin>, Option<ChildStdout>, Option<ChildStderr>);
 
 /// The mechanism as chosen, for the report.
 struct Chosen {
@@ -63,19 +62,8 @@ struct Chosen {
 }
 
 impl Job {
-    /// Starts `cmd` as a job under `opts`. Program, arguments, environment, working
-    /// directory and stdio are whatever the caller set on `cmd`; piped stdio shows up in
-    /// [`Job::stdin`], [`Job::stdout`] and [`Job::stderr`].
-    ///
-    /// `cmd` can be spawned again (corral's `pre_exec` hook does nothing outside this call).
-    /// `pre_exec` hooks the caller installed on `cmd` run before corral's, so they run
-    /// before the child is in the job: a process such a hook forks is not contained.
-    ///
-    /// In cgroup mode the child joins the job's fresh cgroup before it execs, and stays in
-    /// the caller's process group (so a terminal's Ctrl+C reaches it as usual). In pgroup
-    /// mode it gets a process group of its own under a supervisor process (see
-    /// [`crate::Supervisor`]).
-    pub fn spawn(cmd: &mut Command, opts: &Options) -> Result<Job> {
+    /// [`crate::Job::spawn`]: the job, and the main process's piped stdio.
+    pub(crate) fn spawn(cmd: &mut Command, opts: &Options) -> Result<(Job, Stdio)> {
         check_name(opts)?;
         check_sigchld()?;
         if opts.pid_namespace {
@@ -85,12 +73,17 @@ impl Job {
                     .into(),
             ));
         }
+        Job::spawn_std(cmd, opts, linux::choose(opts)?)
+    }
+
+    /// [`Job::spawn`] once the options are checked and the mechanism chosen.
+    fn spawn_std(cmd: &mut Command, opts: &Options, choice: linux::Choice) -> Result<(Job, Stdio)> {
         let program = cmd.get_program().to_string_lossy().into_owned();
         let command: Vec<String> = std::iter::once(program.clone())
             .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
             .collect();
         let mut id = new_id();
-        let (chosen, started) = match place(linux::choose(opts)?, opts, &mut id, &command)? {
+        let (chosen, started) = match place(choice, opts, &mut id, &command)? {
             Placed::Cgroup(leaf, chosen) => {
                 let child = {
                     let _hook = Hook::install(cmd, Action::JoinCgroup(leaf.procs_fd()));
@@ -101,9 +94,12 @@ impl Job {
                 (
                     chosen,
                     Started {
-                        backend: Backend::Cgroup(leaf),
+                        backend: Backend::Cgroup {
+                            leaf,
+                            main: main_fd,
+                            watch: None,
+                        },
                         main_pid,
-                        main_fd: Some(main_fd),
                         own_group: false,
                         method: Spawn::CommandJoinedCgroup,
                         stdio,
@@ -123,12 +119,13 @@ impl Job {
                         };
                         let (main_pid, main_fd, stdio) = adopt(child)?;
                         Started {
-                            backend: Backend::Pgroup {
-                                supervisor: Pid::current(),
+                            backend: Backend::InProcess {
+                                root: Pid::current(),
+                                main: main_fd,
+                                reaped: 0,
                                 _subreaper: subreaper,
                             },
                             main_pid,
-                            main_fd: Some(main_fd),
                             own_group: true,
                             method: Spawn::CommandInProcessSubreaper,
                             stdio,
@@ -147,8 +144,7 @@ impl Job {
                         let stdio = (sup.stdin.take(), sup.stdout.take(), sup.stderr.take());
                         Started {
                             main_pid: sup.main,
-                            main_fd: None,
-                            backend: Backend::Supervised(sup),
+                            backend: Backend::supervised(sup),
                             own_group: true,
                             method: Spawn::CommandUnderSupervisor,
                             stdio,
@@ -162,14 +158,8 @@ impl Job {
         Ok(Job::assemble(id, command, opts, chosen, started))
     }
 
-    /// Starts `cmd` as a job under `opts`, on the lean path the `corral` CLI takes: in
-    /// cgroup mode the child is born in its cgroup (`clone3(CLONE_INTO_CGROUP)`, no copy
-    /// of the caller's memory), and it inherits the caller's stdio. pgroup jobs go through
-    /// [`Job::spawn`] unless [`crate::Supervisor::InProcess`] is asked for.
-    ///
-    /// This is the only way to [`Options::pid_namespace`]: in cgroup mode, or in pgroup
-    /// mode with [`crate::Supervisor::InProcess`], called from the main thread.
-    pub fn spawn_command(cmd: &JobCommand, opts: &Options) -> Result<Job> {
+    /// [`crate::Job::spawn_command`]: the job, and the main process's piped stdio.
+    pub(crate) fn spawn_command(cmd: &JobCommand, opts: &Options) -> Result<(Job, Stdio)> {
         check_name(opts)?;
         check_sigchld()?;
         if opts.pid_namespace && opts.leftovers == Leftovers::Wait {
@@ -198,7 +188,7 @@ impl Job {
                         .into(),
                 ));
             }
-            return Job::spawn(&mut cmd.to_std(), opts);
+            return Job::spawn_std(&mut cmd.to_std(), opts, choice);
         }
         let mut id = new_id();
         let mut streams = Streams::new(&cmd.stdio)?;
@@ -229,9 +219,12 @@ impl Job {
                 (
                     chosen,
                     Started {
-                        backend: Backend::Cgroup(leaf),
+                        backend: Backend::Cgroup {
+                            leaf,
+                            main: spawned.pidfd,
+                            watch: None,
+                        },
                         main_pid: spawned.pid,
-                        main_fd: Some(spawned.pidfd),
                         own_group: false,
                         method,
                         stdio: streams.take_ours(),
@@ -249,12 +242,13 @@ impl Job {
                 (
                     chosen,
                     Started {
-                        backend: Backend::Pgroup {
-                            supervisor: Pid::current(),
+                        backend: Backend::InProcess {
+                            root: Pid::current(),
+                            main: spawned.pidfd,
+                            reaped: 0,
                             _subreaper: subreaper,
                         },
                         main_pid: spawned.pid,
-                        main_fd: Some(spawned.pidfd),
                         own_group: true,
                         method,
                         stdio: streams.take_ours(),
@@ -272,7 +266,7 @@ impl Job {
         opts: &Options,
         chosen: Chosen,
         started: Started,
-    ) -> Job {
+    ) -> (Job, Stdio) {
         let begun = Instant::now();
         let (own_pgid, own_sid) = linux::own_group_and_session();
         let main_pgid = if started.own_group {
@@ -280,46 +274,18 @@ impl Job {
         } else {
             own_pgid
         };
-        let (stdin, stdout, stderr) = started.stdio;
-        let (watch, on_supervisor_death) = match (&started.backend, chosen.watch) {
-            (Backend::Cgroup(_), Some(Ok(watch))) => {
-                let covered = OnSupervisorDeath::Watchdog {
-                    pid: watch.watchdog_pid(),
-                    pid_namespace: opts.pid_namespace,
-                };
-                (Some(watch), covered)
-            }
-            (Backend::Cgroup(_), Some(Err(_))) if opts.pid_namespace => {
-                (None, OnSupervisorDeath::PidNamespace)
-            }
-            (Backend::Cgroup(_), Some(Err(why))) => (None, OnSupervisorDeath::NotCovered(why)),
-            (Backend::Cgroup(_), None) => match &opts.helper {
-                Some(h) => (None, OnSupervisorDeath::HelperGuardian { pid: h.guardian }),
-                None => (None, OnSupervisorDeath::NotCovered(Uncovered::NoWatchdog)),
-            },
-            (Backend::Supervised(_), _) => (None, OnSupervisorDeath::SupervisorProcess),
-            (Backend::Pgroup { .. }, _) if opts.pid_namespace => {
-                (None, OnSupervisorDeath::PidNamespaceParentDeathSignal)
-            }
-            (Backend::Pgroup { .. }, _) => (
-                None,
-                OnSupervisorDeath::NotCovered(Uncovered::InProcessPgroup),
-            ),
-        };
+        let mut backend = started.backend;
+        let on_supervisor_death = backend.cover(chosen.watch, opts);
         let (registration, not_registered) = match chosen.registration {
             Some(Ok(r)) => (Some(r), None),
             Some(Err(why)) => (None, Some(why.to_string())),
             None => (None, None),
         };
-        Job {
-            stdin,
-            stdout,
-            stderr,
+        let job = Job {
             id,
             command,
-            backend: Some(started.backend),
+            backend,
             main_pid: started.main_pid,
-            main_fd: started.main_fd,
             main_exit: None,
             main_pgid,
             main_sid: own_sid,
@@ -340,19 +306,15 @@ impl Job {
             leftovers: Vec::new(),
             stop: None,
             survivors: Vec::new(),
-            reaped: 0,
-            supervisor_done: false,
             killed_pids: Vec::new(),
-            supervisor_last_child: false,
-            supervisor_exit: None,
             phase: Phase::Running,
             report: None,
-            watch,
             on_supervisor_death,
             registration,
             not_registered,
             external: None,
-        }
+        };
+        (job, started.stdio)
     }
 }
 
@@ -686,8 +648,7 @@ struct Streams {
 }
 
 impl Streams {
-    fn new(how: &[crate::job::JobStdio; 3]) -> Result<Streams> {
-        use crate::job::JobStdio;
+    fn new(how: &[JobStdio; 3]) -> Result<Streams> {
         let mut streams = Streams {
             child: [None, None, None],
             ours: [None, None, None],

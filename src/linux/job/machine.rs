@@ -5,22 +5,21 @@
 //! (`Job::drive`) polls those; the tokio driver registers them with the reactor. So the stop
 //! ladder exists once, and neither driver needs a thread per job.
 
-use std::collections::HashSet;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rustix::event::PollFlags;
 
-use super::{Backend, Job};
+use super::backend::Kept;
+use super::Job;
 use crate::control::Request;
 use crate::error::{Error, Result};
 use crate::exit_status::Ending;
-use crate::ladder::{self, Kill, Ladder, Next, Pace, Sent, KILL_WAIT};
+use crate::ladder::{self, Kill, Ladder, Next, Pace, Sent};
 use crate::linux::cgroup::KillMethod;
 use crate::linux::pidfd::{self, ExitKind, Pid};
-use crate::linux::supervise::SupervisorEvent;
-use crate::linux::{pgroup, procs};
+use crate::linux::procs;
 use crate::options::{Leftovers, Signal};
 use crate::report::{
     Cleanup, ProcessInfo, Report, Requester, SignalReceived, StopOutcome, StopReason, StopReport,
@@ -64,22 +63,6 @@ pub(super) struct Stopping {
     /// Reason `external`: who asked.
     requested_by: Option<Requester>,
     kept: Kept,
-}
-
-/// What a stop keeps for the mechanism between the ladder's steps.
-#[derive(Default)]
-struct Kept {
-    /// The stop began with a signal the terminal delivers to its whole process group.
-    group_delivered: bool,
-    /// pgroup: the processes stopped with SIGSTOP before the polite signal.
-    held: Option<pgroup::Frozen>,
-    /// pgroup: members the freeze did not hold that got the polite signal since (by PID
-    /// and start time).
-    late: HashSet<(Pid, u64)>,
-    /// pgroup: the processes the kill stage sent SIGKILL to.
-    killed: HashSet<Pid>,
-    /// cgroup: how the kill stage kills.
-    method: Option<KillMethod>,
 }
 
 /// What a pending job waits for. The descriptors belong to the job and stay open (and keep
@@ -215,7 +198,7 @@ impl Job {
                     // A supervisor that exits before reporting the main process's exit (it
                     // was killed) ends the job too: there is no one left to wait for.
                     let supervisor_gone = self.main_exit.is_none()
-                        && matches!(self.backend, Some(Backend::Supervised(_)))
+                        && self.backend.is_supervised()
                         && self.is_empty()?;
                     if self.main_exit.is_none() && !supervisor_gone {
                         return Ok(Progress::Pending(self.wants_main()));
@@ -226,7 +209,7 @@ impl Job {
                     }
                     // The supervisor said the main process was its last child: `done`
                     // is on its way, and a walk of /proc would find nothing.
-                    let leftovers = if self.supervisor_last_child {
+                    let leftovers = if self.backend.main_was_last_child() {
                         Vec::new()
                     } else {
                         self.snapshot()
@@ -321,10 +304,7 @@ impl Job {
         if matches!(self.phase, Phase::Draining) {
             self.refresh_leftovers();
         }
-        let mut kept = Kept {
-            group_delivered,
-            ..Kept::default()
-        };
+        let mut kept = Kept::new(group_delivered);
         let members = &mut JobMembers {
             job: self,
             kept: &mut kept,
@@ -349,21 +329,11 @@ impl Job {
         self.finish()
     }
 
-    /// The process whose descendants make up a pgroup job (ourselves in-process, or the
-    /// supervisor); `None` for a cgroup job.
-    fn walk_root(&self) -> Option<Pid> {
-        match self.backend.as_ref()? {
-            Backend::Cgroup(_) => None,
-            Backend::Pgroup { supervisor, .. } => Some(*supervisor),
-            Backend::Supervised(sup) => Some(sup.supervisor),
-        }
-    }
-
     /// Passes `sig` on to the main process ([`Options::forward_signals`]) while it runs.
     fn forward(&mut self, sig: Signal) -> Result<()> {
         self.poll_main()?;
-        let sent = match (&self.main_exit, &self.main_fd) {
-            (None, Some(fd)) => pidfd::send_signal(fd.as_fd(), sig).is_ok(),
+        let sent = match (&self.main_exit, self.backend.main_fd()) {
+            (None, Some(fd)) => pidfd::send_signal(fd, sig).is_ok(),
             _ => false,
         };
         self.signals.push(if sent {
@@ -379,112 +349,26 @@ impl Job {
         if self.main_exit.is_some() {
             return Ok(());
         }
-        if let Some(fd) = &self.main_fd {
-            self.main_exit = pidfd::reap(fd.as_fd(), false)
-                .map_err(|e| Error::process("waitid(P_PIDFD)", self.main_pid, e))?;
-            return Ok(());
-        }
-        self.pump_supervisor()
+        self.backend.poll_main(self.main_pid, &mut self.main_exit)
     }
 
-    /// Takes the supervisor's pending messages.
-    fn pump_supervisor(&mut self) -> Result<()> {
-        if let Some(Backend::Supervised(sup)) = self.backend.as_mut() {
-            for event in sup.read_events()? {
-                match event {
-                    SupervisorEvent::MainExited(kind) => self.main_exit = Some(kind),
-                    SupervisorEvent::LastChild => self.supervisor_last_child = true,
-                    SupervisorEvent::Done { reaped } => {
-                        self.reaped = reaped;
-                        self.supervisor_done = true;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether no process of the job is left. pgroup in-process: reaps exited children on
-    /// the way (the kernel's answer is the test). Supervised: the supervisor exits exactly
-    /// when it has no child left.
+    /// Whether no process of the job is left ([`super::backend::Backend::is_empty`]).
     pub(super) fn is_empty(&mut self) -> Result<bool> {
-        match self.backend.as_mut() {
-            None => Ok(true),
-            Some(Backend::Cgroup(leaf)) => Ok(!leaf.populated()?),
-            Some(Backend::Pgroup { .. }) => {
-                let fd = self
-                    .main_fd
-                    .as_ref()
-                    .expect("in-process jobs hold the main pidfd");
-                let settled = pgroup::settle(self.main_pid, fd.as_fd(), &mut self.main_exit)?;
-                self.reaped += settled.reaped;
-                Ok(settled.empty)
-            }
-            Some(Backend::Supervised(_)) => {
-                self.pump_supervisor()?;
-                if self.supervisor_exit.is_none() {
-                    if let Some(Backend::Supervised(sup)) = self.backend.as_mut() {
-                        self.supervisor_exit = sup.try_reap()?;
-                    }
-                    // Messages sent just before it exited.
-                    self.pump_supervisor()?;
-                }
-                Ok(self.supervisor_exit.is_some())
-            }
-        }
+        self.backend.is_empty(self.main_pid, &mut self.main_exit)
     }
 
     fn wants_main(&self) -> Wants {
-        let fds = match self.backend.as_ref().expect("backend") {
-            Backend::Supervised(sup) => vec![
-                (sup.control_fd().as_raw_fd(), PollFlags::IN),
-                (sup.supervisor_fd.as_raw_fd(), PollFlags::IN),
-            ],
-            _ => vec![(
-                self.main_fd.as_ref().expect("main pidfd").as_raw_fd(),
-                PollFlags::IN,
-            )],
-        };
-        Wants {
-            fds,
-            children_of: None,
-            deadline: self.deadline,
-        }
+        self.backend.wants_main(self.deadline)
     }
 
     fn wants_empty(&self, deadline: Option<Instant>) -> Wants {
-        let (fds, children_of) = match self.backend.as_ref().expect("backend") {
-            Backend::Cgroup(leaf) => (vec![(leaf.events_fd().as_raw_fd(), PollFlags::PRI)], None),
-            Backend::Pgroup { supervisor, .. } => (Vec::new(), Some(*supervisor)),
-            Backend::Supervised(sup) => (
-                vec![
-                    (sup.control_fd().as_raw_fd(), PollFlags::IN),
-                    (sup.supervisor_fd.as_raw_fd(), PollFlags::IN),
-                ],
-                None,
-            ),
-        };
-        Wants {
-            fds,
-            children_of,
-            deadline,
-        }
+        self.backend.wants_empty(deadline)
     }
 
     /// The job's live processes with the facts the report wants.
     pub(super) fn snapshot(&self) -> Vec<ProcessInfo> {
-        let stats: Vec<procs::Stat> = match self.backend.as_ref() {
-            None => Vec::new(),
-            Some(Backend::Cgroup(leaf)) => leaf
-                .members()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(procs::stat)
-                .collect(),
-            Some(Backend::Pgroup { supervisor, .. }) => pgroup::members(*supervisor),
-            Some(Backend::Supervised(sup)) => pgroup::members(sup.supervisor),
-        };
-        stats
+        self.backend
+            .stats()
             .into_iter()
             // One already exiting is no leftover (a nested corral's watchdog, released just
             // before that corral exited, can still be in the cgroup for a moment).
@@ -516,58 +400,16 @@ impl Job {
     /// Reaps the main process, removes the cgroup (or reaps orphans), and builds the report.
     pub(super) fn finish(&mut self) -> Result<()> {
         if self.main_exit.is_none() {
-            if let Some(fd) = &self.main_fd {
+            if let Some(fd) = self.backend.main_fd() {
                 // Everything is dead by now; this returns at once.
-                self.main_exit = pidfd::reap(fd.as_fd(), true)
+                self.main_exit = pidfd::reap(fd, true)
                     .map_err(|e| Error::process("waitid(P_PIDFD)", self.main_pid, e))?;
             }
         }
         let mut cleanup = Cleanup::default();
-        let mut cgroup = None;
-        let mut usage = None;
-        match self.backend.take() {
-            None => {}
-            Some(Backend::Cgroup(leaf)) => {
-                cgroup = Some(leaf.path.clone());
-                // The job is empty: the figures are final.
-                usage = Some(leaf.usage());
-                match leaf.remove() {
-                    Ok(()) => cleanup.cgroup_removed = Some(true),
-                    Err(e) => {
-                        cleanup.cgroup_removed = Some(false);
-                        cleanup.error = Some(crate::error::error_chain(&e));
-                    }
-                }
-                // The job is empty: nothing left for the watchdog to do.
-                drop(self.watch.take());
-            }
-            Some(Backend::Pgroup { .. }) => {
-                let fd = self
-                    .main_fd
-                    .as_ref()
-                    .expect("in-process jobs hold the main pidfd");
-                match pgroup::settle(self.main_pid, fd.as_fd(), &mut self.main_exit) {
-                    Ok(settled) => self.reaped += settled.reaped,
-                    Err(e) => cleanup.error = Some(crate::error::error_chain(&e)),
-                }
-                cleanup.reaped = Some(self.reaped);
-            }
-            Some(Backend::Supervised(sup)) => {
-                drop(sup);
-                cleanup.reaped = Some(self.reaped);
-                if !self.supervisor_done {
-                    cleanup.error = Some(format!(
-                        "the supervisor exited ({}) before the job was empty; processes of \
-                         the job may have escaped",
-                        match self.supervisor_exit {
-                            Some(ExitKind::Code(c)) => format!("status {c}"),
-                            Some(ExitKind::Signal(s)) => format!("signal {s}"),
-                            None => "unknown status".into(),
-                        }
-                    ));
-                }
-            }
-        }
+        let (cgroup, usage) = self
+            .backend
+            .end(self.main_pid, &mut self.main_exit, &mut cleanup);
         let exit = self.main_exit.map(ExitKind::info);
         // The OOM killer's SIGKILL looks like anyone's: it is the OOM killer's when the
         // cgroup counted an OOM kill and corral sent no SIGKILL while the main process lived.
@@ -655,10 +497,7 @@ impl ladder::Members for JobMembers<'_> {
 
     /// pgroup: SIGSTOP to everything found, until a walk finds nothing new.
     fn hold(&mut self) -> Option<usize> {
-        let held = pgroup::freeze(self.job.walk_root()?);
-        let n = held.len();
-        self.kept.held = Some(held);
-        Some(n)
+        self.job.backend.hold(self.kept)
     }
 
     fn signal(&mut self, polite: Signal) -> Result<Sent> {
@@ -671,17 +510,9 @@ impl ladder::Members for JobMembers<'_> {
                     .map(|st| st.pgid != own_pgid)
                     .unwrap_or(true)
         };
-        let (n_polite, n_cont, cgroup_frozen) = match job.backend.as_ref().expect("backend") {
-            Backend::Cgroup(leaf) => leaf.signal_then_continue(polite, &filter)?,
-            Backend::Pgroup { .. } | Backend::Supervised(_) => {
-                let h = self.kept.held.as_ref().expect("frozen set");
-                (
-                    h.signal_all(polite, &filter).len(),
-                    h.signal_all(Signal::CONT, &|_| true).len(),
-                    false,
-                )
-            }
-        };
+        let (n_polite, n_cont, cgroup_frozen) = job
+            .backend
+            .signal_then_continue(self.kept, polite, &filter)?;
         let mut notes = Vec::new();
         if cgroup_frozen {
             notes.push("members forked meanwhile got it with the cgroup frozen");
@@ -703,29 +534,17 @@ impl ladder::Members for JobMembers<'_> {
     }
 
     fn signal_again(&mut self, sig: Signal) -> Result<usize> {
-        Ok(match self.job.backend.as_ref().expect("backend") {
-            Backend::Cgroup(leaf) => leaf.signal_then_continue(sig, &|_| true)?.0,
-            Backend::Pgroup { .. } | Backend::Supervised(_) => {
-                let h = self.kept.held.as_ref().expect("frozen set");
-                let n = h.signal_all(sig, &|_| true).len();
-                h.signal_all(Signal::CONT, &|_| true);
-                n
-            }
-        })
+        let (n, _, _) = self
+            .job
+            .backend
+            .signal_then_continue(self.kept, sig, &|_| true)?;
+        Ok(n)
     }
 
     /// pgroup: a member the freeze did not hold (a walk can miss a process being
     /// re-parented while it reads) gets the polite signal too.
     fn signal_late(&mut self, polite: Signal) -> Result<usize> {
-        let Some(root) = self.job.walk_root() else {
-            return Ok(0);
-        };
-        Ok(signal_late(
-            root,
-            polite,
-            self.kept.held.as_ref(),
-            &mut self.kept.late,
-        ))
+        Ok(self.job.backend.signal_late(self.kept, polite))
     }
 
     /// `cgroup.kill` (or the freezer loop), or SIGKILL to what the freeze held and a walk.
@@ -734,47 +553,11 @@ impl ladder::Members for JobMembers<'_> {
         if job.main_exit.is_none() {
             job.sigkill_sent.store(true, Ordering::Relaxed);
         }
-        let kept = &mut *self.kept;
-        let root = match job.backend.as_ref().expect("backend") {
-            Backend::Cgroup(leaf) => {
-                let present = leaf.members()?.len();
-                let deadline = Instant::now() + KILL_WAIT;
-                kept.method = Some(leaf.kill_start(job.opts.debug.no_cgroup_kill, deadline)?);
-                return Ok(Kill {
-                    counted: Some(present),
-                    live: Some(present),
-                });
-            }
-            Backend::Pgroup { supervisor, .. } => (*supervisor, true),
-            Backend::Supervised(sup) => (sup.supervisor, false),
-        };
-        if let Some(h) = &kept.held {
-            kept.killed = h.signal_all(Signal::KILL, &|_| true);
-        }
-        kill_pass(root.0, root.1, &mut kept.killed);
-        // The progress checks compare with the processes the first pass signalled.
-        Ok(Kill {
-            counted: None,
-            live: Some(kept.killed.len()),
-        })
+        job.backend.kill(self.kept, job.opts.debug.no_cgroup_kill)
     }
 
     fn kill_again(&mut self) -> Result<()> {
-        match self.job.backend.as_ref().expect("backend") {
-            Backend::Cgroup(leaf) => {
-                // cgroup.kill misses a process whose main thread exited while other threads
-                // run; a process-directed SIGKILL does not.
-                self.kept.method = Some(KillMethod::CgroupKillThenSignal);
-                leaf.for_each_member(&mut |_, fd| {
-                    let _ = pidfd::send_signal(fd, Signal::KILL);
-                })?;
-            }
-            Backend::Pgroup { supervisor, .. } => {
-                kill_pass(*supervisor, true, &mut self.kept.killed);
-            }
-            Backend::Supervised(sup) => kill_pass(sup.supervisor, false, &mut self.kept.killed),
-        }
-        Ok(())
+        self.job.backend.kill_again(self.kept)
     }
 
     fn live(&mut self) -> Result<usize> {
@@ -801,7 +584,7 @@ impl ladder::Members for JobMembers<'_> {
     }
 
     fn pace(&self) -> Pace {
-        let walked = self.job.walk_root().is_some();
+        let walked = self.job.backend.walk_root().is_some();
         Pace {
             late: walked.then_some(GRACE_REWALK),
             kill_again: Some(if walked {
@@ -811,54 +594,6 @@ impl ladder::Members for JobMembers<'_> {
             }),
             kill_wait_max: KILL_WAIT_MAX,
             int_then_term: true,
-        }
-    }
-}
-
-/// The polite signal, then SIGCONT, to every member under `root` that the freeze did not
-/// hold and that has not had them yet (recorded in `late`, by PID and start time).
-fn signal_late(
-    root: Pid,
-    polite: Signal,
-    held: Option<&pgroup::Frozen>,
-    late: &mut HashSet<(Pid, u64)>,
-) -> usize {
-    let before = late.len();
-    for st in pgroup::members(root) {
-        if held.is_some_and(|h| h.holds(&st)) || late.contains(&(st.pid, st.starttime)) {
-            continue;
-        }
-        if let Some(fd) = procs::open_verified(&st) {
-            let _ = pidfd::send_signal(fd.as_fd(), polite);
-            let _ = pidfd::send_signal(fd.as_fd(), Signal::CONT);
-            late.insert((st.pid, st.starttime));
-        }
-    }
-    late.len() - before
-}
-
-/// SIGKILL to every process found under `root`: its direct children first (one small read,
-/// then a pidfd each), then a full walk. `own_children`: `root` is this process, so its
-/// children are unreaped children of ours whose PIDs cannot have been reused; otherwise each
-/// is checked by its start time.
-fn kill_pass(root: Pid, own_children: bool, killed: &mut HashSet<Pid>) {
-    for pid in procs::children(root) {
-        let fd = if own_children {
-            pidfd::open(pid).ok()
-        } else {
-            procs::stat(pid).and_then(|s| procs::open_verified(&s))
-        };
-        if let Some(fd) = fd {
-            if pidfd::send_signal(fd.as_fd(), Signal::KILL).is_ok() {
-                killed.insert(pid);
-            }
-        }
-    }
-    for s in pgroup::members(root) {
-        if let Some(fd) = procs::open_verified(&s) {
-            if pidfd::send_signal(fd.as_fd(), Signal::KILL).is_ok() {
-                killed.insert(s.pid);
-            }
         }
     }
 }
