@@ -30,6 +30,7 @@
 
 mod error;
 mod exit_status;
+#[cfg(any(target_os = "linux", target_os = "macos", windows))]
 mod job;
 mod ladder;
 mod options;
@@ -57,6 +58,7 @@ pub mod safe_file;
 pub mod tokio;
 
 pub use error::{Error, Result};
+#[cfg(any(target_os = "linux", target_os = "macos", windows))]
 pub use job::Job;
 #[cfg(target_os = "linux")]
 pub use linux::job::{Detached, JobCommand, JobStdio, Output, SignalSource};

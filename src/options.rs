@@ -46,7 +46,7 @@ pub struct Options {
     pub register: bool,
     /// Run the main process as PID 1 of a new PID namespace (`corral run --pid-namespace`):
     /// when it exits, or when the process that spawned it dies, the kernel kills every
-    /// other process of the namespace. Needs [`crate::Job::spawn_command`] (cgroup mode or
+    /// other process of the namespace. Needs `Job::spawn_command` (Linux; cgroup mode or
     /// [`Supervisor::InProcess`]), `clone3`, the main thread, and root or unprivileged user
     /// namespaces; cannot be combined with [`Leftovers::Wait`]. See `Job`'s `# Caveats`.
     pub pid_namespace: bool,
@@ -58,7 +58,7 @@ pub struct Options {
     #[doc(hidden)]
     pub debug: DebugKnobs,
     /// Signals the supervising program passes on to the main process instead of stopping
-    /// the job, when its [`crate::SignalSource`] reports them (`corral run --forward`:
+    /// the job, when its `SignalSource` (Linux) reports them (`corral run --forward`:
     /// HUP to reload a daemon, USR1, WINCH after a terminal resize). Delivered through the
     /// main process's pidfd while it runs; after it exited, dropped. Linux.
     pub forward_signals: SignalSet,

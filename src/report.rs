@@ -44,7 +44,7 @@ pub struct Report {
     /// left in the namespace before corral could see it, so `leftovers` stays empty.
     pub pid_namespace: bool,
     /// Who the main process ran as, with no capability and `no_new_privs`
-    /// ([`crate::JobCommand::credentials`]); `None`: as the caller.
+    /// (`JobCommand::credentials`, Linux); `None`: as the caller.
     pub credentials: Option<crate::Credentials>,
     /// The job's cgroup (cgroup mechanism only).
     pub cgroup: Option<PathBuf>,

@@ -3,7 +3,7 @@
 #   share/target-dir   the host's target/debug path: the test binaries find corral,
 #                      corral-testtree and corral-host there (corral-testkit's paths),
 #                      and CARGO_TARGET_TMPDIR next to it
-#   share/bin/         corral, corral-testtree, corral-host, vm-tests/<name>
+#   share/bin/         corral, corral-helper, corral-testtree, corral-host, vm-tests/<name>
 #   share/payload.list one command a line: `TAG: COMMAND` (see scripts/vm/payload.list)
 #   share/results/     NN-TAG-NAME.out (stdout+stderr), summary.tsv, started, finished
 # The unit powers the VM off when this script ends.

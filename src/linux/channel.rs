@@ -15,15 +15,15 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use crate::error::{Error, Result};
 
 /// A connected pair, both ends close-on-exec: ours, and the one the other process gets.
-/// `what` names the pair in the error.
-pub(crate) fn pair(what: &str) -> Result<(OwnedFd, OwnedFd)> {
+/// `op` is the operation as the error names it.
+pub(crate) fn pair(op: &str) -> Result<(OwnedFd, OwnedFd)> {
     rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
     )
-    .map_err(|e| Error::sys(format!("socketpair(AF_UNIX, SOCK_SEQPACKET) for {what}"), e))
+    .map_err(|e| Error::sys(op, e))
 }
 
 /// Sends one message. Without room in the socket, waits up to `wait` for some (`None`:

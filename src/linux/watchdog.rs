@@ -240,7 +240,7 @@ impl Running {
     /// Starts a watchdog for this process: a fork of it when it has one thread (the
     /// `corral` CLI), otherwise `corral __watchdog` (see the module docs).
     fn start(binary: Option<&Path>) -> Result<Running> {
-        let (ours, theirs) = channel::pair("the watchdog")?;
+        let (ours, theirs) = channel::pair("socketpair for the watchdog")?;
         let host = std::process::id();
         // Our own pidfd: readable once this process has exited, whatever killed it.
         let me = rustix::process::pidfd_open(

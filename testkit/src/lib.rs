@@ -5,8 +5,10 @@
 //! package's helpers: `corral-testtree` (adversarial process trees), `corral-host` (a
 //! program embedding the library) and `corral-wintree` (the Windows trees and job host).
 //! Cargo builds them for `cargo test --workspace` (the README's command), because each of
-//! the two packages has an integration test of its own. A narrower `cargo test -p
-//! corral-engine` runs whatever was built last.
+//! the two packages has an integration test of its own. The integration tests at `tests/`
+//! are this package's targets, and cargo does not build another package's programs for
+//! them: a narrower `cargo test -p corral-testkit` runs the `corral` built last, so build
+//! it first (`cargo build -p corral-cli`) or run the README's command.
 //!
 //! Never published or installed (`publish = false`).
 

@@ -20,4 +20,12 @@ fn helpers_are_where_the_tests_look() {
         assert_eq!(Path::new(path), Path::new(built), "the test kit's path");
         assert!(Path::new(path).is_file(), "{path} was not built");
     }
+    // The CLI's programs come from another package: built by `cargo test --workspace`.
+    for path in [corral_testkit::CORRAL, corral_testkit::CORRAL_HELPER] {
+        assert!(
+            Path::new(path).is_file(),
+            "{path} was not built: run `cargo test --workspace --all-features`, or \
+             `cargo build -p corral-cli` before a narrower `cargo test -p corral-testkit`"
+        );
+    }
 }

@@ -406,7 +406,11 @@ impl Backend {
     pub(super) fn kill_again(&self, kept: &mut Kept) -> Result<()> {
         match self {
             Backend::Cgroup { leaf, .. } => {
-                kept.method = Some(KillMethod::CgroupKillThenSignal);
+                // After `cgroup.kill`, pidfds finish what it left; after the freezer's
+                // pass (no `cgroup.kill`), this is the same method again.
+                if kept.method == Some(KillMethod::CgroupKill) {
+                    kept.method = Some(KillMethod::CgroupKillThenSignal);
+                }
                 leaf.for_each_member(&mut |_, fd| {
                     let _ = pidfd::send_signal(fd, Signal::KILL);
                 })?;

@@ -40,7 +40,7 @@ pub(crate) fn arm(cmd: &mut Command, binary: &Path) -> Result<Armed> {
     let path = CString::new(binary.as_os_str().as_bytes()).map_err(|_| {
         Error::InvalidOptions(format!("{:?} contains a NUL byte; remove it", binary))
     })?;
-    let (ours, theirs) = channel::pair("the supervisor")?;
+    let (ours, theirs) = channel::pair("socketpair(AF_UNIX, SOCK_SEQPACKET) for the supervisor")?;
     // In the child std puts the command's stdio on 0, 1 and 2 before our hook runs: a
     // socket there (the host had closed one of them) would be gone by then.
     let theirs = if theirs.as_raw_fd() <= 2 {

@@ -214,9 +214,13 @@ fn man(command: Option<&str>) -> anyhow::Result<ExitCode> {
                     names.join(", ")
                 );
             };
+            // clap takes `'static` names without its `string` feature, which would cost
+            // every run memory; this process prints one page and exits.
+            let title: &'static str = format!("corral-{name}").leak();
+            let bin_name: &'static str = format!("corral {name}").leak();
             sub.clone()
-                .name(format!("corral-{name}"))
-                .bin_name(format!("corral {name}"))
+                .name(title)
+                .bin_name(bin_name)
                 .version(env!("CARGO_PKG_VERSION"))
         }
     };
